@@ -1,0 +1,31 @@
+"""Build the Litestar application around an Appliance."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.di import Provide
+
+from appliance.api.errors import EXCEPTION_HANDLERS
+from appliance.api.models import ModelsController
+from appliance.api.openai import OpenAIController
+from appliance.api.ops import OpsController
+from appliance.services.container import Appliance
+
+
+def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litestar:
+    """The HTTP app. With manage_lifecycle the app starts and stops the Appliance itself."""
+
+    def provide_appliance() -> Appliance:
+        return appliance
+
+    route_handlers: list[type] = [OpsController, OpenAIController, ModelsController]
+
+    return Litestar(
+        route_handlers=route_handlers,
+        dependencies={"appliance": Provide(provide_appliance, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_startup=[appliance.start] if manage_lifecycle else [],
+        on_shutdown=[appliance.stop] if manage_lifecycle else [],
+        openapi_config=None,
+        debug=False,
+    )

