@@ -1,0 +1,39 @@
+"""Model lifecycle routes: list, load, unload, pin, add."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, get, post
+
+from appliance.api.schemas import AddModelRequest
+from appliance.services.container import Appliance
+
+
+class ModelsController(Controller):
+    path = "/api/models"
+    tags = ["models"]
+
+    @get("/")
+    async def list_models(self, appliance: Appliance) -> list[dict[str, Any]]:
+        return appliance.models.list()
+
+    @post("/", status_code=201)
+    async def add_model(self, appliance: Appliance, data: AddModelRequest) -> dict[str, Any]:
+        return appliance.models.add(data.path, data.id, data.kind)
+
+    @get("/{model_id:str}")
+    async def get_model(self, appliance: Appliance, model_id: str) -> dict[str, Any]:
+        return appliance.models.get(model_id)
+
+    @post("/{model_id:str}/load", status_code=200)
+    async def load(self, appliance: Appliance, model_id: str) -> dict[str, Any]:
+        return await appliance.models.load(model_id)
+
+    @post("/{model_id:str}/unload", status_code=200)
+    async def unload(self, appliance: Appliance, model_id: str) -> dict[str, Any]:
+        return await appliance.models.unload(model_id)
+
+    @post("/{model_id:str}/pin", status_code=200)
+    async def pin(self, appliance: Appliance, model_id: str, pinned: bool = True) -> dict[str, Any]:
+        return await appliance.models.pin(model_id, pinned)

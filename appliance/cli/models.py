@@ -1,0 +1,86 @@
+"""`appliance models`: list, load, unload, pin, add and fetch models."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from appliance.cli.client import DaemonClient
+from appliance.cli.main import add_client_args
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="see and steer models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = msub.add_parser("list", help="models, their state and memory")
+    add_client_args(ls)
+    ls.set_defaults(func=cmd_list)
+    for name, helptext in (("load", "load a model now"), ("unload", "unload a model now"),
+                           ("pin", "keep a model loaded"), ("unpin", "let a pinned model unload when idle")):
+        c = msub.add_parser(name, help=helptext)
+        c.add_argument("model")
+        add_client_args(c)
+        c.set_defaults(func=cmd_action, action=name)
+    add = msub.add_parser("add", help="add a GGUF model file (writes a profile to the config directory)")
+    add.add_argument("path", type=Path)
+    add.add_argument("--id", help="model id (default: from the file name)")
+    add.add_argument("--kind", choices=["chat", "embedding"], default="chat")
+    add.add_argument("--config", type=Path, help="config TOML")
+    add.add_argument("--state-dir")
+    add.set_defaults(func=cmd_add)
+    fetch = msub.add_parser("fetch", help="fetch (and convert) models into the model store")
+    fetch.add_argument("models", nargs="*", help="model ids (default: models.defaults)")
+    fetch.add_argument("--config", type=Path, help="config TOML")
+    fetch.add_argument("--state-dir")
+    fetch.set_defaults(func=cmd_fetch)
+
+
+def _fmt_mb(n: int | None) -> str:
+    return f"{(n or 0) / 2**20:.0f} MiB" if n else "-"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    models = DaemonClient(args.url, args.token).get("/api/models")
+    now = time.time()
+    print(f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>9} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR")
+    for m in models:
+        idle = f"{m['idle_deadline'] - now:.0f}s" if m.get("idle_deadline") else ("pinned" if m["pinned"] else "-")
+        err = (m.get("last_error") or "")[:60]
+        print(f"{m['id']:28} {m['kind']:9} {m['state']:10} {_fmt_mb(m['memory_bytes']):>9} {idle:>8} {m['load_count']:>5}  {err}")
+    return 0
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    client = DaemonClient(args.url, args.token)
+    if args.action in ("pin", "unpin"):
+        m = client.post(f"/api/models/{args.model}/pin", params={"pinned": str(args.action == "pin").lower()})
+    else:
+        m = client.post(f"/api/models/{args.model}/{args.action}")
+    extra = f", load took {m['last_load_ms']:.0f} ms" if args.action == "load" and m.get("last_load_ms") else ""
+    print(f"{m['id']}: {m['state']}{' (pinned)' if m['pinned'] else ''}{extra}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from appliance.config import load_config
+    from appliance.models.catalog import ModelCatalog
+
+    cfg = load_config(args.config, state_dir=args.state_dir)
+    prof = ModelCatalog.load(cfg).add_path(args.path, model_id=args.id, kind=args.kind)
+    print(f"added model {prof.id} ({prof.kind}) from {prof.source}; a running daemon sees it after a restart")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from appliance.config import load_config
+    from appliance.models.catalog import ModelCatalog
+    from appliance.models.progress import TerminalProgress
+
+    cfg = load_config(args.config, state_dir=args.state_dir)
+    catalog = ModelCatalog.load(cfg)
+    for mid in args.models or cfg.models.defaults:
+        bar = TerminalProgress()
+        path = catalog.ensure_local(mid, progress=bar)
+        bar.finish(f"{mid}: {path}")
+    return 0

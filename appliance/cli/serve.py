@@ -1,0 +1,100 @@
+"""`appliance serve`: run the daemon (HTTP API, scheduler, sandboxes) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+from appliance.config import load_config
+from appliance.errors import ApplianceError, ConfigError
+
+log = logging.getLogger("appliance")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the daemon")
+    p.add_argument("--config", type=Path, help="config TOML (default ~/.config/appliance/config.toml)")
+    p.add_argument("--state-dir", help="state directory (default $STATE_DIRECTORY or ~/.local/state/appliance)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8420)")
+    p.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="do not fetch the default models (models.defaults) before serving",
+    )
+    p.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def fetch_defaults(appliance: object, ids: list[str]) -> None:
+    from appliance.models.progress import TerminalProgress
+
+    catalog = appliance.catalog  # type: ignore[attr-defined]
+    for mid in ids:
+        try:
+            if catalog.local_path(mid) is not None:
+                continue
+            bar = TerminalProgress()
+            print(f"fetching default model {mid} ...", flush=True)
+            path = catalog.ensure_local(mid, progress=bar)
+            bar.finish(f"{mid}: {path}")
+        except ApplianceError as exc:
+            log.warning("default model %s is not available: %s", mid, exc.message)
+
+
+def run(args: argparse.Namespace) -> int:
+    import msgspec
+    import uvicorn
+
+    from appliance.api.app import create_app
+    from appliance.services.container import Appliance
+
+    cfg = load_config(args.config, state_dir=args.state_dir)
+    server = cfg.server
+    if args.host or args.port:
+        server = msgspec.structs.replace(server, host=args.host or server.host, port=args.port or server.port)
+        cfg = msgspec.structs.replace(cfg, server=server)
+    if not is_loopback(server.host) and not _has_tokens(cfg):
+        raise ConfigError(
+            f"refusing to listen on {server.host}, which is not a loopback address, without API tokens. "
+            "Create one with `appliance token create NAME`, or bind to 127.0.0.1."
+        )
+    appliance = Appliance.from_config(cfg)
+    if not args.no_fetch:
+        fetch_defaults(appliance, cfg.models.defaults)
+    app = create_app(appliance)
+    config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(server.shutdown_grace_s),
+        lifespan="on",
+    )
+    print(f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})", flush=True)
+    asyncio.run(uvicorn.Server(config).serve())
+    return 0
+
+
+def _has_tokens(cfg: object) -> bool:
+    try:
+        from appliance.store.tokens import has_tokens  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    return bool(has_tokens(Path(cfg.state_dir)))  # type: ignore[attr-defined]

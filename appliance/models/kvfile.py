@@ -1,0 +1,57 @@
+"""The on-disk format of a parked KV state: the tokens it covers plus llama.cpp's sequence state.
+
+Layout: magic, a 4-byte header length, a JSON header (tokens, length and CRC-32 of the state),
+then the raw state bytes. Writes are atomic (temp file + rename). A damaged or truncated file
+raises ValueError, and the caller falls back to a full prefill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+MAGIC = b"APPLIANCE-KV1\n"
+_LEN = struct.Struct(">I")
+
+
+def write_kv_file(path: str | os.PathLike[str], tokens: list[int], state: memoryview | bytes) -> int:
+    """Write atomically; returns the file size in bytes."""
+    header = json.dumps(
+        {"n_tokens": len(tokens), "tokens": tokens, "state_bytes": len(state), "crc32": zlib.crc32(state)}
+    ).encode()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC)
+        f.write(_LEN.pack(len(header)))
+        f.write(header)
+        f.write(state)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return len(MAGIC) + _LEN.size + len(header) + len(state)
+
+
+def read_kv_file(path: str | os.PathLike[str]) -> tuple[list[int], bytes]:
+    """Return (tokens, state); ValueError if the file is not an intact KV file."""
+    data = Path(path).read_bytes()
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LEN.size:
+        raise ValueError("not a KV state file")
+    off = len(MAGIC)
+    (hlen,) = _LEN.unpack_from(data, off)
+    off += _LEN.size
+    try:
+        header = json.loads(data[off : off + hlen])
+    except ValueError as exc:
+        raise ValueError("KV state header is damaged") from exc
+    state = data[off + hlen :]
+    if len(state) != header.get("state_bytes") or zlib.crc32(state) != header.get("crc32"):
+        raise ValueError("KV state is truncated or damaged (checksum mismatch)")
+    tokens = header.get("tokens")
+    if not isinstance(tokens, list) or len(tokens) != header.get("n_tokens"):
+        raise ValueError("KV state token list is damaged")
+    return [int(t) for t in tokens], state

@@ -1,0 +1,134 @@
+"""Messages between the daemon and a model worker process.
+
+Frames are msgpack-encoded tagged structs preceded by a 4-byte big-endian length, written on the
+worker's stdin (commands) and a private copy of its stdout (events). The worker points its own
+fd 1 at stderr so nothing llama.cpp prints can corrupt the stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+
+
+# --- daemon -> worker ----------------------------------------------------------------------
+
+
+class Load(msgspec.Struct, tag="load", kw_only=True):
+    model_path: str
+    kind: str = "chat"
+    n_ctx: int = 2048
+    n_gpu_layers: int = -1
+    n_threads: int = 0
+    n_batch: int = 512
+    parallel: int = 1
+    chat_template: str | None = None
+
+
+class Generate(msgspec.Struct, tag="generate", kw_only=True):
+    """One chat or completion request. `params` holds the OpenAI request fields."""
+
+    id: int
+    op: str  # "chat" | "completion"
+    params: dict[str, Any]
+    slot_key: str | None = None
+
+
+class Embed(msgspec.Struct, tag="embed", kw_only=True):
+    id: int
+    inputs: list[str]
+
+
+class Tokenize(msgspec.Struct, tag="tokenize", kw_only=True):
+    id: int
+    text: str
+
+
+class SaveSlot(msgspec.Struct, tag="save_slot", kw_only=True):
+    """Write the KV state of the slot bound to `slot_key` to `path`."""
+
+    id: int
+    slot_key: str
+    path: str
+
+
+class RestoreSlot(msgspec.Struct, tag="restore_slot", kw_only=True):
+    """Load KV state from `path` into a slot bound to `slot_key`."""
+
+    id: int
+    slot_key: str
+    path: str
+
+
+class Cancel(msgspec.Struct, tag="cancel", kw_only=True):
+    id: int
+
+
+class Shutdown(msgspec.Struct, tag="shutdown"):
+    pass
+
+
+Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Shutdown
+
+
+# --- worker -> daemon ----------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag="hello", kw_only=True):
+    pid: int
+    llama_cpp_version: str
+    gpu_offload: bool
+    import_ms: float
+
+
+class Loaded(msgspec.Struct, tag="loaded", kw_only=True):
+    load_ms: float
+    memory_bytes: int
+    n_ctx: int
+    n_ctx_train: int
+    metadata: dict[str, str]
+
+
+class Delta(msgspec.Struct, tag="delta", kw_only=True):
+    id: int
+    text: str
+
+
+class Done(msgspec.Struct, tag="done", kw_only=True):
+    """The end of a request; `result` is op-specific (text, tool_calls, usage, timings...)."""
+
+    id: int
+    result: dict[str, Any]
+
+
+class Failed(msgspec.Struct, tag="failed", kw_only=True):
+    """A request (id) or the load (id 0) failed inside the worker."""
+
+    id: int
+    message: str
+    kind: str = "error"  # "error" | "invalid_request" | "context_overflow"
+
+
+Event = Hello | Loaded | Delta | Done | Failed
+
+_encoder = msgspec.msgpack.Encoder()
+_command_decoder = msgspec.msgpack.Decoder(Command)
+_event_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode(msg: Command | Event) -> bytes:
+    body = _encoder.encode(msg)
+    return HEADER.pack(len(body)) + body
+
+
+def decode_command(body: bytes) -> Command:
+    return _command_decoder.decode(body)
+
+
+def decode_event(body: bytes) -> Event:
+    return _event_decoder.decode(body)

@@ -1,0 +1,579 @@
+"""The model scheduler: the one owner of model lifetimes.
+
+Handlers never start or stop models; they ask `acquire(model_id)` for a lease, use the worker it
+holds, and release it. The scheduler loads a model on the first request (two racing first requests
+share one load), keeps a reference count, arms the idle timer when the last request ends, unloads
+on expiry (or at once for keep_alive 0; never for -1 or a pinned model), and before a load evicts
+idle models, least recently used first, until the estimate fits the memory budget. A model that
+cannot fit gets InsufficientMemory (507), never an OOM crash. Each model has `parallel` slots and a
+bounded queue; beyond it a request fails fast with QueueFull (503 + Retry-After).
+
+Everything that touches the machine is passed in: the worker spawner, the memory probe, the clock,
+the GGUF reader, so unit tests drive this logic with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.config import ModelsConfig
+from appliance.errors import ApplianceError, InsufficientMemory, ModelUnavailable, QueueFull
+from appliance.models import protocol as p
+from appliance.models.catalog import ModelCatalog
+from appliance.models.gguf_info import GgufInfo, read_gguf_info
+from appliance.models.memory import MemoryProbe
+from appliance.models.profile import ModelProfile
+from appliance.telemetry.events import EventBus
+
+log = logging.getLogger("appliance.scheduler")
+
+MiB = 2**20
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class Worker(Protocol):
+    """What the scheduler needs of a worker (workerproc.WorkerProcess in production)."""
+
+    pid: int
+    model_id: str | None
+    on_exit: Callable[[Any, str], None] | None
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def load(self, spec: p.Load, timeout: float) -> p.Loaded: ...
+
+    async def close(self, grace: float = ...) -> None: ...
+
+
+class Spawner(Protocol):
+    async def spawn(self) -> Any: ...
+
+
+@dataclass
+class Runner:
+    profile: ModelProfile
+    slots: asyncio.Semaphore
+    state: str = "unloaded"  # unloaded | loading | ready | busy | unloading | failed
+    worker: Any = None
+    active: int = 0
+    waiting: int = 0
+    pinned: bool = False
+    keep_alive: float | None = None
+    expires_at: float | None = None  # monotonic
+    last_used: float | None = None  # wall clock
+    last_used_mono: float = 0.0
+    load_count: int = 0
+    last_load_ms: float | None = None
+    last_error: str | None = None
+    memory_estimate: int = 0
+    memory_measured: int = 0
+    load_task: asyncio.Task[None] | None = None
+    model_path: str | None = None
+    loaded: p.Loaded | None = None
+    unload_when_idle: bool = False
+    counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "evictions": 0, "crashes": 0})
+
+    @property
+    def resident(self) -> bool:
+        return self.worker is not None and self.state in ("loading", "ready", "busy", "unloading")
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_measured or (self.memory_estimate if self.resident else 0)
+
+    @property
+    def idle(self) -> bool:
+        return self.state == "ready" and self.active == 0 and self.waiting == 0
+
+
+class Lease:
+    """One request's hold on a loaded model. Release exactly once (it is an async context manager)."""
+
+    def __init__(self, scheduler: ModelScheduler, runner: Runner) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.worker = runner.worker
+        self.profile = runner.profile
+        self.queue_ms = 0.0
+        self.load_ms: float | None = None
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.scheduler._release(self.runner)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ModelScheduler:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        *,
+        spawner: Spawner,
+        memory: MemoryProbe,
+        config: ModelsConfig,
+        clock: Clock | None = None,
+        events: EventBus | None = None,
+        gguf_info: Callable[[Path], GgufInfo] = read_gguf_info,
+    ) -> None:
+        self.catalog = catalog
+        self.spawner = spawner
+        self.memory = memory
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.events = events or EventBus()
+        self.gguf_info = gguf_info
+        self.runners: dict[str, Runner] = {}
+        self._load_lock = asyncio.Lock()
+        self._spare: Any = None
+        self._spare_task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle of the scheduler itself ----------------------------------------------------
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_loop())
+        for prof in self.catalog.all():
+            if prof.pinned:
+                self._runner(prof.id).pinned = True
+        if self.config.spare_worker:
+            self._refill_spare(delay=0.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._reaper:
+            self._reaper.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._spare_task:
+            self._spare_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._spare_task
+        closers = [r.worker.close() for r in self.runners.values() if r.worker is not None]
+        if self._spare is not None:
+            closers.append(self._spare.close())
+            self._spare = None
+        await asyncio.gather(*closers, return_exceptions=True)
+        for r in self.runners.values():
+            r.worker = None
+            r.state = "unloaded"
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _runner(self, model_id: str) -> Runner:
+        prof = self.catalog.get(model_id)
+        r = self.runners.get(model_id)
+        if r is None or r.profile is not prof:
+            if r is None:
+                r = Runner(profile=prof, slots=asyncio.Semaphore(prof.parallel), pinned=prof.pinned)
+                self.runners[model_id] = r
+            else:
+                r.profile = prof
+        return r
+
+    async def acquire(self, model_id: str, *, keep_alive: float | None = None) -> Lease:
+        """Wait for a slot on a loaded model (loading it first if needed)."""
+        r = self._runner(model_id)
+        limit = r.profile.parallel + self.config.queue_size
+        if r.active + r.waiting >= limit:
+            raise QueueFull(
+                f"model {model_id!r} has {r.active} requests running and {r.waiting} waiting "
+                f"(limit {limit}); retry shortly",
+                retry_after=max(1, r.waiting // max(1, r.profile.parallel)),
+            )
+        t0 = self.clock.monotonic()
+        r.waiting += 1
+        r.expires_at = None
+        lease_load_ms: float | None = None
+        try:
+            while True:
+                if r.state not in ("ready", "busy"):
+                    tl = self.clock.monotonic()
+                    await self._ensure_loaded(r)
+                    lease_load_ms = (self.clock.monotonic() - tl) * 1000.0
+                await r.slots.acquire()
+                if r.worker is not None and r.worker.alive and r.state in ("ready", "busy"):
+                    break
+                r.slots.release()  # the worker died or was unloaded while we waited: load again
+        except BaseException:
+            r.waiting -= 1
+            self._arm_idle(r)
+            raise
+        r.waiting -= 1
+        r.active += 1
+        r.state = "busy"
+        r.counters["requests"] += 1
+        r.keep_alive = keep_alive
+        lease = Lease(self, r)
+        lease.queue_ms = (self.clock.monotonic() - t0) * 1000.0
+        lease.load_ms = lease_load_ms
+        return lease
+
+    def _release(self, r: Runner) -> None:
+        r.active -= 1
+        r.slots.release()
+        r.last_used = self.clock.time()
+        r.last_used_mono = self.clock.monotonic()
+        if r.active == 0 and r.state == "busy":
+            r.state = "ready"
+        self._arm_idle(r)
+
+    # --- idle timers -------------------------------------------------------------------------
+
+    def idle_ttl(self, r: Runner) -> float:
+        if r.keep_alive is not None:
+            return r.keep_alive
+        if r.profile.idle_ttl_s is not None:
+            return r.profile.idle_ttl_s
+        return self.config.default_idle_ttl_s
+
+    def _arm_idle(self, r: Runner) -> None:
+        if not r.idle:
+            return
+        if r.unload_when_idle:
+            r.unload_when_idle = False
+            self._spawn_task(self._unload(r, "requested"))
+            return
+        if r.pinned:
+            r.expires_at = None
+            return
+        ttl = self.idle_ttl(r)
+        if ttl < 0:
+            r.expires_at = None
+        elif ttl == 0:
+            self._spawn_task(self._unload(r, "keep_alive 0"))
+        else:
+            r.expires_at = self.clock.monotonic() + ttl
+            self._wake.set()
+
+    async def reap_expired(self) -> list[str]:
+        """Unload every idle model whose deadline has passed; returns their ids."""
+        now = self.clock.monotonic()
+        expired = [r for r in self.runners.values() if r.idle and r.expires_at is not None and r.expires_at <= now]
+        for r in expired:
+            await self._unload(r, "idle")
+        return [r.profile.id for r in expired]
+
+    async def _reap_loop(self) -> None:
+        while True:
+            deadlines = [r.expires_at for r in self.runners.values() if r.expires_at is not None and r.idle]
+            timeout = max(0.0, min(deadlines) - self.clock.monotonic()) if deadlines else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:
+                await self.reap_expired()
+            except Exception:
+                log.exception("idle reaper failed")
+
+    # --- load / unload -----------------------------------------------------------------------
+
+    async def _ensure_loaded(self, r: Runner) -> None:
+        if r.load_task is None or r.load_task.done():
+            r.load_task = asyncio.create_task(self._load(r))
+        # shield: a waiter that gives up (client gone) must not cancel the load for the others
+        await asyncio.shield(r.load_task)
+
+    def _set_state(self, r: Runner, state: str, **extra: Any) -> None:
+        r.state = state
+        self.events.publish("model.state", model=r.profile.id, state=state, **extra)
+
+    async def _load(self, r: Runner) -> None:
+        prof = r.profile
+        worker = None
+        t0 = self.clock.monotonic()
+        try:
+            async with self._load_lock:
+                self._set_state(r, "loading")
+                r.last_error = None
+                path = await asyncio.to_thread(self.catalog.ensure_local, prof.id, self._progress(prof.id))
+                info = await asyncio.to_thread(self.gguf_info, path)
+                r.memory_estimate = info.estimate_bytes(prof.context_size, prof.parallel, gpu=self.memory.kind == "gpu")
+                await self._make_room(r, r.memory_estimate)
+                t0 = self.clock.monotonic()
+                worker = await self._take_worker()
+                worker.model_id = prof.id
+                worker.on_exit = lambda w, msg: self._worker_exited(r, w, msg)
+                loaded = await worker.load(
+                    p.Load(
+                        model_path=str(path),
+                        kind=prof.kind,
+                        n_ctx=prof.context_size,
+                        n_gpu_layers=prof.gpu_layers,
+                        n_threads=prof.threads,
+                        n_batch=prof.batch_size,
+                        parallel=prof.parallel,
+                        chat_template=prof.chat_template,
+                    ),
+                    timeout=self.config.load_timeout_s,
+                )
+                r.worker = worker
+                r.loaded = loaded
+                r.model_path = str(path)
+                r.load_count += 1
+                r.last_load_ms = (self.clock.monotonic() - t0) * 1000.0
+                measured = self.memory.process_bytes(worker.pid) if self.memory.kind == "gpu" else None
+                r.memory_measured = int(measured or loaded.memory_bytes or 0) or r.memory_estimate
+                self._set_state(r, "ready", load_ms=r.last_load_ms, memory_bytes=r.memory_measured)
+        except BaseException as exc:
+            if worker is not None:
+                worker.on_exit = None
+                with contextlib.suppress(Exception):
+                    await worker.close(grace=0.5)
+            r.worker = None
+            r.memory_measured = 0
+            r.last_error = exc.message if isinstance(exc, ApplianceError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, asyncio.CancelledError):
+                r.last_error = "load cancelled"
+            self._set_state(r, "failed", error=r.last_error)
+            if isinstance(exc, ApplianceError | asyncio.CancelledError):
+                raise
+            raise ModelUnavailable(f"model {prof.id!r} failed to load: {r.last_error}") from exc
+        finally:
+            if self.config.spare_worker and not self._stopping:
+                self._refill_spare(delay=1.0)
+
+    def _progress(self, model_id: str) -> Callable[[str, float | None, str], None]:
+        def report(stage: str, fraction: float | None, detail: str) -> None:
+            self.events.publish("model.fetch", model=model_id, stage=stage, fraction=fraction, detail=detail)
+
+        return report
+
+    async def _make_room(self, r: Runner, need: int) -> None:
+        budget = self.memory.budget_bytes()
+        if need > budget:
+            raise InsufficientMemory(
+                f"model {r.profile.id!r} needs about {need // MiB} MiB but the whole memory budget is "
+                f"{budget // MiB} MiB; lower its context_size/parallel or raise models.memory_budget_mb"
+            )
+        while True:
+            used = sum(o.memory_bytes for o in self.runners.values() if o is not r and o.resident)
+            if used + need <= budget:
+                return
+            victims = sorted(
+                (o for o in self.runners.values() if o is not r and o.idle and not o.pinned and o.worker is not None),
+                key=lambda o: o.last_used_mono,
+            )
+            if not victims:
+                held = [f"{o.profile.id} ({o.memory_bytes // MiB} MiB, {'pinned' if o.pinned else 'busy'})"
+                        for o in self.runners.values() if o is not r and o.resident]
+                raise InsufficientMemory(
+                    f"model {r.profile.id!r} needs about {need // MiB} MiB; {used // MiB} of "
+                    f"{budget // MiB} MiB are held by {', '.join(held)}. Unload or unpin a model, or retry "
+                    "when they are idle",
+                    code="insufficient_memory",
+                )
+            victim = victims[0]
+            victim.counters["evictions"] += 1
+            self.events.publish("model.evicted", model=victim.profile.id, for_model=r.profile.id)
+            await self._unload(victim, f"evicted for {r.profile.id}")
+
+    async def _unload(self, r: Runner, reason: str) -> None:
+        if r.worker is None or not r.idle:
+            return
+        worker = r.worker
+        worker.on_exit = None
+        self._set_state(r, "unloading", reason=reason)
+        r.expires_at = None
+        try:
+            await worker.close()
+        finally:
+            r.worker = None
+            r.memory_measured = 0
+            self._set_state(r, "unloaded", reason=reason)
+        if self.config.page_cache and r.model_path:
+            self._spawn_task(asyncio.to_thread(_keep_in_page_cache, r.model_path))
+
+    def _worker_exited(self, r: Runner, worker: Any, message: str) -> None:
+        if r.worker is not worker:
+            return
+        r.worker = None
+        r.memory_measured = 0
+        r.last_error = message
+        r.counters["crashes"] += 1
+        r.expires_at = None
+        self._set_state(r, "failed", error=message)
+
+    # --- spare worker ------------------------------------------------------------------------
+
+    async def _take_worker(self) -> Any:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.alive:
+            return spare
+        if self._spare_task is not None and not self._spare_task.done():
+            with contextlib.suppress(BaseException):
+                await self._spare_task
+            spare, self._spare = self._spare, None
+            if spare is not None and spare.alive:
+                return spare
+        return await self.spawner.spawn()
+
+    def _refill_spare(self, delay: float) -> None:
+        if self._stopping or (self._spare_task is not None and not self._spare_task.done()):
+            return
+
+        async def refill() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            if self._spare is not None and self._spare.alive:
+                return
+            try:
+                self._spare = await self.spawner.spawn()
+            except Exception as exc:
+                log.warning("could not start a spare worker: %s", exc)
+
+        self._spare_task = asyncio.create_task(refill())
+
+    @property
+    def spare_ready(self) -> bool:
+        return self._spare is not None and self._spare.alive
+
+    # --- explicit control --------------------------------------------------------------------
+
+    async def load(self, model_id: str) -> None:
+        r = self._runner(model_id)
+        if r.state not in ("ready", "busy"):
+            await self._ensure_loaded(r)
+        self._arm_idle(r)
+
+    async def unload(self, model_id: str) -> str:
+        """Unload now if idle; if requests are running, unload as soon as they end."""
+        r = self._runner(model_id)
+        if r.idle:
+            await self._unload(r, "requested")
+        elif r.state in ("busy", "loading") or r.waiting:
+            r.unload_when_idle = True
+        return r.state
+
+    async def pin(self, model_id: str, pinned: bool = True) -> None:
+        r = self._runner(model_id)
+        r.pinned = pinned
+        if pinned:
+            r.expires_at = None
+            await self.load(model_id)
+        else:
+            self._arm_idle(r)
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- views -------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[ModelStatus]:
+        out = []
+        now_m, now_w = self.clock.monotonic(), self.clock.time()
+        for prof in self.catalog.all():
+            r = self.runners.get(prof.id) or Runner(profile=prof, slots=asyncio.Semaphore(prof.parallel), pinned=prof.pinned)
+            deadline = None
+            if r.expires_at is not None and r.idle:
+                deadline = now_w + max(0.0, r.expires_at - now_m)
+            out.append(
+                ModelStatus(
+                    id=prof.id,
+                    kind=prof.kind,
+                    state=r.state,
+                    pinned=r.pinned,
+                    memory_bytes=r.memory_bytes,
+                    memory_estimate_bytes=r.memory_estimate,
+                    last_used=r.last_used,
+                    idle_deadline=deadline,
+                    idle_ttl_s=self.idle_ttl(r),
+                    load_count=r.load_count,
+                    last_load_ms=r.last_load_ms,
+                    last_error=r.last_error,
+                    active=r.active,
+                    waiting=r.waiting,
+                    parallel=prof.parallel,
+                    context_size=prof.context_size,
+                    worker_pid=r.worker.pid if r.worker is not None else None,
+                    source=prof.source,
+                    counters=dict(r.counters),
+                )
+            )
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "memory_kind": self.memory.kind,
+            "memory_budget_bytes": self.memory.budget_bytes(),
+            "memory_used_bytes": sum(r.memory_bytes for r in self.runners.values() if r.resident),
+            "spare_worker_ready": self.spare_ready,
+            "queue_depth": sum(r.waiting for r in self.runners.values()),
+            "active_requests": sum(r.active for r in self.runners.values()),
+        }
+
+
+@dataclass
+class ModelStatus:
+    id: str
+    kind: str
+    state: str
+    pinned: bool
+    memory_bytes: int
+    memory_estimate_bytes: int
+    last_used: float | None
+    idle_deadline: float | None
+    idle_ttl_s: float
+    load_count: int
+    last_load_ms: float | None
+    last_error: str | None
+    active: int
+    waiting: int
+    parallel: int
+    context_size: int
+    worker_pid: int | None
+    source: str
+    counters: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _keep_in_page_cache(path: str) -> None:
+    """Ask the kernel to keep (or bring back) the model file in the page cache."""
+    try:
+        import psutil
+
+        size = os.path.getsize(path)
+        if size > psutil.virtual_memory().available // 2:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,461 @@
+"""The model worker process: one loaded model, llama-cpp-python inside, commands on stdin.
+
+Started as `python -m appliance.models.worker`. It imports llama_cpp first and says Hello, then
+waits: that is the pre-warmed spare the scheduler hands the next load to, so waking a model costs
+the model load alone. A llama.cpp abort, an OOM kill or SIGKILL ends this process only; the daemon
+sees the pipe close and fails the requests this worker was serving.
+
+Each parallel slot is its own llama context. A request bound to a `slot_key` (a session) goes back
+to the slot that already holds its tokens, so only the new tokens are evaluated; otherwise the free
+slot with the longest shared prefix is chosen. Slots beyond the first are created on first use, so
+a wake-up pays for one context only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import Any, BinaryIO
+
+from appliance.models import protocol as p
+
+_t0 = time.perf_counter()
+import llama_cpp  # noqa: E402  (the point of a spare worker is to pay for this import early)
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf  # noqa: E402
+
+from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
+from appliance.models import chat_format as cf  # noqa: E402
+from appliance.models.kvfile import read_kv_file, write_kv_file  # noqa: E402
+
+IMPORT_MS = (time.perf_counter() - _t0) * 1000.0
+
+SAMPLING_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repeat_penalty": "repeat_penalty",
+    "seed": "seed",
+}
+
+
+class Slot:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.llm: llama_cpp.Llama | None = None
+        self.key: str | None = None
+        self.busy = False
+        self.last_used = 0.0
+
+
+class Worker:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.write_lock = threading.Lock()
+        self.cancelled: set[int] = set()
+        self.spec: p.Load | None = None
+        self.slots: list[Slot] = []
+        self.slots_cv = threading.Condition()
+        self.template: str | None = None
+        self.bos = ""
+        self.eos = ""
+        self._grammars: dict[str, LlamaGrammar] = {}
+        self._grammar_lock = threading.Lock()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def send(self, msg: p.Event) -> None:
+        data = p.encode(msg)
+        with self.write_lock:
+            self.out.write(data)
+            self.out.flush()
+
+    # --- load ------------------------------------------------------------------------------
+
+    def _new_llama(self) -> llama_cpp.Llama:
+        spec = self.spec
+        assert spec is not None
+        threads = spec.n_threads or os.cpu_count() or 1
+        return llama_cpp.Llama(
+            model_path=spec.model_path,
+            n_ctx=spec.n_ctx,
+            n_batch=min(spec.n_batch, spec.n_ctx),
+            n_ubatch=min(spec.n_batch, spec.n_ctx),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=spec.n_gpu_layers,
+            embedding=spec.kind == "embedding",
+            verbose=False,
+        )
+
+    def load(self, spec: p.Load) -> None:
+        import psutil
+
+        rss0 = psutil.Process().memory_info().rss
+        t = time.perf_counter()
+        self.spec = spec
+        self.slots = [Slot(i) for i in range(spec.parallel)]
+        try:
+            llm = self._new_llama()
+        except Exception as exc:  # llama-cpp-python raises ValueError for unreadable files
+            self.send(p.Failed(id=0, message=f"llama.cpp could not load {spec.model_path}: {exc}"))
+            return
+        self.slots[0].llm = llm
+        meta = {k: str(v) for k, v in llm.metadata.items() if len(str(v)) < 4096 or k == "tokenizer.chat_template"}
+        self.template = spec.chat_template or llm.metadata.get("tokenizer.chat_template")
+        self.bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+        self.eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+        load_ms = (time.perf_counter() - t) * 1000.0
+        n_ctx_train = int(meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", 0) or 0)
+        self.send(
+            p.Loaded(
+                load_ms=load_ms,
+                memory_bytes=max(0, psutil.Process().memory_info().rss - rss0),
+                n_ctx=llm.n_ctx(),
+                n_ctx_train=n_ctx_train,
+                metadata=meta,
+            )
+        )
+
+    # --- slots -----------------------------------------------------------------------------
+
+    def acquire_slot(self, key: str | None, prompt: list[int] | None) -> Slot:
+        with self.slots_cv:
+            while True:
+                free = [s for s in self.slots if not s.busy]
+                chosen: Slot | None = None
+                if key is not None:
+                    bound = [s for s in self.slots if s.key == key]
+                    if bound:
+                        chosen = bound[0] if not bound[0].busy else None
+                    elif free:
+                        # prefer a slot no session owns, then the least recently used one
+                        chosen = min(free, key=lambda s: (s.key is not None, s.last_used))
+                elif free:
+                    chosen = max(free, key=lambda s: (s.key is None, _shared_prefix(s, prompt), -s.last_used))
+                if chosen is not None:
+                    chosen.busy = True
+                    if key is not None:
+                        chosen.key = key
+                    elif chosen.key is not None:
+                        chosen.key = None
+                    return chosen
+                self.slots_cv.wait()
+
+    def release_slot(self, slot: Slot) -> None:
+        with self.slots_cv:
+            slot.busy = False
+            slot.last_used = time.monotonic()
+            self.slots_cv.notify_all()
+
+    def slot_llm(self, slot: Slot) -> llama_cpp.Llama:
+        if slot.llm is None:
+            slot.llm = self._new_llama()
+        return slot.llm
+
+    # --- requests --------------------------------------------------------------------------
+
+    def grammar(self, schema: dict[str, Any] | None, raw_gbnf: str | None = None) -> LlamaGrammar:
+        key = raw_gbnf if raw_gbnf is not None else json.dumps(schema, sort_keys=True)
+        with self._grammar_lock:
+            g = self._grammars.get(key)
+            if g is None:
+                try:
+                    if raw_gbnf is not None:
+                        g = LlamaGrammar.from_string(raw_gbnf, verbose=False)
+                    else:
+                        # name before arguments: a model should decide what to call first
+                        gbnf = json_schema_to_gbnf(key, prop_order=["tool_call", "name", "arguments", "response"])
+                        g = LlamaGrammar.from_string(gbnf, verbose=False)
+                except Exception as exc:
+                    raise InvalidRequest(f"cannot build a grammar from this JSON schema: {exc}") from exc
+                self._grammars[key] = g
+            return g
+
+    def generate(self, cmd: p.Generate) -> None:
+        try:
+            result = self._generate(cmd)
+            self.send(p.Done(id=cmd.id, result=result))
+        except ApplianceError as exc:
+            self.send(p.Failed(id=cmd.id, message=exc.message, kind="invalid_request"))
+        except Exception as exc:
+            self.send(p.Failed(id=cmd.id, message=f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.cancelled.discard(cmd.id)
+
+    def _generate(self, cmd: p.Generate) -> dict[str, Any]:
+        params = cmd.params
+        tools: list[Any] = []
+        required = False
+        grammar: LlamaGrammar | None = None
+        if cmd.op == "chat":
+            tools, required = cf.select_tools(params.get("tools"), params.get("tool_choice"))
+            tools_prompt = cf.tools_system_prompt(tools, required) if tools else None
+            messages = cf.normalise_messages(params.get("messages") or [], tools_prompt)
+            prompt = cf.render_prompt(self.template, messages, bos_token=self.bos, eos_token=self.eos)
+            if tools:
+                grammar = self.grammar(cf.tool_call_schema(tools, required))
+            else:
+                schema = cf.response_format_schema(params.get("response_format"))
+                if schema == {"type": "object"}:
+                    grammar = self.grammar(None, raw_gbnf=JSON_GBNF)
+                elif schema is not None:
+                    grammar = self.grammar(schema)
+        else:
+            prompt = params.get("prompt")
+            if isinstance(prompt, list):
+                if len(prompt) != 1 or not isinstance(prompt[0], str):
+                    raise InvalidRequest("prompt must be a string (or a list of one string)", param="prompt")
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise InvalidRequest("prompt must be a string", param="prompt")
+
+        llm0 = self.slots[0].llm
+        assert llm0 is not None
+        tokens = llm0.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        n_ctx = llm0.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise ApplianceError(
+                f"the prompt is {len(tokens)} tokens but this model's context holds {n_ctx}; "
+                "shorten the messages or raise context_size in the model profile",
+                code="context_length_exceeded",
+            )
+        max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = n_ctx - len(tokens)
+        max_tokens = max(1, min(int(max_tokens), n_ctx - len(tokens)))
+        kwargs: dict[str, Any] = {
+            k2: params[k] for k, k2 in SAMPLING_KEYS.items() if params.get(k) is not None
+        }
+        kwargs.setdefault("temperature", 0.8 if cmd.op == "chat" else 0.8)
+        stop = params.get("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+
+        slot = self.acquire_slot(cmd.slot_key, tokens)
+        try:
+            llm = self.slot_llm(slot)
+            cached_before = _prefix_len(llm, tokens)
+            t_start = time.perf_counter()
+            t_first: float | None = None
+            text_parts: list[str] = []
+            finish = "stop"
+            n_out = 0
+            stream = llm.create_completion(
+                tokens,
+                max_tokens=max_tokens,
+                stop=stop or [],
+                stream=True,
+                grammar=grammar,
+                **kwargs,
+            )
+            emit = not tools  # tool replies are parsed whole at the end
+            for chunk in stream:
+                if cmd.id in self.cancelled:
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                piece = choice.get("text") or ""
+                n_out += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if piece:
+                    text_parts.append(piece)
+                    if emit:
+                        self.send(p.Delta(id=cmd.id, text=piece))
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            t_end = time.perf_counter()
+        finally:
+            self.release_slot(slot)
+
+        text = "".join(text_parts)
+        if finish != "cancelled":  # the last sampled token is never evaluated, so count it here
+            n_out = max(0, llm.n_tokens - len(tokens)) + (1 if finish == "length" else 0)
+        result: dict[str, Any] = {
+            "text": text,
+            "finish_reason": finish,
+            "usage": {
+                "prompt_tokens": len(tokens),
+                "completion_tokens": n_out,
+                "total_tokens": len(tokens) + n_out,
+                "cached_tokens": cached_before,
+            },
+            "timings": {
+                "prefill_ms": ((t_first or t_end) - t_start) * 1000.0,
+                "decode_ms": (t_end - (t_first or t_end)) * 1000.0,
+                "total_ms": (t_end - t_start) * 1000.0,
+                "slot": slot.index,
+            },
+        }
+        if tools and finish != "cancelled":
+            content, calls = cf.parse_tool_reply(text)
+            result["content"] = content
+            result["tool_calls"] = calls
+            if calls:
+                result["finish_reason"] = "tool_calls"
+        return result
+
+    def embed(self, cmd: p.Embed) -> None:
+        try:
+            llm = self.slots[0].llm
+            assert llm is not None
+            if self.spec is None or self.spec.kind != "embedding":
+                raise InvalidRequest("this model is a chat model; use an embedding model for /v1/embeddings")
+            slot = self.acquire_slot(None, None)
+            try:
+                vectors, n_tokens = llm.embed(cmd.inputs, normalize=True, return_count=True)
+            finally:
+                self.release_slot(slot)
+            if cmd.inputs and vectors and not isinstance(vectors[0], list):
+                vectors = [vectors]
+            self.send(p.Done(id=cmd.id, result={"embeddings": vectors, "prompt_tokens": n_tokens}))
+        except ApplianceError as exc:
+            self.send(p.Failed(id=cmd.id, message=exc.message, kind="invalid_request"))
+        except Exception as exc:
+            self.send(p.Failed(id=cmd.id, message=f"{type(exc).__name__}: {exc}"))
+
+    def tokenize(self, cmd: p.Tokenize) -> None:
+        llm = self.slots[0].llm
+        assert llm is not None
+        toks = llm.tokenize(cmd.text.encode("utf-8"), add_bos=True, special=True)
+        self.send(p.Done(id=cmd.id, result={"tokens": toks}))
+
+    # --- KV state of a slot (sessions) -----------------------------------------------------
+
+    def save_slot(self, cmd: p.SaveSlot) -> None:
+        try:
+            slot = next((s for s in self.slots if s.key == cmd.slot_key), None)
+            if slot is None or slot.llm is None or slot.llm.n_tokens == 0:
+                self.send(p.Done(id=cmd.id, result={"saved": False, "bytes": 0, "n_tokens": 0}))
+                return
+            with self.slots_cv:
+                while slot.busy:
+                    self.slots_cv.wait()
+                slot.busy = True
+            try:
+                llm = slot.llm
+                ctx = llm._ctx.ctx
+                size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+                buf = (ctypes.c_uint8 * size)()
+                n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+                tokens = [int(t) for t in llm.input_ids[: llm.n_tokens]]
+                nbytes = write_kv_file(cmd.path, tokens, memoryview(buf)[:n])
+            finally:
+                self.release_slot(slot)
+            self.send(p.Done(id=cmd.id, result={"saved": True, "bytes": nbytes, "n_tokens": len(tokens)}))
+        except Exception as exc:
+            self.send(p.Failed(id=cmd.id, message=f"saving KV state failed: {exc}"))
+
+    def restore_slot(self, cmd: p.RestoreSlot) -> None:
+        slot = self.acquire_slot(cmd.slot_key, None)
+        try:
+            t = time.perf_counter()
+            tokens, data = read_kv_file(cmd.path)
+            llm = self.slot_llm(slot)
+            llm.reset()
+            ctx = llm._ctx.ctx
+            mem = llama_cpp.llama_get_memory(ctx)
+            llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+            n = llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), 0)
+            if n == 0 or len(tokens) > llm.n_ctx():
+                llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+                raise ValueError("llama.cpp rejected the saved state")
+            llm.input_ids[: len(tokens)] = tokens
+            llm.n_tokens = len(tokens)
+            llm._requires_eval = True
+            ms = (time.perf_counter() - t) * 1000.0
+            self.send(p.Done(id=cmd.id, result={"restored": True, "n_tokens": len(tokens), "bytes": len(data), "ms": ms}))
+        except Exception as exc:
+            if slot.llm is not None:
+                slot.llm.reset()
+            self.send(p.Failed(id=cmd.id, message=f"restoring KV state failed: {exc}"))
+        finally:
+            self.release_slot(slot)
+
+
+def _prefix_len(llm: llama_cpp.Llama, tokens: list[int]) -> int:
+    n = 0
+    for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _shared_prefix(slot: Slot, tokens: list[int] | None) -> int:
+    if slot.llm is None or not tokens:
+        return 0
+    return _prefix_len(slot.llm, tokens)
+
+
+def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | None]) -> None:
+    try:
+        while True:
+            header = inp.read(p.HEADER.size)
+            if len(header) < p.HEADER.size:
+                break
+            (size,) = p.HEADER.unpack(header)
+            body = inp.read(size)
+            if len(body) < size:
+                break
+            cmd = p.decode_command(body)
+            if isinstance(cmd, p.Cancel):
+                worker.cancelled.add(cmd.id)
+            else:
+                jobs.put(cmd)
+    finally:
+        jobs.put(None)
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main() -> int:
+    _die_with_parent()
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # anything llama.cpp prints goes to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    worker = Worker(out)
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    worker.send(p.Hello(pid=os.getpid(), llama_cpp_version=llama_cpp.__version__, gpu_offload=gpu, import_ms=IMPORT_MS))
+    jobs: queue.Queue[p.Command | None] = queue.Queue()
+    threading.Thread(target=_read_frames, args=(sys.stdin.buffer, worker, jobs), daemon=True).start()
+    while True:
+        cmd = jobs.get()
+        if cmd is None or isinstance(cmd, p.Shutdown):
+            break
+        if isinstance(cmd, p.Load):
+            worker.load(cmd)
+        elif isinstance(cmd, p.Generate):
+            threading.Thread(target=worker.generate, args=(cmd,), daemon=True).start()
+        elif isinstance(cmd, p.Embed):
+            threading.Thread(target=worker.embed, args=(cmd,), daemon=True).start()
+        elif isinstance(cmd, p.Tokenize):
+            worker.tokenize(cmd)
+        elif isinstance(cmd, p.SaveSlot):
+            threading.Thread(target=worker.save_slot, args=(cmd,), daemon=True).start()
+        elif isinstance(cmd, p.RestoreSlot):
+            threading.Thread(target=worker.restore_slot, args=(cmd,), daemon=True).start()
+    os._exit(0)  # skip interpreter teardown: llama.cpp frees nothing we still need
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,271 @@
+"""The daemon's side of a model worker process: spawn it, talk to it, notice when it dies.
+
+`ProcessSpawner.spawn()` starts `python -m appliance.models.worker` and returns once the worker has
+imported llama_cpp and said Hello. `WorkerProcess` multiplexes requests over the pipe by id and
+turns the worker's death (abort, OOM kill, SIGKILL) into a WorkerCrashed error for each request it
+was serving, then tells its owner through `on_exit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError, InvalidRequest, ModelUnavailable, WorkerCrashed
+from appliance.models import protocol as p
+
+log = logging.getLogger("appliance.worker")
+
+_ids = itertools.count(1)
+
+
+class RequestStream:
+    """Events of one request: Delta* then Done, or an exception."""
+
+    def __init__(self, worker: WorkerProcess, req_id: int) -> None:
+        self.worker = worker
+        self.id = req_id
+        self.queue: asyncio.Queue[p.Delta | p.Done | BaseException] = asyncio.Queue()
+        self.finished = asyncio.Event()
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[p.Delta | p.Done]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[p.Delta | p.Done]:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, p.Done):
+                return
+
+    async def result(self) -> dict[str, Any]:
+        async for ev in self:
+            if isinstance(ev, p.Done):
+                return ev.result
+        raise WorkerCrashed("the worker ended the request without a result")
+
+    async def cancel(self) -> None:
+        """Ask the worker to stop; returns at once (the stream finishes when the worker agrees)."""
+        if not self.finished.is_set() and not self.cancelled:
+            self.cancelled = True
+            await self.worker.send(p.Cancel(id=self.id))
+
+
+class WorkerProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, hello: p.Hello) -> None:
+        self.proc = proc
+        self.hello = hello
+        self.pid = proc.pid
+        self.model_id: str | None = None
+        self.pending: dict[int, RequestStream] = {}
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.on_exit: Callable[[WorkerProcess, str], None] | None = None
+        self.exit_message: str | None = None
+        self._load_future: asyncio.Future[p.Loaded] | None = None
+        self._write_lock = asyncio.Lock()
+        self._exited = asyncio.Event()
+        self._reader = asyncio.create_task(self._read_events())
+        self._errreader = asyncio.create_task(self._read_stderr())
+
+    @property
+    def alive(self) -> bool:
+        return not self._exited.is_set() and self.proc.returncode is None
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def send(self, cmd: p.Command) -> None:
+        if not self.alive or self.proc.stdin is None:
+            raise WorkerCrashed(self.exit_message or "the worker process is gone")
+        async with self._write_lock:
+            try:
+                self.proc.stdin.write(p.encode(cmd))
+                await self.proc.stdin.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                raise WorkerCrashed(self.exit_message or f"the worker process is gone ({exc})") from exc
+
+    async def load(self, spec: p.Load, timeout: float) -> p.Loaded:
+        loop = asyncio.get_running_loop()
+        self._load_future = loop.create_future()
+        await self.send(spec)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._load_future), timeout)
+        except TimeoutError:
+            await self.kill()
+            raise ModelUnavailable(f"loading took longer than {timeout:.0f}s; the worker was stopped") from None
+
+    async def request(self, make: Callable[[int], p.Command]) -> RequestStream:
+        req_id = next(_ids)
+        stream = RequestStream(self, req_id)
+        self.pending[req_id] = stream
+        try:
+            await self.send(make(req_id))
+        except BaseException:
+            self.pending.pop(req_id, None)
+            raise
+        return stream
+
+    async def call(self, make: Callable[[int], p.Command]) -> dict[str, Any]:
+        stream = await self.request(make)
+        return await stream.result()
+
+    async def close(self, grace: float = 3.0) -> None:
+        """Ask the worker to exit, then make sure it has: memory only comes back when it is gone."""
+        if self.alive:
+            with contextlib.suppress(ApplianceError):
+                await self.send(p.Shutdown())
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                await self.kill()
+        await self._exited.wait()
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+
+    async def wait_exit(self) -> None:
+        await self._exited.wait()
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def _read_events(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while True:
+                header = await self.proc.stdout.readexactly(p.HEADER.size)
+                (size,) = p.HEADER.unpack(header)
+                body = await self.proc.stdout.readexactly(size)
+                self._dispatch(p.decode_event(body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("worker %d: bad frame; stopping it", self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        rc = await self.proc.wait()
+        await asyncio.wait([self._errreader], timeout=1.0)
+        self._on_exit(rc)
+
+    def _dispatch(self, ev: p.Event) -> None:
+        if isinstance(ev, p.Loaded):
+            if self._load_future and not self._load_future.done():
+                self._load_future.set_result(ev)
+            return
+        if isinstance(ev, p.Failed) and ev.id == 0:
+            if self._load_future and not self._load_future.done():
+                self._load_future.set_exception(ModelUnavailable(ev.message))
+            return
+        if isinstance(ev, p.Hello):
+            return
+        stream = self.pending.get(ev.id)
+        if stream is None:
+            return
+        if isinstance(ev, p.Failed):
+            self.pending.pop(ev.id, None)
+            err: ApplianceError = InvalidRequest(ev.message) if ev.kind == "invalid_request" else ApplianceError(ev.message)
+            if "context_length_exceeded" in ev.message:
+                err = InvalidRequest(ev.message, code="context_length_exceeded")
+            stream.queue.put_nowait(err)
+            stream.finished.set()
+        elif isinstance(ev, p.Done):
+            self.pending.pop(ev.id, None)
+            stream.queue.put_nowait(ev)
+            stream.finished.set()
+        else:
+            stream.queue.put_nowait(ev)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.stderr_tail.append(text)
+                log.debug("worker %d: %s", self.pid, text)
+
+    def _on_exit(self, rc: int) -> None:
+        if rc < 0:
+            try:
+                how = f"was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                how = f"was killed by signal {-rc}"
+        else:
+            how = f"exited with status {rc}"
+        if rc in (-6, 134):
+            how += " (llama.cpp aborted: the model file may be malformed)"
+        elif rc == -9:
+            how += " (killed: out of memory, or stopped by hand)"
+        tail = [ln for ln in self.stderr_tail if ln.strip()][-3:]
+        model = f"model {self.model_id!r}" if self.model_id else "a spare worker"
+        msg = f"the worker process of {model} {how}"
+        if tail:
+            msg += ": " + " | ".join(tail)
+        self.exit_message = msg
+        self._exited.set()
+        if self._load_future and not self._load_future.done():
+            self._load_future.set_exception(ModelUnavailable(msg + ". Check the model file, then retry."))
+        for stream in list(self.pending.values()):
+            stream.queue.put_nowait(WorkerCrashed(msg + ". The request failed; retry it."))
+            stream.finished.set()
+        self.pending.clear()
+        if self.on_exit is not None:
+            self.on_exit(self, msg)
+
+
+class ProcessSpawner:
+    """Starts real worker processes."""
+
+    def __init__(self, log_dir: Path | None = None, python: str | None = None, hello_timeout: float = 120.0) -> None:
+        self.python = python or sys.executable
+        self.hello_timeout = hello_timeout
+        self.log_dir = log_dir
+
+    async def spawn(self) -> WorkerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")}
+        proc = await asyncio.create_subprocess_exec(
+            self.python,
+            "-m",
+            "appliance.models.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a Ctrl-C in the daemon's terminal is the daemon's to handle
+        )
+        assert proc.stdout is not None
+        try:
+            header = await asyncio.wait_for(proc.stdout.readexactly(p.HEADER.size), self.hello_timeout)
+            (size,) = p.HEADER.unpack(header)
+            hello = p.decode_event(await proc.stdout.readexactly(size))
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            err = b""
+            if proc.stderr is not None:
+                with contextlib.suppress(Exception):
+                    err = await asyncio.wait_for(proc.stderr.read(), 2)
+            raise ModelUnavailable(
+                "a model worker process failed to start: "
+                + (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+                + ". Is llama-cpp-python installed? Run `appliance doctor`."
+            ) from exc
+        if not isinstance(hello, p.Hello):
+            proc.kill()
+            raise ModelUnavailable("a model worker spoke out of turn at start-up")
+        return WorkerProcess(proc, hello)

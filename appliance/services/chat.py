@@ -1,0 +1,263 @@
+"""Chat, completion and embedding requests in OpenAI's shapes, served by the model scheduler.
+
+Each request takes a lease from the scheduler before anything is sent to the client, so "no such
+model", "queue full" and "does not fit" come back as HTTP errors, not as a broken stream. A
+streaming request that the client abandons cancels its generation in the worker, and the lease is
+released once the worker confirms, so the slot really is free for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from appliance.errors import ApplianceError, InvalidRequest
+from appliance.models import protocol as p
+from appliance.models.catalog import ModelCatalog
+from appliance.models.scheduler import Lease, ModelScheduler
+from appliance.models.workerproc import RequestStream
+
+log = logging.getLogger("appliance.chat")
+
+CANCEL_GRACE_S = 30.0
+
+
+def _keep_alive(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest("keep_alive must be a number of seconds (0 unloads now, -1 never)", param="keep_alive") from None
+    if v < 0 and v != -1:
+        raise InvalidRequest("keep_alive must be -1 (never unload), 0 (unload now) or positive", param="keep_alive")
+    return v
+
+
+class Generation:
+    """A running generation: the lease, the worker stream and the metadata of the response."""
+
+    def __init__(self, lease: Lease, stream: RequestStream, model: str, kind: str) -> None:
+        self.lease = lease
+        self.stream = stream
+        self.model = model
+        self.kind = kind
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.t0 = time.perf_counter()
+        self.first_token_ms: float | None = None
+        self._finished = False
+
+    async def events(self) -> AsyncIterator[p.Delta | p.Done]:
+        try:
+            async for ev in self.stream:
+                if self.first_token_ms is None:
+                    self.first_token_ms = (time.perf_counter() - self.t0) * 1000.0
+                yield ev
+            self._finished = True
+        finally:
+            self.close_soon()
+
+    async def result(self) -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        async for ev in self.events():
+            if isinstance(ev, p.Done):
+                final = ev.result
+        return final
+
+    def close_soon(self) -> None:
+        """Release the lease now if the worker is done, else cancel and release when it agrees."""
+        if self._finished or self.stream.finished.is_set():
+            self.lease.release()
+            return
+        asyncio.ensure_future(self._cancel_then_release())
+
+    async def _cancel_then_release(self) -> None:
+        try:
+            with contextlib.suppress(ApplianceError):
+                await self.stream.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stream.finished.wait(), CANCEL_GRACE_S)
+        finally:
+            self.lease.release()
+
+    def extra(self, result: dict[str, Any]) -> dict[str, Any]:
+        timings = dict(result.get("timings") or {})
+        timings["queue_ms"] = self.lease.queue_ms
+        if self.lease.load_ms is not None:
+            timings["load_ms"] = self.lease.load_ms
+        if self.first_token_ms is not None:
+            timings["first_event_ms"] = self.first_token_ms
+        return timings
+
+
+class ChatService:
+    def __init__(self, scheduler: ModelScheduler, catalog: ModelCatalog) -> None:
+        self.scheduler = scheduler
+        self.catalog = catalog
+
+    async def _start(self, model: Any, kind: str, make: Any, keep_alive: Any) -> tuple[Lease, RequestStream]:
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("`model` is required: the id of a model from GET /v1/models", param="model")
+        prof = self.catalog.get(model)
+        if prof.kind != kind:
+            other = "/v1/embeddings" if prof.kind == "embedding" else "/v1/chat/completions or /v1/completions"
+            raise InvalidRequest(f"model {model!r} is a {prof.kind} model; use it with {other}", param="model")
+        lease = await self.scheduler.acquire(model, keep_alive=_keep_alive(keep_alive))
+        try:
+            stream = await lease.worker.request(make)
+        except BaseException:
+            lease.release()
+            raise
+        return lease, stream
+
+    async def generate(self, op: str, params: dict[str, Any], *, slot_key: str | None = None) -> Generation:
+        """Start a chat ("chat") or completion ("completion") generation."""
+        if params.get("n") not in (None, 1):
+            raise InvalidRequest("only n=1 is supported", param="n")
+        model = params.get("model")
+        lease, stream = await self._start(
+            model,
+            "chat",
+            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key),
+            params.get("keep_alive"),
+        )
+        return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion")
+
+    # --- OpenAI shapes ------------------------------------------------------------------------
+
+    async def chat_completion(self, params: dict[str, Any]) -> dict[str, Any]:
+        gen = await self.generate("chat", params)
+        r = await gen.result()
+        message: dict[str, Any] = {"role": "assistant", "content": r.get("content", r.get("text", ""))}
+        if r.get("tool_calls"):
+            message["tool_calls"] = r["tool_calls"]
+            message["content"] = None
+        return {
+            "id": gen.id,
+            "object": "chat.completion",
+            "created": gen.created,
+            "model": gen.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": r.get("finish_reason", "stop"), "logprobs": None}],
+            "usage": _usage(r),
+            "timings": gen.extra(r),
+        }
+
+    async def chat_completion_stream(self, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        gen = await self.generate("chat", params)
+        include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
+        return self._chat_chunks(gen, include_usage)
+
+    async def _chat_chunks(self, gen: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": gen.id,
+                "object": "chat.completion.chunk",
+                "created": gen.created,
+                "model": gen.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            }
+
+        yield chunk({"role": "assistant", "content": ""})
+        async for ev in gen.events():
+            if isinstance(ev, p.Delta):
+                yield chunk({"content": ev.text})
+            else:
+                r = ev.result
+                if r.get("tool_calls"):
+                    calls = [{"index": i, **c} for i, c in enumerate(r["tool_calls"])]
+                    yield chunk({"tool_calls": calls})
+                elif "content" in r and r["content"]:
+                    yield chunk({"content": r["content"]})
+                final = chunk({}, r.get("finish_reason", "stop"))
+                final["timings"] = gen.extra(r)
+                yield final
+                if include_usage:
+                    yield {**chunk({}), "choices": [], "usage": _usage(r)}
+
+    async def completion(self, params: dict[str, Any]) -> dict[str, Any]:
+        gen = await self.generate("completion", params)
+        r = await gen.result()
+        return {
+            "id": gen.id,
+            "object": "text_completion",
+            "created": gen.created,
+            "model": gen.model,
+            "choices": [{"index": 0, "text": r.get("text", ""), "finish_reason": r.get("finish_reason", "stop"), "logprobs": None}],
+            "usage": _usage(r),
+            "timings": gen.extra(r),
+        }
+
+    async def completion_stream(self, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        gen = await self.generate("completion", params)
+        include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
+        return self._completion_chunks(gen, include_usage)
+
+    async def _completion_chunks(self, gen: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": gen.id,
+                "object": "text_completion",
+                "created": gen.created,
+                "model": gen.model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            }
+
+        async for ev in gen.events():
+            if isinstance(ev, p.Delta):
+                yield chunk(ev.text)
+            else:
+                yield chunk("", ev.result.get("finish_reason", "stop"))
+                if include_usage:
+                    yield {**chunk(""), "choices": [], "usage": _usage(ev.result)}
+
+    async def embeddings(self, params: dict[str, Any]) -> dict[str, Any]:
+        inputs = params.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
+            raise InvalidRequest("input must be a string or a non-empty list of strings (token arrays are not supported)",
+                                 param="input")
+        if any(not x for x in inputs):
+            raise InvalidRequest("input strings must not be empty", param="input")
+        fmt = params.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise InvalidRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+        model = params.get("model")
+        lease, stream = await self._start(
+            model, "embedding", lambda i: p.Embed(id=i, inputs=list(inputs)), params.get("keep_alive")
+        )
+        try:
+            r = await stream.result()
+        finally:
+            lease.release()
+        data = []
+        for i, vec in enumerate(r["embeddings"]):
+            dims = params.get("dimensions")
+            if dims:
+                vec = vec[: int(dims)]
+            emb: Any = vec
+            if fmt == "base64":
+                emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        n = int(r.get("prompt_tokens", 0))
+        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+def _usage(r: dict[str, Any]) -> dict[str, Any]:
+    u = r.get("usage") or {}
+    out = {
+        "prompt_tokens": int(u.get("prompt_tokens", 0)),
+        "completion_tokens": int(u.get("completion_tokens", 0)),
+        "total_tokens": int(u.get("total_tokens", 0)),
+    }
+    if u.get("cached_tokens"):
+        out["prompt_tokens_details"] = {"cached_tokens": int(u["cached_tokens"])}
+    return out

@@ -1,0 +1,55 @@
+"""Model management: listing, loading, unloading, pinning and adding models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InvalidRequest
+from appliance.models.catalog import ModelCatalog
+from appliance.models.scheduler import ModelScheduler
+
+
+class ModelService:
+    def __init__(self, catalog: ModelCatalog, scheduler: ModelScheduler) -> None:
+        self.catalog = catalog
+        self.scheduler = scheduler
+
+    def openai_list(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": m.id, "object": "model", "created": 0, "owned_by": "appliance", "kind": m.kind, "state": m.state}
+                for m in self.scheduler.snapshot()
+            ],
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        for status in self.scheduler.snapshot():
+            d = status.to_dict()
+            d["fetched"] = self.catalog.local_path(status.id) is not None
+            out.append(d)
+        return out
+
+    def get(self, model_id: str) -> dict[str, Any]:
+        self.catalog.get(model_id)
+        return next(m for m in self.list() if m["id"] == model_id)
+
+    async def load(self, model_id: str) -> dict[str, Any]:
+        await self.scheduler.load(model_id)
+        return self.get(model_id)
+
+    async def unload(self, model_id: str) -> dict[str, Any]:
+        await self.scheduler.unload(model_id)
+        return self.get(model_id)
+
+    async def pin(self, model_id: str, pinned: bool) -> dict[str, Any]:
+        await self.scheduler.pin(model_id, pinned)
+        return self.get(model_id)
+
+    def add(self, path: str, model_id: str | None, kind: str) -> dict[str, Any]:
+        if kind not in ("chat", "embedding"):
+            raise InvalidRequest("kind must be 'chat' or 'embedding'", param="kind")
+        prof = self.catalog.add_path(Path(path), model_id=model_id, kind=kind)
+        return self.get(prof.id)

@@ -1,0 +1,1 @@
+"""Telemetry: GPU (NVML), host figures, metrics, events and traces."""
