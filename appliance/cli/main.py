@@ -16,7 +16,7 @@ import sys
 from appliance import __version__
 from appliance.errors import ApplianceError
 
-SUBCOMMANDS = ["serve", "models", "run", "bench", "doctor", "chat", "agents", "sessions", "token", "service", "tui"]
+SUBCOMMANDS = ["serve", "models", "convert", "run", "bench", "doctor", "chat", "agents", "sessions", "token", "service", "tui"]
 
 
 def build_parser() -> argparse.ArgumentParser:
