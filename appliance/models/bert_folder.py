@@ -185,7 +185,9 @@ def read_vocab(src_dir: Path, n_vocab: int) -> BertVocab:
             file=str(src_dir / "config.json"),
             key="vocab_size",
         )
-    ids = {tok: i for i, tok in enumerate(raw)}
+    ids: dict[str, int] = {}
+    for i, tok in enumerate(raw):
+        ids.setdefault(tok, i)
     names = _special_names(src_dir)
     special_ids: dict[str, int] = {}
     for kind, name in names.items():
@@ -201,19 +203,24 @@ def read_vocab(src_dir: Path, n_vocab: int) -> BertVocab:
             )
     tokens: list[str] = []
     types: list[int] = []
-    for tok in raw:
-        if tok in special:
-            tokens.append(tok)
-            types.append(gguf.TokenType.CONTROL)
+    seen: set[str] = set()
+    for i in range(n_vocab):
+        tok = raw[i] if i < len(raw) else None
+        if tok is None:  # an embedding row the tokenizer never produces
+            spelled, kind = f"[PAD{i}]", gguf.TokenType.UNUSED
+        elif tok in special:
+            spelled, kind = tok, gguf.TokenType.CONTROL
         elif tok.startswith("##"):
-            tokens.append(tok[2:])
-            types.append(gguf.TokenType.NORMAL)
+            spelled, kind = tok[2:], gguf.TokenType.NORMAL
         else:
-            tokens.append("\u2581" + tok)
-            types.append(gguf.TokenType.NORMAL)
-    for i in range(len(raw), n_vocab):  # embedding rows the tokenizer never produces
-        tokens.append(f"[PAD{i}]")
-        types.append(gguf.TokenType.UNUSED)
+            spelled, kind = "\u2581" + tok, gguf.TokenType.NORMAL
+        if spelled in seen:
+            # llama.cpp aborts on a vocabulary with a repeated token; the first one keeps the
+            # text (as in the original tokenizer, which never produces a repeat's id).
+            spelled, kind = f"[DUP{i}]", gguf.TokenType.UNUSED
+        seen.add(spelled)
+        tokens.append(spelled)
+        types.append(kind)
     return BertVocab(tokens=tokens, types=types, special=special_ids)
 
 
