@@ -343,8 +343,7 @@ class ModelScheduler:
                 r.model_path = str(path)
                 r.load_count += 1
                 r.last_load_ms = (self.clock.monotonic() - t0) * 1000.0
-                measured = self.memory.process_bytes(worker.pid) if self.memory.kind == "gpu" else None
-                r.memory_measured = int(measured or loaded.memory_bytes or 0) or r.memory_estimate
+                r.memory_measured = self._measured(worker.pid, loaded, r.memory_estimate)
                 self._set_state(r, "ready", load_ms=r.last_load_ms, memory_bytes=r.memory_measured)
         except BaseException as exc:
             if worker is not None:
@@ -363,6 +362,14 @@ class ModelScheduler:
         finally:
             if self.config.spare_worker and not self._stopping:
                 self._refill_spare(delay=1.0)
+
+    def _measured(self, pid: int, loaded: p.Loaded, estimate: int) -> int:
+        """What a loaded model holds. NVML's per-process figure is exact on a GPU; in RAM the
+        worker's resident growth undercounts (mmap'd weights and the KV cache become resident
+        only as they are touched), so there the measurement can only raise the estimate."""
+        if self.memory.kind == "gpu":
+            return int(self.memory.process_bytes(pid) or estimate)
+        return max(estimate, int(loaded.memory_bytes or 0))
 
     def _progress(self, model_id: str) -> Callable[[str, float | None, str], None]:
         def report(stage: str, fraction: float | None, detail: str) -> None:
