@@ -107,7 +107,11 @@ class Database:
                 f"cannot create the state directory {self.path.parent}: {exc.strerror}. "
                 "Choose a writable --state-dir."
             ) from exc
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.close()
+            raise
 
     # --- connections ---------------------------------------------------------------------------
 
