@@ -204,23 +204,25 @@ def read_vocab(src_dir: Path, n_vocab: int) -> BertVocab:
     tokens: list[str] = []
     types: list[int] = []
     seen: set[str] = set()
+    spelled: str
+    ttype: gguf.TokenType
     for i in range(n_vocab):
-        tok = raw[i] if i < len(raw) else None
-        if tok is None:  # an embedding row the tokenizer never produces
-            spelled, kind = f"[PAD{i}]", gguf.TokenType.UNUSED
-        elif tok in special:
-            spelled, kind = tok, gguf.TokenType.CONTROL
-        elif tok.startswith("##"):
-            spelled, kind = tok[2:], gguf.TokenType.NORMAL
+        piece = raw[i] if i < len(raw) else None
+        if piece is None:  # an embedding row the tokenizer never produces
+            spelled, ttype = f"[PAD{i}]", gguf.TokenType.UNUSED
+        elif piece in special:
+            spelled, ttype = piece, gguf.TokenType.CONTROL
+        elif piece.startswith("##"):
+            spelled, ttype = piece[2:], gguf.TokenType.NORMAL
         else:
-            spelled, kind = "\u2581" + tok, gguf.TokenType.NORMAL
+            spelled, ttype = "\u2581" + piece, gguf.TokenType.NORMAL
         if spelled in seen:
             # llama.cpp aborts on a vocabulary with a repeated token; the first one keeps the
             # text (as in the original tokenizer, which never produces a repeat's id).
-            spelled, kind = f"[DUP{i}]", gguf.TokenType.UNUSED
+            spelled, ttype = f"[DUP{i}]", gguf.TokenType.UNUSED
         seen.add(spelled)
         tokens.append(spelled)
-        types.append(kind)
+        types.append(ttype)
     return BertVocab(tokens=tokens, types=types, special=special_ids)
 
 

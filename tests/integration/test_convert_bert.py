@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def embedder(path: Path) -> llama_cpp.Llama:
+def embedder(path: Path) -> Any:
     return llama_cpp.Llama(str(path), embedding=True, n_ctx=256, verbose=False)
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,13 +27,11 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_path: Path) -> llama_cpp.Llama:
+def tiny(tiny_model_path: Path) -> Any:
     return llama_cpp.Llama(str(tiny_model_path), n_ctx=512, verbose=False, seed=0)
 
 
-def test_generates_the_same_tokens_at_temperature_zero(
-    tiny: llama_cpp.Llama, tiny_model_path: Path
-) -> None:
+def test_generates_the_same_tokens_at_temperature_zero(tiny: Any, tiny_model_path: Path) -> None:
     first = tiny.create_completion("hello world", max_tokens=16, temperature=0.0)
     other = llama_cpp.Llama(str(tiny_model_path), n_ctx=512, verbose=False, seed=123)
     second = other.create_completion("hello world", max_tokens=16, temperature=0.0)
@@ -44,24 +43,24 @@ def test_generates_the_same_tokens_at_temperature_zero(
 @pytest.mark.parametrize(
     "text", ["hello world", "héllo wörld — 世界 🎉", "tabs\tand\nnewlines", "<not special>"]
 )
-def test_any_utf8_round_trips_through_byte_fallback(tiny: llama_cpp.Llama, text: str) -> None:
+def test_any_utf8_round_trips_through_byte_fallback(tiny: Any, text: str) -> None:
     ids = tiny.tokenize(text.encode(), add_bos=False)
     assert tiny.detokenize(ids).decode().removeprefix(" ") == text
 
 
-def test_unknown_characters_use_byte_tokens(tiny: llama_cpp.Llama) -> None:
+def test_unknown_characters_use_byte_tokens(tiny: Any) -> None:
     ids = tiny.tokenize("世".encode(), add_bos=False, special=False)
     byte_ids = [i for i in ids if BYTE_TOKEN_BASE <= i < BYTE_TOKEN_BASE + 256]
     assert byte_ids == [BYTE_TOKEN_BASE + b for b in "世".encode()]
 
 
-def test_chatml_markers_are_single_control_tokens(tiny: llama_cpp.Llama) -> None:
+def test_chatml_markers_are_single_control_tokens(tiny: Any) -> None:
     ids = tiny.tokenize(b"<|im_start|>user\nhi<|im_end|>", add_bos=True, special=True)
     assert ids[0] == BOS_ID and ids[1] == IM_START_ID and ids[-1] == IM_END_ID
     assert tiny.metadata["tokenizer.chat_template"].startswith("{% for message in messages %}")
 
 
-def test_chat_completion_through_the_template(tiny: llama_cpp.Llama) -> None:
+def test_chat_completion_through_the_template(tiny: Any) -> None:
     out = tiny.create_chat_completion(
         [{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.0
     )
