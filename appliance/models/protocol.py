@@ -73,7 +73,14 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Shutdown
+class Prewarm(msgspec.Struct, tag="prewarm", kw_only=True):
+    """A spare worker's warm-up: open `model_path` vocabulary-only, so the one-time costs of the
+    first model load in a process (backend set-up, file mapping) are paid before a request waits."""
+
+    model_path: str
+
+
+Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Shutdown | Prewarm
 
 
 # --- worker -> daemon ----------------------------------------------------------------------

@@ -158,6 +158,7 @@ class ModelScheduler:
         self._reaper: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._last_model_path: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle of the scheduler itself ----------------------------------------------------
@@ -341,6 +342,7 @@ class ModelScheduler:
                 r.worker = worker
                 r.loaded = loaded
                 r.model_path = str(path)
+                self._last_model_path = str(path)
                 r.load_count += 1
                 r.last_load_ms = (self.clock.monotonic() - t0) * 1000.0
                 r.memory_measured = self._measured(worker.pid, loaded, r.memory_estimate)
@@ -456,9 +458,14 @@ class ModelScheduler:
             if self._spare is not None and self._spare.alive:
                 return
             try:
-                self._spare = await self.spawner.spawn()
+                spare = await self.spawner.spawn()
             except Exception as exc:
                 log.warning("could not start a spare worker: %s", exc)
+                return
+            if self._last_model_path is not None:
+                with contextlib.suppress(ApplianceError):
+                    await spare.send(p.Prewarm(model_path=self._last_model_path))
+            self._spare = spare
 
         self._spare_task = asyncio.create_task(refill())
 

@@ -27,6 +27,7 @@ from appliance.models import protocol as p
 
 _t0 = time.perf_counter()
 import llama_cpp  # noqa: E402  (the point of a spare worker is to pay for this import early)
+import psutil  # noqa: E402
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf  # noqa: E402
 
 from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
@@ -96,9 +97,13 @@ class Worker:
             verbose=False,
         )
 
-    def load(self, spec: p.Load) -> None:
-        import psutil
+    def prewarm(self, cmd: p.Prewarm) -> None:
+        try:
+            llama_cpp.Llama(model_path=cmd.model_path, vocab_only=True, verbose=False)
+        except Exception:
+            pass  # a warm-up is best effort; the real load reports any problem
 
+    def load(self, spec: p.Load) -> None:
         rss0 = psutil.Process().memory_info().rss
         t = time.perf_counter()
         self.spec = spec
@@ -444,6 +449,8 @@ def main() -> int:
             break
         if isinstance(cmd, p.Load):
             worker.load(cmd)
+        elif isinstance(cmd, p.Prewarm):
+            worker.prewarm(cmd)
         elif isinstance(cmd, p.Generate):
             threading.Thread(target=worker.generate, args=(cmd,), daemon=True).start()
         elif isinstance(cmd, p.Embed):

@@ -1,0 +1,1 @@
+"""Benchmark programs (`appliance bench ...`): they measure and print, never assert."""
