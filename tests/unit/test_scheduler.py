@@ -185,7 +185,7 @@ async def test_pinned_model_never_expires_until_unpinned() -> None:
 async def test_lru_eviction_makes_room() -> None:
     sched, spawner, clock = make([prof("a"), prof("b"), prof("c")], budget=250 * MiB)
     for mid in ("a", "b", "c"):
-        spawner.sizes[f"/m/{mid}.gguf"] = 100 * MiB
+        spawner.sizes[f"/m/{mid}.gguf"] = 80 * MiB  # ~112 MiB with KV and compute buffers
     (await sched.acquire("a")).release()
     clock.t += 1
     (await sched.acquire("b")).release()
@@ -200,13 +200,13 @@ async def test_lru_eviction_makes_room() -> None:
 
 async def test_model_that_cannot_fit_gets_insufficient_memory() -> None:
     sched, spawner, _ = make([prof("a"), prof("b"), prof("huge")], budget=250 * MiB)
-    spawner.sizes.update({"/m/a.gguf": 100 * MiB, "/m/b.gguf": 100 * MiB, "/m/huge.gguf": 400 * MiB})
+    spawner.sizes.update({"/m/a.gguf": 80 * MiB, "/m/b.gguf": 80 * MiB, "/m/huge.gguf": 400 * MiB})
     with pytest.raises(InsufficientMemory, match="whole memory budget"):
         await sched.acquire("huge")
     busy = await sched.acquire("a")
     await sched.pin("b", True)
-    spawner.sizes["/m/huge.gguf"] = 100 * MiB
-    with pytest.raises(InsufficientMemory, match=r"a \(100 MiB, busy\).*b \(100 MiB, pinned\)"):
+    spawner.sizes["/m/huge.gguf"] = 80 * MiB
+    with pytest.raises(InsufficientMemory, match=r"a \(112 MiB, busy\).*b \(112 MiB, pinned\)"):
         await sched.acquire("huge")
     busy.release()
     assert model(sched, "huge")["state"] == "failed"
