@@ -21,6 +21,8 @@ from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
 from appliance.services.chat import ChatService
 from appliance.services.models import ModelService
+from appliance.store import Store
+from appliance.telemetry.events import EventBus
 
 log = logging.getLogger("appliance")
 
@@ -32,10 +34,14 @@ class Appliance:
         *,
         scheduler: ModelScheduler,
         catalog: ModelCatalog,
+        store: Store,
+        events: EventBus,
     ) -> None:
         self.config = config
         self.catalog = catalog
         self.scheduler = scheduler
+        self.store = store
+        self.events = events
         self.models = ModelService(catalog, scheduler)
         self.chat = ChatService(scheduler, catalog)
         self._extra_stops: list[Any] = []
@@ -46,13 +52,16 @@ class Appliance:
         for sub in ("models", "kv", "sandboxes", "oci"):
             (state / sub).mkdir(parents=True, exist_ok=True)
         catalog = ModelCatalog.load(config)
+        events = EventBus()
         scheduler = ModelScheduler(
             catalog,
             spawner=ProcessSpawner(log_dir=state / "logs"),
             memory=memory_probe_for_host(config.models),
             config=config.models,
+            events=events,
         )
-        return cls(config, scheduler=scheduler, catalog=catalog)
+        store = Store(state)
+        return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events)
 
     async def start(self) -> None:
         await self.scheduler.start()
@@ -65,6 +74,7 @@ class Appliance:
             except Exception:  # one part failing to stop must not keep the others running
                 log.exception("error while stopping")
         await self.scheduler.stop()
+        await self.store.aclose()
 
     async def status(self) -> dict[str, Any]:
         return {
