@@ -204,12 +204,6 @@ class ModelFetcher:
         if unreachable:  # fail in seconds, not after huggingface_hub's minute of retries
             raise _offline_hint("Hugging Face", src, unreachable)
         report("download", None, f"{src.location}/{src.member}".rstrip("/"))
-        offline_errors: tuple[type[BaseException], ...] = (
-            hf_errors.LocalEntryNotFoundError,
-            hf_errors.OfflineModeIsEnabled,
-            httpx.TransportError,
-            ConnectionError,
-        )
         try:
             if src.member:
                 got = huggingface_hub.hf_hub_download(
@@ -221,17 +215,13 @@ class ModelFetcher:
                 )
             else:
                 got = huggingface_hub.snapshot_download(
-                    src.location, local_dir=local_dir, endpoint=endpoint
+                    src.location,
+                    local_dir=local_dir,
+                    endpoint=endpoint,
+                    tqdm_class=_tqdm_reporter(report, src.location, files=True),
                 )
-        except offline_errors as exc:
-            raise _offline_hint("Hugging Face", src, exc) from exc
-        except (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError) as exc:
-            raise ModelFetchError(
-                f"{src.text!r} was not found on Hugging Face ({type(exc).__name__}); check the"
-                " repository and file name (gated models need `hf auth login`)"
-            ) from exc
-        except hf_errors.HfHubHTTPError as exc:
-            raise ModelFetchError(f"Hugging Face refused {src.text!r}: {exc}") from exc
+        except Exception as exc:
+            raise _hf_error(src, exc, hf_errors) from exc
         return Path(str(got))
 
     # --- url -------------------------------------------------------------------------------
@@ -308,6 +298,31 @@ class ModelFetcher:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _hf_error(src: ModelSource, exc: Exception, hf_errors: Any) -> ModelFetchError:
+    """Turn a huggingface_hub failure into what the user should do about it."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, hf_errors.LocalEntryNotFoundError) and isinstance(
+        cause, hf_errors.HfHubHTTPError
+    ):
+        exc = cause  # the Hub answered; huggingface_hub only re-raised it as "not cached"
+    if isinstance(exc, hf_errors.RepositoryNotFoundError | hf_errors.EntryNotFoundError):
+        return ModelFetchError(
+            f"{src.text!r} was not found on Hugging Face ({type(exc).__name__}); check the"
+            " repository and file name (gated models need `hf auth login`)"
+        )
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        return ModelFetchError(f"Hugging Face refused {src.text!r}: {exc}")
+    offline = (
+        hf_errors.LocalEntryNotFoundError,
+        hf_errors.OfflineModeIsEnabled,
+        httpx.TransportError,
+        ConnectionError,
+    )
+    if isinstance(exc, offline):
+        return _offline_hint("Hugging Face", src, exc)
+    return ModelFetchError(f"fetching {src.text!r} from Hugging Face failed: {exc}")
+
+
 def unreachable_reason(url: str, timeout: float = 3.0) -> str | None:
     """Why no TCP connection to `url`'s host opens, or None when it does (or a proxy is set)."""
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -331,9 +346,13 @@ def _check_gguf(path: Path, source: str) -> None:
         )
 
 
-def _tqdm_reporter(report: FetchProgress, label: str) -> Any:
-    """A tqdm class that forwards huggingface_hub's byte counts to `report` and draws nothing."""
+def _tqdm_reporter(report: FetchProgress, label: str, *, files: bool = False) -> Any:
+    """A tqdm class that forwards huggingface_hub's counts (bytes, or files of a snapshot) to
+    `report` and draws nothing itself."""
     from tqdm.auto import tqdm
+
+    def amount(n: float) -> str:
+        return f"{n:.0f} files" if files else human_bytes(n)
 
     class Reporting(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -345,8 +364,8 @@ def _tqdm_reporter(report: FetchProgress, label: str) -> Any:
             self.done += int(n or 0)
             total = self.total or 0
             fraction = self.done / total if total else None
-            size = f" of {human_bytes(total)}" if total else ""
-            report("download", fraction, f"{label}: {human_bytes(self.done)}{size}")
+            size = f" of {amount(total)}" if total else ""
+            report("download", fraction, f"{label}: {amount(self.done)}{size}")
             return None
 
     return Reporting
