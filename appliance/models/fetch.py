@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -33,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, InvalidRequest
 from appliance.models.convert_bert import convert_bert
 from appliance.models.progress import FetchProgress, human_bytes, no_progress
 from appliance.models.sources import ModelSource, parse_source
@@ -44,6 +45,7 @@ __all__ = ["ModelFetchError", "ModelFetcher", "unreachable_reason"]
 GGUF_MAGIC = b"GGUF"
 CONVERTERS = ("bert",)
 _CHUNK = 1 << 20
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _offline_hint(what: str, source: ModelSource, exc: object) -> ModelFetchError:
@@ -72,8 +74,9 @@ class ModelFetcher:
         """`pip` is the command that runs pip (default: this interpreter's `-m pip`);
         `pip_args` are added to every `pip download` (for example `--find-links DIR`
         `--no-index` for a local wheel directory). `http` replaces the client for `url:`
-        sources (tests pass one with a mock transport). `offline` refuses network sources at
-        once (default: the HF_HUB_OFFLINE environment variable)."""
+        sources (tests pass one with a mock transport). `offline` refuses hf: and url: sources
+        at once (default: the HF_HUB_OFFLINE environment variable); pypi: still runs pip, whose
+        index may be a local mirror."""
         self.store_dir = Path(store_dir)
         self.pip = list(pip) if pip is not None else [sys.executable, "-m", "pip"]
         self.pip_args = list(pip_args)
@@ -118,6 +121,7 @@ class ModelFetcher:
         """Return the path of the model's GGUF, fetching and converting it first if needed."""
         report = progress or no_progress
         src = parse_source(source)
+        _check_id(profile_id)
         if convert is not None and convert not in CONVERTERS:
             raise ConfigError(
                 f"unknown converter {convert!r}; use one of {', '.join(CONVERTERS)}", key="convert"
@@ -127,6 +131,11 @@ class ModelFetcher:
             report("done", 1.0, str(ready))
             return ready
         if src.scheme == "path" and not convert:
+            if src.path.is_dir():
+                raise ModelFetchError(
+                    f"{src.path} is a folder; name the .gguf file inside it, or set"
+                    ' convert = "bert" for a BERT sentence-transformers folder'
+                )
             raise ModelFetchError(
                 f"model file {src.path} does not exist; copy the GGUF there or fix the profile's"
                 " source"
@@ -296,6 +305,14 @@ class ModelFetcher:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_id(profile_id: str) -> None:
+    if not _SAFE_ID.match(profile_id):
+        raise InvalidRequest(
+            f"model id {profile_id!r} cannot name a file in the model store; use letters,"
+            " digits, '.', '_' and '-', not starting with '.'"
+        )
 
 
 def _hf_error(src: ModelSource, exc: Exception, hf_errors: Any) -> ModelFetchError:

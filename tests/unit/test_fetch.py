@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, InvalidRequest
 from appliance.models import fetch as fetch_module
 from appliance.models.fetch import ModelFetcher, ModelFetchError
 from appliance.models.progress import TerminalProgress
@@ -134,6 +134,11 @@ def test_changed_source_is_fetched_again(tmp_path: Path) -> None:
     assert (tmp_path / "store" / "emb.gguf").read_bytes() != before
 
 
+def test_unsafe_model_id_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="cannot name a file"):
+        ModelFetcher(tmp_path / "store").ensure("../evil", "url:http://models.test/m.gguf")
+
+
 def test_folder_without_convert_and_file_with_convert_are_refused(tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
     model.write_bytes(GGUF_BYTES)
@@ -142,6 +147,8 @@ def test_folder_without_convert_and_file_with_convert_are_refused(tmp_path: Path
         fetcher.ensure("m", "url:http://models.test/m.gguf", "bert")
     with pytest.raises(ConfigError, match="unknown converter 'onnx'"):
         fetcher.ensure("m", str(model), "onnx")
+    with pytest.raises(ModelFetchError, match=r"is a folder; name the \.gguf file"):
+        fetcher.ensure("m", str(tmp_path))
 
 
 # --- url -----------------------------------------------------------------------------------
