@@ -42,10 +42,20 @@ class RequestStream:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[p.Delta | p.Done]:
+        held: p.Delta | p.Done | BaseException | None = None
         while True:
-            item = await self.queue.get()
+            item = held if held is not None else await self.queue.get()
+            held = None
             if isinstance(item, BaseException):
                 raise item
+            # a consumer that fell behind gets the queued tokens as one delta, not one by one
+            while isinstance(item, p.Delta) and not self.queue.empty():
+                nxt = self.queue.get_nowait()
+                if isinstance(nxt, p.Delta):
+                    item = p.Delta(id=item.id, text=item.text + nxt.text)
+                else:
+                    held = nxt
+                    break
             yield item
             if isinstance(item, p.Done):
                 return
@@ -238,6 +248,7 @@ class ProcessSpawner:
 
     async def spawn(self) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")}
+        env.setdefault("GGML_NO_BACKTRACE", "1")  # an abort should end the worker, not attach gdb
         proc = await asyncio.create_subprocess_exec(
             self.python,
             "-m",
