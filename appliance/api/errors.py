@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from litestar import MediaType, Request, Response
@@ -26,15 +27,20 @@ def appliance_error_handler(_: Request[Any, Any, Any], exc: ApplianceError) -> R
     )
 
 
+_FIELD = re.compile(r"required field `([^`]+)`|at `\$\.([^`]+)`")
+
+
 def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     details = exc.extra if isinstance(exc.extra, list) else []
     parts = []
     param = None
     for d in details:
         if isinstance(d, dict):
-            key = d.get("key")
+            message = str(d.get("message"))
+            m = _FIELD.search(message)
+            key = (m.group(1) or m.group(2)) if m else d.get("key")
             param = param or key
-            parts.append(f"{key}: {d.get('message')}" if key else str(d.get("message")))
+            parts.append(message)
     message = "Invalid request body" + (": " + "; ".join(parts) if parts else f": {exc.detail}")
     return Response(
         error_body(message + ". Check the field against the API reference.", "invalid_request_error",

@@ -27,8 +27,8 @@ class ModelsController(Controller):
         return appliance.models.get(model_id)
 
     @post("/{model_id:str}/load", status_code=200)
-    async def load(self, appliance: Appliance, model_id: str) -> dict[str, Any]:
-        return await appliance.models.load(model_id)
+    async def load(self, appliance: Appliance, model_id: str, keep_alive: float | None = None) -> dict[str, Any]:
+        return await appliance.models.load(model_id, keep_alive)
 
     @post("/{model_id:str}/unload", status_code=200)
     async def unload(self, appliance: Appliance, model_id: str) -> dict[str, Any]:

@@ -475,8 +475,10 @@ class ModelScheduler:
 
     # --- explicit control --------------------------------------------------------------------
 
-    async def load(self, model_id: str) -> None:
+    async def load(self, model_id: str, *, keep_alive: float | None = None) -> None:
         r = self._runner(model_id)
+        if keep_alive is not None:
+            r.keep_alive = keep_alive
         if r.state not in ("ready", "busy"):
             await self._ensure_loaded(r)
         self._arm_idle(r)

@@ -36,8 +36,10 @@ class ModelService:
         self.catalog.get(model_id)
         return next(m for m in self.list() if m["id"] == model_id)
 
-    async def load(self, model_id: str) -> dict[str, Any]:
-        await self.scheduler.load(model_id)
+    async def load(self, model_id: str, keep_alive: float | None = None) -> dict[str, Any]:
+        if keep_alive is not None and keep_alive < 0 and keep_alive != -1:
+            raise InvalidRequest("keep_alive must be -1 (never unload), 0 or positive seconds", param="keep_alive")
+        await self.scheduler.load(model_id, keep_alive=keep_alive)
         return self.get(model_id)
 
     async def unload(self, model_id: str) -> dict[str, Any]:
