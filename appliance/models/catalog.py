@@ -53,8 +53,8 @@ class ModelCatalog:
             for f in sorted(d.glob("*.toml")):
                 prof = load_toml_struct(f, ModelProfile, extra={"id": f.stem})
                 profiles[prof.id] = prof
-        for d in config.models.scan_dirs:
-            root = Path(d).expanduser()
+        for scan in config.models.scan_dirs:
+            root = Path(scan).expanduser()
             if not root.is_dir():
                 log.warning("models.scan_dirs: %s is not a directory; skipped", root)
                 continue

@@ -12,6 +12,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import ModelUnavailable
 
@@ -39,14 +40,14 @@ class GgufInfo:
         return weights + parallel * (self.kv_bytes(n_ctx) + compute)
 
 
-def _field(reader: object, key: str, default: int | str | None = None) -> int | str | None:
-    f = reader.fields.get(key)  # type: ignore[attr-defined]
+def _field(reader: Any, key: str, default: int | str | None = None) -> Any:
+    f = reader.fields.get(key)
     if f is None:
         return default
     value = f.contents()
     if isinstance(value, list):
         value = value[0] if value else default
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 @functools.lru_cache(maxsize=128)

@@ -57,4 +57,4 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("chat_template makes no sense for an embedding model")
 
     def to_dict(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        return dict(msgspec.to_builtins(self))

@@ -13,6 +13,7 @@ a wake-up pays for one context only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -98,10 +99,8 @@ class Worker:
         )
 
     def prewarm(self, cmd: p.Prewarm) -> None:
-        try:
+        with contextlib.suppress(Exception):  # best effort; the real load reports any problem
             llama_cpp.Llama(model_path=cmd.model_path, vocab_only=True, verbose=False)
-        except Exception:
-            pass  # a warm-up is best effort; the real load reports any problem
 
     def load(self, spec: p.Load) -> None:
         rss0 = psutil.Process().memory_info().rss
@@ -215,13 +214,14 @@ class Worker:
                 elif schema is not None:
                     grammar = self.grammar(schema)
         else:
-            prompt = params.get("prompt")
-            if isinstance(prompt, list):
-                if len(prompt) != 1 or not isinstance(prompt[0], str):
+            prompt_param: Any = params.get("prompt")
+            if isinstance(prompt_param, list):
+                if len(prompt_param) != 1 or not isinstance(prompt_param[0], str):
                     raise InvalidRequest("prompt must be a string (or a list of one string)", param="prompt")
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
+                prompt_param = prompt_param[0]
+            if not isinstance(prompt_param, str):
                 raise InvalidRequest("prompt must be a string", param="prompt")
+            prompt = prompt_param
 
         llm0 = self.slots[0].llm
         assert llm0 is not None
@@ -240,7 +240,7 @@ class Worker:
         kwargs: dict[str, Any] = {
             k2: params[k] for k, k2 in SAMPLING_KEYS.items() if params.get(k) is not None
         }
-        kwargs.setdefault("temperature", 0.8 if cmd.op == "chat" else 0.8)
+        kwargs.setdefault("temperature", 0.8)
         stop = params.get("stop")
         if isinstance(stop, str):
             stop = [stop]
@@ -263,13 +263,14 @@ class Worker:
                 **kwargs,
             )
             emit = not tools  # tool replies are parsed whole at the end
+            chunk: Any
             for chunk in stream:
                 if cmd.id in self.cancelled:
                     finish = "cancelled"
                     break
                 choice = chunk["choices"][0]
                 piece = choice.get("text") or ""
-                n_out += 1
+                n_out += 1  # noqa: SIM113 (a cancelled stream keeps this count)
                 if t_first is None:
                     t_first = time.perf_counter()
                 if piece:

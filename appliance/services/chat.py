@@ -27,6 +27,7 @@ from appliance.models.workerproc import RequestStream
 log = logging.getLogger("appliance.chat")
 
 CANCEL_GRACE_S = 30.0
+_background: set[asyncio.Future[None]] = set()  # cancellations in flight, kept alive until done
 
 
 def _keep_alive(value: Any) -> float | None:
@@ -77,7 +78,9 @@ class Generation:
         if self._finished or self.stream.finished.is_set():
             self.lease.release()
             return
-        asyncio.ensure_future(self._cancel_then_release())
+        task = asyncio.ensure_future(self._cancel_then_release())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     async def _cancel_then_release(self) -> None:
         try:
@@ -174,7 +177,7 @@ class ChatService:
                 if r.get("tool_calls"):
                     calls = [{"index": i, **c} for i, c in enumerate(r["tool_calls"])]
                     yield chunk({"tool_calls": calls})
-                elif "content" in r and r["content"]:
+                elif r.get("content"):
                     yield chunk({"content": r["content"]})
                 final = chunk({}, r.get("finish_reason", "stop"))
                 final["timings"] = gen.extra(r)
@@ -253,7 +256,7 @@ class ChatService:
 
 def _usage(r: dict[str, Any]) -> dict[str, Any]:
     u = r.get("usage") or {}
-    out = {
+    out: dict[str, Any] = {
         "prompt_tokens": int(u.get("prompt_tokens", 0)),
         "completion_tokens": int(u.get("completion_tokens", 0)),
         "total_tokens": int(u.get("total_tokens", 0)),

@@ -23,9 +23,10 @@ class Nvml:
         """Initialise NVML; None if there is no NVIDIA driver (or no pynvml)."""
         if lib is None:
             try:
-                import pynvml as lib  # type: ignore[no-redef]
+                import pynvml
             except ImportError:
                 return None
+            lib = pynvml
         try:
             lib.nvmlInit()
             if lib.nvmlDeviceGetCount() < 1:

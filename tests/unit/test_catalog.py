@@ -73,7 +73,7 @@ def test_add_path_persists_a_profile(tmp_path: Path) -> None:
     assert prof.id == "tiny"
     again = ModelCatalog.load(cfg)  # a restart sees it
     assert again.get("tiny").source == str(gguf)
-    with pytest.raises(InvalidRequest, match="not a .gguf file"):
+    with pytest.raises(InvalidRequest, match=r"not a \.gguf file"):
         again.add_path(tmp_path / "missing.gguf")
     with pytest.raises(ModelNotFound, match="appliance models add"):
         again.get("nope")

@@ -160,7 +160,7 @@ async def test_idle_timer_starts_when_last_request_ends_and_unloads() -> None:
 
 
 async def test_keep_alive_zero_unloads_at_once_and_minus_one_never() -> None:
-    sched, spawner, clock = make([prof("a"), prof("b")])
+    sched, _spawner, clock = make([prof("a"), prof("b")])
     (await sched.acquire("a", keep_alive=0)).release()
     await asyncio.sleep(0.01)
     assert model(sched, "a")["state"] == "unloaded"
