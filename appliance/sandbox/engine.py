@@ -1,0 +1,204 @@
+"""The sandbox engine: everything needed to start a sandbox for a language, in one place.
+
+It holds what is fixed for the daemon's life (the bwrap binary, who sandboxed code runs as, the
+host's system mounts, the workspace root, the cgroup delegate) and turns a language, a workspace,
+a command and limits into a running SandboxProcess. Higher layers (one-shot runs, the warm pool,
+stateful sandboxes) only say what to run, never how to isolate it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.sandbox.aio import close_quietly
+from appliance.sandbox.cgroup import CgroupDelegate
+from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.limits import MiB, SandboxLimits, rlimits_for
+from appliance.sandbox.policy import (
+    DRIVER_DIR,
+    Mount,
+    SandboxPolicy,
+    base_mounts,
+    sandbox_env,
+    system_mounts,
+    write_sandbox_etc,
+)
+from appliance.sandbox.process import SandboxProcess
+from appliance.sandbox.profiles import DRIVERS, ProfileCatalog, ResolvedLanguage
+from appliance.sandbox.repl import DRIVER_FILES_DIR, DriverSandbox
+from appliance.sandbox.results import RunOutcome
+from appliance.sandbox.runner import supervise
+from appliance.sandbox.workspace import Workspace, remove_tree
+
+WORKSPACE_PREFIXES = ("run-", "pool-", "sbx-")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    bwrap: Path
+    root: Path
+    """`<state_dir>/sandboxes`: workspaces and the sandbox's /etc files."""
+    identity: SandboxIdentity
+    cgroups: CgroupDelegate | None = None
+
+
+class SandboxEngine:
+    def __init__(self, config: EngineConfig, catalog: ProfileCatalog) -> None:
+        self.bwrap = config.bwrap
+        self.root = config.root
+        self.identity = config.identity
+        self.cgroups = config.cgroups
+        self.catalog = catalog
+        self.system = system_mounts()
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.etc_dir = write_sandbox_etc(self.root / ".etc")
+
+    def clean_stale_workspaces(self) -> int:
+        """Remove workspaces left by an earlier daemon (their sandboxes died with it)."""
+        removed = 0
+        for entry in self.root.iterdir():
+            if entry.name.startswith(WORKSPACE_PREFIXES):
+                remove_tree(entry)
+                removed += 1
+        return removed
+
+    def new_workspace(self, prefix: str) -> Workspace:
+        return Workspace.create(self.root, f"{prefix}{secrets.token_hex(8)}", self.identity)
+
+    # --- policies and processes ---------------------------------------------------------------------
+
+    def policy(
+        self,
+        lang: ResolvedLanguage,
+        workspace: Workspace,
+        command: list[str],
+        limits: SandboxLimits,
+        *,
+        network: bool = False,
+    ) -> SandboxPolicy:
+        drivers = [(str(DRIVER_FILES_DIR / f), f"{DRIVER_DIR}/{f}") for f in DRIVERS.values()]
+        mounts: tuple[Mount, ...] = base_mounts(
+            system=self.system,
+            etc_dir=self.etc_dir,
+            workspace=workspace.path,
+            toolchain_roots=lang.toolchain_roots,
+            extra_ro=lang.extra_binds,
+            drivers=drivers if lang.profile.repl else [],
+            tmp_bytes=limits.tmp_mb * MiB,
+            network=network,
+        )
+        env = sandbox_env(lang.path_dirs, tuple(lang.profile.env.items()))
+        return SandboxPolicy(
+            command=(*self.identity.command_prefix(), *command),
+            mounts=mounts,
+            env=env,
+            network=network,
+            uid=self.identity.bwrap_uid,
+            gid=self.identity.bwrap_gid,
+            keep_caps=self.identity.keep_caps,
+            drop_all_caps=self.identity.daemon_is_root,
+        )
+
+    async def spawn(
+        self,
+        lang: ResolvedLanguage,
+        workspace: Workspace,
+        command: list[str],
+        limits: SandboxLimits,
+        *,
+        network: bool = False,
+        pass_fds: tuple[int, ...] = (),
+    ) -> SandboxProcess:
+        cgroup = (
+            self.cgroups.slot(workspace.path.name + "-" + secrets.token_hex(3), limits)
+            if self.cgroups
+            else None
+        )
+        try:
+            return await SandboxProcess.spawn(
+                bwrap=self.bwrap,
+                policy=self.policy(lang, workspace, command, limits, network=network),
+                identity=self.identity,
+                rlimits=rlimits_for(limits, cgroup=cgroup is not None),
+                cgroup=cgroup,
+                pass_fds=pass_fds,
+            )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+
+    async def run_command(
+        self,
+        lang: ResolvedLanguage,
+        workspace: Workspace,
+        command: list[str],
+        limits: SandboxLimits,
+        *,
+        stdin: bytes = b"",
+        network: bool = False,
+        started: float | None = None,
+    ) -> RunOutcome:
+        """Start a fresh sandbox for `command` and run it to its end."""
+        started = time.monotonic() if started is None else started
+        proc = await self.spawn(lang, workspace, command, limits, network=network)
+        try:
+            return await supervise(
+                proc,
+                limits=limits,
+                stdin=stdin,
+                workspace=workspace,
+                oom_patterns=oom_patterns(lang),
+                started=started,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await proc.close()
+
+    async def start_driver(
+        self,
+        lang: ResolvedLanguage,
+        limits: SandboxLimits,
+        *,
+        workspace: Workspace | None = None,
+        network: bool = False,
+    ) -> DriverSandbox:
+        """A sandbox whose interpreter has started and waits for code (pool or stateful)."""
+        own_workspace = workspace is None
+        ws = workspace or self.new_workspace("pool-")
+        result_r, result_w = os.pipe()
+        try:
+            proc = await self.spawn(
+                lang,
+                ws,
+                lang.driver_argv(limits, result_w),
+                limits,
+                network=network,
+                pass_fds=(result_w,),
+            )
+        except BaseException:
+            close_quietly(result_r, result_w)
+            if own_workspace:
+                await asyncio.to_thread(ws.destroy)
+            raise
+        close_quietly(result_w)
+        sandbox = DriverSandbox(
+            proc, ws, limits, result_r, language=lang.name, oom_patterns=oom_patterns(lang)
+        )
+        try:
+            await sandbox.wait_ready()
+        except BaseException:
+            await sandbox.destroy(keep_workspace=not own_workspace)
+            raise
+        return sandbox
+
+
+def oom_patterns(lang: ResolvedLanguage) -> tuple[bytes, ...]:
+    return tuple(p.encode() for p in lang.profile.oom_patterns)

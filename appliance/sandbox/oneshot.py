@@ -1,0 +1,124 @@
+"""One-shot runs: code and files in, one program run (compiled first if needed), results out.
+
+A language with a REPL driver runs in a warm-pool sandbox when one fits (or a freshly started
+driver sandbox otherwise): the code is written into the sandbox's workspace and one frame starts
+it. Other languages get a fresh sandbox for the compile step and another for the run, both over
+the same workspace. A compile failure ends the run with phase "compile" and the compiler's
+output. The workspace is always removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from appliance.sandbox.engine import SandboxEngine
+from appliance.sandbox.errors import UploadTooLarge
+from appliance.sandbox.limits import SandboxLimits
+from appliance.sandbox.policy import WORKSPACE
+from appliance.sandbox.pool import WarmPool
+from appliance.sandbox.profiles import ResolvedLanguage
+from appliance.sandbox.results import RunOutcome
+from appliance.sandbox.workspace import Workspace
+
+
+@dataclass
+class RunSpec:
+    language: ResolvedLanguage
+    code: bytes
+    limits: SandboxLimits
+    stdin: bytes = b""
+    files: dict[str, bytes] = field(default_factory=dict)
+    fetch: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    network: bool = False
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
+def write_inputs(workspace: Workspace, spec: RunSpec) -> None:
+    total = len(spec.code)
+    for path, data in spec.files.items():
+        total += len(data)
+        if total > spec.limits.workspace_mb * 1024 * 1024:
+            raise UploadTooLarge(
+                f"the files add up to more than the workspace limit of {spec.limits.workspace_mb} MB"
+            )
+        workspace.write_file(path, data)
+    workspace.write_file(spec.language.profile.file, spec.code)
+
+
+def fetch_outputs(workspace: Workspace, spec: RunSpec) -> dict[str, bytes]:
+    """The requested files that exist after the run (missing ones are left out)."""
+    out: dict[str, bytes] = {}
+    for path in spec.fetch:
+        try:
+            out[path] = workspace.read_file(path, spec.max_file_bytes)
+        except UploadTooLarge:
+            raise
+        except Exception:  # missing or refused: not part of the result
+            continue
+    return out
+
+
+async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) -> RunOutcome:
+    started = time.monotonic()
+    lang = spec.language
+    if lang.profile.repl and not spec.network:
+        sandbox = pool.take(lang, spec.limits) if pool is not None else None
+        if sandbox is None:
+            sandbox = await engine.start_driver(lang, spec.limits)
+        try:
+            await asyncio.to_thread(write_inputs, sandbox.workspace, spec)
+            outcome = await sandbox.run_script(
+                f"{WORKSPACE}/{lang.profile.file}", spec.args, spec.stdin, spec.limits, started
+            )
+            outcome.files = await asyncio.to_thread(fetch_outputs, sandbox.workspace, spec)
+            return outcome
+        finally:
+            await sandbox.destroy()
+
+    workspace = await asyncio.to_thread(engine.new_workspace, "run-")
+    try:
+        await asyncio.to_thread(write_inputs, workspace, spec)
+        outcome = await compile_and_run(engine, lang, workspace, spec, started)
+        if outcome.phase == "run":
+            outcome.files = await asyncio.to_thread(fetch_outputs, workspace, spec)
+        return outcome
+    finally:
+        await asyncio.to_thread(workspace.destroy)
+
+
+async def compile_and_run(
+    engine: SandboxEngine,
+    lang: ResolvedLanguage,
+    workspace: Workspace,
+    spec: RunSpec,
+    started: float,
+) -> RunOutcome:
+    """The compile step (if the language has one), then the program, in fresh sandboxes."""
+    if lang.profile.compile:
+        built = await engine.run_command(
+            lang,
+            workspace,
+            lang.compile_argv(lang.compile_limits),
+            lang.compile_limits,
+            network=False,
+        )
+        if built.status != "ok":
+            built.phase = "compile"
+            built.duration_ms = round((time.monotonic() - started) * 1000, 2)
+            if built.reason is None:
+                built.reason = (
+                    "compilation failed; the compiler's messages are in stdout and stderr"
+                )
+            return built
+    return await engine.run_command(
+        lang,
+        workspace,
+        lang.run_argv(spec.limits, spec.args),
+        spec.limits,
+        stdin=spec.stdin,
+        network=spec.network,
+        started=time.monotonic(),
+    )

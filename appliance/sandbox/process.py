@@ -1,0 +1,270 @@
+"""One running bwrap sandbox: start it, limit it, wait for it, kill it.
+
+Start-up is a handshake. bwrap creates the sandbox's namespaces, reports the pid of the
+sandbox's first process on `--info-fd`, and blocks on `--userns-block-fd`. In that window the
+daemon writes the user namespace maps (see identity.py), sets the resource limits on that process
+with prlimit(2) (so RLIMIT_NPROC counts only this sandbox's processes), and moves it into its
+cgroup when there is one. Only then does the program start.
+
+The first process runs as the sandbox's pid 1 (`--as-pid-1`), so killing it (through a pidfd, so
+a recycled pid can never be hit) makes the kernel kill everything else in the sandbox. The
+outer bwrap process is our child; it reaps the program and exits with its status (128+n for a
+signal), and wait4() on it gives the program's peak memory in its rusage.
+
+Processes are spawned on the event loop's thread: bwrap's --die-with-parent is tied to the
+thread that forked it, and the loop thread lives as long as the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance.sandbox.aio import close_quietly, read_to_end, set_nonblocking, wait_readable
+from appliance.sandbox.errors import SandboxUnavailable
+from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.limits import Rlimits
+from appliance.sandbox.policy import SandboxPolicy, bwrap_args
+
+if TYPE_CHECKING:
+    from appliance.sandbox.cgroup import CgroupSlot
+
+log = logging.getLogger("appliance.sandbox")
+
+SETUP_TIMEOUT_S = 20.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcessExit:
+    returncode: int
+    """bwrap's exit status: the program's exit code, or 128+n when a signal n ended it."""
+    maxrss_kb: int
+    """Peak resident memory of the program (and the children it waited for)."""
+
+
+class SandboxProcess:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        inner_pid: int,
+        inner_pidfd: int,
+        cgroup: CgroupSlot | None,
+    ) -> None:
+        self.popen = popen
+        self.inner_pid = inner_pid
+        self._inner_pidfd = inner_pidfd
+        self.cgroup = cgroup
+        assert popen.stdout is not None and popen.stderr is not None
+        self.stdout_fd = popen.stdout.fileno()
+        self.stderr_fd = popen.stderr.fileno()
+        self.stdin_fd = popen.stdin.fileno() if popen.stdin is not None else None
+        set_nonblocking(
+            *(fd for fd in (self.stdout_fd, self.stderr_fd, self.stdin_fd) if fd is not None)
+        )
+        self._exit: asyncio.Future[ProcessExit] | None = None
+
+    @classmethod
+    async def spawn(
+        cls,
+        *,
+        bwrap: Path,
+        policy: SandboxPolicy,
+        identity: SandboxIdentity,
+        rlimits: Rlimits,
+        cgroup: CgroupSlot | None = None,
+        pass_fds: tuple[int, ...] = (),
+        stdin: bool = True,
+    ) -> SandboxProcess:
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        argv = [str(bwrap), *bwrap_args(policy, info_fd=info_w, userns_block_fd=block_r)]
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(info_w, block_r, *pass_fds),
+                start_new_session=True,
+                env={},
+                cwd="/",
+            )
+        except OSError as exc:
+            close_quietly(info_r, info_w, block_r, block_w)
+            raise SandboxUnavailable(f"cannot start bwrap ({bwrap}): {exc}") from exc
+        close_quietly(info_w, block_r)
+        inner_pidfd = -1
+        try:
+            set_nonblocking(info_r)
+            try:
+                raw = await asyncio.wait_for(read_to_end(info_r), SETUP_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise SandboxUnavailable(
+                    "bwrap did not report its sandbox within "
+                    f"{SETUP_TIMEOUT_S:g}s; the host is overloaded"
+                ) from exc
+            if not raw:
+                raise SandboxUnavailable(_bwrap_failure(popen))
+            inner_pid = int(json.loads(raw)["child-pid"])
+            inner_pidfd = os.pidfd_open(inner_pid)
+            identity.write_maps(inner_pid)
+            for res, limit in rlimits.items():
+                resource.prlimit(inner_pid, res, limit)
+            if cgroup is not None:
+                cgroup.attach(inner_pid)
+            os.write(block_w, b"1")
+        except BaseException:
+            popen.kill()
+            close_quietly(inner_pidfd)
+            _reap_later(popen)
+            raise
+        finally:
+            close_quietly(info_r, block_w)
+        return cls(popen, inner_pid, inner_pidfd, cgroup)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def finished(self) -> bool:
+        return self._exit is not None and self._exit.done()
+
+    def wait(self) -> asyncio.Future[ProcessExit]:
+        """A future of the exit; the same one on every call."""
+        if self._exit is None:
+            self._exit = asyncio.ensure_future(self._wait())
+        return self._exit
+
+    async def _wait(self) -> ProcessExit:
+        pidfd = os.pidfd_open(self.popen.pid)
+        try:
+            while True:
+                pid, status, usage = os.wait4(self.popen.pid, os.WNOHANG)
+                if pid:
+                    break
+                await wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        code = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = code  # reaped here; Popen must not wait for it again
+        if code < 0:  # bwrap itself was killed
+            code = 128 - code
+        return ProcessExit(returncode=code, maxrss_kb=int(usage.ru_maxrss))
+
+    def kill(self) -> None:
+        """Kill the sandbox: its pid 1 (taking every process inside with it), then bwrap."""
+        if self._inner_pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._inner_pidfd, signal.SIGKILL)
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGKILL)
+
+    def interrupt(self) -> None:
+        """SIGINT to the program (a REPL driver turns it into KeyboardInterrupt)."""
+        if self._inner_pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._inner_pidfd, signal.SIGINT)
+
+    async def close(self) -> ProcessExit:
+        """Kill (if still running), reap, and release every descriptor."""
+        self.kill()
+        result = await self.wait()
+        self.release()
+        return result
+
+    def release(self) -> None:
+        close_quietly(self._inner_pidfd)
+        self._inner_pidfd = -1
+        for f in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
+    # --- inspection and adjustment --------------------------------------------------------------
+
+    def cpu_seconds(self) -> float:
+        """CPU time the sandbox's first process has used so far (0 when it is gone)."""
+        try:
+            fields = Path(f"/proc/{self.inner_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def set_rlimits(self, rlimits: Rlimits) -> None:
+        """Lower the running program's limits (a hard limit cannot be raised again; requests are
+        clamped to the current one)."""
+        for res, (soft, hard) in rlimits.items():
+            current_hard = resource.prlimit(self.inner_pid, res)[1]
+            if current_hard != resource.RLIM_INFINITY:
+                hard = min(hard, current_hard)
+            resource.prlimit(self.inner_pid, res, (min(soft, hard), hard))
+
+    def peak_rss_kb(self) -> int:
+        """VmHWM of the first process while it runs (REPL drivers)."""
+        try:
+            for line in Path(f"/proc/{self.inner_pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def count_processes(self) -> int:
+        """Processes (threads included) in the sandbox right now."""
+        total, todo, seen = 0, [self.inner_pid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            total += len(tids)
+            for tid in tids:
+                try:
+                    children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+                except OSError:
+                    continue
+                todo.extend(int(c) for c in children)
+        return total
+
+
+def _bwrap_failure(popen: subprocess.Popen[bytes]) -> str:
+    try:
+        _, err = popen.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        _, err = popen.communicate()
+    text = err.decode(errors="replace").strip() or f"bwrap exited with {popen.returncode}"
+    return (
+        f"bwrap could not create the sandbox: {text}. Run `appliance doctor` to check that "
+        "user namespaces are allowed on this host"
+    )
+
+
+def _reap_later(popen: subprocess.Popen[bytes]) -> None:
+    try:
+        popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        log.warning("bwrap %d did not exit after SIGKILL", popen.pid)
+    for f in (popen.stdin, popen.stdout, popen.stderr):
+        if f is not None:
+            f.close()

@@ -1,0 +1,188 @@
+"""Runs INSIDE a sandbox, under the sandbox's own Python (3.8 or newer): the warm-pool driver.
+
+The daemon starts this as the sandbox's first process, before any code exists, so a pooled
+sandbox is an interpreter that has already started and only waits. Protocol: frames are a 4-byte
+big-endian length and a JSON object. The driver writes {"ready": true} on the result descriptor
+(argv[1]), then reads one frame from stdin:
+
+- {"op": "run", "path": ..., "args": [...]}: one-shot. The driver closes its result descriptor and
+  runs the file as `python path args...` would (same __main__, sys.argv, tracebacks and exit
+  status); the rest of stdin is the program's stdin. The process ends with the program.
+- {"op": "repl"}: stateful. stdin becomes the control channel ({"op": "exec", "code", "marker"}
+  frames) and the program sees /dev/null as stdin. Each cell runs in one persistent namespace;
+  the value of a final expression is returned as `result`. After a cell the driver writes the
+  marker to stdout and stderr (so the daemon can cut each stream per cell) and then a result
+  frame. SIGINT (the daemon's cell timeout) becomes KeyboardInterrupt in the cell.
+"""
+# This file is not imported by the appliance; it must stay compatible with Python 3.8.
+
+import ast
+import builtins
+import contextlib
+import json
+import linecache
+import os
+import resource
+import struct
+import sys
+import traceback
+import types
+
+RESULT_FD = int(sys.argv[1])
+
+
+def read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(fd):
+    (n,) = struct.unpack(">I", read_exact(fd, 4))
+    return json.loads(read_exact(fd, n).decode("utf-8"))
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_frame(fd, obj):
+    body = json.dumps(obj).encode("utf-8")
+    write_all(fd, struct.pack(">I", len(body)) + body)
+
+
+def user_traceback(exc):
+    """The traceback of `exc` without this driver's own frames at its top."""
+    tb = exc.__traceback__
+    here = os.path.abspath(__file__)
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == here:
+        tb = tb.tb_next
+    return tb
+
+
+def new_main(path):
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def run_script(req):
+    os.close(RESULT_FD)
+    path = req["path"]
+    sys.argv = [path, *list(req.get("args", []))]
+    sys.path[0] = os.path.dirname(path)
+    with open(path, "rb") as f:
+        source = f.read()
+    try:
+        code = compile(source, path, "exec")
+    except (SyntaxError, ValueError) as exc:
+        traceback.print_exception(type(exc), exc, None)
+        sys.exit(1)
+    main = new_main(path)
+    try:
+        exec(code, main.__dict__)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        # without this driver's frames the traceback reads like `python main.py`'s
+        traceback.print_exception(type(exc), exc, user_traceback(exc))
+        sys.stderr.flush()
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+
+
+TOP_LEVEL_AWAIT = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+CO_COROUTINE = 0x0080
+
+
+class Cells:
+    def __init__(self):
+        self.main = new_main("/workspace/<repl>")
+        self.ns = self.main.__dict__
+        self.count = 0
+        self.loop = None
+
+    def _run(self, code):
+        if code.co_flags & CO_COROUTINE:
+            if self.loop is None:
+                import asyncio
+
+                self.loop = asyncio.new_event_loop()
+            return self.loop.run_until_complete(eval(code, self.ns))
+        return eval(code, self.ns)
+
+    def run(self, source):
+        self.count += 1
+        filename = f"<cell {self.count}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        result, ok, interrupted = None, True, False
+        try:
+            tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST | TOP_LEVEL_AWAIT)
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = tree.body.pop()
+            if tree.body:
+                self._run(compile(tree, filename, "exec", TOP_LEVEL_AWAIT))
+            if last is not None:
+                expr = ast.Expression(last.value)
+                value = self._run(compile(expr, filename, "eval", TOP_LEVEL_AWAIT))
+                if value is not None:
+                    self.ns["_"] = value
+                    result = repr(value)[:65536]
+        except SyntaxError as exc:
+            ok = False
+            traceback.print_exception(type(exc), exc, None)
+        except BaseException as exc:  # a cell's exception, SystemExit included, is its output
+            ok = False
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            traceback.print_exception(type(exc), exc, user_traceback(exc))
+        return {"ok": ok, "result": result, "interrupted": interrupted}
+
+
+def repl():
+    ctl = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.chdir("/workspace")
+    sys.argv = [""]
+    sys.path[0] = "/workspace"
+    cells = Cells()
+    while True:
+        try:
+            req = read_frame(ctl)
+        except EOFError:
+            return
+        except KeyboardInterrupt:
+            continue  # an interrupt that arrived after its cell ended
+        if req.get("op") != "exec":
+            return
+        answer = cells.run(req["code"])
+        marker = req["marker"].encode("utf-8")
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        write_all(1, marker)
+        write_all(2, marker)
+        answer["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        write_frame(RESULT_FD, answer)
+
+
+def main():
+    write_frame(RESULT_FD, {"ready": True, "pid": os.getpid()})
+    req = read_frame(0)
+    if req.get("op") == "run":
+        run_script(req)
+    elif req.get("op") == "repl":
+        repl()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""A sandbox's workspace: a host directory under `<state_dir>/sandboxes/`, seen as /workspace.
+
+The daemon reads and writes workspaces while sandboxed code may be changing them, so every path
+from a request is walked one component at a time with openat(O_NOFOLLOW) from the workspace's own
+directory descriptor; the kernel never follows a link on our behalf. Paths that are absolute or
+contain `..` are refused outright. A symlink met on the way is resolved by hand inside the
+workspace (a target under /workspace/ or a relative one that stays inside is fine); one that
+points anywhere else is refused. Only regular files are read (a FIFO would block the daemon).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.sandbox.errors import UploadTooLarge, WorkspaceFileNotFound, WorkspacePathRefused
+from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.policy import WORKSPACE
+
+MAX_PATH = 1024
+MAX_SYMLINKS = 32
+MAX_LISTED = 10000
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    type: str
+    """file, dir or symlink"""
+    size: int
+
+
+def split_path(rel: str) -> list[str]:
+    """The components of a request path, or WorkspacePathRefused saying why not."""
+    if not rel or len(rel) > MAX_PATH or "\x00" in rel:
+        raise WorkspacePathRefused(
+            "give a non-empty workspace path of at most 1024 characters, relative to the workspace",
+            param="path",
+        )
+    if rel.startswith("/"):
+        raise WorkspacePathRefused(
+            f"{rel!r} is absolute; give the path relative to the workspace (for example "
+            f"{rel.lstrip('/').removeprefix('workspace/') or 'main.py'!r})",
+            param="path",
+        )
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise WorkspacePathRefused(
+            f"{rel!r} climbs out with '..'; workspace paths stay inside the workspace", param="path"
+        )
+    if not parts:
+        raise WorkspacePathRefused(f"{rel!r} names the workspace itself, not a file", param="path")
+    return parts
+
+
+class Workspace:
+    def __init__(self, path: Path, identity: SandboxIdentity) -> None:
+        self.path = path
+        self.identity = identity
+
+    @classmethod
+    def create(cls, root: Path, name: str, identity: SandboxIdentity) -> Workspace:
+        path = root / name
+        path.mkdir(mode=0o700)
+        identity.own_workspace(path)
+        return cls(path, identity)
+
+    # --- safe path walking ------------------------------------------------------------------------
+
+    def _resolve_link(self, dir_parts: list[str], name: str, dir_fd: int, rel: str) -> list[str]:
+        target = os.readlink(name, dir_fd=dir_fd)
+        if target.startswith("/"):
+            if target != WORKSPACE and not target.startswith(WORKSPACE + "/"):
+                raise WorkspacePathRefused(
+                    f"{rel!r} goes through a symlink to {target}, outside the workspace",
+                    param="path",
+                )
+            logical = target[len(WORKSPACE) :]
+        else:
+            logical = posixpath.join("/" + "/".join(dir_parts), target)
+        norm = posixpath.normpath("/" + logical.lstrip("/"))
+        if norm.startswith("/.."):
+            raise WorkspacePathRefused(
+                f"{rel!r} goes through a symlink to {target}, outside the workspace", param="path"
+            )
+        return [p for p in norm.split("/") if p]
+
+    def _open_parent(self, rel: str, *, create: bool) -> tuple[int, str]:
+        """A directory fd for the parent of `rel` and the final name, walked safely."""
+        todo = split_path(rel)
+        links = 0
+        while True:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            walked: list[str] = []
+            restart: list[str] | None = None
+            try:
+                for i, part in enumerate(todo[:-1]):
+                    try:
+                        nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    except FileNotFoundError:
+                        if not create:
+                            raise WorkspacePathRefused(
+                                f"{rel!r}: no directory {'/'.join([*walked, part])!r}", param="path"
+                            ) from None
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                        self._chown_at(fd, part)
+                        nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    except OSError as exc:
+                        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                            raise
+                        st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                        if not stat.S_ISLNK(st.st_mode):
+                            raise WorkspacePathRefused(
+                                f"{rel!r}: {'/'.join([*walked, part])!r} is not a directory",
+                                param="path",
+                            ) from None
+                        restart = self._resolve_link(walked, part, fd, rel) + todo[i + 1 :]
+                        break
+                    os.close(fd)
+                    fd = nfd
+                    walked.append(part)
+                if restart is None:
+                    return fd, todo[-1]
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            links += 1
+            if links > MAX_SYMLINKS or not restart:
+                raise WorkspacePathRefused(f"{rel!r}: too many symlinks", param="path")
+            todo = restart
+
+    def _chown_at(self, dir_fd: int, name: str) -> None:
+        if self.identity.daemon_is_root:
+            os.chown(
+                name,
+                self.identity.host_uid,
+                self.identity.host_gid,
+                dir_fd=dir_fd,
+                follow_symlinks=False,
+            )
+
+    def _follow_final(self, rel: str, dir_fd: int, name: str) -> str:
+        """The path `rel` really names when its last component is a symlink inside the workspace."""
+        parent = os.readlink(f"/proc/self/fd/{dir_fd}")
+        rel_parent = os.path.relpath(parent, os.path.realpath(self.path))
+        dir_parts = [p for p in rel_parent.split("/") if p not in ("", ".")]
+        return "/".join(self._resolve_link(dir_parts, name, dir_fd, rel))
+
+    # --- file operations ------------------------------------------------------------------------
+
+    def read_file(self, rel: str, max_bytes: int, _depth: int = 0) -> bytes:
+        dir_fd, name = self._open_parent(rel, create=False)
+        try:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise WorkspaceFileNotFound(
+                    f"{rel!r} does not exist in the workspace; list the "
+                    "files with GET /api/sandboxes/{id}/files"
+                ) from None
+            except OSError as exc:
+                if exc.errno != errno.ELOOP or _depth > MAX_SYMLINKS:
+                    raise
+                return self.read_file(self._follow_final(rel, dir_fd, name), max_bytes, _depth + 1)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise WorkspacePathRefused(f"{rel!r} is not a regular file", param="path")
+            if st.st_size > max_bytes:
+                raise UploadTooLarge(
+                    f"{rel!r} is {st.st_size} bytes, above the {max_bytes}-byte limit of a file "
+                    "transfer (sandbox.max_file_mb)"
+                )
+            return f.read(max_bytes + 1)[:max_bytes]
+
+    def write_file(self, rel: str, data: bytes, _depth: int = 0) -> None:
+        dir_fd, name = self._open_parent(rel, create=True)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+            try:
+                fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.EISDIR:
+                    raise WorkspacePathRefused(f"{rel!r} is a directory", param="path") from None
+                if exc.errno != errno.ELOOP or _depth > MAX_SYMLINKS:
+                    raise
+                target = self._follow_final(rel, dir_fd, name)
+                os.close(dir_fd)
+                dir_fd = -1
+                return self.write_file(target, data, _depth + 1)
+            with os.fdopen(fd, "wb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise WorkspacePathRefused(f"{rel!r} is not a regular file", param="path")
+                f.write(data)
+            self._chown_at(dir_fd, name)
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
+
+    def list_files(self) -> list[FileEntry]:
+        out: list[FileEntry] = []
+        for dirpath, dirnames, filenames, dfd in os.fwalk(self.path, follow_symlinks=False):
+            rel_dir = os.path.relpath(dirpath, self.path)
+            for name in sorted(dirnames) + sorted(filenames):
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                kind = (
+                    "dir"
+                    if stat.S_ISDIR(st.st_mode)
+                    else "symlink"
+                    if stat.S_ISLNK(st.st_mode)
+                    else "file"
+                )
+                path = name if rel_dir == "." else f"{rel_dir}/{name}"
+                out.append(FileEntry(path, kind, 0 if kind == "dir" else st.st_size))
+                if len(out) >= MAX_LISTED:
+                    return out
+        return out
+
+    def usage(self, stop_above: int | None = None) -> tuple[int, int]:
+        """(bytes on disk, entries); stops counting early once above `stop_above` bytes."""
+        total, entries = 0, 0
+        for _dirpath, dirnames, filenames, dfd in os.fwalk(self.path, follow_symlinks=False):
+            for name in dirnames + filenames:
+                entries += 1
+                try:
+                    total += os.stat(name, dir_fd=dfd, follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    continue
+            if stop_above is not None and total > stop_above:
+                break
+        return total, entries
+
+    def destroy(self) -> None:
+        remove_tree(self.path)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that also gets through directories the sandbox made read-only."""
+
+    def fix_and_retry(func: Callable[[str], object], target: str, _exc: object) -> None:
+        parent = os.path.dirname(target)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.chmod(target, 0o700)
+        except OSError:
+            pass
+        func(target)
+
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path, onerror=fix_and_retry)
