@@ -9,6 +9,7 @@ from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.models import ModelsController
 from appliance.api.openai import OpenAIController
 from appliance.api.ops import OpsController
+from appliance.api.sandboxes import SandboxController
 from appliance.services.container import Appliance
 
 
@@ -18,7 +19,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
     def provide_appliance() -> Appliance:
         return appliance
 
-    route_handlers: list[type] = [OpsController, OpenAIController, ModelsController]
+    route_handlers: list[type] = [OpsController, OpenAIController, ModelsController, SandboxController]
 
     return Litestar(
         route_handlers=route_handlers,

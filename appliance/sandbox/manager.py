@@ -107,7 +107,7 @@ class SandboxManager:
             driver: DriverSandbox | None = None
             if lang.profile.repl:
                 if not network and self.pool is not None:
-                    driver = self.pool.take(lang, limits)
+                    driver = await self.pool.acquire(lang, limits)
                 if driver is None:
                     ws = await asyncio.to_thread(self.engine.new_workspace, "sbx-")
                     driver = await self.engine.start_driver(

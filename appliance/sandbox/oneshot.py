@@ -65,7 +65,7 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
     started = time.monotonic()
     lang = spec.language
     if lang.profile.repl and not spec.network:
-        sandbox = pool.take(lang, spec.limits) if pool is not None else None
+        sandbox = await pool.acquire(lang, spec.limits) if pool is not None else None
         if sandbox is None:
             sandbox = await engine.start_driver(lang, spec.limits)
         try:

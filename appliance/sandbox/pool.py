@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +23,7 @@ from appliance.errors import ToolchainMissing
 from appliance.sandbox.engine import SandboxEngine
 from appliance.sandbox.limits import SandboxLimits
 from appliance.sandbox.profiles import ResolvedLanguage
-from appliance.sandbox.repl import DriverSandbox
+from appliance.sandbox.repl import DriverSandbox, fits
 
 log = logging.getLogger("appliance.sandbox")
 
@@ -38,16 +37,16 @@ class WarmPool:
         sizes: dict[str, int],
         *,
         max_cpu_s: float,
-        on_error: Callable[[str, Exception], None] | None = None,
     ) -> None:
         self.engine = engine
         self.sizes = {engine.catalog.canonical(k): v for k, v in sizes.items() if v > 0}
         self.max_cpu_s = max_cpu_s
         self._idle: dict[str, list[DriverSandbox]] = {k: [] for k in self.sizes}
         self._wake: dict[str, asyncio.Event] = {}
+        self._arrived: dict[str, asyncio.Condition] = {}
+        self._filling: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._errors: dict[str, str] = {}
-        self._on_error = on_error
         self.served = 0
         self.missed = 0
 
@@ -57,48 +56,90 @@ class WarmPool:
     async def start(self) -> None:
         for name in self.sizes:
             self._wake[name] = asyncio.Event()
+            self._arrived[name] = asyncio.Condition()
             self._tasks.append(asyncio.create_task(self._fill(name), name=f"sandbox-pool-{name}"))
 
     async def _fill(self, name: str) -> None:
         wake = self._wake[name]
+        try:
+            lang = await asyncio.to_thread(self.engine.catalog.resolve, name)
+        except ToolchainMissing as exc:
+            self._errors[name] = exc.message
+            log.warning("no warm pool for %s: %s", name, exc.message)
+            return
+        limits = self.prestart_limits(lang)
         while True:
             idle = self._idle[name]
             idle[:] = [sb for sb in idle if sb.alive]
-            if len(idle) >= self.sizes[name]:
+            deficit = self.sizes[name] - len(idle)
+            if deficit <= 0:
                 wake.clear()
                 await wake.wait()
                 continue
+            self._filling.add(name)
             try:
-                lang = await asyncio.to_thread(self.engine.catalog.resolve, name)
-                idle.append(await self.engine.start_driver(lang, self.prestart_limits(lang)))
-                self._errors.pop(name, None)
-            except ToolchainMissing as exc:
-                self._errors[name] = exc.message
-                log.warning("no warm pool for %s: %s", name, exc.message)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._errors[name] = str(exc)
-                log.warning("warm pool for %s could not start a sandbox: %s", name, exc)
-                if self._on_error:
-                    self._on_error(name, exc)
+                started = await asyncio.gather(
+                    *(self.engine.start_driver(lang, limits) for _ in range(deficit)),
+                    return_exceptions=True,
+                )
+            finally:
+                self._filling.discard(name)
+            failures = [r for r in started if isinstance(r, BaseException)]
+            idle.extend(r for r in started if isinstance(r, DriverSandbox))
+            async with self._arrived[name]:
+                self._arrived[name].notify_all()
+            for failure in failures:
+                if isinstance(failure, asyncio.CancelledError):
+                    raise failure
+            if failures:
+                self._errors[name] = str(failures[0])
+                log.warning("warm pool for %s could not start a sandbox: %s", name, failures[0])
                 await asyncio.sleep(RETRY_S)
+            else:
+                self._errors.pop(name, None)
 
-    def take(self, lang: ResolvedLanguage, limits: SandboxLimits) -> DriverSandbox | None:
-        """A ready sandbox for `lang` that can run under `limits`, or None (start one yourself)."""
+    def _take_idle(self, lang: ResolvedLanguage, limits: SandboxLimits) -> DriverSandbox | None:
         idle = self._idle.get(lang.name)
         if idle is None:
             return None
         for i, sb in enumerate(idle):
             if sb.alive and sb.serves(limits):
                 del idle[i]
-                self.served += 1
                 self._wake[lang.name].set()
                 return sb
-        self.missed += 1
-        self._wake[lang.name].set()
         return None
+
+    async def acquire(
+        self, lang: ResolvedLanguage, limits: SandboxLimits, *, wait_s: float = 1.0
+    ) -> DriverSandbox | None:
+        """A ready sandbox for `lang` that can run under `limits`, or None (start one yourself).
+
+        When none is idle but the pool is starting some, wait up to `wait_s` for one: that is
+        never slower than starting a sandbox from scratch.
+        """
+        name = lang.name
+        sandbox = self._take_idle(lang, limits)
+        if sandbox is None and name in self._filling and fits(limits, self.prestart_limits(lang)):
+            self._wake[name].set()
+            cond = self._arrived[name]
+            deadline = asyncio.get_running_loop().time() + wait_s
+            async with cond:
+                while sandbox is None and name in self._filling:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(cond.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    sandbox = self._take_idle(lang, limits)
+        if sandbox is None:
+            self.missed += 1
+            if name in self._wake:
+                self._wake[name].set()
+        else:
+            self.served += 1
+        return sandbox
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -72,6 +72,11 @@ class SandboxProcess:
             *(fd for fd in (self.stdout_fd, self.stderr_fd, self.stdin_fd) if fd is not None)
         )
         self._exit: asyncio.Future[ProcessExit] | None = None
+        self.spawn_floor_kb = 0
+        """The daemon's own peak RSS when it spawned bwrap: bwrap inherits it as a floor of its
+        ru_maxrss (exec keeps the old address space's high-water mark), so only a larger value
+        there says something about the program."""
+        self.sampled_peak_kb = 0
 
     @classmethod
     async def spawn(
@@ -85,6 +90,7 @@ class SandboxProcess:
         pass_fds: tuple[int, ...] = (),
         stdin: bool = True,
     ) -> SandboxProcess:
+        floor_kb = _own_peak_kb()
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         argv = [str(bwrap), *bwrap_args(policy, info_fd=info_w, userns_block_fd=block_r)]
@@ -130,7 +136,9 @@ class SandboxProcess:
             raise
         finally:
             close_quietly(info_r, block_w)
-        return cls(popen, inner_pid, inner_pidfd, cgroup)
+        process = cls(popen, inner_pid, inner_pidfd, cgroup)
+        process.spawn_floor_kb = floor_kb
+        return process
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -215,15 +223,17 @@ class SandboxProcess:
                 hard = min(hard, current_hard)
             resource.prlimit(self.inner_pid, res, (min(soft, hard), hard))
 
-    def peak_rss_kb(self) -> int:
-        """VmHWM of the first process while it runs (REPL drivers)."""
-        try:
-            for line in Path(f"/proc/{self.inner_pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+    def sample_peak(self) -> None:
+        """Record the program's own peak RSS so far (VmHWM of the sandbox's pid 1)."""
+        if self.popen.returncode is None:
+            self.sampled_peak_kb = max(
+                self.sampled_peak_kb, _peak_kb(Path(f"/proc/{self.inner_pid}/status"))
+            )
+
+    def peak_kb(self, ended: ProcessExit) -> int:
+        """Best knowledge of the program's peak memory once it has ended."""
+        from_rusage = ended.maxrss_kb if ended.maxrss_kb > self.spawn_floor_kb + 1024 else 0
+        return max(self.sampled_peak_kb, from_rusage)
 
     def count_processes(self) -> int:
         """Processes (threads included) in the sandbox right now."""
@@ -245,6 +255,20 @@ class SandboxProcess:
                     continue
                 todo.extend(int(c) for c in children)
         return total
+
+
+def _peak_kb(status: Path) -> int:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _own_peak_kb() -> int:
+    return _peak_kb(Path("/proc/self/status"))
 
 
 def _bwrap_failure(popen: subprocess.Popen[bytes]) -> str:

@@ -65,6 +65,14 @@ async def _watch_workspace(workspace: Workspace, limits: SandboxLimits, hit: asy
             return
 
 
+async def _sample_memory(proc: SandboxProcess) -> None:
+    delay = 0.005
+    while True:
+        proc.sample_peak()
+        await asyncio.sleep(delay)
+        delay = min(0.1, delay * 2)
+
+
 async def supervise(
     proc: SandboxProcess,
     *,
@@ -83,7 +91,10 @@ async def supervise(
         asyncio.ensure_future(_pump(proc.stdout_fd, out, overflow, too_much_output)),
         asyncio.ensure_future(_pump(proc.stderr_fd, err, overflow, too_much_output)),
     ]
-    helpers = [asyncio.ensure_future(_feed_stdin(proc.stdin_fd, stdin, proc))]
+    helpers = [
+        asyncio.ensure_future(_feed_stdin(proc.stdin_fd, stdin, proc)),
+        asyncio.ensure_future(_sample_memory(proc)),
+    ]
     if workspace is not None:
         helpers.append(asyncio.ensure_future(_watch_workspace(workspace, limits, workspace_full)))
     output_wait: asyncio.Future[Any] = asyncio.ensure_future(too_much_output.wait())
@@ -123,7 +134,7 @@ async def supervise(
     if exit_future.done() and not exit_future.cancelled():
         await asyncio.gather(*pumps, *helpers, return_exceptions=True)
 
-    peak_mb = result.maxrss_kb / 1024
+    peak_mb = proc.peak_kb(result) / 1024
     cgroup = proc.cgroup
     if cgroup is not None:
         peak_mb = cgroup.peak_mb() or peak_mb

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
 import shutil
 import stat
 from collections.abc import Callable
@@ -74,22 +73,29 @@ class Workspace:
     # --- safe path walking ------------------------------------------------------------------------
 
     def _resolve_link(self, dir_parts: list[str], name: str, dir_fd: int, rel: str) -> list[str]:
+        """Where a symlink met at `dir_parts`/`name` leads, as workspace path components."""
         target = os.readlink(name, dir_fd=dir_fd)
+        outside = WorkspacePathRefused(
+            f"{rel!r} goes through a symlink to {target}, outside the workspace", param="path"
+        )
         if target.startswith("/"):
             if target != WORKSPACE and not target.startswith(WORKSPACE + "/"):
-                raise WorkspacePathRefused(
-                    f"{rel!r} goes through a symlink to {target}, outside the workspace",
-                    param="path",
-                )
-            logical = target[len(WORKSPACE) :]
+                raise outside
+            start: list[str] = []
+            rest = target[len(WORKSPACE) :]
         else:
-            logical = posixpath.join("/" + "/".join(dir_parts), target)
-        norm = posixpath.normpath("/" + logical.lstrip("/"))
-        if norm.startswith("/.."):
-            raise WorkspacePathRefused(
-                f"{rel!r} goes through a symlink to {target}, outside the workspace", param="path"
-            )
-        return [p for p in norm.split("/") if p]
+            start, rest = list(dir_parts), target
+        parts = start
+        for part in rest.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise outside
+                parts.pop()
+            else:
+                parts.append(part)
+        return parts
 
     def _open_parent(self, rel: str, *, create: bool) -> tuple[int, str]:
         """A directory fd for the parent of `rel` and the final name, walked safely."""
@@ -105,8 +111,9 @@ class Workspace:
                         nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                     except FileNotFoundError:
                         if not create:
-                            raise WorkspacePathRefused(
-                                f"{rel!r}: no directory {'/'.join([*walked, part])!r}", param="path"
+                            raise WorkspaceFileNotFound(
+                                f"{rel!r} does not exist in the workspace (no directory "
+                                f"{'/'.join([*walked, part])!r})"
                             ) from None
                         os.mkdir(part, 0o755, dir_fd=fd)
                         self._chown_at(fd, part)

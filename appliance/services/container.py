@@ -21,6 +21,7 @@ from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
 from appliance.services.chat import ChatService
 from appliance.services.models import ModelService
+from appliance.services.sandboxes import SandboxService
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
 
@@ -36,6 +37,7 @@ class Appliance:
         catalog: ModelCatalog,
         store: Store,
         events: EventBus,
+        sandboxes: SandboxService | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -45,6 +47,8 @@ class Appliance:
         self.models = ModelService(catalog, scheduler)
         self.chat = ChatService(scheduler, catalog)
         self._extra_stops: list[Any] = []
+        self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config)
+        self.on_stop(self.sandboxes.stop)
 
     @classmethod
     def from_config(cls, config: Config) -> Appliance:
@@ -65,6 +69,7 @@ class Appliance:
 
     async def start(self) -> None:
         await self.scheduler.start()
+        await self.sandboxes.start()
         log.info("appliance %s started (pid %d, state %s)", __version__, os.getpid(), self.config.state_dir)
 
     async def stop(self) -> None:
@@ -83,6 +88,7 @@ class Appliance:
             "state_dir": self.config.state_dir,
             "models": [m.to_dict() for m in self.scheduler.snapshot()],
             "scheduler": self.scheduler.stats(),
+            "sandboxes": self.sandboxes.stats(),
         }
 
     def on_stop(self, fn: Any) -> None:

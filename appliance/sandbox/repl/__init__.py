@@ -41,6 +41,24 @@ def encode_frame(obj: dict[str, Any]) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def fits(limits: SandboxLimits, started_with: SandboxLimits) -> bool:
+    """Whether a sandbox started under `started_with` can run a request under `limits`.
+
+    Hard rlimits of a running process can only go down (raising needs CAP_SYS_RESOURCE, which
+    even a root daemon may lack), so a pre-started sandbox serves requests at or below the
+    limits it started with.
+    """
+    a, b = limits, started_with
+    return (
+        a.memory_mb + a.address_space_extra_mb <= b.memory_mb + b.address_space_extra_mb
+        and a.nproc <= b.nproc
+        and a.file_size_mb <= b.file_size_mb
+        and a.nofile <= b.nofile
+        and a.cpu_seconds <= b.cpu_seconds
+        and a.tmp_mb <= b.tmp_mb
+    )
+
+
 class DriverSandbox:
     def __init__(
         self,
@@ -86,18 +104,7 @@ class DriverSandbox:
             )
 
     def serves(self, limits: SandboxLimits) -> bool:
-        """Whether this pre-started sandbox can take on `limits`. Hard rlimits of a running
-        process can only go down (raising needs CAP_SYS_RESOURCE, which even a root daemon may
-        lack), so a pre-started sandbox serves requests at or below the limits it started with."""
-        mine = self.limits
-        return (
-            limits.memory_mb <= mine.memory_mb
-            and limits.nproc <= mine.nproc
-            and limits.file_size_mb <= mine.file_size_mb
-            and limits.nofile <= mine.nofile
-            and limits.cpu_seconds <= mine.cpu_seconds
-            and limits.tmp_mb <= mine.tmp_mb
-        )
+        return fits(limits, self.limits)
 
     def apply_limits(self, limits: SandboxLimits, *, keep_cpu_hard: bool = False) -> None:
         cgroup = self.process.cgroup
@@ -223,7 +230,7 @@ class DriverSandbox:
                 ProcessFacts(
                     returncode=ended.returncode,
                     killed_for=killed_for,
-                    peak_memory_mb=ended.maxrss_kb / 1024,
+                    peak_memory_mb=self.process.peak_kb(ended) / 1024,
                     stderr_tail=err_seg.data[-4096:],
                 ),
                 limits,
@@ -243,7 +250,7 @@ class DriverSandbox:
                 out_seg.truncated,
                 err_seg.truncated,
                 duration_ms,
-                round(ended.maxrss_kb / 1024, 2),
+                round(self.process.peak_kb(ended) / 1024, 2),
                 reason,
             )
         status: Status

@@ -17,6 +17,7 @@ big-endian length and a JSON object. The driver writes {"ready": true} on the re
 # This file is not imported by the appliance; it must stay compatible with Python 3.8.
 
 import ast
+import atexit
 import builtins
 import contextlib
 import json
@@ -74,6 +75,34 @@ def new_main(path):
     return main
 
 
+def exit_code_of(exc):
+    """The exit status `python` gives a SystemExit (printing a non-int code, as it does)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(Exception):
+        print(code, file=sys.stderr)
+    return 1
+
+
+def finish(status):
+    """End like the interpreter does, minus tearing down every module (about 4 ms): wait for
+    non-daemon threads, run atexit handlers, flush the standard streams, exit."""
+    if "threading" in sys.modules:
+        with contextlib.suppress(BaseException):
+            sys.modules["threading"]._shutdown()
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            status = status or 120  # python reports a failed final flush the same way
+    os._exit(status)
+
+
 def run_script(req):
     os.close(RESULT_FD)
     path = req["path"]
@@ -85,17 +114,17 @@ def run_script(req):
         code = compile(source, path, "exec")
     except (SyntaxError, ValueError) as exc:
         traceback.print_exception(type(exc), exc, None)
-        sys.exit(1)
+        finish(1)
     main = new_main(path)
     try:
         exec(code, main.__dict__)
-    except SystemExit:
-        raise
+    except SystemExit as exc:
+        finish(exit_code_of(exc))
     except BaseException as exc:
         # without this driver's frames the traceback reads like `python main.py`'s
         traceback.print_exception(type(exc), exc, user_traceback(exc))
-        sys.stderr.flush()
-        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        finish(130 if isinstance(exc, KeyboardInterrupt) else 1)
+    finish(0)
 
 
 TOP_LEVEL_AWAIT = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)

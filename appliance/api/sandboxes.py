@@ -1,0 +1,130 @@
+"""Sandbox routes: one-shot runs, languages, stateful sandboxes and their workspace files.
+
+Handlers only hand the typed body to SandboxService; errors are ApplianceErrors that
+appliance.api.errors turns into HTTP responses. The service comes from the `appliance`
+dependency (anything with a `.sandboxes` attribute), so `create_sandbox_app` can serve these
+routes without the rest of the daemon (tests, `appliance bench sandbox`).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from litestar import Controller, Litestar, Request, Response, delete, get, post, put
+from litestar.di import Provide
+
+from appliance.api.errors import EXCEPTION_HANDLERS
+from appliance.sandbox.errors import UploadTooLarge
+from appliance.services.sandboxes import (
+    CreateSandboxRequest,
+    ExecRequest,
+    FileInfo,
+    LanguageOut,
+    RunRequest,
+    RunResult,
+    SandboxInfo,
+    SandboxService,
+)
+
+JSON_BODY_LIMIT = 128 * 1024 * 1024
+"""Largest JSON body of /api/run and exec (files ride in it as base64); the service checks each
+file against sandbox.max_file_mb."""
+
+
+def provide_sandboxes(appliance: Any) -> SandboxService:
+    service: SandboxService = appliance.sandboxes
+    return service
+
+
+def _workspace_path(path: str) -> str:
+    # the route's {path:path} keeps the slash that separates it from /files
+    return path[1:] if path.startswith("/") else path
+
+
+async def read_upload(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The request body, refused as soon as it grows past `limit` bytes."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UploadTooLarge(
+                f"the upload is larger than {limit // (1024 * 1024)} MB (sandbox.max_file_mb)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class SandboxController(Controller):
+    tags = ["sandboxes"]
+    dependencies = {"sandboxes": Provide(provide_sandboxes, sync_to_thread=False)}
+
+    @post("/api/run", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
+    async def run(self, sandboxes: SandboxService, data: RunRequest) -> RunResult:
+        return await sandboxes.run(data)
+
+    @get("/api/sandboxes/languages")
+    async def languages(self, sandboxes: SandboxService) -> list[LanguageOut]:
+        return await sandboxes.languages()
+
+    @post("/api/sandboxes", status_code=201)
+    async def create(self, sandboxes: SandboxService, data: CreateSandboxRequest) -> SandboxInfo:
+        return await sandboxes.create(data)
+
+    @get("/api/sandboxes")
+    async def list_sandboxes(self, sandboxes: SandboxService) -> list[SandboxInfo]:
+        return sandboxes.list_sandboxes()
+
+    @get("/api/sandboxes/{sandbox_id:str}")
+    async def get_sandbox(self, sandboxes: SandboxService, sandbox_id: str) -> SandboxInfo:
+        return sandboxes.get(sandbox_id)
+
+    @post(
+        "/api/sandboxes/{sandbox_id:str}/exec",
+        status_code=200,
+        request_max_body_size=JSON_BODY_LIMIT,
+    )
+    async def exec(
+        self, sandboxes: SandboxService, sandbox_id: str, data: ExecRequest
+    ) -> RunResult:
+        return await sandboxes.exec(sandbox_id, data)
+
+    @get("/api/sandboxes/{sandbox_id:str}/files")
+    async def list_files(self, sandboxes: SandboxService, sandbox_id: str) -> list[FileInfo]:
+        return await sandboxes.list_files(sandbox_id)
+
+    @get("/api/sandboxes/{sandbox_id:str}/files/{path:path}", media_type="application/octet-stream")
+    async def download(
+        self, sandboxes: SandboxService, sandbox_id: str, path: str
+    ) -> Response[bytes]:
+        data = await sandboxes.get_file(sandbox_id, _workspace_path(path))
+        return Response(data, media_type="application/octet-stream")
+
+    @put("/api/sandboxes/{sandbox_id:str}/files/{path:path}", request_max_body_size=None)
+    async def upload(
+        self, sandboxes: SandboxService, sandbox_id: str, path: str, request: Request[Any, Any, Any]
+    ) -> FileInfo:
+        data = await read_upload(request, sandboxes.max_file_bytes)
+        return await sandboxes.put_file(sandbox_id, _workspace_path(path), data)
+
+    @delete("/api/sandboxes/{sandbox_id:str}", status_code=204)
+    async def destroy(self, sandboxes: SandboxService, sandbox_id: str) -> None:
+        await sandboxes.delete(sandbox_id)
+
+
+def create_sandbox_app(service: SandboxService, *, manage_lifecycle: bool = True) -> Litestar:
+    """An HTTP app with the sandbox routes only, around one SandboxService."""
+    host = SimpleNamespace(sandboxes=service)
+
+    def provide_appliance() -> Any:
+        return host
+
+    return Litestar(
+        route_handlers=[SandboxController],
+        dependencies={"appliance": Provide(provide_appliance, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_startup=[service.start] if manage_lifecycle else [],
+        on_shutdown=[service.stop] if manage_lifecycle else [],
+        openapi_config=None,
+        debug=False,
+    )

@@ -1,0 +1,457 @@
+"""SandboxService: one-shot runs, stateful sandboxes and their files, as the API offers them.
+
+The service owns the sandbox runtime's life (preflight, warm pool, idle reaper), checks requests
+(languages, limits against the daemon's maxima, network policy, base64 and sizes), queues
+one-shot runs beyond `sandbox.max_concurrent` (failing fast past `sandbox.queue_size`), and
+converts the runtime's results into the response structs. When the host cannot run sandboxes
+(no bwrap, user namespaces blocked), the daemon still starts and every sandbox request answers
+503 with the preflight's fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from appliance.config import Config, SandboxConfig, shipped_profiles_dir
+from appliance.errors import ApplianceError, ConfigError, InvalidRequest
+from appliance.sandbox.bwrap import locate_bwrap
+from appliance.sandbox.cgroup import CgroupDelegate
+from appliance.sandbox.engine import EngineConfig, SandboxEngine
+from appliance.sandbox.errors import (
+    LanguageNotFound,
+    NetworkNotAllowed,
+    SandboxQueueFull,
+    SandboxUnavailable,
+    UploadTooLarge,
+)
+from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.limits import LimitCeiling, SandboxLimits, apply_request
+from appliance.sandbox.manager import SandboxManager, StatefulSandbox
+from appliance.sandbox.oneshot import RunSpec, run_once
+from appliance.sandbox.pool import WarmPool
+from appliance.sandbox.preflight import run_preflight
+from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
+from appliance.sandbox.results import RunOutcome
+
+log = logging.getLogger("appliance.sandbox")
+
+
+# --- request and response bodies ---------------------------------------------------------------
+
+
+class RunRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    language: str
+    code: str
+    stdin: str | None = None
+    files: dict[str, str] = msgspec.field(default_factory=dict)
+    """Files to put in the workspace first: relative path -> base64 content."""
+    fetch_files: list[str] = msgspec.field(default_factory=list)
+    """Workspace files to return after the run (missing ones are left out)."""
+    timeout_s: float | None = None
+    memory_mb: int | None = None
+    network: bool = False
+    args: list[str] = msgspec.field(default_factory=list)
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "error", "timeout", "oom", "killed"]
+    exit_code: int | None
+    signal: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: float
+    peak_memory_mb: float
+    files: dict[str, str] = msgspec.field(default_factory=dict)
+    reason: str | None = None
+    """Which limit ended the run, in words, when one did."""
+    phase: Literal["compile", "run"] = "run"
+    result: str | None = None
+    """Stateful cells: the repr of the cell's final expression."""
+    restarted: bool = False
+    """Stateful cells: the interpreter had died and was started afresh (variables lost)."""
+
+
+class CreateSandboxRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    language: str
+    timeout_s: float | None = None
+    """Default timeout of each exec."""
+    memory_mb: int | None = None
+    network: bool = False
+
+
+class ExecRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    code: str
+    timeout_s: float | None = None
+    stdin: str | None = None
+    """Languages without an interpreter session only (bash, C, ...)."""
+    args: list[str] = msgspec.field(default_factory=list)
+
+
+class SandboxInfo(msgspec.Struct, kw_only=True):
+    id: str
+    language: str
+    interpreter: bool
+    """Whether variables persist between execs (a live REPL), not only files."""
+    busy: bool
+    execs: int
+    created_at: float
+    idle_s: float
+    expires_in_s: float
+    timeout_s: float
+    memory_mb: int
+    network: bool
+
+
+class FileInfo(msgspec.Struct, kw_only=True):
+    path: str
+    type: str
+    size: int
+
+
+class LanguageOut(msgspec.Struct, kw_only=True):
+    name: str
+    title: str
+    aliases: list[str]
+    available: bool
+    compiled: bool
+    interpreter: bool
+    pooled: int
+    detail: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def to_result(outcome: RunOutcome, *, restarted: bool = False) -> RunResult:
+    return RunResult(
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        signal=outcome.signal,
+        stdout=_text(outcome.stdout),
+        stderr=_text(outcome.stderr),
+        stdout_truncated=outcome.stdout_truncated,
+        stderr_truncated=outcome.stderr_truncated,
+        duration_ms=outcome.duration_ms,
+        peak_memory_mb=outcome.peak_memory_mb,
+        files={k: _b64(v) for k, v in outcome.files.items()},
+        reason=outcome.reason,
+        phase=outcome.phase,
+        result=outcome.result,
+        restarted=restarted,
+    )
+
+
+class RunQueue:
+    """At most `slots` one-shot runs at once; at most `size` more waiting, the rest refused."""
+
+    def __init__(self, slots: int, size: int) -> None:
+        self._sem = asyncio.Semaphore(max(1, slots))
+        self.size = size
+        self.waiting = 0
+        self.running = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._sem.locked() and self.waiting >= self.size:
+            raise SandboxQueueFull(
+                f"{self.waiting} runs are already waiting for a sandbox; retry shortly "
+                "(the operator can raise sandbox.queue_size or sandbox.max_concurrent)",
+                retry_after=1,
+            )
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._sem.release()
+
+
+class SandboxService:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        catalog: ProfileCatalog,
+        root: Path,
+        identity: SandboxIdentity | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.root = root
+        self._identity = identity
+        self.ceiling = LimitCeiling(config.max_timeout_s, config.max_memory_mb)
+        self.max_file_bytes = config.max_file_mb * 1024 * 1024
+        self.queue = RunQueue(config.max_concurrent, config.queue_size)
+        self.engine: SandboxEngine | None = None
+        self.pool: WarmPool | None = None
+        self.manager: SandboxManager | None = None
+        self.unavailable: str | None = "the sandbox service has not started yet"
+        for name in config.pool:
+            try:
+                catalog.canonical(name)
+            except LanguageNotFound:
+                raise ConfigError(
+                    f"unknown language {name!r}; use one of {', '.join(sorted(catalog.profiles))}",
+                    key=f"sandbox.pool.{name}",
+                ) from None
+
+    @classmethod
+    def from_config(cls, config: Config) -> SandboxService:
+        dirs = [shipped_profiles_dir() / "sandboxes", *map(Path, config.sandbox.profile_dirs)]
+        if config.config_dir:
+            dirs.append(Path(config.config_dir) / "sandboxes")
+        catalog = ProfileCatalog.load(dirs)
+        return cls(config.sandbox, catalog=catalog, root=Path(config.state_dir) / "sandboxes")
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        report = await asyncio.to_thread(run_preflight, bwrap_setting=self.config.bwrap)
+        if not report.ok:
+            self.unavailable = report.summary()
+            log.warning("%s", self.unavailable)
+            return
+        try:
+            identity = self._identity or SandboxIdentity.for_host(
+                sandbox_uid=self.config.sandbox_uid, sandbox_gid=self.config.sandbox_gid
+            )
+            cgroups = CgroupDelegate.detect() if self.config.cgroups else None
+            engine = SandboxEngine(
+                EngineConfig(locate_bwrap(self.config.bwrap), self.root, identity, cgroups),
+                self.catalog,
+            )
+        except ApplianceError as exc:
+            self.unavailable = exc.message
+            log.warning("sandboxes unavailable: %s", exc.message)
+            return
+        stale = await asyncio.to_thread(engine.clean_stale_workspaces)
+        if stale:
+            log.info("removed %d workspaces left by an earlier run", stale)
+        self.engine = engine
+        if any(v > 0 for v in self.config.pool.values()):
+            self.pool = WarmPool(engine, self.config.pool, max_cpu_s=self.config.max_timeout_s)
+            await self.pool.start()
+        self.manager = SandboxManager(
+            engine,
+            self.pool,
+            idle_ttl_s=self.config.idle_ttl_s,
+            max_sandboxes=self.config.max_sandboxes,
+        )
+        await self.manager.start()
+        self.unavailable = None
+        log.info(
+            "sandboxes ready (bwrap %s, %s, cgroups %s)",
+            engine.bwrap,
+            f"root; code runs as uid {identity.host_uid}"
+            if identity.daemon_is_root
+            else "unprivileged",
+            "delegated" if cgroups else "not used, rlimits",
+        )
+
+    async def stop(self) -> None:
+        if self.manager is not None:
+            await self.manager.stop()
+        if self.pool is not None:
+            await self.pool.stop()
+        self.engine, self.pool, self.manager = None, None, None
+        self.unavailable = "the sandbox service has stopped"
+
+    def _ready(self) -> tuple[SandboxEngine, SandboxManager]:
+        if self.engine is None or self.manager is None:
+            raise SandboxUnavailable(self.unavailable or "sandboxes are not available")
+        return self.engine, self.manager
+
+    # --- checks -------------------------------------------------------------------------------------
+
+    async def _language(self, name: str) -> ResolvedLanguage:
+        return await asyncio.to_thread(self.catalog.resolve, name)
+
+    def _limits(
+        self, lang: ResolvedLanguage, timeout_s: float | None, memory_mb: int | None
+    ) -> SandboxLimits:
+        return apply_request(
+            lang.limits, timeout_s=timeout_s, memory_mb=memory_mb, ceiling=self.ceiling
+        )
+
+    def _network(self, asked: bool) -> bool:
+        if asked and not self.config.allow_network:
+            raise NetworkNotAllowed(
+                "network access inside sandboxes is off on this appliance; ask without "
+                "`network`, or an operator can set sandbox.allow_network = true",
+                param="network",
+            )
+        return asked
+
+    def _bytes(self, what: str, data: bytes) -> bytes:
+        if len(data) > self.max_file_bytes:
+            raise UploadTooLarge(
+                f"{what} is {len(data)} bytes, above the limit of {self.config.max_file_mb} MB "
+                "(sandbox.max_file_mb)"
+            )
+        return data
+
+    def _decode_files(self, files: dict[str, str]) -> dict[str, bytes]:
+        out = {}
+        for path, encoded in files.items():
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidRequest(
+                    f"files[{path!r}] is not valid base64; encode each file's bytes as base64",
+                    param="files",
+                ) from None
+            out[path] = self._bytes(f"files[{path!r}]", data)
+        return out
+
+    # --- one-shot -----------------------------------------------------------------------------------
+
+    async def run(self, req: RunRequest) -> RunResult:
+        engine, _ = self._ready()
+        lang = await self._language(req.language)
+        spec = RunSpec(
+            language=lang,
+            code=self._bytes("code", req.code.encode()),
+            limits=self._limits(lang, req.timeout_s, req.memory_mb),
+            stdin=self._bytes("stdin", (req.stdin or "").encode()),
+            files=self._decode_files(req.files),
+            fetch=list(req.fetch_files),
+            args=list(req.args),
+            network=self._network(req.network),
+            max_file_bytes=self.max_file_bytes,
+        )
+        async with self.queue.slot():
+            return to_result(await run_once(engine, self.pool, spec))
+
+    async def languages(self) -> list[LanguageOut]:
+        infos = await asyncio.to_thread(self.catalog.describe)
+        pooled = self.config.pool
+        return [
+            LanguageOut(
+                name=i.name,
+                title=i.title,
+                aliases=i.aliases,
+                available=i.available,
+                compiled=i.compiled,
+                interpreter=i.stateful_repl,
+                pooled=pooled.get(i.name, 0),
+                detail=i.detail,
+            )
+            for i in infos
+        ]
+
+    # --- stateful -----------------------------------------------------------------------------------
+
+    def _info(self, sb: StatefulSandbox) -> SandboxInfo:
+        assert self.manager is not None
+        idle = sb.idle_for()
+        return SandboxInfo(
+            id=sb.id,
+            language=sb.language.name,
+            interpreter=sb.driver is not None,
+            busy=sb.busy,
+            execs=sb.execs,
+            created_at=sb.created_at,
+            idle_s=round(idle, 3),
+            expires_in_s=round(max(0.0, self.manager.idle_ttl_s - idle), 3),
+            timeout_s=sb.limits.timeout_s,
+            memory_mb=sb.limits.memory_mb,
+            network=sb.network,
+        )
+
+    async def create(self, req: CreateSandboxRequest) -> SandboxInfo:
+        _, manager = self._ready()
+        lang = await self._language(req.language)
+        limits = self._limits(lang, req.timeout_s, req.memory_mb)
+        return self._info(await manager.create(lang, limits, network=self._network(req.network)))
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        _, manager = self._ready()
+        return [self._info(sb) for sb in manager.sandboxes.values()]
+
+    def get(self, sandbox_id: str) -> SandboxInfo:
+        _, manager = self._ready()
+        return self._info(manager.get(sandbox_id))
+
+    async def exec(self, sandbox_id: str, req: ExecRequest) -> RunResult:
+        _, manager = self._ready()
+        sb = manager.get(sandbox_id)
+        if sb.driver is not None and (req.stdin or req.args):
+            raise InvalidRequest(
+                f"cells of a {sb.language.name} sandbox run in a live interpreter and take no "
+                "stdin or args; put input in a workspace file instead",
+                param="stdin" if req.stdin else "args",
+            )
+        limits = sb.limits
+        if req.timeout_s is not None:
+            limits = apply_request(
+                limits, timeout_s=req.timeout_s, memory_mb=None, ceiling=self.ceiling
+            )
+        code = self._bytes("code", req.code.encode()).decode()
+        outcome, restarted = await manager.exec(
+            sandbox_id, code, limits=limits, stdin=(req.stdin or "").encode(), args=list(req.args)
+        )
+        return to_result(outcome, restarted=restarted)
+
+    async def delete(self, sandbox_id: str) -> None:
+        _, manager = self._ready()
+        await manager.delete(sandbox_id)
+
+    # --- files --------------------------------------------------------------------------------------
+
+    async def put_file(self, sandbox_id: str, path: str, data: bytes) -> FileInfo:
+        _, manager = self._ready()
+        sb = manager.get(sandbox_id)
+        self._bytes(f"the upload of {path!r}", data)
+        used, _ = await asyncio.to_thread(sb.workspace.usage)
+        if used + len(data) > sb.limits.workspace_mb * 1024 * 1024:
+            raise UploadTooLarge(
+                f"the workspace would grow past its {sb.limits.workspace_mb} MB limit; delete files "
+                "first (or create the sandbox with a smaller data set)"
+            )
+        await asyncio.to_thread(sb.workspace.write_file, path, data)
+        return FileInfo(path=path, type="file", size=len(data))
+
+    async def get_file(self, sandbox_id: str, path: str) -> bytes:
+        _, manager = self._ready()
+        sb = manager.get(sandbox_id)
+        return await asyncio.to_thread(sb.workspace.read_file, path, self.max_file_bytes)
+
+    async def list_files(self, sandbox_id: str) -> list[FileInfo]:
+        _, manager = self._ready()
+        sb = manager.get(sandbox_id)
+        entries = await asyncio.to_thread(sb.workspace.list_files)
+        return [FileInfo(path=e.path, type=e.type, size=e.size) for e in entries]
+
+    # --- operations -------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "available": self.unavailable is None,
+            "reason": self.unavailable,
+            "runs": {"running": self.queue.running, "waiting": self.queue.waiting},
+            "pool": self.pool.stats() if self.pool else {},
+            "sandboxes": len(self.manager.sandboxes) if self.manager else 0,
+            "checked_at": time.time(),
+        }
