@@ -97,6 +97,17 @@ class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Disk space for parked session KV state; least recently used is evicted beyond it."""
 
 
+class TelemetryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    trace_retention: int = 10_000
+    """Traces kept in the database (with their spans); the oldest beyond this are deleted."""
+    trace_max_age_days: float = 30.0
+    """Traces older than this are deleted too; 0 keeps them until trace_retention pushes them out."""
+    usage_retention_days: float = 400.0
+    """Usage facts older than this are deleted; 0 keeps them forever."""
+    usage_interval_s: float = 15.0
+    """How often usage (tokens, resident time, GPU energy) is written to the ledger."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     state_dir: str = ""
     """Where the database, models, KV state and workspaces live. Empty: see resolve_state_dir."""
@@ -104,6 +115,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
     # Set by load_config, not read from the file.
     config_dir: str = ""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 
+from appliance.api.auth import BearerAuth
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.models import ModelsController
 from appliance.api.openai import OpenAIController
 from appliance.api.ops import OpsController
 from appliance.api.sandboxes import SandboxController
+from appliance.api.tracing import RequestTelemetry
 from appliance.services.container import Appliance
 
 
@@ -21,12 +23,19 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
 
     route_handlers: list[type] = [OpsController, OpenAIController, ModelsController, SandboxController]
 
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers,
         dependencies={"appliance": Provide(provide_appliance, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[appliance.start] if manage_lifecycle else [],
         on_shutdown=[appliance.stop] if manage_lifecycle else [],
         openapi_config=None,
+        logging_config=None,  # logs are configured once, by appliance.telemetry.logs
         debug=False,
     )
+    # Plain ASGI around the whole handler, before routing: the token check covers every route
+    # (mounted ones too) and every response, 401s and 404s included, gets its trace id.
+    app.asgi_handler = RequestTelemetry(
+        BearerAuth(app.asgi_handler, appliance.access, appliance.store),
+        appliance.telemetry, appliance.events)
+    return app

@@ -1,13 +1,29 @@
-"""Operations routes: health and status."""
+"""Operations routes: health, status, GPU, live events, traces, usage and Prometheus metrics."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Controller, get
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.response import Stream
 
 from appliance import __version__
 from appliance.services.container import Appliance
+from appliance.store.traces import Trace
+from appliance.telemetry.metrics import CONTENT_TYPE
+
+_enc = msgspec.json.Encoder()
+
+
+async def _sse(events: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[bytes]:
+    yield b": connected\n\n"
+    async for ev in events:
+        if ev is None:
+            yield b": ping\n\n"
+        else:
+            yield b"id: %d\ndata: %s\n\n" % (ev.get("seq", 0), _enc.encode(ev))
 
 
 class OpsController(Controller):
@@ -20,3 +36,43 @@ class OpsController(Controller):
     @get("/api/status")
     async def status(self, appliance: Appliance) -> dict[str, Any]:
         return await appliance.status()
+
+    @get("/api/gpu")
+    async def gpu(self, appliance: Appliance) -> dict[str, Any]:
+        return await appliance.operations.gpu()
+
+    @get("/api/events")
+    async def events(self, appliance: Appliance, request: Request[Any, Any, Any],
+                     since: int | None = None, types: str | None = None) -> Stream:
+        """SSE of live events; `since` (or Last-Event-ID) replays kept events after that seq;
+        `types` is a comma-separated list of type prefixes (`model.,sandbox.`)."""
+        last = request.headers.get("last-event-id")
+        if since is None and last and last.isdigit():
+            since = int(last)
+        stream = appliance.operations.event_stream(
+            since=since, types=[t.strip() for t in (types or "").split(",")])
+        return Stream(_sse(stream), media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @get("/api/traces")
+    async def traces(
+        self, appliance: Appliance, limit: int = 50, kind: str | None = None,
+        model: str | None = None, session_id: str | None = None, agent: str | None = None,
+        status: str | None = None, since: str | None = None,
+    ) -> list[Trace]:
+        return await appliance.operations.traces(
+            limit=limit, kind=kind, model=model, session_id=session_id, agent=agent,
+            status=status, since=since)
+
+    @get("/api/traces/{trace_id:str}")
+    async def trace(self, appliance: Appliance, trace_id: str) -> Trace:
+        return await appliance.operations.trace(trace_id)
+
+    @get("/api/usage")
+    async def usage(self, appliance: Appliance, by: str = "model",
+                    since: str | None = None) -> dict[str, Any]:
+        return await appliance.operations.usage(by, since)
+
+    @get("/metrics", media_type=CONTENT_TYPE)
+    async def metrics(self, appliance: Appliance) -> Response[bytes]:
+        return Response(await appliance.operations.scrape(), media_type=CONTENT_TYPE)

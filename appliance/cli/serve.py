@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ipaddress
 import logging
-import socket
 from pathlib import Path
 
 from appliance.config import load_config
 from appliance.errors import ApplianceError, ConfigError
+from appliance.services.access import is_loopback
 
 log = logging.getLogger("appliance")
 
@@ -27,18 +25,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="do not fetch the default models (models.defaults) before serving",
     )
     p.set_defaults(func=run)
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
 
 
 def fetch_defaults(appliance: object, ids: list[str]) -> None:
@@ -59,17 +45,19 @@ def fetch_defaults(appliance: object, ids: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import msgspec
-    import uvicorn
 
     from appliance.api.app import create_app
+    from appliance.api.server import serve
     from appliance.services.container import Appliance
+    from appliance.telemetry.logs import configure_logging
 
+    configure_logging(verbose=bool(getattr(args, "verbose", False)))
     cfg = load_config(args.config, state_dir=args.state_dir)
     server = cfg.server
     if args.host or args.port:
         server = msgspec.structs.replace(server, host=args.host or server.host, port=args.port or server.port)
         cfg = msgspec.structs.replace(cfg, server=server)
-    if not is_loopback(server.host) and not _has_tokens(cfg):
+    if not is_loopback(server.host) and not _has_tokens(Path(cfg.state_dir)):
         raise ConfigError(
             f"refusing to listen on {server.host}, which is not a loopback address, without API tokens. "
             "Create one with `appliance token create NAME`, or bind to 127.0.0.1."
@@ -78,23 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_fetch:
         fetch_defaults(appliance, cfg.models.defaults)
     app = create_app(appliance)
-    config = uvicorn.Config(
-        app,
-        host=server.host,
-        port=server.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(server.shutdown_grace_s),
-        lifespan="on",
-    )
     print(f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})", flush=True)
-    asyncio.run(uvicorn.Server(config).serve())
-    return 0
+    return serve(appliance, app, host=server.host, port=server.port, grace_s=server.shutdown_grace_s)
 
 
-def _has_tokens(cfg: object) -> bool:
-    try:
-        from appliance.store.tokens import has_tokens  # type: ignore[attr-defined]
-    except ImportError:
-        return False
-    return bool(has_tokens(Path(cfg.state_dir)))  # type: ignore[attr-defined]
+def _has_tokens(state_dir: Path) -> bool:
+    """Whether the state directory's store holds at least one valid API token."""
+    from appliance.store import Store
+
+    with Store(state_dir) as store:
+        return store.tokens.count_valid() > 0

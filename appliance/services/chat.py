@@ -23,6 +23,7 @@ from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.workerproc import RequestStream
+from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.chat")
 
@@ -45,7 +46,9 @@ def _keep_alive(value: Any) -> float | None:
 class Generation:
     """A running generation: the lease, the worker stream and the metadata of the response."""
 
-    def __init__(self, lease: Lease, stream: RequestStream, model: str, kind: str) -> None:
+    def __init__(self, lease: Lease, stream: RequestStream, model: str, kind: str,
+                 telemetry: Telemetry | None = None) -> None:
+        self.telemetry = telemetry
         self.lease = lease
         self.stream = stream
         self.model = model
@@ -57,14 +60,21 @@ class Generation:
         self._finished = False
 
     async def events(self) -> AsyncIterator[p.Delta | p.Done]:
+        result, outcome = None, "cancelled"
         try:
             async for ev in self.stream:
                 if self.first_token_ms is None:
                     self.first_token_ms = (time.perf_counter() - self.t0) * 1000.0
+                result = ev.result if isinstance(ev, p.Done) else result
                 yield ev
-            self._finished = True
+            self._finished, outcome = True, "ok"
+        except ApplianceError:
+            outcome = "error"
+            raise
         finally:
             self.close_soon()
+            if self.telemetry is not None:
+                self.telemetry.generation_finished(self, result, outcome)
 
     async def result(self) -> dict[str, Any]:
         final: dict[str, Any] = {}
@@ -102,9 +112,11 @@ class Generation:
 
 
 class ChatService:
-    def __init__(self, scheduler: ModelScheduler, catalog: ModelCatalog) -> None:
+    def __init__(self, scheduler: ModelScheduler, catalog: ModelCatalog,
+                 telemetry: Telemetry | None = None) -> None:
         self.scheduler = scheduler
         self.catalog = catalog
+        self.telemetry = telemetry
 
     async def _start(self, model: Any, kind: str, make: Any, keep_alive: Any) -> tuple[Lease, RequestStream]:
         if not isinstance(model, str) or not model:
@@ -132,7 +144,8 @@ class ChatService:
             lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key),
             params.get("keep_alive"),
         )
-        return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion")
+        return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion",
+                          self.telemetry)
 
     # --- OpenAI shapes ------------------------------------------------------------------------
 
@@ -237,10 +250,13 @@ class ChatService:
         lease, stream = await self._start(
             model, "embedding", lambda i: p.Embed(id=i, inputs=list(inputs)), params.get("keep_alive")
         )
+        t0 = time.perf_counter()
         try:
             r = await stream.result()
         finally:
             lease.release()
+        if self.telemetry is not None:
+            self.telemetry.embedding_finished(str(model), lease, r, t0)
         data = []
         for i, vec in enumerate(r["embeddings"]):
             dims = params.get("dimensions")

@@ -19,11 +19,15 @@ from appliance.models.catalog import ModelCatalog
 from appliance.models.memory import memory_probe_for_host
 from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
+from appliance.services.access import ApiAccess
 from appliance.services.chat import ChatService
 from appliance.services.models import ModelService
+from appliance.services.operations import Operations
 from appliance.services.sandboxes import SandboxService
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
+from appliance.telemetry.nvml import Nvml
+from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance")
 
@@ -37,6 +41,7 @@ class Appliance:
         catalog: ModelCatalog,
         store: Store,
         events: EventBus,
+        telemetry: Telemetry | None = None,
         sandboxes: SandboxService | None = None,
     ) -> None:
         self.config = config
@@ -44,8 +49,11 @@ class Appliance:
         self.scheduler = scheduler
         self.store = store
         self.events = events
+        self.telemetry = telemetry or Telemetry(events)
+        self.operations = Operations(config, store=store, scheduler=scheduler, telemetry=self.telemetry)
+        self.access = ApiAccess(store.tokens, host=config.server.host)
         self.models = ModelService(catalog, scheduler)
-        self.chat = ChatService(scheduler, catalog)
+        self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry)
         self._extra_stops: list[Any] = []
         self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config)
         self.on_stop(self.sandboxes.stop)
@@ -65,9 +73,11 @@ class Appliance:
             events=events,
         )
         store = Store(state)
-        return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events)
+        return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events,
+                   telemetry=Telemetry(events, nvml=Nvml.open()))
 
     async def start(self) -> None:
+        await self.operations.start()
         await self.scheduler.start()
         await self.sandboxes.start()
         log.info("appliance %s started (pid %d, state %s)", __version__, os.getpid(), self.config.state_dir)
@@ -79,6 +89,7 @@ class Appliance:
             except Exception:  # one part failing to stop must not keep the others running
                 log.exception("error while stopping")
         await self.scheduler.stop()
+        await self.operations.stop()
         await self.store.aclose()
 
     async def status(self) -> dict[str, Any]:

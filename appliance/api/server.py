@@ -1,0 +1,123 @@
+"""The HTTP server: uvicorn, plus what a daemon under systemd owes its supervisor.
+
+- READY=1 once the socket is bound and the Appliance started (its store is migrated when it is
+  built, before this), with the address in STATUS;
+- WATCHDOG=1 pings from the event loop while it runs (when the unit sets WatchdogSec);
+- on SIGTERM or SIGINT: STOPPING=1 at once, open event streams end, and uvicorn's graceful
+  shutdown runs: the listening socket closes (no new requests), requests in flight get
+  `server.shutdown_grace_s` to finish and are cancelled after it, then the lifespan shutdown calls
+  `Appliance.stop()` (sessions parked, sandboxes and model workers stopped, telemetry written,
+  the store closed);
+- a SIGTERM stop exits 0. (uvicorn re-raises the signal after its shutdown so the process dies
+  of it; a clean stop that exits 0 reads better in `systemctl status` and to any supervisor.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from appliance.services.container import Appliance
+from appliance.services.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
+
+log = logging.getLogger("appliance.server")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class ApplianceServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, *, appliance: Appliance,
+                 notifier: SystemdNotifier | None = None) -> None:
+        super().__init__(config)
+        self.appliance = appliance
+        self.notifier = notifier or SystemdNotifier.from_env()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._sigint = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        interval = watchdog_interval()
+        if interval is not None:  # pings start before the (possibly slow) lifespan startup
+            self._watchdog = asyncio.create_task(watchdog_loop(self.notifier, interval))
+        await super().startup(sockets)
+        if self.should_exit or not self.started:
+            return
+        where = f"http://{self.config.host}:{self.config.port}"
+        self.appliance.events.publish("daemon.ready", url=where)
+        self.notifier.ready(status=f"serving on {where}")
+        log.info("ready", extra={"fields": {"url": where, "systemd": self.notifier.enabled,
+                                            "watchdog_s": interval}})
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT:
+            self._sigint = True
+        self._begin_stop()
+        super().handle_exit(sig, frame)
+
+    def _begin_stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.notifier.stopping()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_streams)
+
+    def _close_streams(self) -> None:
+        self.appliance.events.publish("daemon.stopping")
+        self.appliance.events.close()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._begin_stop()
+        log.info("stopping", extra={"fields": {
+            "grace_s": self.config.timeout_graceful_shutdown,
+            "connections": len(self.server_state.connections)}})
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._watchdog
+        log.info("stopped")
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self._sigint:  # Ctrl-C keeps its usual meaning for whoever started us
+            signal.raise_signal(signal.SIGINT)
+
+
+def serve(appliance: Appliance, app: Any, *, host: str, port: int, grace_s: float) -> int:
+    """Run the server until a signal stops it; returns the exit code."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # our logging (appliance.telemetry.logs) formats uvicorn's lines too
+        log_level="info",
+        access_log=False,  # the request middleware logs each request, with its trace id
+        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]
+        lifespan="on",
+    )
+    server = ApplianceServer(config, appliance=appliance)
+    asyncio.run(server.serve())
+    return 0 if server.started else 1

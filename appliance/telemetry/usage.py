@@ -1,0 +1,146 @@
+"""Usage metering: what the work cost, gathered in memory and handed to the ledger in batches.
+
+Three kinds of facts make up usage:
+- per-request facts (tokens in and out, one request, busy seconds, sandbox CPU-seconds), added as
+  each piece of work ends and merged per (model, agent, session) until the next flush, so the
+  ledger grows by one row per key and flush, not per request;
+- residency: seconds each model has been loaded (GPU-seconds "resident"), accrued from the model
+  lifecycle events and cut at every flush;
+- energy: the difference of NVML's energy counter between two flushes, shared among the models
+  resident in that interval by their resident seconds (or kept with no model when none was).
+
+The meter is pure bookkeeping with an injected clock; `Operations` calls `collect` on a timer and
+writes what it returns to `store.usage`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+Key = tuple[str | None, str | None, str | None]
+"""(model, agent, session_id)."""
+
+
+@dataclass
+class UsageFact:
+    """One amount of usage; the same fields as the store's UsageRecord (kept apart so that
+    telemetry does not import the store)."""
+
+    model: str | None = None
+    agent: str | None = None
+    session_id: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+    gpu_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    energy_j: float = 0.0
+    sandbox_cpu_s: float = 0.0
+    ts: float | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.model, self.agent, self.session_id)
+
+    def merge(self, other: UsageFact) -> None:
+        for f in fields(self):
+            if f.name in ("model", "agent", "session_id", "ts"):
+                continue
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.ts = other.ts if other.ts is not None else self.ts
+
+
+class ResidencyMeter:
+    """Seconds each model has been resident, accrued between `drain`s."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._since: dict[str, float] = {}
+        self._pending: dict[str, float] = {}
+
+    def resident(self, model: str) -> None:
+        self._since.setdefault(model, self.clock())
+
+    def gone(self, model: str) -> None:
+        start = self._since.pop(model, None)
+        if start is not None:
+            self._pending[model] = self._pending.get(model, 0.0) + max(0.0, self.clock() - start)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self._since)
+
+    def drain(self) -> dict[str, float]:
+        """Resident seconds per model since the last drain (models still loaded included)."""
+        now = self.clock()
+        out = dict(self._pending)
+        self._pending.clear()
+        for model, start in self._since.items():
+            out[model] = out.get(model, 0.0) + max(0.0, now - start)
+            self._since[model] = now
+        return {m: s for m, s in out.items() if s > 0}
+
+
+class EnergyMeter:
+    """Joules between two readings of a cumulative energy counter."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def delta(self, reading: float | None) -> float:
+        """The energy since the previous reading; 0 for the first one or after a counter reset."""
+        if reading is None:
+            return 0.0
+        last, self._last = self._last, reading
+        if last is None or reading < last:
+            return 0.0
+        return reading - last
+
+
+def share_energy(joules: float, resident: dict[str, float]) -> dict[str | None, float]:
+    """Split `joules` among models by their resident seconds; all to None when none was loaded."""
+    if joules <= 0:
+        return {}
+    total = sum(resident.values())
+    if total <= 0:
+        return {None: joules}
+    return {model: joules * seconds / total for model, seconds in resident.items()}
+
+
+class UsageMeter:
+    """Collects usage facts between flushes (call it on one thread: the event loop)."""
+
+    MAX_KEYS = 50_000
+    """Distinct (model, agent, session) keys held before facts are dropped (and counted)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.residency = ResidencyMeter(clock)
+        self.energy = EnergyMeter()
+        self.wall = wall
+        self._facts: dict[Key, UsageFact] = {}
+        self.dropped = 0
+
+    def add(self, fact: UsageFact) -> None:
+        if fact.ts is None:
+            fact.ts = self.wall()
+        held = self._facts.get(fact.key)
+        if held is not None:
+            held.merge(fact)
+        elif len(self._facts) >= self.MAX_KEYS:
+            self.dropped += 1
+        else:
+            self._facts[fact.key] = fact
+
+    def collect(self, energy_reading: float | None = None) -> list[UsageFact]:
+        """Everything since the last collect: merged request facts, then residency, then energy."""
+        now = self.wall()
+        out = list(self._facts.values())
+        self._facts.clear()
+        resident = self.residency.drain()
+        out += [UsageFact(model=m, gpu_seconds=s, ts=now) for m, s in sorted(resident.items())]
+        shares = share_energy(self.energy.delta(energy_reading), resident)
+        out += [UsageFact(model=m, energy_j=j, ts=now) for m, j in shares.items()]
+        return out
