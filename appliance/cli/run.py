@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--stdin", metavar="FILE", help="file given to the program as its stdin")
     p.add_argument("--timeout", help="wall-clock limit, like 10s or 2m")
     p.add_argument("--memory", help="memory limit, like 256M or 1G")
-    p.add_argument("--network", action="store_true", help="allow network access (if the daemon allows it)")
+    p.add_argument(
+        "--network", action="store_true", help="allow network access (if the daemon allows it)"
+    )
     p.add_argument(
         "-f",
         "--file",
@@ -139,11 +141,15 @@ async def _run_local(args: argparse.Namespace, body: dict[str, Any] | None) -> A
 def _print_languages(langs: list[dict[str, Any]]) -> None:
     for lang in langs:
         mark = "yes" if lang["available"] else "no "
-        kind = "compiled" if lang["compiled"] else ("interpreter" if lang["interpreter"] else "script")
+        kind = (
+            "compiled" if lang["compiled"] else ("interpreter" if lang["interpreter"] else "script")
+        )
         print(f"{lang['name']:<12} {mark}  {kind:<11}  {lang['detail']}")
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # the program's output stays clean
     if args.languages:
         if args.local:
             langs = asyncio.run(_run_local(args, None))
@@ -154,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
         _print_languages(langs)
         return 0
     if not args.language or not args.file:
-        raise InvalidRequest("give a language and a source file: appliance run python main.py (or - for stdin)")
+        raise InvalidRequest(
+            "give a language and a source file: appliance run python main.py (or - for stdin)"
+        )
     body = build_request(args)
     if args.local:
         result = asyncio.run(_run_local(args, body))
@@ -167,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
 def show(result: dict[str, Any], args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
+    if result.get("files"):
+        out_dir.mkdir(parents=True, exist_ok=True)
     for name, encoded in (result.get("files") or {}).items():
         target = out_dir / Path(name).name
         target.write_bytes(base64.b64decode(encoded))

@@ -42,6 +42,7 @@ from appliance.sandbox.pool import WarmPool
 from appliance.sandbox.preflight import run_preflight
 from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
 from appliance.sandbox.results import RunOutcome
+from appliance.sandbox.workspace import split_path
 
 log = logging.getLogger("appliance.sandbox")
 
@@ -330,6 +331,8 @@ class SandboxService:
     async def run(self, req: RunRequest) -> RunResult:
         engine, _ = self._ready()
         lang = await self._language(req.language)
+        for path in req.fetch_files:
+            split_path(path)  # refuse absolute and climbing paths before running anything
         spec = RunSpec(
             language=lang,
             code=self._bytes("code", req.code.encode()),

@@ -26,13 +26,23 @@ CEILING = LimitCeiling(max_timeout_s=60, max_memory_mb=2048)
 
 @pytest.mark.parametrize(
     ("text", "mb"),
-    [("512", 512), ("512M", 512), ("512MiB", 512), ("2G", 2048), ("1.5g", 1536), ("800k", 1), ("1gb", 1024)],
+    [
+        ("512", 512),
+        ("512M", 512),
+        ("512MiB", 512),
+        ("2G", 2048),
+        ("1.5g", 1536),
+        ("800k", 1),
+        ("1gb", 1024),
+    ],
 )
 def test_sizes(text: str, mb: int) -> None:
     assert parse_size_mb(text) == mb
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("10", 10), ("10s", 10), ("250ms", 0.25), ("1.5m", 90), ("1h", 3600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10", 10), ("10s", 10), ("250ms", 0.25), ("1.5m", 90), ("1h", 3600)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration_s(text) == pytest.approx(seconds)
 
@@ -62,12 +72,22 @@ def test_request_overrides_within_the_ceiling() -> None:
     limits = apply_request(SandboxLimits(cpu_s=3), timeout_s=20, memory_mb=1024, ceiling=CEILING)
     assert (limits.timeout_s, limits.memory_mb) == (20, 1024)
     assert limits.cpu_seconds == 20  # a new timeout resets an explicit CPU budget to it
-    assert apply_request(DEFAULT_LIMITS, timeout_s=None, memory_mb=None, ceiling=CEILING) is DEFAULT_LIMITS
+    assert (
+        apply_request(DEFAULT_LIMITS, timeout_s=None, memory_mb=None, ceiling=CEILING)
+        is DEFAULT_LIMITS
+    )
 
 
-@pytest.mark.parametrize(("timeout", "memory", "param"), [(0, None, "timeout_s"), (61, None, "timeout_s"),
-                                                          (float("nan"), None, "timeout_s"), (None, 8, "memory_mb"),
-                                                          (None, 4096, "memory_mb")])
+@pytest.mark.parametrize(
+    ("timeout", "memory", "param"),
+    [
+        (0, None, "timeout_s"),
+        (61, None, "timeout_s"),
+        (float("nan"), None, "timeout_s"),
+        (None, 8, "memory_mb"),
+        (None, 4096, "memory_mb"),
+    ],
+)
 def test_request_overrides_out_of_range_name_the_field_and_the_maximum(
     timeout: float | None, memory: int | None, param: str
 ) -> None:
@@ -78,7 +98,9 @@ def test_request_overrides_out_of_range_name_the_field_and_the_maximum(
 
 
 def test_rlimits_without_a_cgroup() -> None:
-    limits = SandboxLimits(timeout_s=10, memory_mb=256, address_space_extra_mb=64, nproc=32, file_size_mb=8, nofile=100)
+    limits = SandboxLimits(
+        timeout_s=10, memory_mb=256, address_space_extra_mb=64, nproc=32, file_size_mb=8, nofile=100
+    )
     rl = rlimits_for(limits)
     assert rl[resource.RLIMIT_CPU] == (10, 11)
     assert rl[resource.RLIMIT_AS] == (320 * MiB, 320 * MiB)
@@ -127,10 +149,17 @@ def test_classify_out_of_memory() -> None:
     assert _c(returncode=1, stderr_tail=b"...\nMemoryError\n")[0] == "oom"
     assert _c(returncode=134, peak_memory_mb=99.0)[0] == "oom"
     assert _c(returncode=137, cgroup_oom=True)[0] == "oom"
-    assert classify(ProcessFacts(returncode=1, stderr_tail=b"heap exhausted!"), LIMITS, (b"heap exhausted",))[0] == "oom"
+    assert (
+        classify(
+            ProcessFacts(returncode=1, stderr_tail=b"heap exhausted!"), LIMITS, (b"heap exhausted",)
+        )[0]
+        == "oom"
+    )
     assert _c(returncode=0, stderr_tail=b"MemoryError")[0] == "ok"  # printed, not died of
 
 
 def test_classify_a_fork_bomb_that_gave_up() -> None:
-    status, _, _, reason = _c(returncode=1, stderr_tail=b"BlockingIOError: [Errno 11] Resource temporarily unavailable")
+    status, _, _, reason = _c(
+        returncode=1, stderr_tail=b"BlockingIOError: [Errno 11] Resource temporarily unavailable"
+    )
     assert status == "error" and reason is not None and "process limit" in reason

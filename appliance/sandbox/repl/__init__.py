@@ -222,8 +222,11 @@ class DriverSandbox:
         )
         duration_ms = round((time.monotonic() - started) * 1000, 2)
         if answer is None:  # the driver is gone or stuck: the sandbox ends here
+            exited = self.process.wait()
+            if killed_for is None:  # it died on its own: let bwrap report how
+                await asyncio.wait({exited}, timeout=1.0)
             self.process.kill()
-            ended = await self.process.wait()
+            ended = await exited
             if self._overflowed:
                 killed_for = "output"
             ended_as, exit_code, sig, reason = classify(
