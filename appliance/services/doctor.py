@@ -1,0 +1,220 @@
+"""`appliance doctor`: is this box ready to run the appliance, and if not, what to do.
+
+Each check looks at one thing (Python, the llama.cpp build, the NVIDIA driver, the GPU as
+llama.cpp sees it, sandboxes, cgroup delegation, the state directory, the port, API tokens, the
+config, the default models) and returns ok, warning (it works, but not as well as it could) or
+failure (that part will not work), with a sentence saying what it found and, unless ok, the fix.
+Everything read from the host comes through `DoctorProbes` (appliance.services.doctor_probes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from appliance.config import Config, ConfigError, default_config_path, resolve_state_dir
+from appliance.errors import ApplianceError
+from appliance.services.access import is_loopback
+from appliance.services.doctor_probes import DoctorProbes, GpuInfo, LlamaBuild
+
+Status = Literal["ok", "warning", "failure"]
+GiB = 2**30
+DISK_FAIL_BYTES = 1 * GiB
+DISK_WARN_BYTES = 5 * GiB
+REINSTALL = "bash packaging/install.sh (from the appliance's source directory)"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def ok(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, "ok", detail)
+
+
+def check_python(p: DoctorProbes) -> CheckResult:
+    v = p.python_version()
+    text = ".".join(map(str, v))
+    if v[:2] >= (3, 11):
+        return ok("python", f"Python {text}")
+    return CheckResult("python", "failure", f"Python {text} is too old; the appliance needs 3.11+",
+                       "install Python 3.11 or newer and reinstall: PYTHON=python3.11 " + REINSTALL)
+
+
+def check_llama(p: DoctorProbes, llama: LlamaBuild | str, gpus: GpuInfo) -> CheckResult:
+    if isinstance(llama, str):
+        return CheckResult("llama-cpp-python", "failure",
+                           f"llama_cpp cannot be imported ({llama})", REINSTALL)
+    build = "CUDA" if llama.cuda else "CPU"
+    detail = f"llama-cpp-python {llama.version}, {build} build"
+    if gpus.names and not llama.cuda:
+        return CheckResult("llama-cpp-python", "warning",
+                           detail + ", but this box has an NVIDIA GPU: models run on the CPU",
+                           "rebuild with CUDA (needs nvcc from the CUDA toolkit): "
+                           "APPLIANCE_CUDA=1 " + REINSTALL)
+    return ok("llama-cpp-python", detail)
+
+
+def check_driver(p: DoctorProbes, gpus: GpuInfo) -> CheckResult:
+    if gpus.names:
+        return ok("nvidia driver",
+                  f"driver {gpus.driver or '?'}, {len(gpus.names)} GPU(s): {', '.join(gpus.names)}")
+    return CheckResult(
+        "nvidia driver", "warning",
+        f"{gpus.why_none or 'no NVIDIA GPU found'}; models run on the CPU",
+        "if this box has an NVIDIA GPU, install its driver (Ubuntu: `sudo ubuntu-drivers install`; "
+        "then reboot) and check `nvidia-smi`")
+
+
+def check_gpu_visible(p: DoctorProbes, llama: LlamaBuild | str, gpus: GpuInfo) -> CheckResult:
+    name = "gpu for llama.cpp"
+    if not gpus.names:
+        return ok(name, "no NVIDIA GPU on this box; llama.cpp uses the CPU")
+    if isinstance(llama, str) or not llama.cuda:
+        return CheckResult(name, "failure", "llama.cpp was built without CUDA, so it cannot use the GPU",
+                           "APPLIANCE_CUDA=1 " + REINSTALL)
+    visible = p.env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return CheckResult(name, "failure", f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU",
+                           "unset CUDA_VISIBLE_DEVICES (or list the GPUs to use) in the "
+                           "environment of `appliance serve`")
+    if not llama.gpu_offload:
+        return CheckResult(name, "failure",
+                           "llama.cpp (CUDA build) sees no GPU device",
+                           "check that the driver supports the CUDA version llama.cpp was built "
+                           "with (`nvidia-smi` shows it) and that /dev/nvidia* are readable by "
+                           "this user")
+    return ok(name, "llama.cpp can offload layers to the GPU")
+
+
+def check_sandboxes(p: DoctorProbes, cfg: Config) -> CheckResult:
+    report = p.sandboxes(cfg.sandbox.bwrap)
+    if report.ok:
+        return ok("sandboxes", "; ".join(c.detail for c in report.checks))
+    bad = report.problems()
+    return CheckResult("sandboxes", "failure", " ".join(c.detail for c in bad),
+                       " ".join(c.fix for c in bad if c.fix))
+
+
+def check_cgroup(p: DoctorProbes) -> CheckResult:
+    name = "cgroup delegation"
+    info = p.cgroup()
+    hint = ("run under the shipped systemd unit (it sets Delegate=yes), or from a shell: "
+            "`systemd-run --user --scope -p Delegate=yes appliance serve`")
+    if info.version != 2:
+        return CheckResult(name, "warning",
+                           "no cgroup v2 (unified hierarchy): sandboxes are limited by rlimits only",
+                           "boot with systemd.unified_cgroup_hierarchy=1 (the default on current "
+                           "distributions)")
+    missing = [c for c in ("memory", "pids") if c not in info.controllers]
+    if missing or not info.writable:
+        why = (f"controllers {', '.join(missing)} are not delegated" if missing
+               else "the cgroup is not writable by this user")
+        return CheckResult(name, "warning",
+                           f"{info.path}: {why}; sandboxes fall back to rlimits (no exact memory "
+                           "limit or OOM report)", hint)
+    return ok(name, f"{info.path} is delegated (memory, pids): per-sandbox cgroup limits")
+
+
+def check_state_dir(p: DoctorProbes, cfg: Config) -> CheckResult:
+    path = Path(cfg.state_dir)
+    name = "state directory"
+    err = p.writable(path)
+    if err:
+        return CheckResult(name, "failure", f"{path} is not writable: {err}",
+                           f"give this user the directory (`sudo chown -R $USER {path}`) or choose "
+                           "another with --state-dir / state_dir in the config")
+    free = p.free_bytes(path)
+    detail = f"{path} is writable, {free / GiB:.1f} GiB free"
+    if free < DISK_FAIL_BYTES:
+        return CheckResult(name, "failure", detail + "; too little for models and KV state",
+                           "free disk space or move state_dir to a larger disk")
+    if free < DISK_WARN_BYTES:
+        return CheckResult(name, "warning", detail + "; larger models will not fit",
+                           "free disk space or move state_dir to a larger disk")
+    return ok(name, detail)
+
+
+def check_port(p: DoctorProbes, cfg: Config) -> CheckResult:
+    host, port = cfg.server.host, cfg.server.port
+    state = p.port(host, port)
+    if state == "free":
+        return ok("port", f"{host}:{port} is free")
+    if state == "appliance":
+        return ok("port", f"an appliance is already serving on {host}:{port}")
+    return CheckResult("port", "failure", f"{host}:{port} is in use by another program",
+                       "stop that program, or set another port: `appliance serve --port N` or "
+                       "[server] port = N in the config")
+
+
+def check_tokens(p: DoctorProbes, cfg: Config) -> CheckResult:
+    host = cfg.server.host
+    n = p.valid_tokens(Path(cfg.state_dir))
+    if is_loopback(host):
+        need = "every request needs one" if n else "the API is open to local users"
+        return ok("api tokens", f"{host} is loopback; {n} valid token(s), {need}")
+    if n:
+        return ok("api tokens", f"{host} is reachable from the network; {n} valid token(s) guard it")
+    return CheckResult("api tokens", "failure",
+                       f"{host} is not a loopback address and there are no API tokens: the "
+                       "daemon refuses to start", "`appliance token create NAME`, or bind 127.0.0.1")
+
+
+def check_default_models(p: DoctorProbes, cfg: Config) -> CheckResult:
+    name = "default models"
+    if not cfg.models.defaults:
+        return ok(name, "none configured (models.defaults is empty)")
+    try:
+        found = p.default_models(cfg)
+    except ApplianceError as exc:
+        return CheckResult(name, "failure", f"model profiles cannot be read: {exc.message}",
+                           "fix the profile named in the message")
+    unknown = {m: why for m, why in found.items() if isinstance(why, str)}
+    missing = [m for m, there in found.items() if there is False]
+    if unknown:
+        return CheckResult(name, "failure",
+                           "; ".join(f"{m}: {why}" for m, why in unknown.items()),
+                           "fix models.defaults in the config, or add the missing profiles")
+    if missing:
+        return CheckResult(name, "warning", f"not fetched yet: {', '.join(missing)}",
+                           "`appliance models fetch` (needs the network once; `appliance serve` "
+                           "also fetches them at start unless --no-fetch)")
+    return ok(name, f"present: {', '.join(found)}")
+
+
+def run_doctor(config_path: Path | None = None, state_dir: str | None = None,
+               probes: DoctorProbes | None = None) -> list[CheckResult]:
+    """Every check, in the order a person fixes things."""
+    p = probes or DoctorProbes()
+    results = [check_python(p)]
+    try:
+        cfg = p.load_config(config_path, state_dir)
+        where = config_path or default_config_path()
+        said = f"{where} is valid" if where else "no config file: the defaults apply"
+        config_check = ok("config", f"{said} (state {cfg.state_dir})")
+    except ConfigError as exc:
+        config_check = CheckResult("config", "failure", exc.message,
+                                   "fix the key named above (see README: configuration)")
+        cfg = Config(state_dir=str(resolve_state_dir(state_dir or "")))
+    llama, gpus = p.llama(), p.gpus()
+    results += [
+        check_llama(p, llama, gpus),
+        check_driver(p, gpus),
+        check_gpu_visible(p, llama, gpus),
+        check_sandboxes(p, cfg),
+        check_cgroup(p),
+        check_state_dir(p, cfg),
+        check_port(p, cfg),
+        check_tokens(p, cfg),
+        config_check,
+        check_default_models(p, cfg),
+    ]
+    return results

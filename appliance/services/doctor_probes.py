@@ -1,0 +1,171 @@
+"""What `appliance doctor` reads of the host, each through one replaceable function.
+
+`DoctorProbes` bundles them with the real implementations as defaults; tests replace single
+fields to drive each check (appliance.services.doctor) through its passing and failing cases
+without the hardware. Probes only read: the cgroup probe looks at the delegation the daemon would
+use without preparing it, and the port probe binds and closes at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from appliance.config import Config, load_config
+from appliance.errors import ApplianceError
+from appliance.sandbox.cgroup import own_cgroup
+from appliance.sandbox.preflight import PreflightReport, run_preflight
+from appliance.telemetry.nvml import Nvml
+
+
+@dataclass(frozen=True)
+class LlamaBuild:
+    version: str
+    cuda: bool
+    """Built with the CUDA backend (libggml-cuda next to the bindings)."""
+    gpu_offload: bool
+    """llama.cpp sees a GPU device it can offload layers to."""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    driver: str | None
+    names: list[str]
+    why_none: str = ""
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    version: int | None
+    """2 for the unified hierarchy, 1 for a legacy-only host, None when unreadable."""
+    path: str = ""
+    controllers: frozenset[str] = frozenset()
+    writable: bool = False
+
+
+PortState = Literal["free", "appliance", "taken"]
+
+
+# --- the real probes ----------------------------------------------------------------------
+
+
+def probe_llama() -> LlamaBuild | str:
+    """The llama-cpp-python build, or the import error."""
+    try:
+        import llama_cpp
+    except Exception as exc:  # ImportError, or a missing shared library (OSError)
+        return f"{type(exc).__name__}: {exc}"
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    cuda = any(lib_dir.glob("libggml-cuda*")) if lib_dir.is_dir() else False
+    return LlamaBuild(version=str(getattr(llama_cpp, "__version__", "?")), cuda=cuda,
+                      gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
+
+
+def probe_gpus() -> GpuInfo:
+    nvml = Nvml.open()
+    if nvml is None:
+        return GpuInfo(driver=None, names=[], why_none=Nvml.why_unavailable())
+    return GpuInfo(driver=nvml.driver_version(), names=[g.name for g in nvml.gpus()])
+
+
+def probe_cgroup(mount: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
+    rel = own_cgroup()
+    if rel is None:
+        return CgroupInfo(version=1 if (mount / "memory").is_dir() else None)
+    base = mount / rel.lstrip("/")
+    if base.name == "daemon" and (base.parent / "sandboxes").is_dir():
+        base = base.parent
+    try:
+        controllers = frozenset((base / "cgroup.controllers").read_text().split())
+    except OSError:
+        controllers = frozenset()
+    writable = os.access(base / "cgroup.subtree_control", os.W_OK) and os.access(
+        base / "cgroup.procs", os.W_OK)
+    return CgroupInfo(version=2, path=str(base), controllers=controllers, writable=writable)
+
+
+def probe_writable(path: Path) -> str | None:
+    """None when a file can be created in `path` (made if missing), else the reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def probe_free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def probe_port(host: str, port: int) -> PortState:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return "free"
+        except OSError:
+            pass
+    import httpx
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    try:
+        r = httpx.get(f"http://{target}:{port}/api/health", timeout=2)
+        if r.status_code == 200 and r.json().get("status") == "ok":
+            return "appliance"
+    except Exception:
+        pass
+    return "taken"
+
+
+def probe_valid_tokens(state_dir: Path) -> int:
+    from appliance.store import Store
+
+    if not (state_dir / "appliance.db").exists():
+        return 0
+    with Store(state_dir) as store:
+        return store.tokens.count_valid()
+
+
+def probe_default_models(cfg: Config) -> dict[str, bool | str]:
+    """Per default model id: fetched (True), not yet (False), or why it is not a known model."""
+    from appliance.models.catalog import ModelCatalog
+
+    catalog = ModelCatalog.load(cfg)
+    out: dict[str, bool | str] = {}
+    for mid in cfg.models.defaults:
+        try:
+            out[mid] = catalog.local_path(mid) is not None
+        except ApplianceError as exc:
+            out[mid] = exc.message
+    return out
+
+
+@dataclass
+class DoctorProbes:
+    python_version: Callable[[], tuple[int, int, int]] = lambda: (
+        sys.version_info.major, sys.version_info.minor, sys.version_info.micro)
+    llama: Callable[[], LlamaBuild | str] = probe_llama
+    gpus: Callable[[], GpuInfo] = probe_gpus
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    sandboxes: Callable[[str], PreflightReport] = lambda bwrap: run_preflight(bwrap_setting=bwrap)
+    cgroup: Callable[[], CgroupInfo] = probe_cgroup
+    writable: Callable[[Path], str | None] = probe_writable
+    free_bytes: Callable[[Path], int] = probe_free_bytes
+    port: Callable[[str, int], PortState] = probe_port
+    valid_tokens: Callable[[Path], int] = probe_valid_tokens
+    load_config: Callable[[Path | None, str | None], Config] = lambda path, state: load_config(
+        path, state_dir=state)
+    default_models: Callable[[Config], dict[str, bool | str]] = probe_default_models
