@@ -55,7 +55,7 @@ class Appliance:
         self.models = ModelService(catalog, scheduler)
         self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry)
         self._extra_stops: list[Any] = []
-        self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config)
+        self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config, self.telemetry)
         self.on_stop(self.sandboxes.stop)
 
     @classmethod

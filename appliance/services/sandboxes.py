@@ -43,6 +43,7 @@ from appliance.sandbox.preflight import run_preflight
 from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
 from appliance.sandbox.results import RunOutcome
 from appliance.sandbox.workspace import split_path
+from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.sandbox")
 
@@ -197,8 +198,10 @@ class SandboxService:
         catalog: ProfileCatalog,
         root: Path,
         identity: SandboxIdentity | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.catalog = catalog
         self.root = root
         self._identity = identity
@@ -219,12 +222,13 @@ class SandboxService:
                 ) from None
 
     @classmethod
-    def from_config(cls, config: Config) -> SandboxService:
+    def from_config(cls, config: Config, telemetry: Telemetry | None = None) -> SandboxService:
         dirs = [shipped_profiles_dir() / "sandboxes", *map(Path, config.sandbox.profile_dirs)]
         if config.config_dir:
             dirs.append(Path(config.config_dir) / "sandboxes")
         catalog = ProfileCatalog.load(dirs)
-        return cls(config.sandbox, catalog=catalog, root=Path(config.state_dir) / "sandboxes")
+        return cls(config.sandbox, catalog=catalog, root=Path(config.state_dir) / "sandboxes",
+                   telemetry=telemetry)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -345,7 +349,13 @@ class SandboxService:
             max_file_bytes=self.max_file_bytes,
         )
         async with self.queue.slot():
-            return to_result(await run_once(engine, self.pool, spec))
+            return self._observed(lang.name, to_result(await run_once(engine, self.pool, spec)))
+
+    def _observed(self, language: str, result: RunResult) -> RunResult:
+        """Metrics, usage, trace span and event of a finished run (appliance.telemetry)."""
+        if self.telemetry is not None:
+            self.telemetry.sandbox_run(language, result.status, duration_s=result.duration_ms / 1000.0)
+        return result
 
     async def languages(self) -> list[LanguageOut]:
         infos = await asyncio.to_thread(self.catalog.describe)
@@ -387,7 +397,10 @@ class SandboxService:
         _, manager = self._ready()
         lang = await self._language(req.language)
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
-        return self._info(await manager.create(lang, limits, network=self._network(req.network)))
+        info = self._info(await manager.create(lang, limits, network=self._network(req.network)))
+        if self.telemetry is not None:
+            self.telemetry.events.publish("sandbox.created", sandbox=info.id, language=info.language)
+        return info
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         _, manager = self._ready()
@@ -415,11 +428,13 @@ class SandboxService:
         outcome, restarted = await manager.exec(
             sandbox_id, code, limits=limits, stdin=(req.stdin or "").encode(), args=list(req.args)
         )
-        return to_result(outcome, restarted=restarted)
+        return self._observed(sb.language.name, to_result(outcome, restarted=restarted))
 
     async def delete(self, sandbox_id: str) -> None:
         _, manager = self._ready()
         await manager.delete(sandbox_id)
+        if self.telemetry is not None:
+            self.telemetry.events.publish("sandbox.destroyed", sandbox=sandbox_id)
 
     # --- files --------------------------------------------------------------------------------------
 
