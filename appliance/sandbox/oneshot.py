@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.sandbox.engine import SandboxEngine
@@ -69,14 +70,15 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
         if sandbox is None:
             sandbox = await engine.start_driver(lang, spec.limits)
         try:
-            await asyncio.to_thread(write_inputs, sandbox.workspace, spec)
+            await _off_loop_if_large(write_inputs, sandbox.workspace, spec)
             outcome = await sandbox.run_script(
                 f"{WORKSPACE}/{lang.profile.file}", spec.args, spec.stdin, spec.limits, started
             )
-            outcome.files = await asyncio.to_thread(fetch_outputs, sandbox.workspace, spec)
+            if spec.fetch:
+                outcome.files = await asyncio.to_thread(fetch_outputs, sandbox.workspace, spec)
             return outcome
         finally:
-            await sandbox.destroy()
+            await sandbox.destroy(background=True)
 
     workspace = await asyncio.to_thread(engine.new_workspace, "run-")
     try:
@@ -87,6 +89,22 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
         return outcome
     finally:
         await asyncio.to_thread(workspace.destroy)
+
+
+SMALL_INPUT = 256 * 1024
+
+
+async def _off_loop_if_large(
+    fn: Callable[[Workspace, RunSpec], None], ws: Workspace, spec: RunSpec
+) -> None:
+    """A few small files are written faster right here than through a thread hop."""
+    if (
+        len(spec.code) + sum(len(d) for d in spec.files.values()) <= SMALL_INPUT
+        and len(spec.files) <= 8
+    ):
+        fn(ws, spec)
+    else:
+        await asyncio.to_thread(fn, ws, spec)
 
 
 async def compile_and_run(

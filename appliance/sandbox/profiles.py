@@ -208,6 +208,13 @@ class ProfileCatalog:
             raise ToolchainMissing(cached.message, param="language")
         return cached
 
+    def resolved(self, name: str) -> ResolvedLanguage | None:
+        """The language if it was resolved before (no probes run), else None."""
+        cached = self._resolved.get(self.canonical(name))
+        if isinstance(cached, ToolchainMissing):
+            raise ToolchainMissing(cached.message, param="language")
+        return cached
+
     def _resolve_uncached(self, profile: LanguageProfile) -> ResolvedLanguage | ToolchainMissing:
         try:
             tools = {name: resolve_tool(name, spec) for name, spec in profile.tools.items()}

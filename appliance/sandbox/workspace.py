@@ -10,6 +10,7 @@ points anywhere else is refused. Only regular files are read (a FIFO would block
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -251,6 +252,22 @@ class Workspace:
 
     def destroy(self) -> None:
         remove_tree(self.path)
+
+
+_removals: set[asyncio.Future[None]] = set()
+
+
+def remove_later(workspace: Workspace) -> None:
+    """Remove a finished run's workspace in a worker thread, after the response has gone out."""
+    task = asyncio.ensure_future(asyncio.to_thread(workspace.destroy))
+    _removals.add(task)
+    task.add_done_callback(_removals.discard)
+
+
+async def wait_for_removals() -> None:
+    """Let every pending workspace removal finish (at shutdown)."""
+    if _removals:
+        await asyncio.gather(*_removals, return_exceptions=True)
 
 
 def remove_tree(path: Path) -> None:

@@ -42,7 +42,7 @@ from appliance.sandbox.pool import WarmPool
 from appliance.sandbox.preflight import run_preflight
 from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
 from appliance.sandbox.results import RunOutcome
-from appliance.sandbox.workspace import split_path
+from appliance.sandbox.workspace import split_path, wait_for_removals
 from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.sandbox")
@@ -280,6 +280,7 @@ class SandboxService:
             await self.manager.stop()
         if self.pool is not None:
             await self.pool.stop()
+        await wait_for_removals()
         self.engine, self.pool, self.manager = None, None, None
         self.unavailable = "the sandbox service has stopped"
 
@@ -291,7 +292,9 @@ class SandboxService:
     # --- checks -------------------------------------------------------------------------------------
 
     async def _language(self, name: str) -> ResolvedLanguage:
-        return await asyncio.to_thread(self.catalog.resolve, name)
+        # the first use runs the toolchain's probes (subprocesses): off the event loop
+        known = self.catalog.resolved(name)
+        return known if known is not None else await asyncio.to_thread(self.catalog.resolve, name)
 
     def _limits(
         self, lang: ResolvedLanguage, timeout_s: float | None, memory_mb: int | None

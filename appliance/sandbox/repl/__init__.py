@@ -26,7 +26,7 @@ from appliance.sandbox.process import SandboxProcess
 from appliance.sandbox.results import KillReason, ProcessFacts, RunOutcome, Status, classify
 from appliance.sandbox.runner import supervise
 from appliance.sandbox.streams import MarkerSplitter
-from appliance.sandbox.workspace import Workspace
+from appliance.sandbox.workspace import Workspace, remove_later
 
 log = logging.getLogger("appliance.sandbox")
 
@@ -280,11 +280,16 @@ class DriverSandbox:
             result=answer.get("result"),
         )
 
-    async def destroy(self, *, keep_workspace: bool = False) -> None:
+    async def destroy(self, *, keep_workspace: bool = False, background: bool = False) -> None:
+        """Kill the sandbox and remove its workspace (`background`: removal need not be awaited)."""
         for task in self._pumps:
             task.cancel()
         close_quietly(self._result_fd)
         self._result_fd = -1
         await self.process.close()
-        if not keep_workspace:
+        if keep_workspace:
+            return
+        if background:
+            remove_later(self.workspace)
+        else:
             await asyncio.to_thread(self.workspace.destroy)
