@@ -49,7 +49,9 @@ class ProcessExit:
     returncode: int
     """bwrap's exit status: the program's exit code, or 128+n when a signal n ended it."""
     maxrss_kb: int
-    """Peak resident memory of the program (and the children it waited for)."""
+    """bwrap's ru_maxrss (see SandboxProcess.peak_kb for what it is worth)."""
+    cpu_s: float = 0.0
+    """CPU time of the sandbox's processes (user + system), the ones reaped by their end."""
 
 
 class SandboxProcess:
@@ -77,6 +79,8 @@ class SandboxProcess:
         ru_maxrss (exec keeps the old address space's high-water mark), so only a larger value
         there says something about the program."""
         self.sampled_peak_kb = 0
+        self.cpu_baseline_s = 0.0
+        """CPU time spent before the program was handed its code (a pooled interpreter's start)."""
 
     @classmethod
     async def spawn(
@@ -170,7 +174,11 @@ class SandboxProcess:
         self.popen.returncode = code  # reaped here; Popen must not wait for it again
         if code < 0:  # bwrap itself was killed
             code = 128 - code
-        return ProcessExit(returncode=code, maxrss_kb=int(usage.ru_maxrss))
+        return ProcessExit(
+            returncode=code,
+            maxrss_kb=int(usage.ru_maxrss),
+            cpu_s=usage.ru_utime + usage.ru_stime,
+        )
 
     def kill(self) -> None:
         """Kill the sandbox: its pid 1 (taking every process inside with it), then bwrap."""
@@ -207,7 +215,16 @@ class SandboxProcess:
     # --- inspection and adjustment --------------------------------------------------------------
 
     def cpu_seconds(self) -> float:
-        """CPU time the sandbox's first process has used so far (0 when it is gone)."""
+        """CPU time the sandbox's first process has used so far (0 when it is gone).
+
+        schedstat counts nanoseconds; stat's clock ticks (10 ms) are the fallback.
+        """
+        try:
+            ns = int(Path(f"/proc/{self.inner_pid}/schedstat").read_text().split()[0])
+            if ns > 0:  # 0: scheduler statistics are off in this kernel
+                return ns / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
         try:
             fields = Path(f"/proc/{self.inner_pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

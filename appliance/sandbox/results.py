@@ -68,6 +68,7 @@ class RunOutcome:
     duration_ms: float
     peak_memory_mb: float
     reason: str | None = None
+    cpu_ms: float = 0.0
     phase: Literal["compile", "run"] = "run"
     files: dict[str, bytes] = field(default_factory=dict)
     result: str | None = None

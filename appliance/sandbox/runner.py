@@ -161,4 +161,5 @@ async def supervise(
         duration_ms=round(duration_ms, 2),
         peak_memory_mb=round(peak_mb, 2),
         reason=reason,
+        cpu_ms=round(max(0.0, result.cpu_s - proc.cpu_baseline_s) * 1000, 2),
     )

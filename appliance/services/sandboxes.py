@@ -75,6 +75,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     stderr_truncated: bool
     duration_ms: float
     peak_memory_mb: float
+    cpu_ms: float = 0.0
+    """CPU time the program used (user + system, its finished child processes included)."""
     files: dict[str, str] = msgspec.field(default_factory=dict)
     reason: str | None = None
     """Which limit ended the run, in words, when one did."""
@@ -152,6 +154,7 @@ def to_result(outcome: RunOutcome, *, restarted: bool = False) -> RunResult:
         stderr_truncated=outcome.stderr_truncated,
         duration_ms=outcome.duration_ms,
         peak_memory_mb=outcome.peak_memory_mb,
+        cpu_ms=outcome.cpu_ms,
         files={k: _b64(v) for k, v in outcome.files.items()},
         reason=outcome.reason,
         phase=outcome.phase,
@@ -227,8 +230,12 @@ class SandboxService:
         if config.config_dir:
             dirs.append(Path(config.config_dir) / "sandboxes")
         catalog = ProfileCatalog.load(dirs)
-        return cls(config.sandbox, catalog=catalog, root=Path(config.state_dir) / "sandboxes",
-                   telemetry=telemetry)
+        return cls(
+            config.sandbox,
+            catalog=catalog,
+            root=Path(config.state_dir) / "sandboxes",
+            telemetry=telemetry,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -357,7 +364,12 @@ class SandboxService:
     def _observed(self, language: str, result: RunResult) -> RunResult:
         """Metrics, usage, trace span and event of a finished run (appliance.telemetry)."""
         if self.telemetry is not None:
-            self.telemetry.sandbox_run(language, result.status, duration_s=result.duration_ms / 1000.0)
+            self.telemetry.sandbox_run(
+                language,
+                result.status,
+                duration_s=result.duration_ms / 1000.0,
+                cpu_s=result.cpu_ms / 1000.0,
+            )
         return result
 
     async def languages(self) -> list[LanguageOut]:
@@ -402,7 +414,9 @@ class SandboxService:
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
         info = self._info(await manager.create(lang, limits, network=self._network(req.network)))
         if self.telemetry is not None:
-            self.telemetry.events.publish("sandbox.created", sandbox=info.id, language=info.language)
+            self.telemetry.events.publish(
+                "sandbox.created", sandbox=info.id, language=info.language
+            )
         return info
 
     def list_sandboxes(self) -> list[SandboxInfo]:

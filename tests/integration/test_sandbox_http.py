@@ -219,3 +219,19 @@ def test_cli_local_mode_needs_no_daemon(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert (done.stdout, done.returncode) == ("local 42\n", 0), done.stderr
+
+
+def test_network_when_the_operator_allows_it_and_the_request_asks(tmp_path: Path) -> None:
+    code = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2).close()\n"
+        "    print('connected')\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    with sandbox_server_with(tmp_path, pool={"python": 1}, allow_network=True) as server:
+        shared = server.run("python", code, network=True, args=[str(server.port)])
+        closed = server.run("python", code, args=[str(server.port)])
+    assert shared["stdout"] == "connected\n"
+    assert closed["stdout"] != "connected\n"

@@ -190,7 +190,7 @@ def test_hello_stdin_and_files(sandbox_server: SandboxServer, language: str) -> 
     assert result["exit_code"] == 0 and result["phase"] == "run"
     [(_, content)] = result["files"].items()
     assert base64.b64decode(content) == b"ABC"
-    assert result["duration_ms"] > 0 and result["peak_memory_mb"] > 0
+    assert result["duration_ms"] > 0 and result["peak_memory_mb"] > 0 and result["cpu_ms"] > 0
 
 
 @pytest.mark.parametrize("language", _params(sorted(BROKEN)))

@@ -132,6 +132,7 @@ class DriverSandbox:
         """Run one program file to its end; this sandbox is finished afterwards."""
         self.apply_limits(limits)
         self.limits = limits
+        self.process.cpu_baseline_s = self.process.cpu_seconds()
         close_quietly(self._result_fd)
         self._result_fd = -1
         frame = encode_frame({"op": "run", "path": path, "args": args})
@@ -186,6 +187,7 @@ class DriverSandbox:
         """Run one cell in the persistent interpreter; the sandbox may be dead afterwards."""
         assert self._splitters is not None and self.process.stdin_fd is not None
         started = time.monotonic()
+        cpu_before = self.process.cpu_seconds()
         self.cells += 1
         marker = f"\x00appliance-cell-{secrets.token_hex(12)}\x00"
         for s in self._splitters:
@@ -276,6 +278,7 @@ class DriverSandbox:
             stderr_truncated=err_seg.truncated,
             duration_ms=duration_ms,
             peak_memory_mb=round(int(answer.get("maxrss_kb") or 0) / 1024, 2),
+            cpu_ms=round(max(0.0, self.process.cpu_seconds() - cpu_before) * 1000, 2),
             reason=reason,
             result=answer.get("result"),
         )
