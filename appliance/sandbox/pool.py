@@ -79,14 +79,17 @@ class WarmPool:
         """Start as many sandboxes as the pool is short of."""
         if self._stopping or asyncio.get_running_loop().time() < pool.retry_at:
             return
-        pool.idle[:] = [sb for sb in pool.idle if sb.alive]
+        for dead in [sb for sb in pool.idle if not sb.alive]:
+            pool.idle.remove(dead)  # killed from outside (the OOM killer, an operator)
+            self._track(asyncio.create_task(dead.destroy()))
         for _ in range(pool.size - len(pool.idle) - pool.starting):
             pool.starting += 1
-            task = asyncio.create_task(
-                self._start_one(pool, delay), name=f"sandbox-pool-{pool.lang.name}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            name = f"sandbox-pool-{pool.lang.name}"
+            self._track(asyncio.create_task(self._start_one(pool, delay), name=name))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _start_one(self, pool: _LanguagePool, delay: float) -> None:
         sandbox: DriverSandbox | None = None
@@ -120,6 +123,8 @@ class WarmPool:
                 del pool.idle[i]
                 self._top_up(pool, REFILL_DELAY_S)
                 return sb
+        if any(not sb.alive for sb in pool.idle):
+            self._top_up(pool)
         return None
 
     async def acquire(

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import resource
+import select
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -152,7 +153,14 @@ class SandboxProcess:
 
     @property
     def finished(self) -> bool:
-        return self._exit is not None and self._exit.done()
+        """Whether the program has ended (reaped or not)."""
+        if self._exit is not None and self._exit.done():
+            return True
+        if self._inner_pidfd < 0:
+            return self.popen.returncode is not None
+        poller = select.poll()
+        poller.register(self._inner_pidfd, select.POLLIN)
+        return bool(poller.poll(0))  # a pidfd turns readable when its process ends
 
     def wait(self) -> asyncio.Future[ProcessExit]:
         """A future of the exit; the same one on every call."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, SandboxServer, sandbox_server_with
+from tests.integration.conftest import REPO, SandboxServer, sandbox_server_with, sandbox_wait_pool
 from tests.integration.daemon import Daemon, running_daemon
 
 
@@ -235,3 +238,19 @@ def test_network_when_the_operator_allows_it_and_the_request_asks(tmp_path: Path
         closed = server.run("python", code, args=[str(server.port)])
     assert shared["stdout"] == "connected\n"
     assert closed["stdout"] != "connected\n"
+
+
+def test_a_pooled_sandbox_killed_while_idle_is_replaced(sandbox_server: SandboxServer) -> None:
+    sandbox_wait_pool(sandbox_server, "python")
+    victim = sandbox_server.service.pool._pools["python"].idle[0]
+    os.kill(victim.process.inner_pid, signal.SIGKILL)  # the OOM killer, say
+    deadline = time.monotonic() + 5
+    while not victim.process.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(3):
+        assert sandbox_server.run("python", "print('fine')")["stdout"] == "fine\n"
+    sandbox_wait_pool(sandbox_server, "python")
+    deadline = time.monotonic() + 5
+    while victim.workspace.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not victim.workspace.path.exists()

@@ -86,7 +86,7 @@ class DriverSandbox:
 
     @property
     def alive(self) -> bool:
-        return self.process.popen.returncode is None and not self.process.finished
+        return not self.process.finished
 
     async def wait_ready(self) -> None:
         try:
