@@ -111,7 +111,8 @@ class Operations:
         self._usage_lock = asyncio.Lock()
         self._scrape_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._last_prune = 0.0
+        self._last_prune = time.monotonic()
+        self._stored_since_prune = 0
         telemetry.tracer.sink = self.queue_trace
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -164,6 +165,10 @@ class Operations:
             if batch:
                 records = [trace_record(t) for t in batch]
                 await self.store.run(self._insert_traces, records)
+                self._stored_since_prune += len(records)
+            # prune as the traces come in (a tenth of the limit at a time), not only on the timer
+            if self._stored_since_prune >= max(10, self.config.trace_retention // 10):
+                await self.prune()
 
     def _insert_traces(self, records: list[Trace]) -> None:
         for r in records:
@@ -173,7 +178,9 @@ class Operations:
                 log.warning("trace %s not stored: %s", r.id, exc.message)
 
     async def prune(self) -> None:
+        """Apply the retention limits of [telemetry] to traces and usage."""
         self._last_prune = time.monotonic()
+        self._stored_since_prune = 0
         now = time.time()
         cfg = self.config
         older = now - cfg.trace_max_age_days * 86400 if cfg.trace_max_age_days > 0 else None

@@ -54,6 +54,15 @@ def _reason_word(reason: Any) -> str:
     return m.group(0) if m else "unknown"
 
 
+def _name_trace(trace: ActiveTrace | NullTrace, kind: str, model: str | None) -> None:
+    """A plain HTTP request trace becomes a "chat", "embedding", "run"... trace; a trace that
+    already says what it is (an agent "turn") keeps its kind, and its first model."""
+    if trace.kind == "request":
+        trace.tag(kind=kind)
+    if model is not None and trace.model is None:
+        trace.tag(model=model)
+
+
 class Telemetry:
     def __init__(self, events: EventBus, *, nvml: Nvml | None = None,
                  metrics: Metrics | None = None) -> None:
@@ -105,8 +114,7 @@ class Telemetry:
             m.tokens_per_second.labels(model).observe((tokens_out - 1) / decode_s)
 
         trace = current_trace()
-        if trace.model is None:
-            trace.tag(model=model)
+        _name_trace(trace, gen.kind, model)
         self._queue_spans(trace, model, gen.t0, gen.lease)
         if timings:
             trace.add_span("prefill", start=gen.t0, duration_s=prefill_s, model=model,
@@ -130,8 +138,7 @@ class Telemetry:
             m.queue_wait.labels(model).observe(lease.queue_ms / 1000.0)
             m.prompt_tokens.labels(model).inc(tokens)
             trace = current_trace()
-            if trace.model is None:
-                trace.tag(model=model)
+            _name_trace(trace, "embedding", model)
             self._queue_spans(trace, model, t0, lease)
             trace.add_span("embed", start=t0, duration_s=busy_s, model=model, tokens=tokens)
             self.usage.add(UsageFact(model=model, agent=trace.agent, session_id=trace.session_id,
@@ -153,6 +160,7 @@ class Telemetry:
         if cpu_s > 0:
             m.sandbox_cpu.labels(language).inc(cpu_s)
         trace = current_trace()
+        _name_trace(trace, "run", None)
         trace.add_span("sandbox.run", start=time.perf_counter() - duration_s,
                        duration_s=duration_s, language=language, status=status, **attrs)
         self.usage.add(UsageFact(

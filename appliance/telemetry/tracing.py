@@ -163,6 +163,7 @@ class NullTrace:
     """What `current_trace()` returns outside a trace: accepts everything, keeps nothing."""
 
     id: str | None = None
+    kind: str | None = None
     model: str | None = None
     session_id: str | None = None
     agent: str | None = None
