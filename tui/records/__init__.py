@@ -1,0 +1,45 @@
+"""Typed views of what the daemon returns, built by `tui.client` from JSON.
+
+Screens and widgets only read these records; they never index raw dicts. One module per area of
+the API, re-exported here.
+"""
+
+from __future__ import annotations
+
+from tui.records.daemon import (
+    ConnectionState,
+    DaemonEvent,
+    DaemonStatus,
+    GpuDevice,
+    GpuReport,
+    Health,
+    HostSample,
+    ModelInfo,
+    StreamStatus,
+)
+from tui.records.sandboxes import Language, RunResult, Sandbox
+from tui.records.sessions import Agent, Session, ToolCall, TranscriptEntry, TurnEvent
+from tui.records.traces import Span, Trace, UsageTotals
+
+__all__ = [
+    "Agent",
+    "ConnectionState",
+    "DaemonEvent",
+    "DaemonStatus",
+    "GpuDevice",
+    "GpuReport",
+    "Health",
+    "HostSample",
+    "Language",
+    "ModelInfo",
+    "RunResult",
+    "Sandbox",
+    "Session",
+    "Span",
+    "StreamStatus",
+    "ToolCall",
+    "Trace",
+    "TranscriptEntry",
+    "TurnEvent",
+    "UsageTotals",
+]

@@ -1,0 +1,76 @@
+"""Traces of requests, turns and runs, with their spans, and the usage ledger's totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tui.records.parse import as_dict, as_list, as_num, as_opt_str, as_str
+
+
+@dataclass(frozen=True)
+class Span:
+    name: str
+    start_ms: float
+    """Offset from the start of the trace."""
+    duration_ms: float
+    parent: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Any) -> Span:
+        d = as_dict(d)
+        return cls(name=as_str(d.get("name"), "?"), start_ms=as_num(d.get("start_ms")) or 0.0,
+                   duration_ms=as_num(d.get("duration_ms")) or 0.0, parent=as_opt_str(d.get("parent")),
+                   attrs=as_dict(d.get("attrs")))
+
+
+@dataclass(frozen=True)
+class Trace:
+    id: str
+    kind: str
+    name: str
+    started: float
+    duration_ms: float
+    status: str = "ok"
+    model: str | None = None
+    session_id: str | None = None
+    spans: list[Span] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: Any) -> Trace:
+        d = as_dict(d)
+        return cls(
+            id=as_str(d.get("id"), "?"),
+            kind=as_str(d.get("kind")),
+            name=as_str(d.get("name")),
+            started=as_num(d.get("started")) or 0.0,
+            duration_ms=as_num(d.get("duration_ms")) or 0.0,
+            status=as_str(d.get("status"), "ok"),
+            model=as_opt_str(d.get("model")),
+            session_id=as_opt_str(d.get("session_id")),
+            spans=[Span.from_json(s) for s in as_list(d.get("spans"))],
+        )
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """`GET /api/usage`, flattened into named figures for a summary line."""
+
+    figures: dict[str, float]
+
+    @classmethod
+    def from_json(cls, d: Any) -> UsageTotals:
+        flat: dict[str, float] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                n = as_num(value)
+                if n is not None:
+                    flat[prefix] = n
+
+        walk("", as_dict(d) if not isinstance(d, list) else {})
+        return cls(figures=flat)

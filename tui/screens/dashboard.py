@@ -1,0 +1,106 @@
+"""What the five dashboard screens share: header, connection banner, footer, and the plumbing of
+daemon calls.
+
+A screen starts its calls in workers through `call` (which turns a failure into a `CallFailed`
+message instead of an exception in the worker), reloads when the daemon comes back, applies the
+events the app forwards to it, and polls only while the events stream is not live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, TypeVar, cast
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Header
+
+from tui.client import ApplianceClient
+from tui.errors import DaemonError, DaemonUnauthorized, DaemonUnreachable, NotAvailable
+from tui.messages import CallFailed, ConnectionChanged, DaemonEventReceived, DaemonReconnected
+from tui.records import DaemonEvent
+from tui.widgets.banner import ConnectionBanner
+
+if TYPE_CHECKING:
+    from tui.app import ApplianceApp
+
+T = TypeVar("T")
+
+
+class DashboardScreen(Screen[None]):
+    """Base of Overview, Models, Sessions, Sandboxes and Traces."""
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield ConnectionBanner(id="banner")
+        yield from self.compose_body()
+        yield Footer()
+
+    def compose_body(self) -> Iterable[Widget]:
+        raise NotImplementedError
+
+    @property
+    def appliance(self) -> ApplianceApp:
+        return cast("ApplianceApp", self.app)
+
+    @property
+    def client(self) -> ApplianceClient:
+        return self.appliance.client
+
+    def now(self) -> float:
+        return self.appliance.clock()
+
+    def on_mount(self) -> None:
+        self.appliance.subscribe(self)
+        self.query_one(ConnectionBanner).show_state(self.client.state)
+        self.reload()
+        self.set_interval(self.appliance.poll_s, self._poll_if_stream_down)
+
+    def on_unmount(self) -> None:
+        self.appliance.unsubscribe(self)
+
+    def on_screen_resume(self) -> None:
+        self.query_one(ConnectionBanner).show_state(self.client.state)
+
+    def _poll_if_stream_down(self) -> None:
+        if not self.appliance.stream_live:
+            self.reload()
+
+    # --- what each screen provides --------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Start the workers that fetch everything this screen shows."""
+
+    def apply_event(self, event: DaemonEvent) -> None:
+        """Bring the screen up to date with one event of the daemon."""
+
+    def show_not_available(self, action: str, error: NotAvailable) -> None:
+        """A route this screen needs does not exist on this daemon; say so where it would show."""
+        self.notify(error.message, title=action, severity="warning")
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def call(self, action: str, pending: Awaitable[T]) -> T | None:
+        """Await a client call; on failure post `CallFailed(action, error)` and give None."""
+        try:
+            return await pending
+        except DaemonError as exc:
+            self.post_message(CallFailed(action, exc))
+            return None
+
+    def on_call_failed(self, message: CallFailed) -> None:
+        error = message.error
+        if isinstance(error, NotAvailable):
+            self.show_not_available(message.action, error)
+        elif not isinstance(error, DaemonUnreachable | DaemonUnauthorized):  # the banner says those
+            self.notify(error.message, title=f"{message.action} failed", severity="error", timeout=10)
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        self.query_one(ConnectionBanner).show_state(message.state)
+
+    def on_daemon_reconnected(self, _: DaemonReconnected) -> None:
+        self.reload()
+
+    def on_daemon_event_received(self, message: DaemonEventReceived) -> None:
+        self.apply_event(message.event)
