@@ -193,6 +193,8 @@ def base_mounts(
     for host_path, dest in drivers:
         mounts.append(Mount("ro-bind", dest, host_path))
     mounts.append(Mount("tmpfs", "/tmp", size_bytes=tmp_bytes, mode=0o1777))
+    # POSIX shared memory and semaphores (Python's multiprocessing) live in /dev/shm
+    mounts.append(Mount("tmpfs", "/dev/shm", size_bytes=tmp_bytes, mode=0o1777))
     mounts.append(Mount("bind", WORKSPACE, str(workspace)))
     return tuple(mounts)
 

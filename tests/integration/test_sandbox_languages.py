@@ -201,3 +201,16 @@ def test_compile_and_syntax_errors(sandbox_server: SandboxServer, language: str)
     assert result["exit_code"] not in (0, None)
     assert needle in result["stderr"] + result["stdout"]
     assert result["phase"] == ("compile" if language in COMPILED else "run")
+
+
+def test_python_multiprocessing_works_inside(sandbox_server: SandboxServer) -> None:
+    code = (
+        "from multiprocessing import Pool\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "if __name__ == '__main__':\n"
+        "    with Pool(2) as pool:\n"
+        "        print(sum(pool.map(square, range(10))))\n"
+    )
+    result = sandbox_server.run("python", code, timeout_s=30)
+    assert (result["status"], result["stdout"]) == ("ok", "285\n"), result

@@ -59,6 +59,17 @@ def test_old_debian_switch() -> None:
     assert "kernel.unprivileged_userns_clone=1" in report.problems()[0].fix
 
 
+def test_an_old_system_bwrap_is_refused() -> None:
+    report = run_preflight(
+        is_root=False,
+        sysctl=lambda _: None,
+        sandbox=lambda _: (True, ""),
+        locate=lambda _: Path("/usr/bin/bwrap"),
+        version=lambda _: "0.6.1",
+    )
+    assert not report.ok and "0.7.0" in report.problems()[0].detail
+
+
 def test_missing_bwrap_is_a_problem_with_a_fix() -> None:
     def locate(_: str) -> Path:
         raise SandboxUnavailable("no bwrap binary found")
