@@ -198,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"sandbox benchmark: {args.runs} runs each, python = {python}, {os.cpu_count()} CPUs")
     bare = bare_python(python, args.runs)
     lines = [_row("(a) bare python3 -c 'print(1)' subprocess", bare)]
+    system = "/usr/bin/python3"
+    if os.path.exists(system) and os.path.realpath(system) != python:
+        # for reference: the distribution's interpreter, often faster to start (fewer site-packages)
+        lines.append(_row(f"(a') the same with {system}", bare_python(system, args.runs)))
 
     pool = {"python": args.pool}
     with daemon(pool) as url, httpx.Client(base_url=url, timeout=120) as c:
