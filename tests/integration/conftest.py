@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+SANDBOX_REPO = Path(__file__).resolve().parents[2]
 
 
 def sandbox_free_port() -> int:
@@ -58,7 +58,7 @@ def sandbox_server_with(root: Path, **settings: Any) -> Iterator[SandboxServer]:
 
     config = SandboxConfig(**settings)
     catalog = ProfileCatalog.load(
-        [REPO / "profiles" / "sandboxes", *map(Path, config.profile_dirs)]
+        [SANDBOX_REPO / "profiles" / "sandboxes", *map(Path, config.profile_dirs)]
     )
     service = SandboxService(config, catalog=catalog, root=root / "sandboxes")
     port = sandbox_free_port()

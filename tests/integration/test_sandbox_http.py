@@ -15,7 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, SandboxServer, sandbox_server_with, sandbox_wait_pool
+from tests.integration.conftest import (
+    SANDBOX_REPO,
+    SandboxServer,
+    sandbox_server_with,
+    sandbox_wait_pool,
+)
 from tests.integration.daemon import Daemon, running_daemon
 
 
@@ -147,7 +152,7 @@ def _cli(daemon: Daemon, *args: str, stdin: str = "") -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO,
+        cwd=SANDBOX_REPO,
     )
 
 
@@ -207,7 +212,7 @@ def test_cli_lists_languages_and_explains_an_unreachable_daemon(daemon: Daemon) 
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=REPO,
+        cwd=SANDBOX_REPO,
     )
     assert nowhere.returncode == 1 and "appliance serve" in nowhere.stderr
 
@@ -219,7 +224,7 @@ def test_cli_local_mode_needs_no_daemon(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO,
+        cwd=SANDBOX_REPO,
     )
     assert (done.stdout, done.returncode) == ("local 42\n", 0), done.stderr
 
