@@ -7,14 +7,22 @@ raises ValueError, and the caller falls back to a full prefill.
 
 from __future__ import annotations
 
+import array
+import hashlib
 import json
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 MAGIC = b"APPLIANCE-KV1\n"
 _LEN = struct.Struct(">I")
+
+
+def token_prefix_hash(tokens: Sequence[int]) -> str:
+    """The hash that names the token prefix a state covers (sha256 of the ids as int32)."""
+    return hashlib.sha256(array.array("i", tokens).tobytes()).hexdigest()
 
 
 def write_kv_file(path: str | os.PathLike[str], tokens: list[int], state: memoryview | bytes) -> int:

@@ -37,6 +37,15 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     op: str  # "chat" | "completion"
     params: dict[str, Any]
     slot_key: str | None = None
+    park_evicted_to: str | None = None
+    """A directory. Before a slot bound to another key is given to `slot_key`, that key's KV
+    state is saved there as `<key>.kv`; the result lists it under "parked"."""
+    restore_from: str | None = None
+    """A parked state of `slot_key` (kvfile format), loaded when the slot was not already bound
+    to the key and the file's tokens share most of their prefix with the prompt; the result
+    says what happened under "restore"."""
+    restore_prefix_hash: str | None = None
+    """The token prefix hash indexed for `restore_from`; a file that hashes differently is not used."""
 
 
 class Embed(msgspec.Struct, tag="embed", kw_only=True):

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,6 +160,9 @@ class ModelScheduler:
         self._stopping = False
         self._last_model_path: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.before_unload: list[Callable[[Runner], Awaitable[None]]] = []
+        """Awaited when a model is about to be unloaded, while its worker is still alive (the
+        session service parks KV state there). A hook that fails is logged, never stops the unload."""
 
     # --- lifecycle of the scheduler itself ----------------------------------------------------
 
@@ -416,11 +419,17 @@ class ModelScheduler:
         self._set_state(r, "unloading", reason=reason)
         r.expires_at = None
         try:
+            for hook in list(self.before_unload):
+                try:
+                    await hook(r)
+                except Exception:
+                    log.exception("a before-unload hook of %s failed", r.profile.id)
             await worker.close()
         finally:
-            r.worker = None
-            r.memory_measured = 0
-            self._set_state(r, "unloaded", reason=reason)
+            if r.worker is worker:  # a request may have loaded a new worker meanwhile
+                r.worker = None
+                r.memory_measured = 0
+                self._set_state(r, "unloaded", reason=reason)
         if self.config.page_cache and r.model_path:
             self._spawn_task(asyncio.to_thread(_keep_in_page_cache, r.model_path))
 

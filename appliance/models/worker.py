@@ -9,6 +9,13 @@ Each parallel slot is its own llama context. A request bound to a `slot_key` (a 
 to the slot that already holds its tokens, so only the new tokens are evaluated; otherwise the free
 slot with the longest shared prefix is chosen. Slots beyond the first are created on first use, so
 a wake-up pays for one context only.
+
+Sessions outlive slots. When a request gives a slot to a new key, the state the slot held for its
+previous key is first written to the request's `park_evicted_to` directory (the daemon indexes it),
+and a request may bring its key's parked state (`restore_from`), which is loaded when the slot was
+not already bound to that key and the file's tokens are mostly a prefix of the prompt. A file
+that is damaged, hashes differently than the daemon indexed, or covers another prefix is reported
+and skipped: the prompt is then evaluated in full, never answered from a wrong state.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import ctypes
 import json
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -33,9 +41,11 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
 from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
 from appliance.models import chat_format as cf  # noqa: E402
-from appliance.models.kvfile import read_kv_file, write_kv_file  # noqa: E402
+from appliance.models.kvfile import read_kv_file, token_prefix_hash, write_kv_file  # noqa: E402
 
 IMPORT_MS = (time.perf_counter() - _t0) * 1000.0
+
+_FILE_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 SAMPLING_KEYS = {
     "temperature": "temperature",
@@ -56,6 +66,10 @@ class Slot:
         self.key: str | None = None
         self.busy = False
         self.last_used = 0.0
+        self.rebound = False
+        """Set by acquire_slot: the slot was just given to a key it was not bound to."""
+        self.displaced: str | None = None
+        """Set by acquire_slot: the key the slot was bound to before it was rebound."""
 
 
 class Worker:
@@ -147,6 +161,8 @@ class Worker:
                     chosen = max(free, key=lambda s: (s.key is None, _shared_prefix(s, prompt), -s.last_used))
                 if chosen is not None:
                     chosen.busy = True
+                    chosen.rebound = key is not None and chosen.key != key
+                    chosen.displaced = chosen.key if chosen.rebound else None
                     if key is not None:
                         chosen.key = key
                     elif chosen.key is not None:
@@ -248,6 +264,7 @@ class Worker:
         slot = self.acquire_slot(cmd.slot_key, tokens)
         try:
             llm = self.slot_llm(slot)
+            kv = self._prepare_slot(cmd, slot, llm, tokens)
             cached_before = _prefix_len(llm, tokens)
             t_start = time.perf_counter()
             t_first: float | None = None
@@ -305,6 +322,7 @@ class Worker:
                 "slot": slot.index,
             },
         }
+        result.update(kv)
         if tools and finish != "cancelled":
             content, calls = cf.parse_tool_reply(text)
             result["content"] = content
@@ -340,6 +358,71 @@ class Worker:
 
     # --- KV state of a slot (sessions) -----------------------------------------------------
 
+    def _save_state(self, llm: llama_cpp.Llama, path: str) -> dict[str, Any]:
+        ctx = llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        tokens = [int(t) for t in llm.input_ids[: llm.n_tokens]]
+        nbytes = write_kv_file(path, tokens, memoryview(buf)[:n])
+        return {"bytes": nbytes, "n_tokens": len(tokens), "prefix_hash": token_prefix_hash(tokens)}
+
+    def _load_state(self, llm: llama_cpp.Llama, tokens: list[int], data: bytes) -> None:
+        llm.reset()
+        ctx = llm._ctx.ctx
+        mem = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        n = llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), 0)
+        if n == 0 or len(tokens) > llm.n_ctx():
+            llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+            raise ValueError("llama.cpp rejected the saved state")
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        llm._requires_eval = True
+
+    def _prepare_slot(self, cmd: p.Generate, slot: Slot, llm: llama_cpp.Llama, prompt: list[int]) -> dict[str, Any]:
+        """For a slot just given to cmd.slot_key: park what it held for its previous key, then
+        restore the key's own parked state when that helps. Returns what happened, for the result."""
+        out: dict[str, Any] = {}
+        if not slot.rebound:
+            return out
+        old = slot.displaced
+        if cmd.park_evicted_to and old and llm.n_tokens > 0 and _FILE_SAFE_KEY.match(old):
+            path = os.path.join(cmd.park_evicted_to, f"{old}.kv")
+            try:
+                out["parked"] = [{"slot_key": old, "path": path, **self._save_state(llm, path)}]
+            except Exception as exc:
+                out["parked"] = [{"slot_key": old, "error": f"saving KV state failed: {exc}"}]
+        if cmd.restore_from:
+            out["restore"] = self._restore_for_prompt(llm, cmd.restore_from, cmd.restore_prefix_hash, prompt)
+        return out
+
+    def _restore_for_prompt(self, llm: llama_cpp.Llama, path: str, expect_hash: str | None,
+                            prompt: list[int]) -> dict[str, Any]:
+        t = time.perf_counter()
+        try:
+            saved, data = read_kv_file(path)
+        except (OSError, ValueError) as exc:
+            return {"restored": False, "error": f"the parked state cannot be used: {exc}"}
+        if expect_hash is not None and token_prefix_hash(saved) != expect_hash:
+            return {"restored": False, "error": "the parked state covers other tokens than its index entry"}
+        shared = 0
+        for a, b in zip(saved, prompt, strict=False):
+            if a != b:
+                break
+            shared += 1
+        if shared <= _prefix_len(llm, prompt) or 2 * shared < len(saved):
+            return {"restored": False, "n_tokens": len(saved), "shared_tokens": shared,
+                    "reason": "the parked state covers a different prompt prefix"}
+        try:
+            self._load_state(llm, saved, data)
+        except Exception as exc:
+            llm.reset()
+            return {"restored": False, "error": f"restoring KV state failed: {exc}"}
+        return {"restored": True, "n_tokens": len(saved), "shared_tokens": shared, "bytes": len(data),
+                "ms": (time.perf_counter() - t) * 1000.0}
+
     def save_slot(self, cmd: p.SaveSlot) -> None:
         try:
             slot = next((s for s in self.slots if s.key == cmd.slot_key), None)
@@ -351,16 +434,16 @@ class Worker:
                     self.slots_cv.wait()
                 slot.busy = True
             try:
-                llm = slot.llm
-                ctx = llm._ctx.ctx
-                size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-                buf = (ctypes.c_uint8 * size)()
-                n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-                tokens = [int(t) for t in llm.input_ids[: llm.n_tokens]]
-                nbytes = write_kv_file(cmd.path, tokens, memoryview(buf)[:n])
+                if slot.key != cmd.slot_key or slot.llm is None or slot.llm.n_tokens == 0:
+                    info = None  # the slot was given to another key while we waited
+                else:
+                    info = self._save_state(slot.llm, cmd.path)
             finally:
                 self.release_slot(slot)
-            self.send(p.Done(id=cmd.id, result={"saved": True, "bytes": nbytes, "n_tokens": len(tokens)}))
+            if info is None:
+                self.send(p.Done(id=cmd.id, result={"saved": False, "bytes": 0, "n_tokens": 0}))
+            else:
+                self.send(p.Done(id=cmd.id, result={"saved": True, **info}))
         except Exception as exc:
             self.send(p.Failed(id=cmd.id, message=f"saving KV state failed: {exc}"))
 
@@ -369,19 +452,7 @@ class Worker:
         try:
             t = time.perf_counter()
             tokens, data = read_kv_file(cmd.path)
-            llm = self.slot_llm(slot)
-            llm.reset()
-            ctx = llm._ctx.ctx
-            mem = llama_cpp.llama_get_memory(ctx)
-            llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
-            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-            n = llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), 0)
-            if n == 0 or len(tokens) > llm.n_ctx():
-                llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
-                raise ValueError("llama.cpp rejected the saved state")
-            llm.input_ids[: len(tokens)] = tokens
-            llm.n_tokens = len(tokens)
-            llm._requires_eval = True
+            self._load_state(self.slot_llm(slot), tokens, data)
             ms = (time.perf_counter() - t) * 1000.0
             self.send(p.Done(id=cmd.id, result={"restored": True, "n_tokens": len(tokens), "bytes": len(data), "ms": ms}))
         except Exception as exc:

@@ -133,15 +133,19 @@ class ChatService:
             raise
         return lease, stream
 
-    async def generate(self, op: str, params: dict[str, Any], *, slot_key: str | None = None) -> Generation:
-        """Start a chat ("chat") or completion ("completion") generation."""
+    async def generate(self, op: str, params: dict[str, Any], *, slot_key: str | None = None,
+                       **slot: str | None) -> Generation:
+        """Start a chat ("chat") or completion ("completion") generation.
+
+        `slot` passes the session fields of p.Generate (park_evicted_to, restore_from,
+        restore_prefix_hash) through to the worker."""
         if params.get("n") not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         model = params.get("model")
         lease, stream = await self._start(
             model,
             "chat",
-            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key),
+            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key, **slot),
             params.get("keep_alive"),
         )
         return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion",
