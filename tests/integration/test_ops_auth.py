@@ -132,3 +132,14 @@ def test_an_open_loopback_box_ignores_whatever_key_a_client_sends(tiny_model_pat
     with running_daemon(tmp_path) as d:
         client = openai.OpenAI(base_url=d.url + "/v1", api_key="sk-whatever", max_retries=0)
         assert client.models.list().data
+
+
+def test_tokens_in_the_daemons_environment_never_reach_sandboxed_code(tmp_path: Path) -> None:
+    secret = "apl_" + "s3cr3t" * 6
+    with running_daemon(tmp_path, env={"APPLIANCE_TOKEN": secret}) as d, d.http() as c:
+        if not c.get("/api/status").json().get("sandboxes", {}).get("available"):
+            pytest.skip("sandboxes are not available on this host (see appliance doctor)")
+        r = c.post("/api/run", json={"language": "python",
+                                     "code": "import os; print(sorted(os.environ.items()))"})
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        assert secret not in r.text and "APPLIANCE_TOKEN" not in r.text
