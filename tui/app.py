@@ -8,12 +8,13 @@ opens the command palette (tui.commands).
 
 Timings are constructor arguments so tests can make the console deterministic: `poll_s` (reload
 while the stream is down), `sample_s` (gauges and rates on the Overview), `heartbeat_s`, and
-`clock` (idle countdowns).
+`clock` (idle countdowns); `chat_max_tokens` bounds a direct chat's reply.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import ClassVar
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.logging import TextualHandler
 
 from tui.client import ApplianceClient
 from tui.commands import ApplianceCommands
@@ -43,6 +45,16 @@ SCREEN_CLASSES: dict[str, type[DashboardScreen]] = {
     "sandboxes": SandboxesScreen,
     "traces": TracesScreen,
 }
+
+
+def run_console(url: str, token: str | None = None) -> int:
+    """Run the console in this terminal until the user quits; the exit code of `appliance tui`."""
+    # log lines written to the terminal would tear through the screen: send them to textual's log
+    logging.getLogger().handlers[:] = [TextualHandler()]
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = ApplianceApp(ApplianceClient(url, token))
+    app.run()
+    return int(app.return_code or 0)
 
 
 class ApplianceApp(App[None]):
@@ -70,6 +82,7 @@ class ApplianceApp(App[None]):
         sample_s: float = 2.0,
         heartbeat_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        chat_max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         self.client = client
@@ -77,6 +90,8 @@ class ApplianceApp(App[None]):
         self.sample_s = sample_s
         self.heartbeat_s = heartbeat_s
         self.clock = clock
+        self.chat_max_tokens = chat_max_tokens
+        """Limit of a direct chat's reply (None: the daemon's and the model's own limits)."""
         self.stream_live = False
         self.stream_state = "connecting"
         self.recent_events: deque[DaemonEvent] = deque(maxlen=100)

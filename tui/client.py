@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -335,7 +335,7 @@ class ApplianceClient:
 
     # --- the events stream ----------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[DaemonEvent | StreamStatus]:
+    async def events(self) -> AsyncGenerator[DaemonEvent | StreamStatus, None]:
         """Follow /api/events forever, reconnecting with exponential backoff (see module doc)."""
         delay = self.backoff_initial_s
         while True:

@@ -7,7 +7,6 @@ so only when the command runs; import-linter's contract in pyproject.toml names 
 from __future__ import annotations
 
 import argparse
-import logging
 
 from appliance.cli.main import add_client_args
 
@@ -19,15 +18,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textual.logging import TextualHandler
+    from tui.app import run_console
 
-    from tui.app import ApplianceApp
-    from tui.client import ApplianceClient
-
-    # log lines written to the terminal would tear through the screen: send them to textual's log
-    root = logging.getLogger()
-    root.handlers[:] = [TextualHandler()]
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = ApplianceApp(ApplianceClient(args.url, args.token))
-    app.run()
-    return int(app.return_code or 0)
+    return run_console(args.url, args.token)

@@ -230,7 +230,8 @@ class SessionsScreen(DashboardScreen):
         reply: list[str] = []
 
         try:
-            async for piece in self.client.chat_stream(model, list(self.direct_history)):
+            async for piece in self.client.chat_stream(model, list(self.direct_history),
+                                                       max_tokens=self.appliance.chat_max_tokens):
                 reply.append(piece)
                 self.post_message(TurnEventReceived(TurnEvent("token", piece)))
         except DaemonError as exc:

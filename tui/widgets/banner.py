@@ -20,10 +20,11 @@ class ConnectionBanner(Static):
         self.set_class(state.kind == "unauthorized", "-unauthorized")
         self.display = state.kind in ("unreachable", "unauthorized")
         if state.kind == "unreachable":
-            text = Text.assemble(("Daemon unreachable ", "bold"), f"at {state.url}; retrying. ",
-                                 (state.detail, "italic"))
+            text = Text.assemble(("Daemon unreachable: ", "bold"), state.detail or state.url,
+                                 (" Retrying.", "italic"))
         elif state.kind == "unauthorized":
-            text = Text.assemble(("Token refused ", "bold"), (state.detail, "italic"))
+            text = Text.assemble(("Token refused: ", "bold"), state.detail,
+                                 (" Retrying.", "italic"))
         else:
             text = Text("")
         self.update(text)
