@@ -95,6 +95,9 @@ class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Model calls per agent turn before the loop stops."""
     kv_disk_budget_mb: int = 2048
     """Disk space for parked session KV state; least recently used is evicted beyond it."""
+    park_idle_s: float = 60.0
+    """Seconds after a session's last turn before its KV state is also saved to disk (it stays
+    hot in its slot too); 0 parks only when the model unloads or the slot is needed."""
 
 
 class TelemetryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -5,12 +5,15 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 
+from appliance.api.agents import AgentController
 from appliance.api.auth import BearerAuth
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.models import ModelsController
 from appliance.api.openai import OpenAIController
 from appliance.api.ops import OpsController
+from appliance.api.responses import ResponsesController
 from appliance.api.sandboxes import SandboxController
+from appliance.api.sessions import SessionController
 from appliance.api.tracing import RequestTelemetry
 from appliance.services.container import Appliance
 
@@ -21,7 +24,8 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
     def provide_appliance() -> Appliance:
         return appliance
 
-    route_handlers: list[type] = [OpsController, OpenAIController, ModelsController, SandboxController]
+    route_handlers: list[type] = [OpsController, OpenAIController, ModelsController, SandboxController,
+                                  AgentController, SessionController, ResponsesController]
 
     app = Litestar(
         route_handlers=route_handlers,

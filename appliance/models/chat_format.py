@@ -231,7 +231,7 @@ def new_call_id() -> str:
 def parse_tool_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """Split the grammar-constrained reply into (content, tool_calls)."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, strict=False)  # the grammar lets raw newlines into strings
     except ValueError:
         return text, []  # cut off by max_tokens: hand back what there is
     if isinstance(obj, dict) and isinstance(obj.get("tool_call"), dict):

@@ -205,7 +205,8 @@ class Worker:
             result = self._generate(cmd)
             self.send(p.Done(id=cmd.id, result=result))
         except ApplianceError as exc:
-            self.send(p.Failed(id=cmd.id, message=exc.message, kind="invalid_request"))
+            kind = "context_overflow" if exc.code == "context_length_exceeded" else "invalid_request"
+            self.send(p.Failed(id=cmd.id, message=exc.message, kind=kind))
         except Exception as exc:
             self.send(p.Failed(id=cmd.id, message=f"{type(exc).__name__}: {exc}"))
         finally:

@@ -187,7 +187,7 @@ class WorkerProcess:
         if isinstance(ev, p.Failed):
             self.pending.pop(ev.id, None)
             err: ApplianceError = InvalidRequest(ev.message) if ev.kind == "invalid_request" else ApplianceError(ev.message)
-            if "context_length_exceeded" in ev.message:
+            if ev.kind == "context_overflow" or "context_length_exceeded" in ev.message:
                 err = InvalidRequest(ev.message, code="context_length_exceeded")
             stream.queue.put_nowait(err)
             stream.finished.set()

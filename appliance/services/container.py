@@ -20,10 +20,13 @@ from appliance.models.memory import memory_probe_for_host
 from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
 from appliance.services.access import ApiAccess
+from appliance.services.agents import AgentService
 from appliance.services.chat import ChatService
 from appliance.services.models import ModelService
 from appliance.services.operations import Operations
+from appliance.services.responses import ResponseService
 from appliance.services.sandboxes import SandboxService
+from appliance.services.sessions import SessionService
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
 from appliance.telemetry.nvml import Nvml
@@ -57,6 +60,12 @@ class Appliance:
         self._extra_stops: list[Any] = []
         self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config, self.telemetry)
         self.on_stop(self.sandboxes.stop)
+        self.sessions = SessionService(config, store=store, chat=self.chat, scheduler=scheduler,
+                                       catalog=catalog, sandboxes=self.sandboxes, events=events)
+        self.agents = AgentService(config, store=store, catalog=catalog, tools=self.sessions.tools,
+                                   sandboxes=self.sandboxes, cleanup=self.sessions.cleanup)
+        self.responses = ResponseService(store, catalog, self.chat, self.sessions)
+        self.on_stop(self.sessions.stop)  # runs before the sandboxes stop: hot sessions are parked
 
     @classmethod
     def from_config(cls, config: Config) -> Appliance:
@@ -80,6 +89,8 @@ class Appliance:
         await self.operations.start()
         await self.scheduler.start()
         await self.sandboxes.start()
+        await self.agents.sync_profiles()
+        await self.sessions.start()
         log.info("appliance %s started (pid %d, state %s)", __version__, os.getpid(), self.config.state_dir)
 
     async def stop(self) -> None:
@@ -100,6 +111,7 @@ class Appliance:
             "models": [m.to_dict() for m in self.scheduler.snapshot()],
             "scheduler": self.scheduler.stats(),
             "sandboxes": self.sandboxes.stats(),
+            "sessions": self.sessions.stats(),
         }
 
     def on_stop(self, fn: Any) -> None:

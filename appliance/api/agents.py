@@ -1,0 +1,33 @@
+"""Agent routes: `/api/agents` create, list, read, update and delete."""
+
+from __future__ import annotations
+
+from litestar import Controller, delete, get, patch, post
+
+from appliance.services.container import Appliance
+from appliance.store import Agent, AgentPatch, AgentSpec, Page
+
+
+class AgentController(Controller):
+    path = "/api/agents"
+    tags = ["agents"]
+
+    @post("/", status_code=201)
+    async def create(self, appliance: Appliance, data: AgentSpec) -> Agent:
+        return await appliance.agents.create(data)
+
+    @get("/")
+    async def list_agents(self, appliance: Appliance, limit: int = 100, after: str | None = None) -> Page[Agent]:
+        return await appliance.agents.list(limit=limit, after=after)
+
+    @get("/{ref:str}")
+    async def get_agent(self, appliance: Appliance, ref: str) -> Agent:
+        return await appliance.agents.get(ref)
+
+    @patch("/{ref:str}")
+    async def update(self, appliance: Appliance, ref: str, data: AgentPatch) -> Agent:
+        return await appliance.agents.update(ref, data)
+
+    @delete("/{ref:str}", status_code=204)
+    async def remove(self, appliance: Appliance, ref: str, with_sessions: bool = False) -> None:
+        await appliance.agents.delete(ref, with_sessions=with_sessions)

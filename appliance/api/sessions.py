@@ -1,0 +1,67 @@
+"""Session routes: `/api/sessions` and the turn stream `POST /api/sessions/{id}/messages`.
+
+The turn streams as server-sent events with names (`event: token`, `tool_call`, `tool_result`,
+`message`, `done`, `error`), each `data:` a JSON object. The first event is the user's message,
+sent once it is committed. A client that disconnects cancels the turn (the session stays whole).
+With `"stream": false` the turn answers as one JSON object instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from litestar.response import Stream
+
+from appliance.services.agent_loop import Turn
+from appliance.services.container import Appliance
+from appliance.services.sessions import (
+    CreateSessionRequest,
+    ForkRequest,
+    SessionDetail,
+    TurnRequest,
+)
+from appliance.store import Page, Session
+
+_enc = msgspec.json.Encoder()
+
+
+async def turn_frames(turn: Turn) -> AsyncIterator[bytes]:
+    async for ev in turn.events():
+        yield b"event: " + ev.event.encode() + b"\ndata: " + _enc.encode(ev.data) + b"\n\n"
+
+
+class SessionController(Controller):
+    path = "/api/sessions"
+    tags = ["sessions"]
+
+    @post("/", status_code=201)
+    async def create(self, appliance: Appliance, data: CreateSessionRequest) -> Session:
+        return await appliance.sessions.create(data)
+
+    @get("/")
+    async def list_sessions(self, appliance: Appliance, agent: str | None = None, status: str | None = None,
+                            limit: int = 50, after: str | None = None) -> Page[Session]:
+        return await appliance.sessions.list(agent=agent, status=status, limit=limit, after=after)
+
+    @get("/{session_id:str}")
+    async def get_session(self, appliance: Appliance, session_id: str) -> SessionDetail:
+        return await appliance.sessions.get(session_id)
+
+    @delete("/{session_id:str}", status_code=204)
+    async def remove(self, appliance: Appliance, session_id: str) -> None:
+        await appliance.sessions.delete(session_id)
+
+    @post("/{session_id:str}/fork", status_code=201)
+    async def fork(self, appliance: Appliance, session_id: str, data: ForkRequest | None = None) -> Session:
+        return await appliance.sessions.fork(session_id, data or ForkRequest())
+
+    @post("/{session_id:str}/messages", status_code=200)
+    async def send(self, appliance: Appliance, session_id: str, data: TurnRequest) -> Stream | Response[Any]:
+        if not data.stream:
+            return Response(await appliance.sessions.run_turn(session_id, data))
+        turn = await appliance.sessions.begin_turn(session_id, data)
+        return Stream(turn_frames(turn), media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

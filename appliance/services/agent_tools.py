@@ -1,0 +1,197 @@
+"""The tools agents call, and the check between a model's tool call and a tool run.
+
+A tool is a name, a description and a JSON schema of its arguments: the model reads them in its
+prompt and the worker builds the grammar that constrains a call from the schema. The agent loop
+never runs a call as the model wrote it: `ToolBox.check` parses the arguments and validates them
+against the schema first (jsonschema), and a call that fails, or names a tool the agent does not
+have, is answered to the model as a tool error it can read and correct, never an exception.
+
+`run_code` runs code in the session's own stateful sandbox (the agent's `sandbox` language),
+created on first use and remembered in the session row, so variables and files persist from one
+turn to the next. A sandbox that was reaped for idleness or lost with a daemon restart is replaced,
+and the model is told its earlier state is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import jsonschema
+
+from appliance.errors import ApplianceError, InvalidRequest, NotFound
+from appliance.services.sandboxes import (
+    CreateSandboxRequest,
+    ExecRequest,
+    RunResult,
+    SandboxService,
+)
+from appliance.store import Store
+
+log = logging.getLogger("appliance.agents")
+
+ToolStatus = Literal["ok", "error", "timeout"]
+OUTPUT_CHARS = 2000
+"""Most characters of a stream a tool result hands back to the model (small contexts)."""
+
+
+class ToolCallError(Exception):
+    """A call the loop will not run; the message is what the model reads."""
+
+
+@dataclass
+class ToolOutcome:
+    status: ToolStatus
+    content: str
+    """What the model reads as the tool's result."""
+    detail: dict[str, Any] = field(default_factory=dict)
+    """Structured facts for clients (the tool_result event), e.g. exit code and sandbox id."""
+
+
+@dataclass
+class ToolContext:
+    session_id: str
+    sandbox_language: str | None
+
+
+class Tool(Protocol):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+    async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolOutcome: ...
+
+
+def _clip(text: str, limit: int = OUTPUT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit // 2] + f"\n...[{len(text) - limit} characters cut]...\n" + text[-limit // 2:]
+
+
+class RunCode:
+    """Run a program or a cell in the session's stateful sandbox."""
+
+    name = "run_code"
+    description = ("Run code in a sandbox and get what it prints. Variables and files persist "
+                   "between calls in this conversation.")
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "minLength": 1, "description": "the program to run"}},
+        "required": ["code"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, sandboxes: SandboxService, store: Store, default_language: str = "python") -> None:
+        self.sandboxes = sandboxes
+        self.store = store
+        self.default_language = default_language
+
+    async def _sandbox(self, ctx: ToolContext) -> tuple[str, bool]:
+        """The session's sandbox id, and whether an earlier one was gone and had to be replaced."""
+        session = await self.store.run(self.store.sessions.get, ctx.session_id)
+        if session.sandbox_id:
+            try:
+                self.sandboxes.get(session.sandbox_id)
+                return session.sandbox_id, False
+            except NotFound:
+                pass
+        info = await self.sandboxes.create(
+            CreateSandboxRequest(language=ctx.sandbox_language or self.default_language))
+        try:
+            await self.store.run(self.store.sessions.update, ctx.session_id, sandbox_id=info.id)
+        except NotFound:
+            await self.sandboxes.delete(info.id)  # the session was deleted meanwhile
+            raise
+        return info.id, session.sandbox_id is not None
+
+    async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolOutcome:
+        sandbox_id, replaced = await self._sandbox(ctx)
+        result = await self.sandboxes.exec(sandbox_id, ExecRequest(code=args["code"]))
+        return self.outcome(result, sandbox_id, replaced)
+
+    @staticmethod
+    def outcome(result: RunResult, sandbox_id: str, replaced: bool) -> ToolOutcome:
+        parts = []
+        if replaced:
+            parts.append("(the earlier sandbox had expired: this ran in a new one, earlier variables "
+                         "and files are gone)")
+        if result.stdout:
+            parts.append(_clip(result.stdout.rstrip("\n")))
+        if result.result is not None and result.result != "None":
+            parts.append(_clip(result.result))
+        if result.status != "ok":
+            why = result.reason or (f"exit code {result.exit_code}" if result.exit_code is not None else "")
+            parts.append(f"{result.status}{': ' + why if why else ''}")
+        if result.stderr and result.status != "ok":
+            parts.append(_clip(result.stderr.rstrip("\n")))
+        if result.restarted:
+            parts.append("(the interpreter had stopped and was restarted: earlier variables are gone)")
+        status: ToolStatus = "ok" if result.status == "ok" else "timeout" if result.status == "timeout" else "error"
+        return ToolOutcome(
+            status=status,
+            content="\n".join(parts) or "(no output)",
+            detail={"sandbox_id": sandbox_id, "status": result.status, "exit_code": result.exit_code,
+                    "stdout": result.stdout, "stderr": result.stderr, "result": result.result,
+                    "duration_ms": result.duration_ms},
+        )
+
+
+class ToolBox:
+    """The tools the appliance offers agents, by name."""
+
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        self.tools = {t.name: t for t in tools}
+
+    def names(self) -> list[str]:
+        return sorted(self.tools)
+
+    def require(self, names: Iterable[str], *, param: str = "tools") -> None:
+        """InvalidRequest naming the unknown tools, if any."""
+        unknown = [n for n in names if n not in self.tools]
+        if unknown:
+            raise InvalidRequest(
+                f"unknown tool{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"this appliance offers: {', '.join(self.names()) or 'none'}",
+                param=param,
+            )
+
+    def specs(self, names: Iterable[str]) -> list[dict[str, Any]]:
+        """OpenAI tool definitions of the named tools."""
+        out = []
+        for n in names:
+            t = self.tools[n]
+            out.append({"type": "function",
+                        "function": {"name": t.name, "description": t.description, "parameters": t.parameters}})
+        return out
+
+    def check(self, allowed: Iterable[str], call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The tool name and parsed arguments of a model's call; ToolCallError when it must not run."""
+        fn = call.get("function") or {}
+        name = str(fn.get("name") or "")
+        allowed = list(allowed)
+        if name not in allowed or name not in self.tools:
+            raise ToolCallError(f"there is no tool named {name!r}; call one of: {', '.join(allowed)}")
+        raw = fn.get("arguments", "{}")
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise ToolCallError(f"the arguments are not valid JSON ({exc.args[0]}); send a JSON object") from None
+        if not isinstance(args, dict):
+            raise ToolCallError("the arguments must be a JSON object")
+        validator = jsonschema.Draft202012Validator(self.tools[name].parameters)
+        errors = sorted(validator.iter_errors(args), key=lambda e: list(e.path))
+        if errors:
+            where = "/".join(str(p) for p in errors[0].path) or "arguments"
+            raise ToolCallError(f"invalid arguments for {name} at {where}: {errors[0].message}")
+        return name, args
+
+    async def run(self, ctx: ToolContext, name: str, args: dict[str, Any]) -> ToolOutcome:
+        """Run a checked call; an appliance error (no sandboxes, limits) becomes a tool error."""
+        try:
+            return await self.tools[name].run(ctx, args)
+        except ApplianceError as exc:
+            log.info("tool %s failed in session %s: %s", name, ctx.session_id, exc.message)
+            return ToolOutcome(status="error", content=f"error: {exc.message}", detail={"code": exc.code})

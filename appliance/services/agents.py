@@ -1,0 +1,90 @@
+"""AgentService: agents as the API offers them, and the agent profiles applied at start-up.
+
+The store keeps agents (appliance.store.agents); this service adds the checks that need the rest of
+the appliance: the model exists and is a chat model, the tools are ones the appliance offers, the
+sandbox language is known. A profile file is applied even when its model is not available yet
+(the box may fetch it later): such problems are logged at start-up and reported when a session
+of that agent sends a turn.
+
+Deleting an agent together with its sessions hands their KV files and sandboxes to the session
+service's cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from msgspec import UNSET
+
+from appliance.config import Config
+from appliance.errors import ApplianceError, InvalidRequest
+from appliance.models.catalog import ModelCatalog
+from appliance.services.agent_tools import ToolBox
+from appliance.services.sandboxes import SandboxService
+from appliance.store import Agent, AgentPatch, AgentSpec, Page, SessionCleanup, Store
+from appliance.store.agent_profiles import (
+    agent_profile_dirs,
+    load_agent_profiles,
+    sync_agent_profiles,
+)
+
+log = logging.getLogger("appliance.agents")
+
+
+class AgentService:
+    def __init__(self, config: Config, *, store: Store, catalog: ModelCatalog, tools: ToolBox,
+                 sandboxes: SandboxService, cleanup: Callable[[SessionCleanup], Awaitable[None]]) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = catalog
+        self.tools = tools
+        self.sandboxes = sandboxes
+        self._cleanup = cleanup
+
+    async def sync_profiles(self) -> list[Agent]:
+        """Upsert the agents of every profile directory; ConfigError names a bad file and key."""
+        profiles = await asyncio.to_thread(load_agent_profiles, agent_profile_dirs(self.config))
+        agents = await self.store.run(sync_agent_profiles, self.store.agents, list(profiles.values()))
+        for agent in agents:
+            try:
+                self.check(agent.spec())
+            except ApplianceError as exc:
+                log.warning("agent %r (%s) cannot run yet: %s", agent.name, agent.source_path, exc.message)
+        return agents
+
+    def check(self, spec: AgentSpec) -> None:
+        """What the store cannot check: the model, the tools and the sandbox language."""
+        self._check_model(spec.model)
+        self.tools.require(spec.tools)
+        if spec.sandbox is not None:
+            self.sandboxes.catalog.canonical(spec.sandbox)
+
+    def _check_model(self, model_id: str) -> None:
+        if self.catalog.get(model_id).kind != "chat":
+            raise InvalidRequest(f"model {model_id!r} is an embedding model; an agent needs a chat model",
+                                 param="model")
+
+    async def create(self, spec: AgentSpec) -> Agent:
+        self.check(spec)
+        return await self.store.run(self.store.agents.create, spec)
+
+    async def list(self, *, limit: int = 100, after: str | None = None) -> Page[Agent]:
+        return await self.store.run(self.store.agents.list, limit=limit, after=after)
+
+    async def get(self, ref: str) -> Agent:
+        return await self.store.run(self.store.agents.get, ref)
+
+    async def update(self, ref: str, patch: AgentPatch) -> Agent:
+        if patch.model is not UNSET:
+            self._check_model(patch.model)
+        if patch.tools is not UNSET:
+            self.tools.require(patch.tools)
+        if patch.sandbox is not UNSET and patch.sandbox is not None:
+            self.sandboxes.catalog.canonical(patch.sandbox)
+        return await self.store.run(self.store.agents.update, ref, patch)
+
+    async def delete(self, ref: str, *, with_sessions: bool = False) -> None:
+        cleanup = await self.store.run(self.store.agents.delete, ref, with_sessions=with_sessions)
+        await self._cleanup(cleanup)

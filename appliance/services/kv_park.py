@@ -1,0 +1,326 @@
+"""Context retention: where each session's KV cache is, and parking it on disk when it must leave.
+
+While a session is hot, its tokens live in a slot of its model's worker (requests carry the
+session id as `slot_key`), so a turn evaluates only the new tokens. `KvParking` keeps track of
+which sessions are hot in which worker and whether the slot holds tokens that are not on disk yet
+("dirty"), and parks them, that is saves the slot's sequence state into
+`<state_dir>/kv/<model fingerprint>/<session id>.kv` and indexes it in `store.kv`, when:
+
+- the session has been idle for `idle_s` (the slot stays hot; the copy on disk is a safety net),
+- its model is about to be unloaded (a scheduler `before_unload` hook, the worker still alive),
+- its slot is given to another session: the worker itself saves the displaced state into the
+  directory the request names (`park_evicted_to`) and reports it, and `settle` indexes it,
+- the daemon stops.
+
+Before each model call `plan` looks the session's entry up for the model's fingerprint (a hash of
+the file's path, size, mtime and first MiB, so another model, or the same path with new content,
+never matches) and hands the path and the indexed token prefix hash to the worker, which restores
+it only when its slot no longer holds the session and the file's tokens prefix the prompt; a
+damaged or mismatched file is reported, dropped from the index and deleted, and the turn pays a full
+prefill. Parked files stay within `kv_disk_budget_mb`, least recently used evicted first, and go
+with their session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError, NotFound
+from appliance.models import protocol as p
+from appliance.models.catalog import ModelCatalog
+from appliance.models.scheduler import ModelScheduler, Runner
+from appliance.store import KvEntry, Store
+from appliance.telemetry.events import EventBus
+
+log = logging.getLogger("appliance.kv")
+
+SAVE_TIMEOUT_S = 60.0
+"""A save that takes longer is abandoned (the session then falls back to a prefill)."""
+STOP_BUDGET_S = 15.0
+"""How long the daemon's stop may spend parking hot sessions."""
+MiB = 2**20
+
+
+def model_fingerprint(path: Path) -> str:
+    """Identity of a model file: its resolved path, size, mtime and first MiB. Blocking."""
+    st = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(MiB))
+    return h.hexdigest()
+
+
+@dataclass
+class HotSession:
+    model_id: str
+    worker_pid: int
+    fingerprint: str
+    dirty: bool = True
+    """The slot holds tokens that are not on disk yet."""
+    last_turn: float = 0.0  # monotonic
+
+
+@dataclass
+class SlotPlan:
+    """What one model call of a session tells the worker about parked state."""
+
+    fingerprint: str | None
+    park_dir: str | None
+    entry: KvEntry | None
+
+    def fields(self) -> dict[str, str | None]:
+        return {
+            "park_evicted_to": self.park_dir,
+            "restore_from": self.entry.path if self.entry else None,
+            "restore_prefix_hash": self.entry.prefix_hash if self.entry else None,
+        }
+
+
+class KvParking:
+    def __init__(self, store: Store, scheduler: ModelScheduler, catalog: ModelCatalog, *,
+                 kv_dir: Path, budget_bytes: int, idle_s: float, events: EventBus | None = None) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.catalog = catalog
+        self.kv_dir = Path(kv_dir)
+        self.budget_bytes = budget_bytes
+        self.idle_s = idle_s
+        self.events = events or EventBus()
+        self.hot: dict[str, HotSession] = {}
+        self._turning: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._fingerprints: dict[tuple[str, int, int], str] = {}
+        self._idle_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.kv_dir.mkdir(parents=True, exist_ok=True)
+        removed = await asyncio.to_thread(self._remove_orphans, {e.path for e in await self.store.run(self.store.kv.entries)})
+        if removed:
+            log.info("removed %d parked KV files no session refers to", removed)
+        self.scheduler.before_unload.append(self.before_unload)
+        if self.idle_s > 0:
+            self._idle_task = asyncio.create_task(self._idle_loop(), name="kv-idle-parking")
+
+    async def stop(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._idle_task
+        with contextlib.suppress(ValueError):
+            self.scheduler.before_unload.remove(self.before_unload)
+        dirty = [sid for sid, h in self.hot.items() if h.dirty]
+        if dirty:
+            try:
+                await asyncio.wait_for(self._park_all(dirty, "shutdown"), STOP_BUDGET_S)
+            except TimeoutError:
+                log.warning("stopped before every hot session was parked; they will prefill again")
+
+    async def _park_all(self, session_ids: Iterable[str], reason: str) -> None:
+        for sid in session_ids:
+            await self.park(sid, reason)
+
+    def _remove_orphans(self, known: set[str]) -> int:
+        n = 0
+        for path in self.kv_dir.glob("*/*"):
+            if str(path) not in known and (path.suffix == ".kv" or ".kv.tmp" in path.name):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    n += 1
+        return n
+
+    # --- before and after a model call ------------------------------------------------------
+
+    async def fingerprint(self, model_id: str) -> str | None:
+        """The fingerprint of the model's file, None while it is not on disk yet."""
+        runner = self.scheduler.runners.get(model_id)
+        path_s = runner.model_path if runner is not None else None
+        if path_s is None:
+            prof = self.catalog.get(model_id)
+            local = await asyncio.to_thread(self.catalog.fetcher.local_path, prof.id, prof.source, prof.convert)
+            if local is None:
+                return None
+            path_s = str(local)
+        path = Path(path_s)
+        try:
+            st = await asyncio.to_thread(path.stat)
+        except OSError:
+            return None
+        key = (path_s, st.st_size, st.st_mtime_ns)
+        fp = self._fingerprints.get(key)
+        if fp is None:
+            fp = await asyncio.to_thread(model_fingerprint, path)
+            self._fingerprints[key] = fp
+        return fp
+
+    def park_dir(self, fingerprint: str) -> Path:
+        return self.kv_dir / fingerprint[:16]
+
+    async def plan(self, session_id: str, model_id: str) -> SlotPlan:
+        fp = await self.fingerprint(model_id)
+        if fp is None:
+            return SlotPlan(fingerprint=None, park_dir=None, entry=None)
+        entry = await self.store.run(self.store.kv.lookup, session_id, fp)
+        return SlotPlan(fingerprint=fp, park_dir=str(self.park_dir(fp)), entry=entry)
+
+    def turn_started(self, session_id: str) -> None:
+        self._turning.add(session_id)
+
+    def turn_ended(self, session_id: str) -> None:
+        self._turning.discard(session_id)
+        if session_id in self.hot:
+            self.hot[session_id].last_turn = time.monotonic()
+
+    async def settle(self, session_id: str, model_id: str, plan: SlotPlan, worker_pid: int,
+                     result: dict[str, Any]) -> dict[str, Any]:
+        """Record what a model call did to the slots; returns the KV timings of the call."""
+        for parked in result.get("parked") or []:
+            await self._displaced(parked, plan, worker_pid)
+        report: dict[str, Any] = {"kv_restored": False}
+        restore = result.get("restore")
+        if restore and plan.entry is not None:
+            if restore.get("restored"):
+                report.update(kv_restored=True, kv_restore_ms=restore.get("ms"),
+                              kv_restored_tokens=restore.get("n_tokens"), kv_restore_bytes=restore.get("bytes"))
+                await self.store.run(self.store.kv.touch, plan.entry.id)
+                self.events.publish("session.restored", session=session_id, model=model_id,
+                                    n_tokens=restore.get("n_tokens"), bytes=restore.get("bytes"), ms=restore.get("ms"))
+            elif restore.get("error"):
+                report["kv_restore_error"] = restore["error"]
+                log.warning("session %s: parked KV state not used: %s", session_id, restore["error"])
+                await self._drop_entry(plan.entry)
+            else:
+                report["kv_restore_skipped"] = restore.get("reason")
+        if plan.fingerprint is not None:
+            self.hot[session_id] = HotSession(model_id=model_id, worker_pid=worker_pid,
+                                              fingerprint=plan.fingerprint, last_turn=time.monotonic())
+        return report
+
+    async def _displaced(self, parked: dict[str, Any], plan: SlotPlan, worker_pid: int) -> None:
+        sid = str(parked.get("slot_key"))
+        hot = self.hot.get(sid)
+        if hot is not None and hot.worker_pid == worker_pid:
+            del self.hot[sid]
+        if parked.get("error") or plan.fingerprint is None:
+            log.warning("session %s left its slot without being parked: %s", sid, parked.get("error"))
+            return
+        async with self._lock(sid):
+            await self._index(sid, plan.fingerprint, parked, Path(parked["path"]), "evicted")
+
+    # --- parking ----------------------------------------------------------------------------
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(session_id, asyncio.Lock())
+
+    def _worker(self, hot: HotSession) -> Any:
+        runner = self.scheduler.runners.get(hot.model_id)
+        worker = runner.worker if runner is not None else None
+        if worker is None or worker.pid != hot.worker_pid or not worker.alive:
+            return None
+        return worker
+
+    async def park(self, session_id: str, reason: str) -> bool:
+        """Save the session's slot to disk if it holds unsaved tokens; True when a file was written."""
+        async with self._lock(session_id):
+            hot = self.hot.get(session_id)
+            if hot is None or not hot.dirty:
+                return False
+            worker = self._worker(hot)
+            if worker is None:
+                self.hot.pop(session_id, None)  # its worker is gone, and the tokens with it
+                return False
+            path = self.park_dir(hot.fingerprint) / f"{session_id}.kv"
+            try:
+                info = await asyncio.wait_for(
+                    worker.call(lambda i: p.SaveSlot(id=i, slot_key=session_id, path=str(path))), SAVE_TIMEOUT_S)
+            except (ApplianceError, TimeoutError) as exc:
+                log.warning("parking session %s failed: %s", session_id, getattr(exc, "message", exc) or "timeout")
+                return False
+            if not info.get("saved"):
+                self.hot.pop(session_id, None)  # the worker gave its slot away meanwhile
+                return False
+            hot.dirty = False
+            await self._index(session_id, hot.fingerprint, info, path, reason)
+            return True
+
+    async def _index(self, session_id: str, fingerprint: str, info: dict[str, Any], path: Path, reason: str) -> None:
+        try:
+            res = await self.store.run(
+                self.store.kv.park, session_id, model_fingerprint=fingerprint, prefix_hash=info["prefix_hash"],
+                n_tokens=int(info["n_tokens"]), bytes=int(info["bytes"]), path=str(path))
+        except NotFound:  # the session was deleted while its state was being written
+            await asyncio.to_thread(_unlink, str(path))
+            return
+        if res.replaced_path:
+            await asyncio.to_thread(_unlink, res.replaced_path)
+        if reason != "idle":
+            with contextlib.suppress(NotFound):
+                await self.store.run(self.store.sessions.update, session_id, status="parked")
+        victims = await self.store.run(self.store.kv.evict_over_budget, self.budget_bytes)
+        for v in victims:
+            await asyncio.to_thread(_unlink, v.path)
+            if v.session_id in self.hot:
+                self.hot[v.session_id].dirty = True
+        self.events.publish("session.parked", session=session_id, reason=reason, bytes=int(info["bytes"]),
+                            n_tokens=int(info["n_tokens"]), evicted=len(victims))
+
+    async def _drop_entry(self, entry: KvEntry) -> None:
+        path = await self.store.run(self.store.kv.remove, entry.id)
+        if path:
+            await asyncio.to_thread(_unlink, path)
+
+    async def before_unload(self, runner: Runner) -> None:
+        """Scheduler hook: park every dirty session of this worker while it is still alive."""
+        worker = runner.worker
+        if worker is None:
+            return
+        mine = [sid for sid, h in self.hot.items() if h.worker_pid == worker.pid]
+        for sid in mine:
+            await self.park(sid, "unload")
+            hot = self.hot.get(sid)
+            if hot is not None and hot.worker_pid == worker.pid:
+                del self.hot[sid]
+                with contextlib.suppress(NotFound):
+                    await self.store.run(self.store.sessions.update, sid, status="parked")
+
+    async def _idle_loop(self) -> None:
+        tick = max(0.5, min(10.0, self.idle_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            due = [sid for sid, h in self.hot.items()
+                   if h.dirty and sid not in self._turning and now - h.last_turn >= self.idle_s]
+            for sid in due:
+                try:
+                    await self.park(sid, "idle")
+                except Exception:
+                    log.exception("parking idle session %s failed", sid)
+
+    # --- sessions that go away ----------------------------------------------------------------
+
+    async def forget(self, session_ids: Iterable[str], kv_paths: Iterable[str]) -> None:
+        """After sessions were deleted: drop what is known of them and delete their files."""
+        for sid in session_ids:
+            self.hot.pop(sid, None)
+            self._locks.pop(sid, None)
+        for path in kv_paths:
+            await asyncio.to_thread(_unlink, path)
+
+    def stats(self) -> dict[str, Any]:
+        return {"hot_sessions": len(self.hot), "dirty": sum(1 for h in self.hot.values() if h.dirty),
+                "budget_bytes": self.budget_bytes}
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

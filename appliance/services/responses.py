@@ -1,0 +1,251 @@
+"""ResponseService: OpenAI's stateful Responses API (`POST /v1/responses`) on the session store.
+
+A stored response (`store`, the default) is a turn of a bare-model session: the request's input
+items are appended to the transcript, the model answers through the same path as agent turns
+(appliance.services.session_model: context window, overflow marker, KV reuse with the session id
+as slot key), the answer is appended, and a response id is linked to that range of messages.
+`previous_response_id` finds the session and the point to continue from: when it is the session's
+newest response the new turn goes on in the same session (its KV state is still in the slot or
+parked), otherwise, because a client branches from an older response, the session is forked at
+that point first. `instructions` are the system message of this call only, as in OpenAI's API.
+
+`store: false` answers without writing anything (the response cannot be continued or fetched).
+Function tools work as in OpenAI's API: the model's calls come back as `function_call` output items,
+and the client sends `function_call_output` items in its next request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from appliance.errors import InvalidRequest, NotFound
+from appliance.models import chat_format as cf
+from appliance.models.catalog import ModelCatalog
+from appliance.services.agent_context import model_messages, visible, window_start
+from appliance.services.chat import ChatService
+from appliance.services.sessions import SessionService
+from appliance.store import Message, MessageDraft, Store
+from appliance.store.messages import Role
+
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens", "seed": "seed"}
+
+
+def _text(content: Any, where: str) -> str:
+    try:
+        return cf.content_text(content)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc.message}", param="input") from None
+
+
+def input_drafts(value: Any) -> list[MessageDraft]:
+    """The transcript messages of a request's `input` (a string or a list of items)."""
+    if isinstance(value, str):
+        if not value:
+            raise InvalidRequest("input must not be empty", param="input")
+        return [MessageDraft(role="user", content=value)]
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("input must be a string or a non-empty list of items", param="input")
+    drafts: list[MessageDraft] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"input[{i}] must be an object", param="input")
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            roles: dict[Any, Role] = {"user": "user", "assistant": "assistant", "system": "system",
+                                      "developer": "system"}
+            role = roles.get(item.get("role"))
+            if role is None:
+                raise InvalidRequest(f"input[{i}].role must be user, assistant, system or developer", param="input")
+            drafts.append(MessageDraft(role=role, content=_text(item.get("content"), f"input[{i}]")))
+        elif kind == "function_call_output":
+            if not item.get("call_id"):
+                raise InvalidRequest(f"input[{i}] needs the call_id of the function_call it answers", param="input")
+            out = item.get("output")
+            drafts.append(MessageDraft(role="tool", tool_call_id=str(item["call_id"]),
+                                       content=out if isinstance(out, str) else _text(out, f"input[{i}].output")))
+        elif kind == "function_call":
+            call = {"id": str(item.get("call_id") or cf.new_call_id()), "type": "function",
+                    "function": {"name": str(item.get("name", "")), "arguments": item.get("arguments") or "{}"}}
+            last = drafts[-1] if drafts else None
+            if last is not None and last.role == "assistant" and last.content is None and last.tool_calls:
+                last.tool_calls.append(call)
+            else:
+                drafts.append(MessageDraft(role="assistant", tool_calls=[call]))
+        else:
+            raise InvalidRequest(f"input[{i}] of type {kind!r} is not supported; send message, function_call "
+                                 "or function_call_output items", param="input")
+    return drafts
+
+
+def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        raise InvalidRequest("tools must be a list", param="tools")
+    out = []
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict) or t.get("type") != "function" or not t.get("name"):
+            kind = t.get("type") if isinstance(t, dict) else type(t).__name__
+            raise InvalidRequest(f"tools[{i}] of type {kind!r} is not supported; only function tools "
+                                 "({type: function, name, parameters}) are", param="tools")
+        out.append({"type": "function", "function": {
+            "name": t["name"], "description": t.get("description") or "",
+            "parameters": t.get("parameters") or {"type": "object", "properties": {}}}})
+    return out
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
+
+
+def output_items(messages: list[Message]) -> list[dict[str, Any]]:
+    """The output items of a response: its assistant messages and function calls."""
+    items: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role != "assistant":
+            continue
+        for c in m.tool_calls or []:
+            items.append({"type": "function_call", "id": "fc_" + c["id"].removeprefix("call_"), "call_id": c["id"],
+                          "name": c["function"]["name"], "arguments": c["function"]["arguments"],
+                          "status": "completed"})
+        if m.content is not None:
+            items.append({"type": "message", "id": m.id, "role": "assistant", "status": "completed",
+                          "content": [{"type": "output_text", "text": m.content, "annotations": [], "logprobs": []}]})
+    return items
+
+
+def response_object(rid: str, *, created: float, model: str, body: dict[str, Any], output: list[dict[str, Any]],
+                    usage: dict[str, Any], finish_reason: str, stored: bool, timings: dict[str, Any] | None = None,
+                    previous: str | None = None) -> dict[str, Any]:
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {
+        "id": rid, "object": "response", "created_at": created, "completed_at": time.time(),
+        "status": "incomplete" if finish_reason == "length" else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if finish_reason == "length" else None,
+        "error": None, "model": model, "output": output,
+        "instructions": body.get("instructions"), "previous_response_id": previous,
+        "parallel_tool_calls": bool(body.get("parallel_tool_calls", True)),
+        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
+        "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+        "max_output_tokens": body.get("max_output_tokens"), "metadata": body.get("metadata") or {},
+        "store": stored, "text": {"format": {"type": "text"}}, "truncation": "disabled",
+        "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
+                  "input_tokens_details": {"cached_tokens": int(usage.get("cached_tokens", 0)), "cache_write_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
+        "timings": timings or {},
+    }
+
+
+class ResponseService:
+    def __init__(self, store: Store, catalog: ModelCatalog, chat: ChatService, sessions: SessionService) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.chat = chat
+        self.sessions = sessions
+
+    def _params(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {dst: body[src] for src, dst in SAMPLING.items() if body.get(src) is not None}
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("stream"):
+            raise InvalidRequest("streaming /v1/responses is not supported yet; call without stream",
+                                 param="stream")
+        prev_id = body.get("previous_response_id")
+        link = await self.store.run(self.store.responses.get, prev_id) if prev_id else None
+        model = body.get("model") or (link.model if link else None)
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("`model` is required: the id of a model from GET /v1/models", param="model")
+        if self.catalog.get(model).kind != "chat":
+            raise InvalidRequest(f"model {model!r} is an embedding model; use a chat model", param="model")
+        drafts = input_drafts(body.get("input"))
+        tools, choice = chat_tools(body.get("tools")), chat_tool_choice(body.get("tool_choice"))
+        if body.get("store", True) is False:
+            return await self._unstored(body, model, drafts, tools, choice, link)
+        if link is None or not isinstance(prev_id, str):
+            session = await self.store.run(self.store.sessions.create, None, title="responses", model=model)
+            session_id = session.id
+            lock = await self.sessions.acquire(session_id)
+        else:
+            session_id, lock = await self._continue_from(link.session_id, link.last_seq, prev_id)
+        try:
+            inputs = await self.store.run(self.store.messages.append_many, session_id, drafts)
+            await self.store.run(self.store.sessions.update, session_id, status="active")
+            call = await self.sessions.model.call(session_id, model, persona=body.get("instructions"),
+                                                  params=self._params(body), tools=tools, tool_choice=choice)
+            r = call.result
+            usage = r.get("usage") or {}
+            meta = {"usage": usage, "finish_reason": r.get("finish_reason"), "timings": call.timings}
+            if r.get("tool_calls"):
+                answer = MessageDraft(role="assistant", tool_calls=r["tool_calls"], meta=meta)
+            else:
+                text = r.get("content") if tools else r.get("text")
+                answer = MessageDraft(role="assistant", content=text if text is not None else r.get("text", ""),
+                                      meta=meta)
+            (out,) = await self.store.run(self.store.messages.append_many, session_id, [answer])
+            stored = await self.store.run(self.store.responses.record, session_id, first_seq=inputs[0].seq,
+                                          last_seq=out.seq, previous_response_id=prev_id, model=model)
+        finally:
+            lock.release()
+        return response_object(stored.id, created=stored.created, model=model, body=body, output=output_items([out]),
+                               usage=usage, finish_reason=str(r.get("finish_reason")), stored=True,
+                               timings=call.timings, previous=prev_id)
+
+    async def _continue_from(self, session_id: str, last_seq: int, prev_id: str) -> tuple[str, Any]:
+        """The session (locked) a response continuing `prev_id` goes into: the same one when that
+        response is its newest, else a fork at the response's last message."""
+        lock = await self.sessions.acquire(session_id)
+        try:
+            session = await self.store.run(self.store.sessions.get, session_id)
+            newest = await self.store.run(self.store.messages.last_seq, session_id)
+            if session.last_response_id == prev_id and newest == last_seq:
+                return session_id, lock
+            (at,) = await self.store.run(self.store.messages.transcript, session_id, after_seq=last_seq - 1,
+                                         upto_seq=last_seq)
+            fork = await self.store.run(self.store.sessions.fork, session_id, at_message=at.id, title="responses")
+        except BaseException:
+            lock.release()
+            raise
+        lock.release()
+        return fork.id, await self.sessions.acquire(fork.id)
+
+    async def _unstored(self, body: dict[str, Any], model: str, drafts: list[MessageDraft],
+                        tools: list[dict[str, Any]] | None, choice: Any, link: Any) -> dict[str, Any]:
+        history: list[Message] = []
+        if link is not None:
+            transcript = await self.store.run(self.store.messages.transcript, link.session_id, upto_seq=link.last_seq)
+            history = visible(transcript, window_start(transcript))
+        messages = model_messages(body.get("instructions"), history)
+        messages += [{k: v for k, v in (("role", d.role), ("content", d.content), ("tool_calls", d.tool_calls),
+                                         ("tool_call_id", d.tool_call_id)) if v is not None} for d in drafts]
+        params = {**self._params(body), "model": model, "messages": messages}
+        if tools:
+            params.update(tools=tools, tool_choice=choice or "auto")
+        gen = await self.chat.generate("chat", params)
+        r = await gen.result()
+        now = time.time()
+        out = Message(id="msg_" + uuid.uuid4().hex[:20], session_id="", seq=0, role="assistant",
+                      content=None if r.get("tool_calls") else (r.get("content") if tools else r.get("text")),
+                      tool_calls=r.get("tool_calls"), tool_call_id=None, name=None, created=now, tokens=None, meta={})
+        return response_object("resp_" + uuid.uuid4().hex[:24], created=now, model=model, body=body,
+                               output=output_items([out]), usage=r.get("usage") or {},
+                               finish_reason=str(r.get("finish_reason")), stored=False, timings=gen.extra(r),
+                               previous=link.id if link else None)
+
+    async def retrieve(self, response_id: str) -> dict[str, Any]:
+        link = await self.store.run(self.store.responses.get, response_id)
+        try:
+            messages = await self.store.run(self.store.messages.transcript, link.session_id,
+                                            after_seq=link.first_seq - 1, upto_seq=link.last_seq)
+        except NotFound:
+            raise NotFound(f"response {response_id!r} belonged to a session that was deleted",
+                           param="response_id") from None
+        answer = next((m for m in reversed(messages) if m.role == "assistant"), None)
+        meta = answer.meta if answer else {}
+        return response_object(link.id, created=link.created, model=link.model or "", body={},
+                               output=output_items([m for m in messages if m.role == "assistant"]),
+                               usage=meta.get("usage") or {}, finish_reason=str(meta.get("finish_reason")),
+                               stored=True, timings=meta.get("timings"), previous=link.previous_response_id)
