@@ -254,24 +254,38 @@ class ApplianceClient:
     async def agents(self) -> list[Agent]:
         return [Agent.from_json(a) for a in _items(await self._call("GET", "/api/agents"))]
 
-    async def sessions(self, agent_id: str | None = None) -> list[Session]:
-        params = {"agent_id": agent_id} if agent_id else None
+    async def sessions(self, agent: str | None = None, *, limit: int = 200) -> list[Session]:
+        params: dict[str, Any] = {"limit": limit}
+        if agent:
+            params["agent"] = agent
         return [Session.from_json(s) for s in _items(await self._call("GET", "/api/sessions", params=params))]
 
-    async def create_session(self, agent_id: str, title: str | None = None) -> Session:
-        body: dict[str, Any] = {"agent_id": agent_id}
+    async def create_session(self, *, agent: str | None = None, model: str | None = None,
+                             title: str | None = None) -> Session:
+        """A session with an agent (name or id), or with a bare model."""
+        body: dict[str, Any] = {}
+        if agent:
+            body["agent"] = agent
+        if model:
+            body["model"] = model
         if title:
             body["title"] = title
         return Session.from_json(await self._call("POST", "/api/sessions", json_body=body))
 
     async def transcript(self, session_id: str) -> list[TranscriptEntry]:
-        payload = await self._call("GET", f"/api/sessions/{quote(session_id, safe='')}/messages")
-        return [TranscriptEntry.from_json(m) for m in _items(payload) if isinstance(m, dict)]
+        """The session's messages, oldest first (from `GET /api/sessions/{id}`)."""
+        payload = await self._call("GET", f"/api/sessions/{quote(session_id, safe='')}")
+        messages = payload.get("messages") if isinstance(payload, dict) else payload
+        return [TranscriptEntry.from_json(m) for m in _items(messages) if isinstance(m, dict)]
 
-    async def send_message(self, session_id: str, content: str) -> AsyncIterator[TurnEvent]:
+    async def send_message(self, session_id: str, content: str, *,
+                           max_tokens: int | None = None) -> AsyncIterator[TurnEvent]:
         """One turn of a session: its events (token, tool_call, tool_result, message, done, error)."""
         path = f"/api/sessions/{quote(session_id, safe='')}/messages"
-        async with self._stream("POST", path, json_body={"content": content}) as resp:
+        body: dict[str, Any] = {"content": content}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        async with self._stream("POST", path, json_body=body) as resp:
             async for frame in sse_frames(resp.aiter_lines()):
                 if frame.data == "[DONE]":
                     return

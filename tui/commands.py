@@ -28,6 +28,7 @@ ACTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("Load the selected model", "Models screen: l", "models", "load"),
     ("Unload the selected model", "Models screen: u", "models", "unload"),
     ("Pin or unpin the selected model", "Models screen: p", "models", "pin"),
+    ("Reload models", "Models screen: r", "models", "reload"),
     ("New session", "Start a session with an agent (Sessions: n)", "sessions", "new_session"),
     ("Fork the selected session", "Sessions: f", "sessions", "fork_session"),
     ("Delete the selected session", "Sessions: d", "sessions", "delete_session"),

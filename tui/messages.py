@@ -102,6 +102,8 @@ class ModelChanged(Message, bubble=False):
 class AgentsLoaded(Message, bubble=False):
     agents: list[Agent]
     sessions: list[Session]
+    models: list[ModelInfo] = field(default_factory=list)
+    """Chat models, which a session can have without an agent."""
 
 
 @dataclass

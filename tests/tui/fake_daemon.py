@@ -133,8 +133,8 @@ class FakeDaemon:
             ("GET", "/api/health"): {"status": "ok", "version": "0.1.0"},
             ("GET", "/api/status"): STATUS,
             ("GET", "/api/models"): MODELS,
-            ("GET", "/api/agents"): AGENTS,
-            ("GET", "/api/sessions"): SESSIONS,
+            ("GET", "/api/agents"): {"items": AGENTS, "next_after": None},
+            ("GET", "/api/sessions"): {"items": SESSIONS, "next_after": None},
             ("GET", "/api/sandboxes"): SANDBOXES,
             ("GET", "/api/sandboxes/languages"): LANGUAGES,
             ("POST", "/api/run"): RUN_RESULT,
@@ -146,8 +146,9 @@ class FakeDaemon:
             return httpx.Response(200, json=self._gpu())
         if key in routes:
             return httpx.Response(200, json=routes[key])
-        if request.method == "GET" and path.startswith("/api/sessions/") and path.endswith("/messages"):
-            return httpx.Response(200, json=TRANSCRIPT)
+        if request.method == "GET" and path.startswith("/api/sessions/"):
+            session = next((s for s in SESSIONS if s["id"] == path.rsplit("/", 1)[1]), None)
+            return httpx.Response(200, json={**session, "messages": TRANSCRIPT}) if session else _not_found(request)
         if request.method == "POST" and path.startswith("/api/sandboxes/") and path.endswith("/exec"):
             return httpx.Response(200, json=RUN_RESULT)
         if request.method == "GET" and path.startswith("/api/traces/"):

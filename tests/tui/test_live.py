@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from textual.widgets import OptionList
 
 from tests.integration.daemon import REPO, Daemon, running_daemon, start_daemon
 from tests.tui.conftest import settle, until
@@ -65,29 +66,85 @@ async def test_load_and_unload_a_model_from_the_models_screen(live_daemon: Daemo
         assert live_daemon.model("tiny")["state"] == "unloaded"
 
 
-async def test_chat_reply_streams_into_the_transcript(live_daemon: Daemon) -> None:
+async def test_pin_and_add_a_model_from_the_models_screen(live_daemon: Daemon, tiny_model_path: Path) -> None:
+    app = live_app(live_daemon.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        table = app.screen.query_one(ModelTable)
+        await until(pilot, lambda: "tiny" in table.models, "the tiny model in the table")
+        table.move_cursor(row=table.get_row_index("tiny"))
+        await pilot.press("p")
+        await until(pilot, lambda: table.models["tiny"].pinned, "tiny pinned")
+        assert str(table.get_cell("tiny", "pin")) == "●" and live_daemon.model("tiny")["pinned"] is True
+        await pilot.press("p")
+        await until(pilot, lambda: not table.models["tiny"].pinned, "tiny unpinned")
+        assert live_daemon.model("tiny")["pinned"] is False
+
+        await pilot.press("a")
+        await pilot.press(*str(tiny_model_path))
+        await pilot.press("tab", *"tiny-added", "enter")
+        await until(pilot, lambda: "tiny-added" in table.models, "the added model in the table")
+        assert live_daemon.model("tiny-added")["state"] == "unloaded"
+
+
+async def test_command_palette_loads_a_model_by_name(live_daemon: Daemon) -> None:
+    app = live_app(live_daemon.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"load model tiny")
+        await until(pilot, lambda: "Load model tiny" in str(app.screen.query("OptionList").first().get_option_at_index(0).prompt),
+                    "the palette entry")
+        await pilot.press("enter")
+        await until(pilot, lambda: live_daemon.model("tiny")["state"] == "ready", "tiny loaded by the daemon")
+        table = app.screen.query_one(ModelTable)
+        await until(pilot, lambda: table.models.get("tiny") is not None and table.models["tiny"].state == "ready",
+                    "the Models screen showing tiny ready")
+        await pilot.press("u")
+        await until(pilot, lambda: live_daemon.model("tiny")["state"] == "unloaded", "tiny unloaded")
+
+
+async def test_chat_in_a_session_with_the_reply_streaming_then_fork_and_delete(live_daemon: Daemon) -> None:
     app = live_app(live_daemon.url)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
         screen = app.screen
         assert isinstance(screen, SessionsScreen)
-        await settle(pilot)
-        if not screen.sessions_missing:
-            pytest.fail("this daemon has a sessions API: extend this test to chat in a session")
-        await until(pilot, lambda: screen.direct_model is not None, "a chat model to talk to")
-        screen.direct_model = "tiny"
+        await until(pilot, lambda: "tiny" in screen.chat_models or screen.sessions_missing, "the session list")
+        assert not screen.sessions_missing, "this daemon has the sessions API"
+
+        await pilot.press("n")  # a new session, with the tiny model and no agent
+        picker = app.screen.query_one(OptionList)
+        picker.highlighted = next(i for i in range(picker.option_count)
+                                  if picker.get_option_at_index(i).id == "model:tiny")
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.open_session is not None, "the new session opened")
+        assert screen.open_session is not None
+        session_id = screen.open_session.id
+
         await pilot.press("i", *"Say hello", "enter")
         view = screen.query_one(TranscriptView)
         await until(pilot, lambda: not screen.streaming and len(view.query(TranscriptBlock)) >= 2,
                     "the reply, finished")
         blocks = list(view.query(TranscriptBlock))
         assert [b.kind for b in blocks] == ["user", "assistant"]
-        assert blocks[0].text == "Say hello"
-        assert blocks[1].text.strip(), "the assistant's reply has text"
-        assert screen.direct_history[-1] == {"role": "assistant", "content": blocks[1].text}, \
-            "what was shown is what the next turn sends back as the assistant's message"
-        traces = httpx.get(live_daemon.url + "/api/traces", params={"model": "tiny"}, timeout=30).json()
-        assert any("chat/completions" in t["name"] for t in traces), "the daemon served the chat"
+        assert blocks[0].text == "Say hello" and blocks[1].text.strip()
+        stored = httpx.get(f"{live_daemon.url}/api/sessions/{session_id}", timeout=30).json()["messages"]
+        assert [(m["role"], m["content"]) for m in stored] == [("user", "Say hello"), ("assistant", blocks[1].text)], \
+            "the console shows what the session stored"
+
+        await pilot.press("escape", "f", "y")  # fork (from the list): the copy opens with the same transcript
+        await until(pilot, lambda: screen.open_session is not None and screen.open_session.id != session_id,
+                    "the fork opened")
+        assert screen.open_session is not None
+        fork_id = screen.open_session.id
+        await until(pilot, lambda: [b.text for b in view.query(TranscriptBlock)] == [b.text for b in blocks],
+                    "the fork's transcript")
+
+        await pilot.press("escape", "d", "y")  # delete the fork (the open session), confirmed
+        await until(pilot, lambda: screen.open_session is None, "the fork closed")
+        listed = httpx.get(f"{live_daemon.url}/api/sessions", timeout=30).json()["items"]
+        assert fork_id not in {s["id"] for s in listed} and session_id in {s["id"] for s in listed}
 
 
 def _sandboxes_or_skip(d: Daemon) -> None:

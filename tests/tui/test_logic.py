@@ -107,3 +107,19 @@ def test_event_lines_put_the_subject_first() -> None:
     run = DaemonEvent.from_json({"seq": 3, "type": "sandbox.run", "ts": 0, "sandbox": "s1", "status": "ok",
                                  "note": None})
     assert describe(run) == "s1 status=ok"
+
+
+def test_every_screen_action_has_a_command_palette_entry() -> None:
+    from textual.binding import Binding
+
+    from tui.app import SCREEN_CLASSES
+    from tui.commands import ACTIONS
+
+    in_palette = {(mode, action) for _, _, mode, action in ACTIONS}
+    navigation = {"focus_list", "leave_editor"}  # escape: moving focus, not an action on the daemon
+    for mode, cls in SCREEN_CLASSES.items():
+        for b in cls.__dict__.get("BINDINGS", []):
+            assert isinstance(b, Binding)
+            action = b.action.split("(")[0]
+            if action not in navigation:
+                assert (mode, action) in in_palette, f"{mode}: key {b.key} ({action}) has no palette entry"

@@ -102,7 +102,8 @@ class TranscriptEntry:
 @dataclass(frozen=True)
 class TurnEvent:
     """One event of `POST /api/sessions/{id}/messages`: token, tool_call, tool_result, message,
-    done or error. `text` is the token, the tool's output or the error message."""
+    done or error. `text` is the token, the tool's output, a stored message's content or the error
+    message; for a `message` event `data` is the stored message (role, tool_calls, ...)."""
 
     kind: str
     text: str = ""
@@ -121,6 +122,9 @@ class TurnEvent:
         elif kind == "tool_result":
             value = d.get("result", d.get("content", d.get("output")))
             text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+        elif kind == "message" and isinstance(d.get("message"), dict):
+            d = d["message"]  # the stored message: user, assistant (maybe asking for tools) or tool
+            text = as_str(d.get("content"))
         else:
             text = as_str(d.get("content", d.get("text")))
         call = None

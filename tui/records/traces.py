@@ -55,9 +55,11 @@ class Trace:
 
 @dataclass(frozen=True)
 class UsageTotals:
-    """`GET /api/usage`, flattened into named figures for a summary line."""
+    """`GET /api/usage`: named figures for a summary line, and the rows by key (model, agent...)."""
 
     figures: dict[str, float]
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per key (a model id when the usage is by model), its figures: tokens_out, requests, ..."""
 
     @classmethod
     def from_json(cls, d: Any) -> UsageTotals:
@@ -72,5 +74,12 @@ class UsageTotals:
                 if n is not None:
                     flat[prefix] = n
 
-        walk("", as_dict(d) if not isinstance(d, list) else {})
-        return cls(figures=flat)
+        body = as_dict(d)
+        walk("", {k: v for k, v in body.items() if k != "rows"})
+        rows: dict[str, dict[str, float]] = {}
+        for row in as_list(body.get("rows")):
+            row = as_dict(row)
+            key = row.get("key")
+            if isinstance(key, str) and key:
+                rows[key] = {k: n for k, v in row.items() if (n := as_num(v)) is not None}
+        return cls(figures=flat, rows=rows)

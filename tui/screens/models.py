@@ -36,6 +36,8 @@ class ModelsScreen(DashboardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.progress: dict[str, tuple[str, float | None]] = {}
+        self.select_when_listed: str | None = None
+        """A model named before the table listed it (from the palette): select it once listed."""
 
     def compose_body(self) -> Iterable[Widget]:
         yield ModelTable(id="models-table")
@@ -56,7 +58,11 @@ class ModelsScreen(DashboardScreen):
             self.post_message(ModelsLoaded(models))
 
     def on_models_loaded(self, message: ModelsLoaded) -> None:
-        self.query_one(ModelTable).show_models(message.models, self.now(), {})
+        table = self.query_one(ModelTable)
+        table.show_models(message.models, self.now(), {})
+        if self.select_when_listed in table.models:
+            table.move_cursor(row=table.get_row_index(self.select_when_listed))
+            self.select_when_listed = None
         self._show_detail()
 
     def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
@@ -69,7 +75,14 @@ class ModelsScreen(DashboardScreen):
     # --- actions --------------------------------------------------------------------------------
 
     def _target(self, model_id: str | None) -> str | None:
+        """The model an action is for: the one named (the palette), which then gets selected,
+        else the selected row."""
+        table = self.query_one(ModelTable)
         if model_id:
+            if model_id in table.models:
+                table.move_cursor(row=table.get_row_index(model_id))
+            else:
+                self.select_when_listed = model_id
             return model_id
         selected = self.query_one(ModelTable).selected
         if selected is None:

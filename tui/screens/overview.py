@@ -15,7 +15,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 
 from tui.errors import NotAvailable
-from tui.messages import GpuSampled, StatusLoaded
+from tui.messages import GpuSampled, StatusLoaded, UsageLoaded
 from tui.rates import RateMeter, generated_tokens
 from tui.records import DaemonEvent, DaemonStatus, GpuReport, HostSample
 from tui.screens.dashboard import DashboardScreen
@@ -34,6 +34,9 @@ class OverviewScreen(DashboardScreen):
         self.rates = RateMeter()
         self.status: DaemonStatus | None = None
         self.gpu_missing = False
+        self.usage_missing = False
+        self.token_rates: dict[str, float | None] = {}
+        """Tokens per second of each model, from the usage ledger's running totals."""
 
     def compose_body(self) -> Iterable[Widget]:
         yield Vertical(id="gauges")
@@ -67,6 +70,10 @@ class OverviewScreen(DashboardScreen):
         status = await self.call("Reading the daemon status", self.client.status())
         if status is not None:
             self.post_message(StatusLoaded(status))
+        if not self.usage_missing:
+            usage = await self.call("Reading usage", self.client.usage())
+            if usage is not None:
+                self.post_message(UsageLoaded(usage))
 
     @work(exclusive=True, group="overview-gpu")
     async def fetch_gpu(self) -> None:
@@ -77,16 +84,25 @@ class OverviewScreen(DashboardScreen):
     def on_status_loaded(self, message: StatusLoaded) -> None:
         status = self.status = message.status
         now = self.now()
-        model_rates = {}
         for m in status.models:
             tokens = generated_tokens(m.counters)
-            model_rates[m.id] = None if tokens is None else self.rates.sample(f"tokens:{m.id}", now, tokens)
+            if tokens is not None:
+                self.token_rates[m.id] = self.rates.sample(f"tokens:{m.id}", now, tokens)
         requests = sum(m.counters.get("requests", 0) for m in status.models)
         request_rate = self.rates.sample("requests", now, requests)
-        self.query_one(ModelTable).show_models(status.models, now, model_rates)
+        self.query_one(ModelTable).show_models(status.models, now, self.token_rates)
         self.query_one(DaemonStats).show_status(status, request_rate)
         if self.gpu_missing:
             self._show_host(GpuReport(gpus=[]))
+
+    def on_usage_loaded(self, message: UsageLoaded) -> None:
+        now = self.now()
+        for model_id, row in message.usage.rows.items():
+            tokens = generated_tokens({k: int(v) for k, v in row.items()})
+            if tokens is not None:
+                self.token_rates[model_id] = self.rates.sample(f"tokens:{model_id}", now, tokens)
+        table = self.query_one(ModelTable)
+        table.show_models(list(table.models.values()), now, self.token_rates)
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         report = message.report
@@ -117,7 +133,9 @@ class OverviewScreen(DashboardScreen):
         self.query_one("#host", DeviceGauges).show_host(report.host or HostSample(), model_memory)
 
     def show_not_available(self, action: str, error: NotAvailable) -> None:
-        if action == "Reading the GPU":
+        if action == "Reading usage":
+            self.usage_missing = True
+        elif action == "Reading the GPU":
             self.gpu_missing = True
             self._show_host(GpuReport(gpus=[]))
             self.query_one(EventLog).add_note(self.now(), "GPU telemetry (/api/gpu) is not available on this daemon")

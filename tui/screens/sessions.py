@@ -51,6 +51,8 @@ class SessionsScreen(DashboardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.agents: list[Agent] = []
+        self.chat_models: list[str] = []
+        """Models a session can have without an agent."""
         self.open_session: Session | None = None
         self.direct_model: str | None = None
         """Set when the daemon has no sessions API: chat goes straight to this model."""
@@ -86,8 +88,10 @@ class SessionsScreen(DashboardScreen):
         if agents is None:
             return
         sessions = await self.call("Listing sessions", self.client.sessions())
-        if sessions is not None:
-            self.post_message(AgentsLoaded(agents, sessions))
+        if sessions is None:
+            return
+        models = await self.call("Listing models", self.client.models()) or []
+        self.post_message(AgentsLoaded(agents, sessions, [m for m in models if m.kind == "chat"]))
 
     @work(exclusive=True, group="sessions-models")
     async def fetch_chat_models(self) -> None:
@@ -103,6 +107,7 @@ class SessionsScreen(DashboardScreen):
 
     def on_agents_loaded(self, message: AgentsLoaded) -> None:
         self.agents = message.agents
+        self.chat_models = [m.id for m in message.models]
         self.query_one(SessionTree).show_agents(message.agents, message.sessions)
         if self.open_session and not any(s.id == self.open_session.id for s in message.sessions):
             self.open_session = None
@@ -209,7 +214,8 @@ class SessionsScreen(DashboardScreen):
 
     @work(exclusive=True, group="turn")
     async def start_and_send(self, agent_id: str, text: str) -> None:
-        session = await self.call("Creating a session", self.client.create_session(agent_id))
+        session = await self.call("Creating a session",
+                                  self.client.create_session(agent=agent_id, title=text[:40]))
         if session is None:
             self.post_message(TurnEventReceived(TurnEvent("error", "could not create a session")))
             return
@@ -218,7 +224,8 @@ class SessionsScreen(DashboardScreen):
 
     async def _stream_turn(self, session_id: str, text: str) -> None:
         try:
-            async for event in self.client.send_message(session_id, text):
+            async for event in self.client.send_message(session_id, text,
+                                                        max_tokens=self.appliance.chat_max_tokens):
                 self.post_message(TurnEventReceived(event))
         except DaemonError as exc:  # shown in the transcript, where the reply would have been
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
@@ -255,21 +262,24 @@ class SessionsScreen(DashboardScreen):
         if self.sessions_missing:
             self.notify("Sessions are not available on this daemon.", severity="warning")
             return
-        if not self.agents:
-            self.notify("No agents on this daemon yet.", severity="warning")
+        choices = [(f"agent:{a.id}", f"agent {a.name}" + (f" ({a.model})" if a.model else "")) for a in self.agents]
+        choices += [(f"model:{m}", f"model {m}, no agent") for m in self.chat_models]
+        if not choices:
+            self.notify("No agents or chat models on this daemon yet.", severity="warning")
             return
 
-        def picked(agent_id: str | None) -> None:
-            if agent_id:
-                self.create_session(agent_id)
+        def picked(choice: str | None) -> None:
+            if choice:
+                self.create_session(choice)
 
-        self.app.push_screen(PickScreen("New session with which agent?",
-                                        [(a.id, f"{a.name} ({a.model})" if a.model else a.name) for a in self.agents]),
-                             picked)
+        self.app.push_screen(PickScreen("New session with which agent or model?", choices), picked)
 
     @work(group="session-ops")
-    async def create_session(self, agent_id: str) -> None:
-        session = await self.call("Creating a session", self.client.create_session(agent_id))
+    async def create_session(self, choice: str) -> None:
+        """`choice` is "agent:ID" or "model:ID"."""
+        kind, _, ref = choice.partition(":")
+        pending = self.client.create_session(agent=ref) if kind == "agent" else self.client.create_session(model=ref)
+        session = await self.call("Creating a session", pending)
         if session is not None:
             self.post_message(SessionChanged("created", session))
 

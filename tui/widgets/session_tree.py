@@ -25,8 +25,11 @@ class SessionTree(Tree[Agent | Session]):
         for s in sessions:
             parent = nodes.get(s.agent_id)
             if parent is None:
-                parent = nodes.setdefault(s.agent_id, self.root.add(s.agent_id or "(no agent)", expand=True))
-            label = fmt.short_id(s.label, 30) + (f" · {s.message_count}" if s.message_count else "")
+                parent = nodes[s.agent_id] = self.root.add(s.agent_id or "models, no agent", expand=True)
+            label = fmt.short_id(s.label, 30)
+            if s.agent_id is None and s.model:
+                label += f" ({s.model})"
+            label += f" · {s.message_count}" if s.message_count else ""
             node = parent.add_leaf(("↳ " if s.parent_id else "") + label, data=s)
             if s.id == keep:
                 found = node

@@ -51,8 +51,10 @@ class TranscriptView(VerticalScroll):
             self._reply = None
             name = str(event.data.get("name") or event.data.get("tool") or "")
             self._add(TranscriptBlock("tool-result", event.text, title=f"tool result · {name}".rstrip(" ·")))
-        elif event.kind == "message" and event.text:
-            # the finished assistant message is authoritative over the tokens seen so far
+        elif event.kind == "message" and event.data.get("role") == "assistant" and event.text \
+                and not event.data.get("tool_calls"):
+            # the stored assistant message is authoritative over the tokens seen so far (the user's
+            # message shows already, tool calls and results come as their own events)
             if self._reply is None:
                 self._reply = self._add(TranscriptBlock("assistant", "", title="assistant"))
             self._reply.text = ""
