@@ -1,0 +1,225 @@
+"""KvParking over the real store and real files, with a fake worker: when state is parked, how it
+is indexed, the disk budget, and what happens to damaged or orphaned files.
+
+The real worker's side (saving a displaced slot, restoring a file) is in test_kv_worker.py, and
+the whole path with SmolLM2 in test_kv_retention.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.models import protocol as p
+from appliance.models.kvfile import token_prefix_hash, write_kv_file
+from appliance.services.kv_park import KvParking, model_fingerprint
+from appliance.store import Store
+from appliance.telemetry.events import EventBus
+
+KiB = 1024
+
+
+class FakeWorker:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.alive = True
+        self.slots: dict[str, list[int]] = {}
+        self.saves: list[str] = []
+
+    async def call(self, make: Any) -> dict[str, Any]:
+        cmd = make(1)
+        assert isinstance(cmd, p.SaveSlot)
+        tokens = self.slots.get(cmd.slot_key)
+        if tokens is None:
+            return {"saved": False, "bytes": 0, "n_tokens": 0}
+        self.saves.append(cmd.slot_key)
+        size = write_kv_file(cmd.path, tokens, bytes(len(tokens) * KiB))
+        return {"saved": True, "bytes": size, "n_tokens": len(tokens), "prefix_hash": token_prefix_hash(tokens)}
+
+
+class FakeRunner:
+    def __init__(self, worker: FakeWorker, model_path: Path) -> None:
+        self.worker: FakeWorker | None = worker
+        self.model_path = str(model_path)
+
+
+class FakeScheduler:
+    def __init__(self, runner: FakeRunner) -> None:
+        self.runners = {"m": runner}
+        self.before_unload: list[Any] = []
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[KvParking, FakeWorker, Store, list[dict[str, Any]]]]:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(4096))
+    worker = FakeWorker(pid=100)
+    events = EventBus()
+    seen: list[dict[str, Any]] = []
+    store = await Store.open(tmp_path / "state")
+    kv = KvParking(store, FakeScheduler(FakeRunner(worker, model)), None,  # type: ignore[arg-type]
+                   kv_dir=tmp_path / "state" / "kv", budget_bytes=200 * KiB, idle_s=0, events=events)
+    orig = events.publish
+
+    def publish(type_: str, **data: Any) -> dict[str, Any]:
+        seen.append({"type": type_, **data})
+        return orig(type_, **data)
+
+    events.publish = publish  # type: ignore[method-assign]
+    await kv.start()
+    try:
+        yield kv, worker, store, seen
+    finally:
+        await kv.stop()
+        await store.aclose()
+
+
+async def session(store: Store) -> str:
+    return (await store.run(store.sessions.create, None, model="m")).id
+
+
+async def make_hot(kv: KvParking, worker: FakeWorker, sid: str, n_tokens: int) -> None:
+    worker.slots[sid] = list(range(1, n_tokens + 1))
+    plan = await kv.plan(sid, "m")
+    await kv.settle(sid, "m", plan, worker.pid, {})
+
+
+async def test_park_writes_indexes_and_replaces(setup: Any) -> None:
+    kv, worker, store, seen = setup
+    sid = await session(store)
+    await make_hot(kv, worker, sid, 40)
+    assert await kv.park(sid, "idle") is True
+    assert await kv.park(sid, "idle") is False, "nothing new since the last park"
+    (entry,) = await store.run(store.kv.entries, sid)
+    assert entry.n_tokens == 40 and Path(entry.path).is_file()
+    assert entry.prefix_hash == token_prefix_hash(list(range(1, 41)))
+    assert Path(entry.path).parent.name == (await kv.fingerprint("m"))[:16]
+    assert seen[-1]["type"] == "session.parked" and seen[-1]["reason"] == "idle"
+    await make_hot(kv, worker, sid, 60)
+    assert await kv.park(sid, "idle") is True
+    (again,) = await store.run(store.kv.entries, sid)
+    assert again.n_tokens == 60 and again.path == entry.path
+
+
+async def test_unload_parks_the_dirty_sessions_of_that_worker_only(setup: Any) -> None:
+    kv, worker, store, _ = setup
+    a, b = await session(store), await session(store)
+    await make_hot(kv, worker, a, 30)
+    await make_hot(kv, worker, b, 30)
+    await kv.park(b, "idle")
+    worker.saves.clear()
+    await kv.before_unload(kv.scheduler.runners["m"])
+    assert worker.saves == [a], "b was already on disk"
+    assert kv.hot == {}
+    assert (await store.run(store.sessions.get, a)).status == "parked"
+    assert (await store.run(store.sessions.get, b)).status == "parked"
+
+
+async def test_the_disk_budget_evicts_the_least_recently_used_files(setup: Any) -> None:
+    kv, worker, store, _ = setup
+    sids = [await session(store) for _ in range(3)]
+    for sid in sids:
+        await make_hot(kv, worker, sid, 80)  # ~80 KiB each against a 200 KiB budget
+        await kv.park(sid, "unload")
+    entries = await store.run(store.kv.entries)
+    assert [e.session_id for e in entries] == sids[1:]
+    files = sorted(p.name for p in kv.kv_dir.rglob("*.kv"))
+    assert files == sorted(f"{s}.kv" for s in sids[1:])
+    assert kv.hot[sids[0]].dirty, "an evicted session's state is no longer on disk"
+
+
+async def test_a_displaced_session_reported_by_the_worker_is_indexed(setup: Any) -> None:
+    kv, worker, store, _ = setup
+    a, b = await session(store), await session(store)
+    await make_hot(kv, worker, a, 20)
+    plan = await kv.plan(b, "m")
+    path = Path(plan.park_dir or "") / f"{a}.kv"
+    size = write_kv_file(path, list(range(20)), bytes(100))
+    parked = {"slot_key": a, "path": str(path), "bytes": size, "n_tokens": 20, "prefix_hash": token_prefix_hash(list(range(20)))}
+    await kv.settle(b, "m", plan, worker.pid, {"parked": [parked]})
+    assert a not in kv.hot and b in kv.hot
+    (entry,) = await store.run(store.kv.entries, a)
+    assert entry.path == str(path)
+    assert (await kv.plan(a, "m")).fields()["restore_from"] == str(path)
+
+
+async def test_a_restore_that_failed_drops_the_entry_and_its_file(setup: Any) -> None:
+    kv, worker, store, seen = setup
+    sid = await session(store)
+    await make_hot(kv, worker, sid, 20)
+    await kv.park(sid, "unload")
+    plan = await kv.plan(sid, "m")
+    assert plan.entry is not None
+    report = await kv.settle(sid, "m", plan, worker.pid,
+                             {"restore": {"restored": False, "error": "checksum mismatch"}})
+    assert report["kv_restored"] is False and "checksum" in report["kv_restore_error"]
+    assert await store.run(store.kv.entries, sid) == []
+    assert not Path(plan.entry.path).exists()
+    ok = await kv.settle(sid, "m", plan, worker.pid, {"restore": {"restored": True, "n_tokens": 20, "bytes": 5, "ms": 1.0}})
+    assert ok["kv_restored"] is True and ok["kv_restored_tokens"] == 20
+    assert any(e["type"] == "session.restored" for e in seen)
+
+
+async def test_a_session_deleted_while_parking_leaves_no_file(setup: Any) -> None:
+    kv, worker, store, _ = setup
+    sid = await session(store)
+    await make_hot(kv, worker, sid, 20)
+    await store.run(store.sessions.delete, sid)
+    await kv.park(sid, "idle")
+    assert list(kv.kv_dir.rglob("*.kv")) == []
+
+
+async def test_forget_deletes_files_and_start_removes_orphans(setup: Any, tmp_path: Path) -> None:
+    kv, worker, store, _ = setup
+    sid = await session(store)
+    await make_hot(kv, worker, sid, 20)
+    await kv.park(sid, "idle")
+    (entry,) = await store.run(store.kv.entries, sid)
+    orphan = kv.kv_dir / "0123456789abcdef" / "ses_gone.kv"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x")
+    await kv.start()
+    assert not orphan.exists() and Path(entry.path).exists()
+    cleanup = await store.run(store.sessions.delete, sid)
+    await kv.forget(cleanup.session_ids, cleanup.kv_paths)
+    assert not Path(entry.path).exists() and sid not in kv.hot
+
+
+async def test_idle_sessions_are_parked_after_a_while(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    worker = FakeWorker(pid=7)
+    store = await Store.open(tmp_path / "state")
+    kv = KvParking(store, FakeScheduler(FakeRunner(worker, model)), None,  # type: ignore[arg-type]
+                   kv_dir=tmp_path / "kv", budget_bytes=2**30, idle_s=0.3)
+    await kv.start()
+    try:
+        sid = await session(store)
+        await make_hot(kv, worker, sid, 10)
+        kv.turn_started(sid)
+        await asyncio.sleep(0.8)
+        assert worker.saves == [], "never during a turn"
+        kv.turn_ended(sid)
+        for _ in range(100):
+            if worker.saves:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.saves == [sid]
+        assert kv.hot[sid].dirty is False
+        assert (await store.run(store.sessions.get, sid)).status != "parked", "still hot in its slot"
+    finally:
+        await kv.stop()
+        await store.aclose()
+
+
+def test_the_fingerprint_changes_with_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(100))
+    first = model_fingerprint(f)
+    assert model_fingerprint(f) == first
+    f.write_bytes(b"GGUF" + bytes(99) + b"\x01")
+    assert model_fingerprint(f) != first
