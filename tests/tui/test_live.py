@@ -55,7 +55,8 @@ async def test_load_and_unload_a_model_from_the_models_screen(live_daemon: Daemo
         await pilot.press("l")
         await until(pilot, lambda: table.models["tiny"].state == "ready", "tiny ready")
         assert str(table.get_cell("tiny", "state")) == "ready"
-        assert table.models["tiny"].memory_bytes > 0, "the reloaded row shows the model's memory"
+        # the event changes the state at once; the row's figures follow from a reload
+        await until(pilot, lambda: table.models["tiny"].memory_bytes > 0, "the memory of the loaded model")
         assert live_daemon.model("tiny")["state"] == "ready"
         seen = [(e.data.get("model"), e.data.get("state")) for e in app.recent_events if e.type == "model.state"]
         assert ("tiny", "loading") in seen and ("tiny", "ready") in seen, "the events stream carried the load"
@@ -93,8 +94,11 @@ async def test_command_palette_loads_a_model_by_name(live_daemon: Daemon) -> Non
         await settle(pilot)
         await pilot.press("ctrl+p")
         await pilot.press(*"load model tiny")
-        await until(pilot, lambda: "Load model tiny" in str(app.screen.query("OptionList").first().get_option_at_index(0).prompt),
-                    "the palette entry")
+        def first_hit() -> str:
+            hits = app.screen.query_one(OptionList)
+            return str(hits.get_option_at_index(0).prompt) if hits.option_count else ""
+
+        await until(pilot, lambda: "Load model tiny" in first_hit(), "the palette entry")
         await pilot.press("enter")
         await until(pilot, lambda: live_daemon.model("tiny")["state"] == "ready", "tiny loaded by the daemon")
         table = app.screen.query_one(ModelTable)
