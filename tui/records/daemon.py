@@ -83,7 +83,7 @@ class DaemonStatus:
     sandboxes: int | None = None
     """Live sandboxes, when the daemon reports them."""
     sessions: int | None = None
-    """Active sessions, when the daemon reports them."""
+    """Active sessions (their KV cache hot in a worker), when the daemon reports them."""
 
     @classmethod
     def from_json(cls, d: Any) -> DaemonStatus:
@@ -100,13 +100,14 @@ class DaemonStatus:
             memory_used_bytes=as_int(sched.get("memory_used_bytes")),
             memory_budget_bytes=as_int(sched.get("memory_budget_bytes")),
             sandboxes=_count(sandboxes, "sandboxes"),
-            sessions=_count(sessions, "active"),
+            sessions=_count(sessions, "hot_sessions", "active"),
         )
 
 
-def _count(value: Any, key: str) -> int | None:
+def _count(value: Any, *keys: str) -> int | None:
+    """A count reported as a number, a list, or a field (the first of `keys` present) of a dict."""
     if isinstance(value, dict):
-        value = value.get(key)
+        value = next((value[k] for k in keys if k in value), None)
     if isinstance(value, list):
         return len(value)
     return as_int(value) if as_num(value) is not None else None
