@@ -182,11 +182,13 @@ class TokenCounter:
         self._capacity = capacity
         self._cache: OrderedDict[tuple[str, bytes], int] = OrderedDict()
 
-    async def count(self, model_id: str, texts: Sequence[str]) -> list[int]:
+    async def count(self, model_id: str, texts: Sequence[str], *, tokenize: Tokenize | None = None) -> list[int]:
+        """Counts of `texts`; the ones not remembered are asked of `tokenize` (default: the
+        counter's own)."""
         keys = [(model_id, hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()) for t in texts]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
-            counts = await self._tokenize(model_id, [texts[i] for i in missing])
+            counts = await (tokenize or self._tokenize)(model_id, [texts[i] for i in missing])
             for i, n in zip(missing, counts, strict=True):
                 self._cache[keys[i]] = n
         out = []

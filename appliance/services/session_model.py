@@ -63,8 +63,10 @@ class SessionModel:
         self.kv = kv
         self.counter = TokenCounter(self._tokenize)
 
-    async def _tokenize(self, model_id: str, texts: Sequence[str]) -> list[int]:
+    async def _tokenize(self, model_id: str, texts: Sequence[str], timings: dict[str, Any] | None = None) -> list[int]:
         lease = await self.scheduler.acquire(model_id)
+        if timings is not None and lease.load_ms is not None:
+            timings["load_ms"] = lease.load_ms  # the model woke up for the count, not the generation
         try:
             out = []
             for text in texts:
@@ -76,9 +78,10 @@ class SessionModel:
 
     async def window(self, session_id: str, model_id: str, persona: str | None,
                      tools: list[dict[str, Any]] | None, tool_choice: Any, max_tokens: int | None,
-                     *, shrink: bool = False) -> tuple[list[dict[str, Any]], Message | None, int]:
+                     *, shrink: bool = False, timings: dict[str, Any] | None = None,
+                     ) -> tuple[list[dict[str, Any]], Message | None, int]:
         """The messages the model sees, the overflow marker stored for this call (if any) and how
-        many messages it dropped."""
+        many messages it dropped. A model load caused by counting tokens goes into `timings`."""
         transcript = await self.store.run(self.store.messages.transcript, session_id)
         shown = visible(transcript, window_start(transcript))
         n_ctx = self.catalog.get(model_id).context_size
@@ -89,7 +92,10 @@ class SessionModel:
         bound = sum(upper_bound(t) + MESSAGE_OVERHEAD for t in texts) + upper_bound(head) + MESSAGE_OVERHEAD
         if not shrink and bound + PROMPT_MARGIN + reserve <= n_ctx:
             return model_messages(persona, shown), None, 0
-        counts = await self.counter.count(model_id, [head, *texts])
+        async def tokenize(model: str, batch: Sequence[str]) -> list[int]:
+            return await self._tokenize(model, batch, timings)
+
+        counts = await self.counter.count(model_id, [head, *texts], tokenize=tokenize)
         fixed = counts[0] + MESSAGE_OVERHEAD + PROMPT_MARGIN
         budget = n_ctx - reserve - fixed
         fit = fit_window(shown, [c + MESSAGE_OVERHEAD for c in counts[1:]], budget, shrink=shrink)
@@ -106,9 +112,10 @@ class SessionModel:
                    tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
                    on_delta: OnDelta | None = None, on_marker: OnMarker | None = None) -> CallResult:
         dropped = 0
+        woke: dict[str, Any] = {}
         for attempt in range(2):
             messages, marker, n = await self.window(session_id, model_id, persona, tools, tool_choice,
-                                                    params.get("max_tokens"), shrink=attempt > 0)
+                                                    params.get("max_tokens"), shrink=attempt > 0, timings=woke)
             dropped += n
             if marker is not None and on_marker is not None:
                 await on_marker(marker)
@@ -140,5 +147,8 @@ class SessionModel:
                 await self.kv.settle(session_id, model_id, plan, pid, {})  # the slot holds it now
                 raise
             kv_report = await self.kv.settle(session_id, model_id, plan, pid, result)
-            return CallResult(result=result, timings={**gen.extra(result), **kv_report}, context_dropped=dropped)
+            timings = {**gen.extra(result), **kv_report}
+            if timings.get("load_ms") is None and "load_ms" in woke:
+                timings["load_ms"] = woke["load_ms"]
+            return CallResult(result=result, timings=timings, context_dropped=dropped)
         raise AssertionError("unreachable")  # pragma: no cover
