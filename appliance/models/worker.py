@@ -407,7 +407,8 @@ class Worker:
         except (OSError, ValueError) as exc:
             return {"restored": False, "error": f"the parked state cannot be used: {exc}"}
         if expect_hash is not None and token_prefix_hash(saved) != expect_hash:
-            return {"restored": False, "error": "the parked state covers other tokens than its index entry"}
+            # not damage: the file was parked again after the daemon looked its entry up
+            return {"restored": False, "reason": "the parked state covers other tokens than its index entry"}
         shared = 0
         for a, b in zip(saved, prompt, strict=False):
             if a != b:

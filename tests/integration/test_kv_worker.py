@@ -98,7 +98,9 @@ async def test_a_bad_parked_file_falls_back_to_a_full_prefill(
     else:
         expect = token_prefix_hash([1, 2, 3])
     out = await complete(worker, HISTORY, "ses_a", restore_from=str(path), restore_prefix_hash=expect)
-    assert out["restore"]["restored"] is False and out["restore"]["error"]
+    assert out["restore"]["restored"] is False
+    # damage is an error (the daemon drops the file); a hash mismatch only means "not this one"
+    assert out["restore"]["reason" if damage == "hash" else "error"]
     assert out["usage"]["cached_tokens"] <= 2
     assert out["text"] == (await full_prefill(worker, HISTORY))["text"]
 
@@ -128,3 +130,11 @@ async def test_save_slot_reports_the_prefix_hash(worker: WorkerProcess, tmp_path
     assert r["saved"] is True and r["prefix_hash"] == token_prefix_hash(tokens)
     none = await worker.call(lambda i: p.SaveSlot(id=i, slot_key="ses_zzz", path=str(tmp_path / "z.kv")))
     assert none["saved"] is False and not (tmp_path / "z.kv").exists()
+
+
+async def test_a_prompt_beyond_the_context_is_a_context_length_error(worker: WorkerProcess) -> None:
+    from appliance.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        await complete(worker, "lighthouse " * 600, "ses_a")
+    assert err.value.code == "context_length_exceeded"
