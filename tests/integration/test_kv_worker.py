@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from appliance.errors import InvalidRequest
 from appliance.models import protocol as p
 from appliance.models.kvfile import read_kv_file, token_prefix_hash
 from appliance.models.workerproc import ProcessSpawner, WorkerProcess
@@ -133,8 +134,6 @@ async def test_save_slot_reports_the_prefix_hash(worker: WorkerProcess, tmp_path
 
 
 async def test_a_prompt_beyond_the_context_is_a_context_length_error(worker: WorkerProcess) -> None:
-    from appliance.errors import InvalidRequest
-
     with pytest.raises(InvalidRequest) as err:
         await complete(worker, "lighthouse " * 600, "ses_a")
     assert err.value.code == "context_length_exceeded"
