@@ -29,6 +29,7 @@ class Sampling(_Body, kw_only=True):
     repeat_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    logit_bias: dict[str, float] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int | None = None

@@ -36,28 +36,18 @@ from appliance.models import protocol as p
 
 _t0 = time.perf_counter()
 import llama_cpp  # noqa: E402  (the point of a spare worker is to pay for this import early)
+import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf  # noqa: E402
 
 from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
 from appliance.models import chat_format as cf  # noqa: E402
+from appliance.models.decode import decode, parse_logit_bias, sampling_args  # noqa: E402
 from appliance.models.kvfile import read_kv_file, token_prefix_hash, write_kv_file  # noqa: E402
 
 IMPORT_MS = (time.perf_counter() - _t0) * 1000.0
 
 _FILE_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-SAMPLING_KEYS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "repeat_penalty": "repeat_penalty",
-    "seed": "seed",
-}
-
 
 class Slot:
     def __init__(self, index: int) -> None:
@@ -70,6 +60,8 @@ class Slot:
         """Set by acquire_slot: the slot was just given to a key it was not bound to."""
         self.displaced: str | None = None
         """Set by acquire_slot: the key the slot was bound to before it was rebound."""
+        self.clean_len: int | None = None
+        """Tokens of the slot's last prompt: evaluated in batches, unlike the tokens generated after."""
 
 
 class Worker:
@@ -254,10 +246,10 @@ class Worker:
         if max_tokens is None:
             max_tokens = n_ctx - len(tokens)
         max_tokens = max(1, min(int(max_tokens), n_ctx - len(tokens)))
-        kwargs: dict[str, Any] = {
-            k2: params[k] for k, k2 in SAMPLING_KEYS.items() if params.get(k) is not None
-        }
-        kwargs.setdefault("temperature", 0.8)
+        sampling = sampling_args(params)
+        bias = parse_logit_bias(params.get("logit_bias"), llm0.n_vocab())
+        if bias:
+            sampling["logits_processor"] = _bias_processor(bias)
         stop = params.get("stop")
         if isinstance(stop, str):
             stop = [stop]
@@ -268,45 +260,25 @@ class Worker:
             kv = self._prepare_slot(cmd, slot, llm, tokens)
             cached_before = _prefix_len(llm, tokens)
             t_start = time.perf_counter()
-            t_first: float | None = None
-            text_parts: list[str] = []
-            finish = "stop"
-            n_out = 0
-            stream = llm.create_completion(
+            out = decode(
+                llm,
                 tokens,
                 max_tokens=max_tokens,
-                stop=stop or [],
-                stream=True,
+                sampling=sampling,
                 grammar=grammar,
-                **kwargs,
+                stops=stop,
+                is_eog=lambda t: bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)),
+                piece=TokenPieces(llm),
+                emit=None if tools else (lambda text: self.send(p.Delta(id=cmd.id, text=text))),  # tool replies are parsed whole
+                cancelled=lambda: cmd.id in self.cancelled,
+                clock=time.perf_counter,
             )
-            emit = not tools  # tool replies are parsed whole at the end
-            chunk: Any
-            for chunk in stream:
-                if cmd.id in self.cancelled:
-                    finish = "cancelled"
-                    break
-                choice = chunk["choices"][0]
-                piece = choice.get("text") or ""
-                n_out += 1  # noqa: SIM113 (a cancelled stream keeps this count)
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if piece:
-                    text_parts.append(piece)
-                    if emit:
-                        self.send(p.Delta(id=cmd.id, text=piece))
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            t_first = out.first_token_at
             t_end = time.perf_counter()
         finally:
             self.release_slot(slot)
 
-        text = "".join(text_parts)
-        if finish != "cancelled":  # the last sampled token is never evaluated, so count it here
-            n_out = max(0, llm.n_tokens - len(tokens)) + (1 if finish == "length" else 0)
+        text, finish, n_out = out.text, out.finish_reason, out.completion_tokens
         result: dict[str, Any] = {
             "text": text,
             "finish_reason": finish,
@@ -382,10 +354,27 @@ class Worker:
         llm.n_tokens = len(tokens)
         llm._requires_eval = True
 
+    def _drop_generated(self, slot: Slot, llm: llama_cpp.Llama) -> None:
+        """Forget the tokens generated after the slot's last prompt.
+
+        Generated tokens are evaluated one at a time, and llama.cpp does not always compute a
+        token alone bit for bit as it does in a batch. Without them, a session's cache (hot, or
+        parked and restored) holds exactly what a full prefill of the same tokens computes, so a
+        resumed session answers as a fresh one would; its next prompt evaluates them again, in a
+        batch with the new message."""
+        n = slot.clean_len
+        if n is not None and llm.n_tokens > n:
+            llm._ctx.kv_cache_seq_rm(-1, n, -1)
+            llm.n_tokens = n
+
     def _prepare_slot(self, cmd: p.Generate, slot: Slot, llm: llama_cpp.Llama, prompt: list[int]) -> dict[str, Any]:
-        """For a slot just given to cmd.slot_key: park what it held for its previous key, then
-        restore the key's own parked state when that helps. Returns what happened, for the result."""
+        """For a session's request: keep only prompt-evaluated tokens, and when the slot was just
+        given to cmd.slot_key, park what it held for its previous key, then restore the key's own
+        parked state when that helps. Returns what happened, for the result."""
         out: dict[str, Any] = {}
+        if cmd.slot_key is not None:
+            self._drop_generated(slot, llm)
+        slot.clean_len = len(prompt)
         if not slot.rebound:
             return out
         old = slot.displaced
@@ -439,6 +428,7 @@ class Worker:
                 if slot.key != cmd.slot_key or slot.llm is None or slot.llm.n_tokens == 0:
                     info = None  # the slot was given to another key while we waited
                 else:
+                    self._drop_generated(slot, slot.llm)
                     info = self._save_state(slot.llm, cmd.path)
             finally:
                 self.release_slot(slot)
@@ -455,6 +445,7 @@ class Worker:
             t = time.perf_counter()
             tokens, data = read_kv_file(cmd.path)
             self._load_state(self.slot_llm(slot), tokens, data)
+            slot.clean_len = len(tokens)
             ms = (time.perf_counter() - t) * 1000.0
             self.send(p.Done(id=cmd.id, result={"restored": True, "n_tokens": len(tokens), "bytes": len(data), "ms": ms}))
         except Exception as exc:
@@ -463,6 +454,32 @@ class Worker:
             self.send(p.Failed(id=cmd.id, message=f"restoring KV state failed: {exc}"))
         finally:
             self.release_slot(slot)
+
+
+def _bias_processor(bias: dict[int, float]) -> llama_cpp.LogitsProcessorList:
+    ids = np.fromiter(bias.keys(), dtype=np.intc)
+    values = np.fromiter(bias.values(), dtype=np.single)
+
+    def add_bias(_input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+
+    return llama_cpp.LogitsProcessorList([add_bias])
+
+
+class TokenPieces:
+    """The bytes of one token as text (no special tokens), through a reused buffer."""
+
+    def __init__(self, llm: llama_cpp.Llama) -> None:
+        self.vocab = llm._model.vocab
+        self.buf = ctypes.create_string_buffer(64)
+
+    def __call__(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self.buf, len(self.buf), 0, False)
+        if n < 0:  # a longer piece than the buffer: grow it and ask again
+            self.buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self.buf, len(self.buf), 0, False)
+        return self.buf.raw[:n]
 
 
 def _prefix_len(llm: llama_cpp.Llama, tokens: list[int]) -> int:

@@ -61,7 +61,8 @@ class Appliance:
         self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config, self.telemetry)
         self.on_stop(self.sandboxes.stop)
         self.sessions = SessionService(config, store=store, chat=self.chat, scheduler=scheduler,
-                                       catalog=catalog, sandboxes=self.sandboxes, events=events)
+                                       catalog=catalog, sandboxes=self.sandboxes, events=events,
+                                       telemetry=self.telemetry)
         self.agents = AgentService(config, store=store, catalog=catalog, tools=self.sessions.tools,
                                    sandboxes=self.sandboxes, cleanup=self.sessions.cleanup)
         self.responses = ResponseService(store, catalog, self.chat, self.sessions)

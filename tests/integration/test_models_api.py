@@ -14,9 +14,12 @@ import httpx
 import openai
 import pytest
 
+from tests.fixtures.tinymodel import EOS_ID, IM_END_ID
 from tests.integration.daemon import Daemon, running_daemon, start_daemon
 
 CHAT = [{"role": "user", "content": "Say hello"}]
+# the tiny model may end a reply at random; this makes a long generation really long
+NO_END = {"logit_bias": {str(EOS_ID): -100, str(IM_END_ID): -100}}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +28,9 @@ def daemon(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     with running_daemon(
         root,
         models={
-            "tiny": {"source": str(tiny_model_path), "context_size": 512, "parallel": 2},
-            "tiny-serial": {"source": str(tiny_model_path), "context_size": 512, "parallel": 1},
+            "tiny": {"source": str(tiny_model_path), "context_size": 8192, "parallel": 2},
+            # a long context, so an unfinished generation can outlast any test step
+            "tiny-serial": {"source": str(tiny_model_path), "context_size": 8192, "parallel": 1},
         },
         config={"models": {"queue_size": 1}},
     ) as d:
@@ -91,7 +95,7 @@ def test_forced_tool_call_is_valid_json(daemon: Daemon) -> None:
         model="tiny", messages=CHAT, tools=tools, max_tokens=60, temperature=0,
         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     # the random tiny model may run out of tokens inside the JSON; when it finishes, the call parses
-    if r.choices[0].finish_reason == "tool_calls":
+    if r.choices[0].finish_reason == "tool_calls":  # the random model may run out of tokens first
         call = r.choices[0].message.tool_calls[0]
         assert call.function.name == "get_weather"
         assert "city" in __import__("json").loads(call.function.arguments)
@@ -148,41 +152,53 @@ def test_lru_eviction_under_a_small_budget(tiny_model_path: Path, tmp_path: Path
         assert states == {"a": "ready", "b": "unloaded", "c": "ready"}
 
 
-def test_queue_overflow_gives_503_with_retry_after(daemon: Daemon) -> None:
-    # tiny-serial: 1 slot + queue of 1; a third concurrent request must be refused at once
-    results: list[httpx.Response] = []
+def test_queue_overflow_gives_503_with_retry_after(tiny_model_path: Path, tmp_path: Path) -> None:
+    # 1 slot + a queue of 1: a third concurrent request must be refused at once
+    models = {"tiny-serial": {"source": str(tiny_model_path), "context_size": 8192, "parallel": 1}}
+    with running_daemon(tmp_path, models=models, config={"models": {"queue_size": 1}}) as daemon:
+        _queue_overflow(daemon)
 
-    def slow() -> None:
-        with daemon.http() as c:
-            results.append(c.post("/v1/completions", json={"model": "tiny-serial", "prompt": "x",
-                                                           "max_tokens": 400, "keep_alive": -1}))
 
-    threads = [threading.Thread(target=slow) for _ in range(2)]
+def _queue_overflow(daemon: Daemon) -> None:
+    release = threading.Event()
+    first_chunks: list[str] = []
+
+    def long_stream() -> None:
+        with daemon.http() as c, c.stream("POST", "/v1/completions", json={
+                "model": "tiny-serial", "prompt": "x", "max_tokens": 8000, "stream": True, **NO_END}) as r:
+            first_chunks.append(next(r.iter_lines()))
+            release.wait(30)  # hold the slot (or the queue place) until the check is done
+
+    threads = [threading.Thread(target=long_stream) for _ in range(2)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        m = daemon.model("tiny-serial")
-        if m["active"] + m["waiting"] >= 2:
-            break
-        time.sleep(0.005)
-    with daemon.http() as c:
-        r = c.post("/v1/completions", json={"model": "tiny-serial", "prompt": "x", "max_tokens": 1})
-    for t in threads:
-        t.join()
-    assert r.status_code == 503, r.text
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = daemon.model("tiny-serial")
+            if m["active"] + m["waiting"] >= 2:
+                break
+            time.sleep(0.005)
+        with daemon.http() as c:
+            r = c.post("/v1/completions", json={"model": "tiny-serial", "prompt": "x", "max_tokens": 1})
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    assert r.status_code == 503
     assert r.headers["Retry-After"].isdigit()
     assert r.json()["error"]["code"] == "queue_full"
-    assert all(x.status_code == 200 for x in results)
+    assert len(first_chunks) == 2 and all(c.startswith("data: ") for c in first_chunks)
+    daemon.wait_state("tiny-serial", {"ready"}, timeout=30)
 
 
 def test_client_disconnect_cancels_generation_and_frees_the_slot(daemon: Daemon) -> None:
     with daemon.http() as c, c.stream("POST", "/v1/chat/completions", json={
-            "model": "tiny-serial", "messages": CHAT, "max_tokens": 480, "stream": True}) as r:
+            "model": "tiny-serial", "messages": CHAT, "max_tokens": 8000, "stream": True, **NO_END}) as r:
         lines = r.iter_lines()
         for _ in range(6):
             next(lines)
-    # the slot comes back long before 480 tokens could have been generated... and the next request runs
+    # the slot comes back long before 8000 tokens could have been generated, and the next request runs
     m = daemon.wait_state("tiny-serial", {"ready"}, timeout=10)
     assert m["active"] == 0
     with daemon.http() as c:
@@ -209,7 +225,7 @@ def test_killed_worker_mid_stream_gives_5xx_error_naming_the_model(daemon: Daemo
         pid = daemon.model("tiny")["worker_pid"]
         with ThreadPoolExecutor(1) as pool:
             fut = pool.submit(lambda: httpx.post(daemon.url + "/v1/completions", timeout=60,
-                                                 json={"model": "tiny", "prompt": "x", "max_tokens": 480}))
+                                                 json={"model": "tiny", "prompt": "x", "max_tokens": 8000, **NO_END}))
             deadline = time.monotonic() + 5
             while daemon.model("tiny")["active"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.002)
