@@ -31,6 +31,8 @@ from appliance.services.kv_park import KvParking
 from appliance.services.session_model import CallResult, SessionModel
 from appliance.store import Agent, Message, Store
 from appliance.store.messages import Role
+from appliance.telemetry.recorder import Telemetry
+from appliance.telemetry.tracing import current_trace, span
 
 log = logging.getLogger("appliance.agents")
 
@@ -124,11 +126,13 @@ class Turn:
 
 
 class AgentLoop:
-    def __init__(self, store: Store, model: SessionModel, tools: ToolBox, kv: KvParking) -> None:
+    def __init__(self, store: Store, model: SessionModel, tools: ToolBox, kv: KvParking,
+                 telemetry: Telemetry | None = None) -> None:
         self.store = store
         self.model = model
         self.tools = tools
         self.kv = kv
+        self.telemetry = telemetry
 
     def start(self, turn: Turn, release: Callable[[], None]) -> None:
         """Run the turn in its own task; `release()` is called once it has settled (also when it
@@ -146,9 +150,16 @@ class AgentLoop:
 
     async def _run(self, turn: Turn) -> None:
         state = _TurnState(turn)
+        agent = turn.spec.agent.name if turn.spec.agent else None
+        current_trace().tag(kind="turn", name=f"turn of {agent or turn.spec.model_id}", model=turn.spec.model_id,
+                            session_id=turn.spec.session_id, agent=agent)
+        outcome = "error"
         try:
             await self._steps(turn, state)
+            outcome = "ok"
         except asyncio.CancelledError:
+            outcome = "cancelled"
+            current_trace().fail("cancelled")
             await self._settle(state, "cancelled: the client went away")
         except ApplianceError as exc:
             await self._settle(state, f"error: {exc.message}")
@@ -159,6 +170,9 @@ class AgentLoop:
             await self._settle(state, "error: internal error")
             turn.error = ApplianceError(f"internal error: {exc!r}. See the daemon log.")
             turn.emit("error", error_data(turn.error))
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.turn_finished(outcome)
 
     async def _append(self, turn: Turn, role: Role, content: str | None, **kw: Any) -> Message:
         m = await self.store.run(self.store.messages.append, turn.spec.session_id, role, content, **kw)
@@ -249,7 +263,9 @@ class AgentLoop:
             state.running = run.id
             ctx = ToolContext(session_id=spec.session_id,
                               sandbox_language=spec.agent.sandbox if spec.agent else None)
-            outcome = await self.tools.run(ctx, name, args)
+            with span("tool.run", tool=name) as timed:
+                outcome = await self.tools.run(ctx, name, args)
+                timed.set(status=outcome.status)
         state.running = None
         finished = await self.store.run(self.store.tool_runs.finish, run.id, outcome.status, outcome.content)
         turn.emit("tool_result", {"id": call["id"], "name": name, "status": outcome.status,

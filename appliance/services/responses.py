@@ -28,6 +28,7 @@ from appliance.services.chat import ChatService
 from appliance.services.sessions import SessionService
 from appliance.store import Message, MessageDraft, Store
 from appliance.store.messages import Role
+from appliance.telemetry.tracing import current_trace
 
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens", "seed": "seed"}
 
@@ -171,6 +172,7 @@ class ResponseService:
             lock = await self.sessions.acquire(session_id)
         else:
             session_id, lock = await self._continue_from(link.session_id, link.last_seq, prev_id)
+        current_trace().tag(kind="response", model=model, session_id=session_id)
         try:
             inputs = await self.store.run(self.store.messages.append_many, session_id, drafts)
             await self.store.run(self.store.sessions.update, session_id, status="active")

@@ -39,6 +39,7 @@ from appliance.services.agent_context import (
 from appliance.services.chat import ChatService
 from appliance.services.kv_park import KvParking
 from appliance.store import Message, Store
+from appliance.telemetry.tracing import current_trace
 
 OnDelta = Callable[[str], Awaitable[None]]
 OnMarker = Callable[[Message], Awaitable[None]]
@@ -147,6 +148,9 @@ class SessionModel:
                 await self.kv.settle(session_id, model_id, plan, pid, {})  # the slot holds it now
                 raise
             kv_report = await self.kv.settle(session_id, model_id, plan, pid, result)
+            if kv_report.get("kv_restored"):
+                current_trace().add_span("kv.restore", start=gen.t0, duration_s=float(kv_report["kv_restore_ms"]) / 1000.0,
+                                         tokens=kv_report["kv_restored_tokens"], bytes=kv_report["kv_restore_bytes"])
             timings = {**gen.extra(result), **kv_report}
             if timings.get("load_ms") is None and "load_ms" in woke:
                 timings["load_ms"] = woke["load_ms"]

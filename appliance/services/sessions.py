@@ -35,6 +35,7 @@ from appliance.services.sandboxes import SandboxService
 from appliance.services.session_model import SessionModel
 from appliance.store import Agent, KvEntry, Message, Page, Session, SessionCleanup, Store, ToolRun
 from appliance.telemetry.events import EventBus
+from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.sessions")
 
@@ -86,7 +87,8 @@ def agent_params(agent: Agent | None) -> dict[str, Any]:
 
 class SessionService:
     def __init__(self, config: Config, *, store: Store, chat: ChatService, scheduler: ModelScheduler,
-                 catalog: ModelCatalog, sandboxes: SandboxService, events: EventBus) -> None:
+                 catalog: ModelCatalog, sandboxes: SandboxService, events: EventBus,
+                 telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
@@ -96,7 +98,7 @@ class SessionService:
                             idle_s=config.agents.park_idle_s, events=events)
         self.tools = ToolBox([RunCode(sandboxes, store)])
         self.model = SessionModel(store, chat, scheduler, catalog, self.kv)
-        self.loop = AgentLoop(store, self.model, self.tools, self.kv)
+        self.loop = AgentLoop(store, self.model, self.tools, self.kv, telemetry)
         self._locks: dict[str, asyncio.Lock] = {}
         self._turns: dict[str, Turn] = {}
 

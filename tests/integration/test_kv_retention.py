@@ -10,6 +10,7 @@ event's timings.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,23 @@ def test_after_an_unload_the_next_turn_restores_the_parked_state_and_answers_the
     assert t["cached_tokens"] >= entry["n_tokens"] - 30, "only the new question was evaluated"
     assert t["load_ms"] is not None, "the model really was loaded again for this turn"
 
+    trace = wait_for_trace(http, s["id"], "kv.restore")
+    assert trace["kind"] == "turn" and trace["agent"] == "keeper"
+
     reference = full_prefill_answer(daemon, http, s["id"], 2, QUESTION)
     assert reference.text == resumed.text
+
+
+def wait_for_trace(http: httpx.Client, session_id: str, span_name: str) -> dict[str, Any]:
+    """The session's trace holding a span of that name (traces are written shortly after a turn)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for t in http.get("/api/traces", params={"session_id": session_id}).json():
+            full = http.get(f"/api/traces/{t['id']}").json()
+            if any(sp["name"] == span_name for sp in full["spans"]):
+                return dict(full)
+        time.sleep(0.2)
+    raise AssertionError(f"no trace of session {session_id} has a {span_name} span")
 
 
 def test_a_session_displaced_from_its_slot_is_restored_without_an_unload(daemon: Daemon, http: httpx.Client) -> None:
