@@ -43,7 +43,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
 from appliance.models import chat_format as cf  # noqa: E402
 from appliance.models.decode import decode, parse_logit_bias, sampling_args  # noqa: E402
-from appliance.models.kvfile import read_kv_file, token_prefix_hash, write_kv_file  # noqa: E402
+from appliance.models.kvfile import map_kv_file, read_kv_file, token_prefix_hash, write_kv_file  # noqa: E402
 
 IMPORT_MS = (time.perf_counter() - _t0) * 1000.0
 
@@ -340,12 +340,15 @@ class Worker:
         nbytes = write_kv_file(path, tokens, memoryview(buf)[:n])
         return {"bytes": nbytes, "n_tokens": len(tokens), "prefix_hash": token_prefix_hash(tokens)}
 
-    def _load_state(self, llm: llama_cpp.Llama, tokens: list[int], data: bytes) -> None:
+    def _load_state(self, llm: llama_cpp.Llama, tokens: list[int], data: bytes | memoryview) -> None:
         llm.reset()
         ctx = llm._ctx.ctx
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        try:
+            buf = (ctypes.c_uint8 * len(data)).from_buffer(data)  # a mapped file: no copy
+        except TypeError:
+            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         n = llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), 0)
         if n == 0 or len(tokens) > llm.n_ctx():
             llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
@@ -392,7 +395,7 @@ class Worker:
                             prompt: list[int]) -> dict[str, Any]:
         t = time.perf_counter()
         try:
-            saved, data = read_kv_file(path)
+            saved, data = map_kv_file(path)
         except (OSError, ValueError) as exc:
             return {"restored": False, "error": f"the parked state cannot be used: {exc}"}
         if expect_hash is not None and token_prefix_hash(saved) != expect_hash:

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.errors import InvalidRequest
 from appliance.models import protocol as p
-from appliance.models.kvfile import read_kv_file, token_prefix_hash
+from appliance.models.kvfile import map_kv_file, read_kv_file, token_prefix_hash, write_kv_file
 from appliance.models.workerproc import ProcessSpawner, WorkerProcess
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -137,3 +137,19 @@ async def test_a_prompt_beyond_the_context_is_a_context_length_error(worker: Wor
     with pytest.raises(InvalidRequest) as err:
         await complete(worker, "lighthouse " * 600, "ses_a")
     assert err.value.code == "context_length_exceeded"
+
+
+def test_a_mapped_kv_file_reads_as_the_plain_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.kv"
+    write_kv_file(path, [5, 6, 7], bytes(range(256)) * 40)
+    tokens, state = map_kv_file(path)
+    assert (tokens, bytes(state)) == read_kv_file(path)
+    assert not state.readonly, "llama.cpp reads it in place"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        map_kv_file(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a KV state file"):
+        map_kv_file(path)
