@@ -90,11 +90,14 @@ def run(args: argparse.Namespace) -> int:
         agent = {"name": "bench", "model": MODEL, "persona": "You answer in one word.",
                  "params": {"temperature": 0, "seed": 1, "max_tokens": 4}}
         c.post("/api/agents", json=agent).raise_for_status()
-        sid = c.post("/api/sessions", json={"agent": "bench"}).json()["id"]
-        _, first = turn(c, sid, history_text(max(1, args.history // 37)))
+        base = c.post("/api/sessions", json={"agent": "bench"}).json()["id"]
+        _, first = turn(c, base, history_text(max(1, args.history // 37)))
         print(f"history: {first['usage']['prompt_tokens'] + first['usage']['completion_tokens']} tokens")
         for _ in range(args.trials):
-            ms, _ = turn(c, sid, NEXT)
+            # each trial continues its own copy of the history, so every trial resumes the same length
+            sid = c.post(f"/api/sessions/{base}/fork").json()["id"]
+            turn(c, sid, NEXT)  # makes the fork hot (a full prefill, not measured)
+            ms, done = turn(c, sid, NEXT)
             hot.append(ms)
 
             unload(d, c)
@@ -109,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
             for entry in c.get(f"/api/sessions/{sid}").json()["parked"]:
                 Path(entry["path"]).unlink(missing_ok=True)
             ms, done = turn(c, sid, NEXT)
-            if done["timings"].get("kv_restored"):
-                raise ApplianceError("the deleted state was restored?")
+            if done["timings"].get("kv_restored") or done["timings"].get("context_dropped"):
+                raise ApplianceError(f"not a full re-prefill of the history: {done['timings']}")
             prefill.append(ms)
+            c.delete(f"/api/sessions/{sid}")
     ma, mb, mc = median(parked), median(prefill), median(hot)
     n_bytes = median([float(t["kv_restore_bytes"]) for t in restores])
     n_tokens = median([float(t["kv_restored_tokens"]) for t in restores])
