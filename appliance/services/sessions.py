@@ -25,6 +25,7 @@ import msgspec
 
 from appliance.config import Config
 from appliance.errors import ApplianceError, Conflict, InvalidRequest
+from appliance.models import chat_format as cf
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import ModelScheduler
 from appliance.services.agent_loop import AgentLoop, Turn, TurnSpec
@@ -190,6 +191,8 @@ class SessionService:
             self.tools.require(agent.tools)
         if req.tool_choice not in (None, "auto", "none") and not (agent and agent.tools):
             raise InvalidRequest("tool_choice needs an agent with tools", param="tool_choice")
+        if agent is not None and agent.tools:
+            cf.select_tools(self.tools.specs(agent.tools), req.tool_choice)  # a bad choice fails here, not mid-turn
         params = agent_params(agent)
         for key in ("temperature", "max_tokens", "seed"):
             if getattr(req, key) is not None:

@@ -147,6 +147,10 @@ def test_bad_turn_requests_are_refused_before_anything_is_stored(http: httpx.Cli
     tc = send_turn(http, s["id"], "hi", tool_choice="required")
     assert tc.status == 400 and tc.body["error"]["param"] == "tool_choice"
     assert send_turn(http, "ses_nope", "hi").status == 404
+    coder = new_session(http, agent="coder")
+    wrong = send_turn(http, coder["id"], "hi", tool_choice={"type": "function", "function": {"name": "rm_rf"}})
+    assert wrong.status == 400 and "rm_rf" in wrong.body["error"]["message"]
+    assert http.get(f"/api/sessions/{coder['id']}").json()["messages"] == []
     assert http.get(f"/api/sessions/{s['id']}").json()["messages"] == []
     assert http.post("/api/sessions", json={"agent": "nobody"}).status_code == 404
     assert http.post("/api/sessions", json={}).status_code == 400
@@ -227,6 +231,7 @@ def test_history_beyond_the_context_drops_the_oldest_turns_with_a_marker(http: h
     assert steady.done["timings"]["cached_tokens"] > 50, "and its start stayed put, so the KV prefix is reused"
 
     huge = send_turn(http, s["id"], "word " * 700)
+    assert huge.status == 200, huge.body
     assert huge.names[-1] == "error" and huge.named("error")[0]["error"]["code"] == "context_length_exceeded"
     assert send_turn(http, s["id"], "Still there?").names[-1] == "done", "the session goes on after the error"
 
