@@ -12,6 +12,7 @@ This module is pure logic (no llama_cpp import) so it can be unit tested on its 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -83,10 +84,8 @@ def content_text(content: Any) -> str:
 def tool_call_text(name: str, arguments: Any) -> str:
     """How an earlier tool call is shown to the model: the same JSON it is asked to produce."""
     if isinstance(arguments, str):
-        try:
+        with contextlib.suppress(ValueError):
             arguments = json.loads(arguments)
-        except ValueError:
-            pass
     return json.dumps({"tool_call": {"name": name, "arguments": arguments}}, ensure_ascii=False)
 
 

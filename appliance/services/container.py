@@ -7,7 +7,6 @@ HTTP server's lifespan, and by tests that drive services directly.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
