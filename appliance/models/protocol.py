@@ -37,6 +37,8 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     op: str  # "chat" | "completion"
     params: dict[str, Any]
     slot_key: str | None = None
+    window: int = 0
+    """Deltas the worker may send before it needs a Credit (0: no flow control)."""
     park_evicted_to: str | None = None
     """A directory. Before a slot bound to another key is given to `slot_key`, that key's KV
     state is saved there as `<key>.kv`; the result lists it under "parked"."""
@@ -78,6 +80,14 @@ class Cancel(msgspec.Struct, tag="cancel", kw_only=True):
     id: int
 
 
+class Credit(msgspec.Struct, tag="credit", kw_only=True):
+    """Flow control: the worker may send deltas of request `id` up to number `upto` (counted from
+    1). A client that stops reading so stops the generation, instead of piling text up in memory."""
+
+    id: int
+    upto: int
+
+
 class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
@@ -89,7 +99,7 @@ class Prewarm(msgspec.Struct, tag="prewarm", kw_only=True):
     model_path: str
 
 
-Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Shutdown | Prewarm
+Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Credit | Shutdown | Prewarm
 
 
 # --- worker -> daemon ----------------------------------------------------------------------

@@ -69,6 +69,8 @@ class Worker:
         self.out = out
         self.write_lock = threading.Lock()
         self.cancelled: set[int] = set()
+        self.credits: dict[int, int] = {}
+        self.credit_cv = threading.Condition()
         self.spec: p.Load | None = None
         self.slots: list[Slot] = []
         self.slots_cv = threading.Condition()
@@ -203,6 +205,8 @@ class Worker:
             self.send(p.Failed(id=cmd.id, message=f"{type(exc).__name__}: {exc}"))
         finally:
             self.cancelled.discard(cmd.id)
+            with self.credit_cv:
+                self.credits.pop(cmd.id, None)
 
     def _generate(self, cmd: p.Generate) -> dict[str, Any]:
         params = cmd.params
@@ -269,7 +273,7 @@ class Worker:
                 stops=stop,
                 is_eog=lambda t: bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)),
                 piece=TokenPieces(llm),
-                emit=None if tools else (lambda text: self.send(p.Delta(id=cmd.id, text=text))),  # tool replies are parsed whole
+                emit=None if tools else self._emitter(cmd),  # tool replies are parsed whole
                 cancelled=lambda: cmd.id in self.cancelled,
                 clock=time.perf_counter,
             )
@@ -303,6 +307,35 @@ class Worker:
             if calls:
                 result["finish_reason"] = "tool_calls"
         return result
+
+    def _emitter(self, cmd: p.Generate) -> Any:
+        """Send deltas; with a window, wait for the daemon's credit before running ahead of it."""
+        sent = 0
+        if cmd.window > 0:
+            with self.credit_cv:
+                self.credits.setdefault(cmd.id, cmd.window)
+
+        def emit(text: str) -> None:
+            nonlocal sent
+            if cmd.window > 0:
+                with self.credit_cv:
+                    while sent >= self.credits.get(cmd.id, 0) and cmd.id not in self.cancelled:
+                        self.credit_cv.wait(1.0)
+            sent += 1
+            self.send(p.Delta(id=cmd.id, text=text))
+
+        return emit
+
+    def credit(self, cmd: p.Credit) -> None:
+        with self.credit_cv:
+            if cmd.id in self.credits:  # a credit for a finished request is dropped
+                self.credits[cmd.id] = max(self.credits[cmd.id], cmd.upto)
+                self.credit_cv.notify_all()
+
+    def cancel(self, req_id: int) -> None:
+        with self.credit_cv:
+            self.cancelled.add(req_id)
+            self.credit_cv.notify_all()
 
     def embed(self, cmd: p.Embed) -> None:
         try:
@@ -512,7 +545,9 @@ def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | No
                 break
             cmd = p.decode_command(body)
             if isinstance(cmd, p.Cancel):
-                worker.cancelled.add(cmd.id)
+                worker.cancel(cmd.id)
+            elif isinstance(cmd, p.Credit):
+                worker.credit(cmd)
             else:
                 jobs.put(cmd)
     finally:

@@ -31,9 +31,12 @@ _ids = itertools.count(1)
 class RequestStream:
     """Events of one request: Delta* then Done, or an exception."""
 
-    def __init__(self, worker: WorkerProcess, req_id: int) -> None:
+    def __init__(self, worker: WorkerProcess, req_id: int, window: int = 0) -> None:
         self.worker = worker
         self.id = req_id
+        self.window = window
+        self.consumed = 0
+        self.granted = window
         self.queue: asyncio.Queue[p.Delta | p.Done | BaseException] = asyncio.Queue()
         self.finished = asyncio.Event()
         self.cancelled = False
@@ -49,16 +52,28 @@ class RequestStream:
             if isinstance(item, BaseException):
                 raise item
             # a consumer that fell behind gets the queued tokens as one delta, not one by one
+            merged = 1
             while isinstance(item, p.Delta) and not self.queue.empty():
                 nxt = self.queue.get_nowait()
                 if isinstance(nxt, p.Delta):
                     item = p.Delta(id=item.id, text=item.text + nxt.text)
+                    merged += 1
                 else:
                     held = nxt
                     break
+            if isinstance(item, p.Delta) and self.window:
+                await self._grant(merged)
             yield item
             if isinstance(item, p.Done):
                 return
+
+    async def _grant(self, consumed: int) -> None:
+        """Let the worker run a window ahead of what the consumer has taken."""
+        self.consumed += consumed
+        if self.granted - self.consumed <= self.window // 2 and not self.finished.is_set():
+            self.granted = self.consumed + self.window
+            with contextlib.suppress(ApplianceError):
+                await self.worker.send(p.Credit(id=self.id, upto=self.granted))
 
     async def result(self) -> dict[str, Any]:
         async for ev in self:
@@ -117,10 +132,11 @@ class WorkerProcess:
 
     async def request(self, make: Callable[[int], p.Command]) -> RequestStream:
         req_id = next(_ids)
-        stream = RequestStream(self, req_id)
+        cmd = make(req_id)
+        stream = RequestStream(self, req_id, window=getattr(cmd, "window", 0))
         self.pending[req_id] = stream
         try:
-            await self.send(make(req_id))
+            await self.send(cmd)
         except BaseException:
             self.pending.pop(req_id, None)
             raise

@@ -28,6 +28,7 @@ from appliance.telemetry.recorder import Telemetry
 log = logging.getLogger("appliance.chat")
 
 CANCEL_GRACE_S = 30.0
+FLOW_WINDOW = 64  # tokens a worker may generate ahead of the client reading them
 _background: set[asyncio.Future[None]] = set()  # cancellations in flight, kept alive until done
 
 
@@ -145,7 +146,7 @@ class ChatService:
         lease, stream = await self._start(
             model,
             "chat",
-            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key, **slot),
+            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key, window=FLOW_WINDOW, **slot),
             params.get("keep_alive"),
         )
         return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion",
