@@ -1,0 +1,113 @@
+"""What the scheduler keeps per model, and the parts it is given: clock, worker, spawner.
+
+`Runner` is one model's live state (lifecycle state, worker, reference counts, idle deadline,
+memory figures); `ModelStatus` is the snapshot of it the API shows. The protocols name exactly what
+the scheduler needs of a clock, a worker process and a spawner, so tests can hand it fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance.models import protocol as p
+from appliance.models.profile import ModelProfile
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class Worker(Protocol):
+    """What the scheduler needs of a worker (workerproc.WorkerProcess in production)."""
+
+    pid: int
+    model_id: str | None
+    on_exit: Callable[[Any, str], None] | None
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def load(self, spec: p.Load, timeout: float) -> p.Loaded: ...
+
+    async def close(self, grace: float = ...) -> None: ...
+
+
+class Spawner(Protocol):
+    async def spawn(self) -> Any: ...
+
+
+@dataclass
+class Runner:
+    profile: ModelProfile
+    slots: asyncio.Semaphore
+    state: str = "unloaded"  # unloaded | loading | ready | busy | unloading | failed
+    worker: Any = None
+    active: int = 0
+    waiting: int = 0
+    pinned: bool = False
+    keep_alive: float | None = None
+    expires_at: float | None = None  # monotonic
+    last_used: float | None = None  # wall clock
+    last_used_mono: float = 0.0
+    load_count: int = 0
+    last_load_ms: float | None = None
+    last_error: str | None = None
+    memory_estimate: int = 0
+    memory_measured: int = 0
+    load_task: asyncio.Task[None] | None = None
+    model_path: str | None = None
+    loaded: p.Loaded | None = None
+    unload_when_idle: bool = False
+    counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "evictions": 0, "crashes": 0})
+
+    @property
+    def resident(self) -> bool:
+        return self.worker is not None and self.state in ("loading", "ready", "busy", "unloading")
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_measured or (self.memory_estimate if self.resident else 0)
+
+    @property
+    def idle(self) -> bool:
+        return self.state == "ready" and self.active == 0 and self.waiting == 0
+
+
+@dataclass
+class ModelStatus:
+    id: str
+    kind: str
+    state: str
+    pinned: bool
+    memory_bytes: int
+    memory_estimate_bytes: int
+    last_used: float | None
+    idle_deadline: float | None
+    idle_ttl_s: float
+    load_count: int
+    last_load_ms: float | None
+    last_error: str | None
+    active: int
+    waiting: int
+    parallel: int
+    context_size: int
+    worker_pid: int | None
+    source: str
+    counters: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
