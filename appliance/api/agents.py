@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, delete, get, patch, post
+from litestar.di import NamedDependency
 
 from appliance.services.container import Appliance
 from appliance.store import Agent, AgentPatch, AgentSpec, Page
@@ -13,21 +14,21 @@ class AgentController(Controller):
     tags = ["agents"]
 
     @post("/", status_code=201)
-    async def create(self, appliance: Appliance, data: AgentSpec) -> Agent:
+    async def create(self, appliance: NamedDependency[Appliance], data: AgentSpec) -> Agent:
         return await appliance.agents.create(data)
 
     @get("/")
-    async def list_agents(self, appliance: Appliance, limit: int = 100, after: str | None = None) -> Page[Agent]:
+    async def list_agents(self, appliance: NamedDependency[Appliance], limit: int = 100, after: str | None = None) -> Page[Agent]:
         return await appliance.agents.list(limit=limit, after=after)
 
     @get("/{ref:str}")
-    async def get_agent(self, appliance: Appliance, ref: str) -> Agent:
+    async def get_agent(self, appliance: NamedDependency[Appliance], ref: str) -> Agent:
         return await appliance.agents.get(ref)
 
     @patch("/{ref:str}")
-    async def update(self, appliance: Appliance, ref: str, data: AgentPatch) -> Agent:
+    async def update(self, appliance: NamedDependency[Appliance], ref: str, data: AgentPatch) -> Agent:
         return await appliance.agents.update(ref, data)
 
     @delete("/{ref:str}", status_code=204)
-    async def remove(self, appliance: Appliance, ref: str, with_sessions: bool = False) -> None:
+    async def remove(self, appliance: NamedDependency[Appliance], ref: str, with_sessions: bool = False) -> None:
         await appliance.agents.delete(ref, with_sessions=with_sessions)

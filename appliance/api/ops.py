@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from appliance import __version__
@@ -34,15 +35,15 @@ class OpsController(Controller):
         return {"status": "ok", "version": __version__}
 
     @get("/api/status")
-    async def status(self, appliance: Appliance) -> dict[str, Any]:
+    async def status(self, appliance: NamedDependency[Appliance]) -> dict[str, Any]:
         return await appliance.status()
 
     @get("/api/gpu")
-    async def gpu(self, appliance: Appliance) -> dict[str, Any]:
+    async def gpu(self, appliance: NamedDependency[Appliance]) -> dict[str, Any]:
         return await appliance.operations.gpu()
 
     @get("/api/events")
-    async def events(self, appliance: Appliance, request: Request[Any, Any, Any],
+    async def events(self, appliance: NamedDependency[Appliance], request: Request[Any, Any, Any],
                      since: int | None = None, types: str | None = None) -> Stream:
         """SSE of live events; `since` (or Last-Event-ID) replays kept events after that seq;
         `types` is a comma-separated list of type prefixes (`model.,sandbox.`)."""
@@ -56,7 +57,7 @@ class OpsController(Controller):
 
     @get("/api/traces")
     async def traces(
-        self, appliance: Appliance, limit: int = 50, kind: str | None = None,
+        self, appliance: NamedDependency[Appliance], limit: int = 50, kind: str | None = None,
         model: str | None = None, session_id: str | None = None, agent: str | None = None,
         status: str | None = None, since: str | None = None,
     ) -> list[Trace]:
@@ -65,14 +66,14 @@ class OpsController(Controller):
             status=status, since=since)
 
     @get("/api/traces/{trace_id:str}")
-    async def trace(self, appliance: Appliance, trace_id: str) -> Trace:
+    async def trace(self, appliance: NamedDependency[Appliance], trace_id: str) -> Trace:
         return await appliance.operations.trace(trace_id)
 
     @get("/api/usage")
-    async def usage(self, appliance: Appliance, by: str = "model",
+    async def usage(self, appliance: NamedDependency[Appliance], by: str = "model",
                     since: str | None = None) -> dict[str, Any]:
         return await appliance.operations.usage(by, since)
 
     @get("/metrics", media_type=CONTENT_TYPE)
-    async def metrics(self, appliance: Appliance) -> Response[bytes]:
+    async def metrics(self, appliance: NamedDependency[Appliance]) -> Response[bytes]:
         return Response(await appliance.operations.scrape(), media_type=CONTENT_TYPE)

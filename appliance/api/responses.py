@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 
 from appliance.services.container import Appliance
 
@@ -18,9 +19,9 @@ class ResponsesController(Controller):
     tags = ["openai"]
 
     @post("/", status_code=200)
-    async def create(self, appliance: Appliance, data: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, appliance: NamedDependency[Appliance], data: dict[str, Any]) -> dict[str, Any]:
         return await appliance.responses.create(data)
 
     @get("/{response_id:str}")
-    async def retrieve(self, appliance: Appliance, response_id: str) -> dict[str, Any]:
+    async def retrieve(self, appliance: NamedDependency[Appliance], response_id: str) -> dict[str, Any]:
         return await appliance.responses.retrieve(response_id)
