@@ -217,9 +217,8 @@ def test_killed_worker_mid_stream_gives_5xx_error_naming_the_model(daemon: Daemo
                 time.sleep(0.002)
             os.kill(pid, signal.SIGKILL)
             r = fut.result()
-        if r.status_code == 200:
-            pytest.skip("the generation finished before the kill landed")
-        assert r.status_code == 502
+        # 8000 tokens with no end token take seconds; the kill lands while they are generated
+        assert r.status_code == 502, r.text[:300]
         assert "tiny" in r.json()["error"]["message"]
         assert c.get("/api/health").status_code == 200
 
