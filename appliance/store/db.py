@@ -4,12 +4,17 @@ Everything the appliance must remember across a restart (agents, sessions, messa
 API tokens) lives in one SQLite file reached through apsw. The rules, from apsw's best-practice
 notes and from the issue that asks for this store:
 
-- `apsw.bestpractice.recommended` is applied once per process: WAL journal, foreign keys enforced,
-  no double-quoted string literals, recursive triggers, query-planner statistics, SQLite's log
-  forwarded to Python logging. On top of that every connection gets `synchronous=FULL` (a commit is
-  on disk when it returns, so an acknowledged message survives a power cut, not only a `kill -9`),
-  a busy timeout long enough for the few writers of one box, and `BEGIN IMMEDIATE` as its
-  transaction mode so a read-then-write transaction never fails half way with SQLITE_BUSY.
+- apsw's best practices are applied to each of our connections (never as a process-wide hook, so
+  other apsw users in the process are left alone): WAL journal, foreign keys enforced, no
+  double-quoted string literals, recursive triggers, SQLite's log forwarded to Python logging. On
+  top of that every connection gets `synchronous=FULL` (a commit is on disk when it returns, so an
+  acknowledged message survives a power cut, not only a `kill -9`), a busy timeout long enough for
+  the few writers of one box (set before anything else touches the file), and every write
+  transaction starts with `BEGIN IMMEDIATE` so a read-then-write transaction never fails half way
+  with SQLITE_BUSY.
+- `PRAGMA optimize` runs once when the database is closed, as SQLite advises, rather than on each
+  connection's open (apsw's `connection_optimize`), where it may start an ANALYZE write while
+  other threads are opening theirs.
 - One connection per thread (`threading.local`); connections are never shared between threads.
 - The database is never touched from the asyncio event loop: `connection()` refuses, and
   `await db.run(fn, *args)` runs a blocking function on a small, bounded thread pool instead.
@@ -45,8 +50,8 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_WORKERS = 4
 
-_best_practice_lock = threading.Lock()
-_best_practice_applied = False
+_logging_lock = threading.Lock()
+_logging_forwarded = False
 
 
 class StoreError(ApplianceError):
@@ -56,13 +61,21 @@ class StoreError(ApplianceError):
     code = "store_error"
 
 
-def _apply_best_practice() -> None:
-    """Install apsw's recommended connection hooks, once per process (each call adds a hook)."""
-    global _best_practice_applied
-    with _best_practice_lock:
-        if not _best_practice_applied:
-            apsw.bestpractice.apply(apsw.bestpractice.recommended)
-            _best_practice_applied = True
+def _forward_sqlite_log() -> None:
+    """Send SQLite's own log to Python logging, once per process (each call adds a handler)."""
+    global _logging_forwarded
+    with _logging_lock:
+        if not _logging_forwarded:
+            apsw.bestpractice.library_logging()
+            _logging_forwarded = True
+
+
+_CONNECTION_PRACTICES = (
+    apsw.bestpractice.connection_wal,
+    apsw.bestpractice.connection_enable_foreign_keys,
+    apsw.bestpractice.connection_dqs,
+    apsw.bestpractice.connection_recursive_triggers,
+)
 
 
 def _on_event_loop() -> bool:
@@ -99,7 +112,7 @@ class Database:
         self._connections: list[apsw.Connection] = []
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store")
-        _apply_best_practice()
+        _forward_sqlite_log()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -133,17 +146,39 @@ class Database:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:
         """This thread's connection inside one transaction (`BEGIN IMMEDIATE`, or a savepoint when
-        nested): committed (durably) when the block exits normally, rolled back when it raises."""
+        nested): committed (durably) when the block exits normally, rolled back when it raises.
+
+        The outermost BEGIN goes through `execute`, which lets other Python threads run while
+        SQLite waits for the write lock. apsw's `with connection:` issues its BEGIN holding the
+        GIL, so a thread waiting there for the lock starves the very thread that holds it (seen as
+        "database is locked" after the whole busy timeout with four writers).
+        """
         con = self.connection()
-        with con:
+        if con.in_transaction:
+            with con:  # a savepoint inside the transaction already open on this thread
+                yield con
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
             yield con
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        try:
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
 
     def _open(self) -> apsw.Connection:
         try:
             con = apsw.Connection(str(self.path))
             con.set_busy_timeout(BUSY_TIMEOUT_MS)
+            for practice in _CONNECTION_PRACTICES:
+                practice(con)
             con.pragma("synchronous", "FULL")
-            con.transaction_mode = "IMMEDIATE"
             if con.pragma("journal_mode") != "wal":
                 raise StoreError(
                     f"{self.path}: SQLite could not switch to WAL mode; put the state directory "
@@ -184,15 +219,14 @@ class Database:
         Each rung is committed with its version bump before the next starts. Safe to call from
         several processes at once: the version is re-read inside each write transaction.
         """
-        con = self.connection()
-        with con:
+        with self.transaction() as con:
             con.execute(
                 "CREATE TABLE IF NOT EXISTS _migrations ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied REAL NOT NULL)"
             )
         applied: list[str] = []
         while True:
-            with con:
+            with self.transaction() as con:
                 version = int(con.pragma("user_version"))
                 if version > len(self._migrations):
                     raise StoreError(
@@ -239,6 +273,11 @@ class Database:
         with self._lock:
             self._closed = True
             cons, self._connections = self._connections, []
+        if cons:
+            try:
+                cons[0].pragma("optimize")
+            except apsw.Error as exc:
+                log.warning("store: PRAGMA optimize on close of %s failed: %s", self.path, exc)
         for con in cons:
             try:
                 con.close()

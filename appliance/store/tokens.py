@@ -125,7 +125,7 @@ class ApiTokens:
         token = _token(row)
         now = self._clock()
         if token.last_used is None or now - token.last_used >= LAST_USED_RESOLUTION_S:
-            with con:
+            with self._db.transaction() as con:
                 con.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, token.id))
             token = msgspec.structs.replace(token, last_used=now)
         return token

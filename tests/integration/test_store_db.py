@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import apsw
@@ -84,7 +85,61 @@ def test_connections_use_wal_foreign_keys_and_full_sync(tmp_path: Path) -> None:
         assert con.pragma("journal_mode") == "wal"
         assert con.pragma("foreign_keys") == 1
         assert con.pragma("synchronous") == 2  # FULL
-        assert con.transaction_mode == "IMMEDIATE"
+        with db.transaction():
+            assert con.txn_state() == apsw.mapping_txn_state["SQLITE_TXN_WRITE"]  # BEGIN IMMEDIATE
+            with db.transaction():
+                pass  # nested: a savepoint, the outer transaction stays open
+            assert con.in_transaction
+        assert not con.in_transaction
+    finally:
+        db.close()
+
+
+def test_a_waiting_writer_lets_the_lock_holder_run(tmp_path: Path) -> None:
+    # The holder keeps the write lock while it runs Python code. A second thread's transaction
+    # must wait for it without holding the GIL, or the holder starves and the waiter fails with
+    # "database is locked" once the busy timeout is spent.
+    db = Database(tmp_path / "a.db")
+    db.connection().execute("CREATE TABLE t(x)")
+    locked, results = threading.Event(), []
+
+    def holder() -> None:
+        with db.transaction() as con:
+            con.execute("INSERT INTO t VALUES (1)")
+            locked.set()
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                pass
+        results.append("holder")
+
+    def waiter() -> None:
+        locked.wait()
+        with db.transaction() as con:
+            con.execute("INSERT INTO t VALUES (2)")
+        results.append("waiter")
+
+    try:
+        threads = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == ["holder", "waiter"]
+        assert [x for (x,) in db.connection().execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+    finally:
+        db.close()
+
+
+def test_a_failed_commit_or_block_leaves_no_transaction_open(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    con = db.connection()
+    con.execute("CREATE TABLE t(x PRIMARY KEY)")
+    try:
+        with pytest.raises(apsw.ConstraintError), db.transaction():
+            con.execute("INSERT INTO t VALUES (1)")
+            con.execute("INSERT INTO t VALUES (1)")
+        assert not con.in_transaction
+        assert list(con.execute("SELECT count(*) FROM t")) == [(0,)]
     finally:
         db.close()
 
