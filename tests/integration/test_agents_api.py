@@ -134,8 +134,9 @@ def test_fork_copies_the_transcript_up_to_a_message(http: httpx.Client) -> None:
     assert [m["content"] for m in fork["messages"]] == [m["content"] for m in messages[:2]]
     assert send_turn(http, fork["id"], "Name a fruit.", **QUICK).names[-1] == "done"
     assert len(http.get(f"/api/sessions/{s['id']}").json()["messages"]) == 4, "the parent is unchanged"
-    whole = http.post(f"/api/sessions/{s['id']}/fork").json()
-    assert whole["message_count"] == 4
+    whole = http.post(f"/api/sessions/{s['id']}/fork")
+    assert whole.status_code == 201, whole.text
+    assert whole.json()["message_count"] == 4
     missing = http.post(f"/api/sessions/{s['id']}/fork", json={"at_message": "msg_nope"})
     assert missing.status_code == 404
 
