@@ -1,4 +1,9 @@
-"""Server-sent events in the shape OpenAI clients read: `data: {json}` lines, then `data: [DONE]`."""
+"""Server-sent events in the shapes OpenAI clients read.
+
+Chat and completion chunks are bare `data: {json}` lines ending with `data: [DONE]`; the Responses
+API names each event after its `type` (`event: response.output_text.delta`) and sends no [DONE].
+An error after the stream started is one last event carrying OpenAI's error body.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +19,23 @@ from appliance.errors import ApplianceError
 _enc = msgspec.json.Encoder()
 
 
-async def _frames(source: AsyncIterator[dict[str, Any]], done: bool) -> AsyncIterator[bytes]:
+async def _frames(source: AsyncIterator[dict[str, Any]], done: bool, named: bool) -> AsyncIterator[bytes]:
     try:
         async for item in source:
-            yield b"data: " + _enc.encode(item) + b"\n\n"
+            head = b"event: " + str(item["type"]).encode() + b"\n" if named else b""
+            yield head + b"data: " + _enc.encode(item) + b"\n\n"
     except ApplianceError as exc:
-        yield b"data: " + _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param)) + b"\n\n"
+        head = b"event: error\n" if named else b""
+        yield head + b"data: " + _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param)) + b"\n\n"
     if done:
         yield b"data: [DONE]\n\n"
 
 
-def sse(source: AsyncIterator[dict[str, Any]], *, done: bool = True, headers: dict[str, str] | None = None) -> Stream:
+def sse(source: AsyncIterator[dict[str, Any]], *, done: bool = True, named: bool = False,
+        headers: dict[str, str] | None = None) -> Stream:
+    """`named`: each item has a `type`, sent as the event's name (the Responses API's shape)."""
     return Stream(
-        _frames(source, done),
+        _frames(source, done, named),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )

@@ -9,6 +9,9 @@ newest response the new turn goes on in the same session (its KV state is still 
 parked), otherwise, because a client branches from an older response, the session is forked at
 that point first. `instructions` are the system message of this call only, as in OpenAI's API.
 
+`stream: true` sends the same work as OpenAI's typed server-sent events (`response.created`,
+`response.output_item.added`, `response.output_text.delta`, ... `response.completed`); the ids it
+shows while streaming are the ones stored, so `GET /v1/responses/{id}` returns the same items.
 `store: false` answers without writing anything (the response cannot be continued or fetched).
 Function tools work as in OpenAI's API: the model's calls come back as `function_call` output items,
 and the client sends `function_call_output` items in its next request.
@@ -16,12 +19,18 @@ and the client sends `function_call_output` items in its next request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import InvalidRequest, NotFound
 from appliance.models import chat_format as cf
+from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.services.agent_context import model_messages, visible, window_start
 from appliance.services.chat import ChatService
@@ -141,6 +150,31 @@ def response_object(rid: str, *, created: float, model: str, body: dict[str, Any
     }
 
 
+OnDelta = Callable[[str], Awaitable[None]]
+STREAM_WINDOW = 64
+"""Text deltas a streamed response may run ahead of its client before the model waits."""
+
+
+@dataclass
+class _Request:
+    """A checked `POST /v1/responses` body and the ids its answer will carry."""
+
+    body: dict[str, Any]
+    model: str
+    drafts: list[MessageDraft]
+    tools: list[dict[str, Any]] | None
+    choice: Any
+    link: Any
+    previous: str | None
+    response_id: str
+    message_id: str
+    created: float
+
+    @property
+    def stored(self) -> bool:
+        return self.body.get("store", True) is not False
+
+
 class ResponseService:
     def __init__(self, store: Store, catalog: ModelCatalog, chat: ChatService, sessions: SessionService) -> None:
         self.store = store
@@ -151,11 +185,11 @@ class ResponseService:
     def _params(self, body: dict[str, Any]) -> dict[str, Any]:
         return {dst: body[src] for src, dst in SAMPLING.items() if body.get(src) is not None}
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("stream"):
-            raise InvalidRequest("streaming /v1/responses is not supported yet; call without stream",
-                                 param="stream")
+    async def _check(self, body: dict[str, Any]) -> _Request:
+        """Everything that can be refused before any work starts (a 4xx, never a broken stream)."""
         prev_id = body.get("previous_response_id")
+        if prev_id is not None and not isinstance(prev_id, str):
+            raise InvalidRequest("previous_response_id must be the id of a stored response", param="previous_response_id")
         link = await self.store.run(self.store.responses.get, prev_id) if prev_id else None
         model = body.get("model") or (link.model if link else None)
         if not isinstance(model, str) or not model:
@@ -163,33 +197,116 @@ class ResponseService:
         if self.catalog.get(model).kind != "chat":
             raise InvalidRequest(f"model {model!r} is an embedding model; use a chat model", param="model")
         drafts = input_drafts(body.get("input"))
-        tools, choice = chat_tools(body.get("tools")), chat_tool_choice(body.get("tool_choice"))
-        if body.get("store", True) is False:
-            return await self._unstored(body, model, drafts, tools, choice, link)
-        if link is None or not isinstance(prev_id, str):
+        return _Request(body=body, model=model, drafts=drafts, tools=chat_tools(body.get("tools")),
+                        choice=chat_tool_choice(body.get("tool_choice")), link=link, previous=prev_id or None,
+                        response_id="resp_" + uuid.uuid4().hex[:24], message_id="msg_" + uuid.uuid4().hex[:20],
+                        created=time.time())
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        req = await self._check(body)
+        return await (self._stored(req) if req.stored else self._unstored(req))
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Check the request now (errors become HTTP errors), then return its event stream."""
+        req = await self._check(body)
+        return self._events(req)
+
+    async def _events(self, req: _Request) -> AsyncIterator[dict[str, Any]]:
+        seq = itertools.count()
+        deltas: asyncio.Queue[str] = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        def event(kind: str, **fields: Any) -> dict[str, Any]:
+            return {"type": kind, "sequence_number": next(seq), **fields}
+
+        async def on_delta(text: str) -> None:
+            await deltas.put(text)
+
+        work = asyncio.create_task(self._stored(req, on_delta) if req.stored else self._unstored(req, on_delta))
+        pending = response_object(req.response_id, created=req.created, model=req.model, body=req.body, output=[],
+                                  usage={}, finish_reason="", stored=req.stored, previous=req.previous)
+        pending.update(status="in_progress", completed_at=None, incomplete_details=None)
+        text_item = {"type": "message", "id": req.message_id, "role": "assistant", "status": "in_progress", "content": []}
+        where = {"item_id": req.message_id, "output_index": 0, "content_index": 0}
+        text: list[str] = []
+        try:
+            yield event("response.created", response=pending)
+            yield event("response.in_progress", response=pending)
+            while True:
+                if deltas.empty():
+                    if work.done():
+                        break
+                    getter = asyncio.ensure_future(deltas.get())
+                    await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        continue
+                    piece = getter.result()
+                else:
+                    piece = deltas.get_nowait()
+                if not text:
+                    yield event("response.output_item.added", output_index=0, item=text_item)
+                    yield event("response.content_part.added", **where,
+                                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+                text.append(piece)
+                yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
+            final = work.result()  # an ApplianceError here ends the stream with OpenAI's error body
+            for index, item in enumerate(final["output"]):
+                if item["type"] == "message":
+                    body = item["content"][0]["text"]
+                    if not text:  # a tool-enabled call is parsed whole: its text arrives at the end
+                        yield event("response.output_item.added", output_index=index, item=text_item)
+                        yield event("response.content_part.added", **{**where, "output_index": index},
+                                    part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+                        if body:
+                            yield event("response.output_text.delta", **{**where, "output_index": index},
+                                        delta=body, logprobs=[])
+                    part = item["content"][0]
+                    yield event("response.output_text.done", **{**where, "output_index": index}, text=body, logprobs=[])
+                    yield event("response.content_part.done", **{**where, "output_index": index}, part=part)
+                else:
+                    call = {**item, "arguments": "", "status": "in_progress"}
+                    yield event("response.output_item.added", output_index=index, item=call)
+                    yield event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                                delta=item["arguments"])
+                    yield event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                name=item["name"], arguments=item["arguments"])
+                yield event("response.output_item.done", output_index=index, item=item)
+            kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+            yield event(kind, response=final)
+        finally:
+            if not work.done():  # the client went away: stop the generation, store nothing more
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+
+    async def _stored(self, req: _Request, on_delta: OnDelta | None = None) -> dict[str, Any]:
+        body, model, prev_id = req.body, req.model, req.previous
+        if req.link is None or prev_id is None:
             session = await self.store.run(self.store.sessions.create, None, title="responses", model=model)
             session_id = session.id
             lock = await self.sessions.acquire(session_id)
         else:
-            session_id, lock = await self._continue_from(link.session_id, link.last_seq, prev_id)
+            session_id, lock = await self._continue_from(req.link.session_id, req.link.last_seq, prev_id)
         current_trace().tag(kind="response", model=model, session_id=session_id)
         try:
-            inputs = await self.store.run(self.store.messages.append_many, session_id, drafts)
+            inputs = await self.store.run(self.store.messages.append_many, session_id, req.drafts)
             await self.store.run(self.store.sessions.update, session_id, status="active")
             call = await self.sessions.model.call(session_id, model, persona=body.get("instructions"),
-                                                  params=self._params(body), tools=tools, tool_choice=choice)
+                                                  params=self._params(body), tools=req.tools, tool_choice=req.choice,
+                                                  on_delta=on_delta)
             r = call.result
             usage = r.get("usage") or {}
             meta = {"usage": usage, "finish_reason": r.get("finish_reason"), "timings": call.timings}
             if r.get("tool_calls"):
                 answer = MessageDraft(role="assistant", tool_calls=r["tool_calls"], meta=meta)
             else:
-                text = r.get("content") if tools else r.get("text")
+                text = r.get("content") if req.tools else r.get("text")
                 answer = MessageDraft(role="assistant", content=text if text is not None else r.get("text", ""),
-                                      meta=meta)
+                                      meta=meta, id=req.message_id)
             (out,) = await self.store.run(self.store.messages.append_many, session_id, [answer])
             stored = await self.store.run(self.store.responses.record, session_id, first_seq=inputs[0].seq,
-                                          last_seq=out.seq, previous_response_id=prev_id, model=model)
+                                          last_seq=out.seq, previous_response_id=prev_id, model=model,
+                                          response_id=req.response_id)
         finally:
             lock.release()
         return response_object(stored.id, created=stored.created, model=model, body=body, output=output_items([out]),
@@ -214,25 +331,31 @@ class ResponseService:
         lock.release()
         return fork.id, await self.sessions.acquire(fork.id)
 
-    async def _unstored(self, body: dict[str, Any], model: str, drafts: list[MessageDraft],
-                        tools: list[dict[str, Any]] | None, choice: Any, link: Any) -> dict[str, Any]:
+    async def _unstored(self, req: _Request, on_delta: OnDelta | None = None) -> dict[str, Any]:
+        body, link = req.body, req.link
         history: list[Message] = []
         if link is not None:
             transcript = await self.store.run(self.store.messages.transcript, link.session_id, upto_seq=link.last_seq)
             history = visible(transcript, window_start(transcript))
         messages = model_messages(body.get("instructions"), history)
         messages += [{k: v for k, v in (("role", d.role), ("content", d.content), ("tool_calls", d.tool_calls),
-                                         ("tool_call_id", d.tool_call_id)) if v is not None} for d in drafts]
-        params = {**self._params(body), "model": model, "messages": messages}
-        if tools:
-            params.update(tools=tools, tool_choice=choice or "auto")
+                                         ("tool_call_id", d.tool_call_id)) if v is not None} for d in req.drafts]
+        params = {**self._params(body), "model": req.model, "messages": messages}
+        if req.tools:
+            params.update(tools=req.tools, tool_choice=req.choice or "auto")
         gen = await self.chat.generate("chat", params)
-        r = await gen.result()
-        now = time.time()
-        out = Message(id="msg_" + uuid.uuid4().hex[:20], session_id="", seq=0, role="assistant",
-                      content=None if r.get("tool_calls") else (r.get("content") if tools else r.get("text")),
-                      tool_calls=r.get("tool_calls"), tool_call_id=None, name=None, created=now, tokens=None, meta={})
-        return response_object("resp_" + uuid.uuid4().hex[:24], created=now, model=model, body=body,
+        r: dict[str, Any] = {}
+        async for ev in gen.events():
+            if isinstance(ev, p.Delta):
+                if on_delta is not None:
+                    await on_delta(ev.text)
+            else:
+                r = ev.result
+        out = Message(id=req.message_id, session_id="", seq=0, role="assistant",
+                      content=None if r.get("tool_calls") else (r.get("content") if req.tools else r.get("text")),
+                      tool_calls=r.get("tool_calls"), tool_call_id=None, name=None, created=req.created,
+                      tokens=None, meta={})
+        return response_object(req.response_id, created=req.created, model=req.model, body=body,
                                output=output_items([out]), usage=r.get("usage") or {},
                                finish_reason=str(r.get("finish_reason")), stored=False, timings=gen.extra(r),
                                previous=link.id if link else None)

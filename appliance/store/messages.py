@@ -40,6 +40,9 @@ class MessageDraft(msgspec.Struct, kw_only=True):
     tokens: int | None = None
     """Tokens this message takes in the prompt, when known."""
     meta: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: str | None = None
+    """The message's id when the caller already showed it to a client (a streamed answer); the
+    store makes one when None."""
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -96,7 +99,7 @@ def _append(
     for d in drafts:
         seq += 1
         m = Message(
-            id=new_id("msg"), session_id=session_id, seq=seq, role=d.role, content=d.content,
+            id=d.id or new_id("msg"), session_id=session_id, seq=seq, role=d.role, content=d.content,
             tool_calls=d.tool_calls, tool_call_id=d.tool_call_id, name=d.name, created=now,
             tokens=d.tokens, meta=dict(d.meta),
         )

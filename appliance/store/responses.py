@@ -66,6 +66,7 @@ def _record(
     previous_response_id: str | None,
     model: str | None,
     now: float,
+    response_id: str | None = None,
 ) -> ResponseLink:
     get_session(con, session_id)
     count = scalar(
@@ -80,7 +81,7 @@ def _record(
     if previous_response_id is not None:
         _get(con, previous_response_id)
     link = ResponseLink(
-        id=new_id("resp"), session_id=session_id, previous_response_id=previous_response_id,
+        id=response_id or new_id("resp"), session_id=session_id, previous_response_id=previous_response_id,
         first_seq=first_seq, last_seq=last_seq, model=model, created=now,
     )
     con.execute(
@@ -109,15 +110,18 @@ class ResponseLinks:
         last_seq: int,
         previous_response_id: str | None = None,
         model: str | None = None,
+        response_id: str | None = None,
     ) -> ResponseLink:
-        """Link a new response id to existing messages; committed when this returns.
+        """Link a new response id (`response_id`, or a fresh one) to existing messages; committed
+        when this returns.
 
         Also sets the session's `last_response_id`. InvalidRequest when the range is not in the
         session; NotFound when `previous_response_id` is unknown.
         """
         with self._db.transaction() as con:
             return _record(
-                con, session_id, first_seq, last_seq, previous_response_id, model, self._clock()
+                con, session_id, first_seq, last_seq, previous_response_id, model, self._clock(),
+                response_id,
             )
 
     def record_turn(

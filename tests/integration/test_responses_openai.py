@@ -7,6 +7,7 @@ one, and function tools must round-trip as function_call / function_call_output 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,66 @@ def test_bad_requests_get_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
     assert "function tools" in err.value.message
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+def test_a_streamed_response_sends_typed_events_and_is_stored(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model=MODEL, input="Count to five.", stream=True, **QUICK))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1, "the text arrives token by token"
+    text = "".join(e.delta for e in deltas)
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert done.text == text == final.output_text
+    assert events[0].response.id == final.id and events[0].response.status == "in_progress"  # type: ignore[union-attr]
+    stored = client.responses.retrieve(final.id)
+    assert stored.output_text == text
+    assert stored.output[0].id == deltas[0].item_id, "the streamed item id is the stored one"
+    follow = client.responses.create(model=MODEL, input="Again.", previous_response_id=final.id, **QUICK)
+    assert follow.previous_response_id == final.id and follow.output_text
+
+
+def test_the_sdk_stream_helper_assembles_the_final_response(client: openai.OpenAI) -> None:
+    # The helper wants `response.completed`, so leave room for the answer to end by itself.
+    with client.responses.stream(model=MODEL, input="Name a colour.", store=False, max_output_tokens=256,
+                                 temperature=0) as stream:
+        pieces = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(pieces) and final.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(final.id)
+
+
+def test_a_streamed_function_call_arrives_whole(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "name": "get_time", "description": "the time in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    events = list(client.responses.create(model=MODEL, input="What time is it in Oslo?", tools=tools,  # type: ignore[arg-type]
+                                          tool_choice={"type": "function", "name": "get_time"}, stream=True,
+                                          max_output_tokens=48, temperature=0))
+    (args,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert "city" in json.loads(args.arguments)
+    (call,) = [o for o in events[-1].response.output if o.type == "function_call"]  # type: ignore[union-attr]
+    assert call.name == "get_time" and call.arguments == args.arguments
+
+
+def test_a_bad_streamed_request_fails_before_the_stream(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="hi", stream=True)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=MODEL, input="", stream=True)
+
+
+def test_each_streamed_event_is_named_after_its_type(daemon: Daemon) -> None:
+    with daemon.http() as c, c.stream("POST", "/v1/responses", json={
+            "model": MODEL, "input": "Hi.", "stream": True, "store": False, **QUICK}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        frames = [f for f in r.read().decode().split("\n\n") if f.strip()]
+    for frame in frames:
+        name, data = frame.split("\n")
+        assert name.removeprefix("event: ") == json.loads(data.removeprefix("data: "))["type"]
+    assert "[DONE]" not in frames[-1]
