@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from appliance import __version__
@@ -44,7 +45,8 @@ class OpsController(Controller):
 
     @get("/api/events")
     async def events(self, appliance: NamedDependency[Appliance], request: Request[Any, Any, Any],
-                     since: int | None = None, types: str | None = None) -> Stream:
+                     since: FromQuery[int | None] = None,
+                     types: FromQuery[str | None] = None) -> Stream:
         """SSE of live events; `since` (or Last-Event-ID) replays kept events after that seq;
         `types` is a comma-separated list of type prefixes (`model.,sandbox.`)."""
         last = request.headers.get("last-event-id")
@@ -57,21 +59,22 @@ class OpsController(Controller):
 
     @get("/api/traces")
     async def traces(
-        self, appliance: NamedDependency[Appliance], limit: int = 50, kind: str | None = None,
-        model: str | None = None, session_id: str | None = None, agent: str | None = None,
-        status: str | None = None, since: str | None = None,
+        self, appliance: NamedDependency[Appliance], limit: FromQuery[int] = 50,
+        kind: FromQuery[str | None] = None, model: FromQuery[str | None] = None,
+        session_id: FromQuery[str | None] = None, agent: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None, since: FromQuery[str | None] = None,
     ) -> list[Trace]:
         return await appliance.operations.traces(
             limit=limit, kind=kind, model=model, session_id=session_id, agent=agent,
             status=status, since=since)
 
     @get("/api/traces/{trace_id:str}")
-    async def trace(self, appliance: NamedDependency[Appliance], trace_id: str) -> Trace:
+    async def trace(self, appliance: NamedDependency[Appliance], trace_id: FromPath[str]) -> Trace:
         return await appliance.operations.trace(trace_id)
 
     @get("/api/usage")
-    async def usage(self, appliance: NamedDependency[Appliance], by: str = "model",
-                    since: str | None = None) -> dict[str, Any]:
+    async def usage(self, appliance: NamedDependency[Appliance], by: FromQuery[str] = "model",
+                    since: FromQuery[str | None] = None) -> dict[str, Any]:
         return await appliance.operations.usage(by, since)
 
     @get("/metrics", media_type=CONTENT_TYPE)

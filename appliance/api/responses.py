@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from appliance.api.sse import sse
@@ -22,11 +23,13 @@ class ResponsesController(Controller):
     tags = ["openai"]
 
     @post("/", status_code=200)
-    async def create(self, appliance: NamedDependency[Appliance], data: dict[str, Any]) -> Response[Any] | Stream:
+    async def create(self, appliance: NamedDependency[Appliance],
+                     data: JSONBody[dict[str, Any]]) -> Response[Any] | Stream:
         if data.get("stream"):
             return sse(await appliance.responses.stream(data), done=False, named=True)
         return Response(await appliance.responses.create(data))
 
     @get("/{response_id:str}")
-    async def retrieve(self, appliance: NamedDependency[Appliance], response_id: str) -> dict[str, Any]:
+    async def retrieve(self, appliance: NamedDependency[Appliance],
+                       response_id: FromPath[str]) -> dict[str, Any]:
         return await appliance.responses.retrieve(response_id)

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from litestar import Controller, Litestar, Request, Response, delete, get, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.sandbox.errors import UploadTooLarge
@@ -32,7 +33,7 @@ JSON_BODY_LIMIT = 128 * 1024 * 1024
 file against sandbox.max_file_mb."""
 
 
-def provide_sandboxes(appliance: Any) -> SandboxService:
+def provide_sandboxes(appliance: NamedDependency[Any]) -> SandboxService:
     service: SandboxService = appliance.sandboxes
     return service
 
@@ -60,23 +61,29 @@ class SandboxController(Controller):
     dependencies = {"sandboxes": Provide(provide_sandboxes, sync_to_thread=False)}
 
     @post("/api/run", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
-    async def run(self, sandboxes: SandboxService, data: RunRequest) -> RunResult:
+    async def run(
+        self, sandboxes: NamedDependency[SandboxService], data: JSONBody[RunRequest]
+    ) -> RunResult:
         return await sandboxes.run(data)
 
     @get("/api/sandboxes/languages")
-    async def languages(self, sandboxes: SandboxService) -> list[LanguageOut]:
+    async def languages(self, sandboxes: NamedDependency[SandboxService]) -> list[LanguageOut]:
         return await sandboxes.languages()
 
     @post("/api/sandboxes", status_code=201)
-    async def create(self, sandboxes: SandboxService, data: CreateSandboxRequest) -> SandboxInfo:
+    async def create(
+        self, sandboxes: NamedDependency[SandboxService], data: JSONBody[CreateSandboxRequest]
+    ) -> SandboxInfo:
         return await sandboxes.create(data)
 
     @get("/api/sandboxes")
-    async def list_sandboxes(self, sandboxes: SandboxService) -> list[SandboxInfo]:
+    async def list_sandboxes(self, sandboxes: NamedDependency[SandboxService]) -> list[SandboxInfo]:
         return sandboxes.list_sandboxes()
 
     @get("/api/sandboxes/{sandbox_id:str}")
-    async def get_sandbox(self, sandboxes: SandboxService, sandbox_id: str) -> SandboxInfo:
+    async def get_sandbox(
+        self, sandboxes: NamedDependency[SandboxService], sandbox_id: FromPath[str]
+    ) -> SandboxInfo:
         return sandboxes.get(sandbox_id)
 
     @post(
@@ -85,30 +92,44 @@ class SandboxController(Controller):
         request_max_body_size=JSON_BODY_LIMIT,
     )
     async def exec(
-        self, sandboxes: SandboxService, sandbox_id: str, data: ExecRequest
+        self,
+        sandboxes: NamedDependency[SandboxService],
+        sandbox_id: FromPath[str],
+        data: JSONBody[ExecRequest],
     ) -> RunResult:
         return await sandboxes.exec(sandbox_id, data)
 
     @get("/api/sandboxes/{sandbox_id:str}/files")
-    async def list_files(self, sandboxes: SandboxService, sandbox_id: str) -> list[FileInfo]:
+    async def list_files(
+        self, sandboxes: NamedDependency[SandboxService], sandbox_id: FromPath[str]
+    ) -> list[FileInfo]:
         return await sandboxes.list_files(sandbox_id)
 
     @get("/api/sandboxes/{sandbox_id:str}/files/{path:path}", media_type="application/octet-stream")
     async def download(
-        self, sandboxes: SandboxService, sandbox_id: str, path: str
+        self,
+        sandboxes: NamedDependency[SandboxService],
+        sandbox_id: FromPath[str],
+        path: FromPath[str],
     ) -> Response[bytes]:
         data = await sandboxes.get_file(sandbox_id, _workspace_path(path))
         return Response(data, media_type="application/octet-stream")
 
     @put("/api/sandboxes/{sandbox_id:str}/files/{path:path}", request_max_body_size=None)
     async def upload(
-        self, sandboxes: SandboxService, sandbox_id: str, path: str, request: Request[Any, Any, Any]
+        self,
+        sandboxes: NamedDependency[SandboxService],
+        sandbox_id: FromPath[str],
+        path: FromPath[str],
+        request: Request[Any, Any, Any],
     ) -> FileInfo:
         data = await read_upload(request, sandboxes.max_file_bytes)
         return await sandboxes.put_file(sandbox_id, _workspace_path(path), data)
 
     @delete("/api/sandboxes/{sandbox_id:str}", status_code=204)
-    async def destroy(self, sandboxes: SandboxService, sandbox_id: str) -> None:
+    async def destroy(
+        self, sandboxes: NamedDependency[SandboxService], sandbox_id: FromPath[str]
+    ) -> None:
         await sandboxes.delete(sandbox_id)
 
 
