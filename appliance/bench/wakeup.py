@@ -13,7 +13,14 @@ import os
 import time
 from pathlib import Path
 
-from appliance.bench.harness import bench_daemon, first_token_ms, median, resolve_model, wait_spare, wait_state
+from appliance.bench.harness import (
+    bench_daemon,
+    first_token_ms,
+    median,
+    resolve_model,
+    wait_spare,
+    wait_state,
+)
 
 PROMPT = "The quick brown fox"
 
