@@ -84,6 +84,9 @@ async def supervise(
 ) -> RunOutcome:
     """Wait for `proc` to end (killing it at a limit) and return its classified outcome."""
     started = time.monotonic() if started is None else started
+    # One sample before anything awaits: a pooled interpreter is alive and waiting for its code
+    # now, and on a loaded host the sampling task may first run only after a short program ended.
+    proc.sample_peak()
     out, err = CappedBuffer(limits.output_bytes), CappedBuffer(limits.output_bytes)
     overflow = max(OUTPUT_KILL_FACTOR * limits.output_bytes, 8 * 1024 * 1024)
     too_much_output, workspace_full = asyncio.Event(), asyncio.Event()
