@@ -43,4 +43,10 @@ if [ "$mode" = test ]; then
 else
   .venv/bin/python -m pip install --progress-bar off .
 fi
+# pip reuses a cached wheel whatever CMAKE_ARGS say, so a CPU-only build made before CUDA was
+# installed would stay. Rebuild it, bypassing the cache, when this machine should offload.
+if [ "$cuda" = 1 ] && ! .venv/bin/python -c 'import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)' 2>/dev/null; then
+  echo "install: the installed llama-cpp-python cannot offload to the GPU; rebuilding it with CUDA"
+  .venv/bin/python -m pip install --progress-bar off --no-cache-dir --force-reinstall --no-deps llama-cpp-python
+fi
 echo "install: done. Run: .venv/bin/appliance serve"
