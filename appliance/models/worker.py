@@ -10,8 +10,9 @@ to the slot that already holds its tokens, so only the new tokens are evaluated;
 slot with the longest shared prefix is chosen. Slots beyond the first are created on first use, so
 a wake-up pays for one context only.
 
-Sessions outlive slots. When a request gives a slot to a new key, the state the slot held for its
-previous key is first written to the request's `park_evicted_to` directory (the daemon indexes it),
+Sessions outlive slots. When a request takes a slot from a key (for a key of its own, or without a
+key when every free slot is bound), the state the slot held for that key is first written to the
+request's `park_evicted_to` directory (the daemon indexes it),
 and a request may bring its key's parked state (`restore_from`), which is loaded when the slot was
 not already bound to that key and the file's tokens are mostly a prefix of the prompt. A file
 that is damaged, hashes differently than the daemon indexed, or covers another prefix is reported
@@ -59,7 +60,8 @@ class Slot:
         self.rebound = False
         """Set by acquire_slot: the slot was just given to a key it was not bound to."""
         self.displaced: str | None = None
-        """Set by acquire_slot: the key the slot was bound to before it was rebound."""
+        """Set by acquire_slot: the key the slot was bound to before this request took it (for a
+        key of its own, or for a request without one when no unbound slot was free)."""
         self.clean_len: int | None = None
         """Tokens of the slot's last prompt: evaluated in batches, unlike the tokens generated after."""
 
@@ -156,7 +158,7 @@ class Worker:
                 if chosen is not None:
                     chosen.busy = True
                     chosen.rebound = key is not None and chosen.key != key
-                    chosen.displaced = chosen.key if chosen.rebound else None
+                    chosen.displaced = chosen.key if chosen.key != key else None
                     if key is not None:
                         chosen.key = key
                     elif chosen.key is not None:
@@ -404,23 +406,22 @@ class Worker:
             llm.n_tokens = n
 
     def _prepare_slot(self, cmd: p.Generate, slot: Slot, llm: llama_cpp.Llama, prompt: list[int]) -> dict[str, Any]:
-        """For a session's request: keep only prompt-evaluated tokens, and when the slot was just
-        given to cmd.slot_key, park what it held for its previous key, then restore the key's own
+        """Before a request runs in `slot`: when the slot held another session, park that state
+        (prompt-evaluated tokens only) into cmd.park_evicted_to, for a session's request and for a
+        keyless one alike; when the slot was just given to cmd.slot_key, restore the key's own
         parked state when that helps. Returns what happened, for the result."""
         out: dict[str, Any] = {}
-        if cmd.slot_key is not None:
+        old = slot.displaced
+        if cmd.slot_key is not None or old:
             self._drop_generated(slot, llm)
         slot.clean_len = len(prompt)
-        if not slot.rebound:
-            return out
-        old = slot.displaced
         if cmd.park_evicted_to and old and llm.n_tokens > 0 and _FILE_SAFE_KEY.match(old):
             path = os.path.join(cmd.park_evicted_to, f"{old}.kv")
             try:
                 out["parked"] = [{"slot_key": old, "path": path, **self._save_state(llm, path)}]
             except Exception as exc:
                 out["parked"] = [{"slot_key": old, "error": f"saving KV state failed: {exc}"}]
-        if cmd.restore_from:
+        if slot.rebound and cmd.restore_from:
             out["restore"] = self._restore_for_prompt(llm, cmd.restore_from, cmd.restore_prefix_hash, prompt)
         return out
 

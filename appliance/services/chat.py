@@ -16,7 +16,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models import protocol as p
@@ -44,12 +44,28 @@ def _keep_alive(value: Any) -> float | None:
     return v
 
 
+class SlotKeeper(Protocol):
+    """Who looks after sessions' KV state when a request without a session takes their slot."""
+
+    async def plain_fields(self, model_id: str) -> dict[str, str | None]:
+        """The p.Generate fields of a request without a session (where a displaced state goes)."""
+        ...
+
+    async def plain_settled(self, model_id: str, fields: dict[str, str | None], worker_pid: int,
+                            result: dict[str, Any]) -> None:
+        """Index what such a request parked (`result["parked"]`)."""
+        ...
+
+
 class Generation:
     """A running generation: the lease, the worker stream and the metadata of the response."""
 
     def __init__(self, lease: Lease, stream: RequestStream, model: str, kind: str,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, keeper: SlotKeeper | None = None,
+                 slot_fields: dict[str, str | None] | None = None) -> None:
         self.telemetry = telemetry
+        self.keeper = keeper
+        self.slot_fields = slot_fields or {}
         self.lease = lease
         self.stream = stream
         self.model = model
@@ -66,7 +82,10 @@ class Generation:
             async for ev in self.stream:
                 if self.first_token_ms is None:
                     self.first_token_ms = (time.perf_counter() - self.t0) * 1000.0
-                result = ev.result if isinstance(ev, p.Done) else result
+                if isinstance(ev, p.Done):
+                    result = ev.result
+                    if self.keeper is not None and result.get("parked"):
+                        self._settle_parked(result)
                 yield ev
             self._finished, outcome = True, "ok"
         except ApplianceError:
@@ -76,6 +95,14 @@ class Generation:
             self.close_soon()
             if self.telemetry is not None:
                 self.telemetry.generation_finished(self, result, outcome)
+
+    def _settle_parked(self, result: dict[str, Any]) -> None:
+        """A request without a session displaced one: index its parked state in the background."""
+        assert self.keeper is not None
+        task = asyncio.ensure_future(
+            self.keeper.plain_settled(self.model, self.slot_fields, self.lease.worker.pid, result))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     async def result(self) -> dict[str, Any]:
         final: dict[str, Any] = {}
@@ -118,6 +145,8 @@ class ChatService:
         self.scheduler = scheduler
         self.catalog = catalog
         self.telemetry = telemetry
+        self.slot_keeper: SlotKeeper | None = None
+        """Set by the session service: sessions' KV state survives a plain request taking its slot."""
 
     async def _start(self, model: Any, kind: str, make: Any, keep_alive: Any) -> tuple[Lease, RequestStream]:
         if not isinstance(model, str) or not model:
@@ -143,6 +172,9 @@ class ChatService:
         if params.get("n") not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         model = params.get("model")
+        keeper = self.slot_keeper if slot_key is None and not slot else None
+        if keeper is not None and isinstance(model, str) and model and self.catalog.get(model).kind == "chat":
+            slot = await keeper.plain_fields(model)
         lease, stream = await self._start(
             model,
             "chat",
@@ -150,7 +182,7 @@ class ChatService:
             params.get("keep_alive"),
         )
         return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion",
-                          self.telemetry)
+                          self.telemetry, keeper if slot else None, slot)
 
     # --- OpenAI shapes ------------------------------------------------------------------------
 

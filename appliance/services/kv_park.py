@@ -8,8 +8,9 @@ which sessions are hot in which worker and whether the slot holds tokens that ar
 
 - the session has been idle for `idle_s` (the slot stays hot; the copy on disk is a safety net),
 - its model is about to be unloaded (a scheduler `before_unload` hook, the worker still alive),
-- its slot is given to another session: the worker itself saves the displaced state into the
-  directory the request names (`park_evicted_to`) and reports it, and `settle` indexes it,
+- its slot is given to another session, or to a request without one (a plain chat completion, when
+  every free slot is bound): the worker itself saves the displaced state into the directory the
+  request names (`park_evicted_to`) and reports it, and `settle` (`plain_settled`) indexes it,
 - the daemon stops.
 
 Before each model call `plan` looks the session's entry up for the model's fingerprint (a hash of
@@ -172,6 +173,22 @@ class KvParking:
             return SlotPlan(fingerprint=None, park_dir=None, entry=None)
         entry = await self.store.run(self.store.kv.lookup, session_id, fp)
         return SlotPlan(fingerprint=fp, park_dir=str(self.park_dir(fp)), entry=entry)
+
+    async def plain_fields(self, model_id: str) -> dict[str, str | None]:
+        """For a request without a session: where the worker puts a session's state it displaces."""
+        fp = await self.fingerprint(model_id)
+        return {"park_evicted_to": str(self.park_dir(fp))} if fp is not None else {}
+
+    async def plain_settled(self, model_id: str, fields: dict[str, str | None], worker_pid: int,
+                            result: dict[str, Any]) -> None:
+        """Index the states a request without a session displaced (runs in the background)."""
+        fp = await self.fingerprint(model_id)
+        plan = SlotPlan(fingerprint=fp, park_dir=fields.get("park_evicted_to"), entry=None)
+        for parked in result.get("parked") or []:
+            try:
+                await self._displaced(parked, plan, worker_pid)
+            except Exception:  # a background task: log, the session falls back to a prefill
+                log.exception("indexing the parked state of session %s failed", parked.get("slot_key"))
 
     def turn_started(self, session_id: str) -> None:
         self._turning.add(session_id)

@@ -97,6 +97,7 @@ class SessionService:
         self.kv = KvParking(store, scheduler, catalog, kv_dir=Path(config.state_dir) / "kv",
                             budget_bytes=config.agents.kv_disk_budget_mb * 2**20,
                             idle_s=config.agents.park_idle_s, events=events)
+        chat.slot_keeper = self.kv  # a plain request that takes a session's slot parks it first
         self.tools = ToolBox([RunCode(sandboxes, store)])
         self.model = SessionModel(store, chat, scheduler, catalog, self.kv)
         self.loop = AgentLoop(store, self.model, self.tools, self.kv, telemetry)

@@ -147,6 +147,21 @@ async def test_a_displaced_session_reported_by_the_worker_is_indexed(setup: Any)
     assert (await kv.plan(a, "m")).fields()["restore_from"] == str(path)
 
 
+async def test_a_session_displaced_by_a_plain_request_is_indexed(setup: Any) -> None:
+    kv, worker, store, _ = setup
+    a = await session(store)
+    await make_hot(kv, worker, a, 20)
+    fields = await kv.plain_fields("m")
+    assert fields == {"park_evicted_to": (await kv.plan(a, "m")).park_dir}
+    path = Path(fields["park_evicted_to"] or "") / f"{a}.kv"
+    size = write_kv_file(path, list(range(20)), bytes(100))
+    parked = {"slot_key": a, "path": str(path), "bytes": size, "n_tokens": 20, "prefix_hash": token_prefix_hash(list(range(20)))}
+    await kv.plain_settled("m", fields, worker.pid, {"parked": [parked]})
+    assert a not in kv.hot
+    assert (await kv.plan(a, "m")).fields()["restore_from"] == str(path)
+    await kv.plain_settled("m", fields, worker.pid, {"parked": [{"slot_key": a, "error": "disk full"}]})  # logged only
+
+
 async def test_a_restore_that_failed_drops_the_entry_and_its_file(setup: Any) -> None:
     kv, worker, store, seen = setup
     sid = await session(store)

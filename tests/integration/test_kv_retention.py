@@ -141,6 +141,20 @@ def test_a_session_displaced_from_its_slot_is_restored_without_an_unload(daemon:
     assert reference.text == back.text
 
 
+def test_a_plain_request_that_takes_the_slot_parks_the_session_first(daemon: Daemon, http: httpx.Client) -> None:
+    a = long_session(http)
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
+                                                "messages": [{"role": "user", "content": "Hi."}]})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30  # the daemon indexes the parked file after answering
+    while not parked(http, a["id"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (entry,) = parked(http, a["id"])
+    assert entry["n_tokens"] > 600
+    back = send_turn(http, a["id"], QUESTION)
+    assert back.done["timings"]["kv_restored"] is True, back.done["timings"]
+
+
 def test_a_damaged_parked_file_falls_back_to_a_full_prefill(daemon: Daemon, http: httpx.Client) -> None:
     s = long_session(http)
     unload(daemon, http)

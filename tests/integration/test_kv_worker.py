@@ -70,6 +70,23 @@ async def test_a_displaced_session_is_parked_then_restored_with_the_same_answer(
     assert restored["text"] == (await full_prefill(worker, follow_up))["text"]
 
 
+async def test_a_request_without_a_session_parks_the_session_it_displaces(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    first = await complete(worker, HISTORY, "ses_a")
+    plain = await complete(worker, "A request with no session.", None, park_evicted_to=str(tmp_path))
+    (parked,) = plain["parked"]
+    assert parked["slot_key"] == "ses_a" and Path(parked["path"]).exists()
+    again = await complete(worker, "Another one.", None, park_evicted_to=str(tmp_path))
+    assert "parked" not in again, "the slot belongs to no session any more"
+
+    follow_up = HISTORY + first["text"] + " Then"
+    restored = await complete(worker, follow_up, "ses_a", restore_from=parked["path"],
+                              restore_prefix_hash=parked["prefix_hash"])
+    assert restored["restore"]["restored"] is True
+    assert restored["text"] == (await full_prefill(worker, follow_up))["text"]
+
+
 async def test_a_hot_slot_is_not_restored_from_disk(worker: WorkerProcess, tmp_path: Path) -> None:
     await complete(worker, HISTORY, "ses_a")
     await complete(worker, "Other.", "ses_b", park_evicted_to=str(tmp_path))
