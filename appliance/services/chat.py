@@ -15,7 +15,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from appliance.errors import ApplianceError, InvalidRequest
@@ -104,11 +104,15 @@ class Generation:
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    async def result(self) -> dict[str, Any]:
+    async def result(self, on_delta: Callable[[str], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """Run the generation to its end and return the worker's result; each text delta goes to
+        `on_delta` on the way, when given."""
         final: dict[str, Any] = {}
         async for ev in self.events():
             if isinstance(ev, p.Done):
                 final = ev.result
+            elif on_delta is not None:
+                await on_delta(ev.text)
         return final
 
     def close_soon(self) -> None:

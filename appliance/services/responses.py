@@ -30,7 +30,6 @@ from typing import Any
 
 from appliance.errors import InvalidRequest, NotFound
 from appliance.models import chat_format as cf
-from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.services.agent_context import model_messages, visible, window_start
 from appliance.services.chat import ChatService
@@ -344,13 +343,7 @@ class ResponseService:
         if req.tools:
             params.update(tools=req.tools, tool_choice=req.choice or "auto")
         gen = await self.chat.generate("chat", params)
-        r: dict[str, Any] = {}
-        async for ev in gen.events():
-            if isinstance(ev, p.Delta):
-                if on_delta is not None:
-                    await on_delta(ev.text)
-            else:
-                r = ev.result
+        r = await gen.result(on_delta)
         out = Message(id=req.message_id, session_id="", seq=0, role="assistant",
                       content=None if r.get("tool_calls") else (r.get("content") if req.tools else r.get("text")),
                       tool_calls=r.get("tool_calls"), tool_call_id=None, name=None, created=req.created,

@@ -134,12 +134,7 @@ class SessionModel:
             pid = gen.lease.worker.pid
             result: dict[str, Any] = {}
             try:
-                async for ev in gen.events():
-                    if isinstance(ev, p.Delta):
-                        if on_delta is not None:
-                            await on_delta(ev.text)
-                    else:
-                        result = ev.result
+                result = await gen.result(on_delta)
             except InvalidRequest as exc:
                 if exc.code == "context_length_exceeded" and attempt == 0:
                     continue
