@@ -123,3 +123,12 @@ def test_every_screen_action_has_a_command_palette_entry() -> None:
             action = b.action.split("(")[0]
             if action not in navigation:
                 assert (mode, action) in in_palette, f"{mode}: key {b.key} ({action}) has no palette entry"
+
+
+def test_every_screen_composes_its_own_body() -> None:
+    from tui.app import SCREEN_CLASSES
+    from tui.screens.dashboard import DashboardScreen
+
+    assert len(SCREEN_CLASSES) == 5
+    for mode, cls in SCREEN_CLASSES.items():
+        assert cls.compose_body is not DashboardScreen.compose_body, f"{mode} shows an empty frame"
