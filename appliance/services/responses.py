@@ -225,8 +225,16 @@ class ResponseService:
                                   usage={}, finish_reason="", stored=req.stored, previous=req.previous)
         pending.update(status="in_progress", completed_at=None, incomplete_details=None)
         text_item = {"type": "message", "id": req.message_id, "role": "assistant", "status": "in_progress", "content": []}
-        where = {"item_id": req.message_id, "output_index": 0, "content_index": 0}
-        text: list[str] = []
+
+        def text_at(index: int) -> dict[str, Any]:
+            return {"item_id": req.message_id, "output_index": index, "content_index": 0}
+
+        def text_opened(index: int) -> list[dict[str, Any]]:
+            return [event("response.output_item.added", output_index=index, item=text_item),
+                    event("response.content_part.added", **text_at(index),
+                          part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})]
+
+        streamed = False
         try:
             yield event("response.created", response=pending)
             yield event("response.in_progress", response=pending)
@@ -242,26 +250,22 @@ class ResponseService:
                     piece = getter.result()
                 else:
                     piece = deltas.get_nowait()
-                if not text:
-                    yield event("response.output_item.added", output_index=0, item=text_item)
-                    yield event("response.content_part.added", **where,
-                                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-                text.append(piece)
-                yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
+                if not streamed:
+                    for opened in text_opened(0):
+                        yield opened
+                    streamed = True
+                yield event("response.output_text.delta", **text_at(0), delta=piece, logprobs=[])
             final = work.result()  # an ApplianceError here ends the stream with OpenAI's error body
             for index, item in enumerate(final["output"]):
                 if item["type"] == "message":
-                    body = item["content"][0]["text"]
-                    if not text:  # a tool-enabled call is parsed whole: its text arrives at the end
-                        yield event("response.output_item.added", output_index=index, item=text_item)
-                        yield event("response.content_part.added", **{**where, "output_index": index},
-                                    part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-                        if body:
-                            yield event("response.output_text.delta", **{**where, "output_index": index},
-                                        delta=body, logprobs=[])
                     part = item["content"][0]
-                    yield event("response.output_text.done", **{**where, "output_index": index}, text=body, logprobs=[])
-                    yield event("response.content_part.done", **{**where, "output_index": index}, part=part)
+                    if not streamed:  # a tool-enabled call is parsed whole: its text arrives at the end
+                        for opened in text_opened(index):
+                            yield opened
+                        if part["text"]:
+                            yield event("response.output_text.delta", **text_at(index), delta=part["text"], logprobs=[])
+                    yield event("response.output_text.done", **text_at(index), text=part["text"], logprobs=[])
+                    yield event("response.content_part.done", **text_at(index), part=part)
                 else:
                     call = {**item, "arguments": "", "status": "in_progress"}
                     yield event("response.output_item.added", output_index=index, item=call)
