@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import subprocess
 
 import pytest
 
@@ -163,16 +164,27 @@ BROKEN = {
 COMPILED = {"c", "cpp", "java", "rust"}
 
 
+def _host_problem(language: str) -> str | None:
+    """Why this host cannot run the language's toolchain even outside a sandbox, if it cannot:
+    not installed, or a compiler that fails `--version` (e.g. a rustup proxy with no toolchain
+    for this user's HOME)."""
+    tool = TOOLS[language]
+    if shutil.which(tool) is None:
+        return f"{tool} is not installed"
+    if language in COMPILED:
+        try:
+            subprocess.run([tool, "--version"], capture_output=True, timeout=60, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{tool} does not run on this host ({exc})"
+    return None
+
+
 def _params(names: list[str]) -> list[object]:
-    return [
-        pytest.param(
-            n,
-            marks=pytest.mark.skipif(
-                shutil.which(TOOLS[n]) is None, reason=f"{TOOLS[n]} is not installed"
-            ),
-        )
-        for n in names
-    ]
+    params = []
+    for n in names:
+        why = _host_problem(n)
+        params.append(pytest.param(n, marks=pytest.mark.skipif(why is not None, reason=why or "")))
+    return params
 
 
 @pytest.mark.parametrize("language", _params(sorted(PROGRAMS)))
