@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from appliance.sandbox.bwrap import locate_bwrap
-from appliance.sandbox.engine import EngineConfig, SandboxEngine
+from appliance.sandbox.engine import EngineConfig, SandboxEngine, mounts_under
 from appliance.sandbox.identity import SandboxIdentity
 from appliance.sandbox.preflight import run_preflight
 from appliance.sandbox.profiles import ProfileCatalog
@@ -57,3 +58,23 @@ def test_cancelled_sandbox_starts_leave_no_process(engine: SandboxEngine) -> Non
         assert workspaces(engine.root.parent) == []
     finally:
         kill_all(naming(marker))
+
+
+def test_stale_workspace_that_is_a_mount_point_is_unmounted_then_removed(
+    engine: SandboxEngine,
+) -> None:
+    stale = engine.root / "pool-0123456789abcdef"
+    stale.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(stale)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (stale / "left.txt").write_text("by a daemon that died")
+        assert mounts_under(stale) == [str(stale.resolve())]
+        assert engine.clean_stale_workspaces() == 1
+        assert not stale.exists() and mounts_under(stale) == []
+    finally:
+        if mounts_under(stale):
+            subprocess.run(["umount", "-l", str(stale)], check=False)
