@@ -304,6 +304,10 @@ class ProcessSpawner:
                 + (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
                 + ". Is llama-cpp-python installed? Run `appliance doctor`."
             ) from exc
+        except BaseException:  # cancelled (the daemon stops while a spare starts): end it too
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         if not isinstance(hello, p.Hello):
             proc.kill()
             raise ModelUnavailable("a model worker spoke out of turn at start-up")
