@@ -38,7 +38,7 @@ from appliance.services.leftovers import sweep
 log = logging.getLogger("appliance.lifecycle")
 
 LOCK_NAME = "daemon.lock"
-LOCK_WAIT_S = 10.0
+LOCK_WAIT_S = 5.0
 """How long a start waits for the lock (an earlier daemon's watcher sweeps in well under it)."""
 SETTLE_S = 0.25
 """The watcher's pause before its sweep: the kernel's death signals act first, so the log

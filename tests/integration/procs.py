@@ -8,6 +8,7 @@ host path; model workers carry the state directory in their environment).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -37,7 +38,9 @@ def alive(proc: Proc) -> bool:
 
 def describe(pid: int) -> str:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmd = (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
         ppid = next(
             line.split()[1]
             for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -132,10 +135,8 @@ def kill_all(procs: Iterable[Proc]) -> None:
     """Clean up after a failing test, so one failure does not leak into the next test."""
     for proc in procs:
         if alive(proc):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc[0], 9)
-            except ProcessLookupError:
-                pass
 
 
 def workspaces(state_dir: Path) -> list[str]:
