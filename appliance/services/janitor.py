@@ -41,8 +41,10 @@ LOCK_NAME = "daemon.lock"
 LOCK_WAIT_S = 5.0
 """How long a start waits for the lock (an earlier daemon's watcher sweeps in well under it)."""
 SETTLE_S = 0.25
-"""The watcher's pause before its sweep: the kernel's death signals act first, so the log
-names only what they could not reach."""
+"""The watcher's pause before its sweep when the daemon died: the kernel's death signals act
+first, so the log names only what they could not reach."""
+CLEAN_STOP = b"stopped\n"
+"""What a daemon that stopped cleanly writes before it closes the pipe (no pause needed then)."""
 
 
 class Janitor:
@@ -79,7 +81,10 @@ class Janitor:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             assert watcher.stdin is not None
-            watcher.stdin.close()
+            with contextlib.suppress(OSError):  # the watcher may have been killed
+                watcher.stdin.write(CLEAN_STOP)
+            with contextlib.suppress(OSError):
+                watcher.stdin.close()
             try:
                 await asyncio.to_thread(watcher.wait, 10.0)
             except subprocess.TimeoutExpired:
@@ -144,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(args[0])
     configure_logging()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
+    said = b""
     with contextlib.suppress(OSError):
-        while sys.stdin.buffer.read(4096):
-            pass
-    time.sleep(SETTLE_S)
-    sweep(state_dir, reason="the daemon ended")
+        while chunk := sys.stdin.buffer.read(4096):
+            said = (said + chunk)[-len(CLEAN_STOP) :]
+    if said != CLEAN_STOP:
+        time.sleep(SETTLE_S)
+    sweep(state_dir, reason="the daemon ended" if said != CLEAN_STOP else "the daemon stopped")
     return 0
 
 

@@ -325,3 +325,22 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(tmp_path: Path) 
                 assert r.status_code == 200 and r.json()["stdout"] == "42\n", r.text
         finally:
             second.stop()
+
+
+def test_the_janitor_ends_what_the_kernel_cannot_when_the_daemon_is_killed(
+    tmp_path: Path,
+) -> None:
+    """Deterministic form of the SIGKILL race: the stuck process exists when the daemon dies."""
+    d = start_daemon(tmp_path / "d", config={"sandbox": {"pool": {}}})
+    stuck = stuck_sandbox(d.state_dir / "sandboxes" / "pool-0badc0de0badc0de")
+    try:
+        with watched(d) as watch:
+            d.proc.kill()
+            d.proc.wait()
+            assert_nothing_left(d, watch, "SIGKILL with a stuck sandbox process")
+            assert not survivors([], [stuck], wait_s=0)
+            assert re.search(
+                rf'killed a process left behind" reason="the daemon ended" pid={stuck[0]} ', d.log()
+            ), d.log()
+    finally:
+        kill_all([stuck])
