@@ -92,7 +92,7 @@ class Appliance:
         )
         store = Store(state)
         return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events,
-                   telemetry=Telemetry(events, nvml=Nvml.open()), janitor=Janitor(state))
+                   telemetry=Telemetry(events, nvml=Nvml.open()), janitor=Janitor(state.resolve()))
 
     def _parts(self) -> list[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]] | None]]:
         """(start, stop) of each part, in start order; stop runs them the other way round."""
