@@ -10,6 +10,11 @@
   the store closed);
 - a SIGTERM stop exits 0. (uvicorn re-raises the signal after its shutdown so the process dies
   of it; a clean stop that exits 0 reads better in `systemctl status` and to any supervisor.)
+
+The listening sockets are bound before anything starts, so a port in use fails before a sandbox
+or a worker exists. uvicorn runs `Appliance.start` in its lifespan (which undoes itself when it
+fails, and then uvicorn exits 3) and `Appliance.stop` in its shutdown; `Appliance.stop` runs once
+more after uvicorn returns, for the ways out that skip the lifespan shutdown (a second Ctrl-C).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import uvicorn
 
+from appliance.errors import ApplianceError
 from appliance.services.container import Appliance
 from appliance.services.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
@@ -106,8 +112,32 @@ class ApplianceServer(uvicorn.Server):
             signal.raise_signal(signal.SIGINT)
 
 
-def serve(appliance: Appliance, app: Any, *, host: str, port: int, grace_s: float) -> int:
+def listen(host: str, port: int) -> list[socket.socket]:
+    """The API's listening sockets, bound as asyncio would (every address `host` resolves to)."""
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise ApplianceError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}. Stop the program that uses "
+            "the port, or choose another: `appliance serve --port N` or [server] port in the config"
+        ) from exc
+    return socks
+
+
+def serve(appliance: Appliance, app: Any, *, host: str, port: int, grace_s: float,
+          sockets: list[socket.socket] | None = None) -> int:
     """Run the server until a signal stops it; returns the exit code."""
+    sockets = sockets if sockets is not None else listen(host, port)
     config = uvicorn.Config(
         app,
         host=host,
@@ -119,5 +149,12 @@ def serve(appliance: Appliance, app: Any, *, host: str, port: int, grace_s: floa
         lifespan="on",
     )
     server = ApplianceServer(config, appliance=appliance)
-    asyncio.run(server.serve())
+    asyncio.run(_serve(server, sockets))
     return 0 if server.started else 1
+
+
+async def _serve(server: ApplianceServer, sockets: list[socket.socket]) -> None:
+    try:
+        await server.serve(sockets)
+    finally:
+        await server.appliance.stop()  # nothing left to do after a lifespan shutdown ran

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import msgspec
 
     from appliance.api.app import create_app
-    from appliance.api.server import serve
+    from appliance.api.server import listen, serve
     from appliance.services.container import Appliance
     from appliance.telemetry.logs import configure_logging
 
@@ -62,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
             f"refusing to listen on {server.host}, which is not a loopback address, without API tokens. "
             "Create one with `appliance token create NAME`, or bind to 127.0.0.1."
         )
+    sockets = listen(server.host, server.port)  # a port in use fails before anything starts
     appliance = Appliance.from_config(cfg)
     if not args.no_fetch:
         fetch_defaults(appliance, cfg.models.defaults)
     app = create_app(appliance)
     print(f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})", flush=True)
-    return serve(appliance, app, host=server.host, port=server.port, grace_s=server.shutdown_grace_s)
+    return serve(appliance, app, host=server.host, port=server.port, grace_s=server.shutdown_grace_s,
+                 sockets=sockets)
 
 
 def _has_tokens(state_dir: Path) -> bool:

@@ -35,6 +35,18 @@ from typing import Any, BinaryIO
 
 from appliance.models import protocol as p
 
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":  # tie the worker to the daemon before the slow imports below
+    _die_with_parent()
+
 _t0 = time.perf_counter()
 import llama_cpp  # noqa: E402  (the point of a spare worker is to pay for this import early)
 import numpy as np  # noqa: E402
@@ -555,16 +567,8 @@ def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | No
         jobs.put(None)
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def main() -> int:
-    _die_with_parent()
+    _die_with_parent()  # again, for a worker started another way than `python -m`
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything llama.cpp prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr

@@ -268,13 +268,19 @@ wins."""
 class ProcessSpawner:
     """Starts real worker processes."""
 
-    def __init__(self, log_dir: Path | None = None, python: str | None = None, hello_timeout: float = 120.0) -> None:
+    def __init__(self, log_dir: Path | None = None, python: str | None = None, hello_timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> None:
         self.python = python or sys.executable
         self.hello_timeout = hello_timeout
         self.log_dir = log_dir
+        self.env = env or {}
+        """Added to every worker's environment (the daemon marks its workers with its state dir)."""
 
     async def spawn(self) -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")}
+        # Spawned from the event loop's thread, like sandboxes: the worker's death signal (armed
+        # in the worker) fires when the thread that forked it ends, and the loop's lives as long
+        # as the daemon.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")} | self.env
         env.setdefault("GGML_NO_BACKTRACE", "1")  # an abort should end the worker, not attach gdb
         env.setdefault("GOMP_SPINCOUNT", WORKER_SPINCOUNT)
         proc = await asyncio.create_subprocess_exec(
@@ -304,6 +310,10 @@ class ProcessSpawner:
                 + (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
                 + ". Is llama-cpp-python installed? Run `appliance doctor`."
             ) from exc
+        except BaseException:  # cancelled (the daemon stops while a spare starts): end it too
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         if not isinstance(hello, p.Hello):
             proc.kill()
             raise ModelUnavailable("a model worker spoke out of turn at start-up")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,7 +39,10 @@ from appliance.sandbox.results import RunOutcome
 from appliance.sandbox.runner import supervise
 from appliance.sandbox.workspace import Workspace, remove_tree
 
+log = logging.getLogger("appliance.sandbox")
+
 WORKSPACE_PREFIXES = ("run-", "pool-", "sbx-")
+MNT_DETACH = 2
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,17 @@ class SandboxEngine:
         self.etc_dir = write_sandbox_etc(self.root / ".etc")
 
     def clean_stale_workspaces(self) -> int:
-        """Remove workspaces left by an earlier daemon (their sandboxes died with it)."""
+        """Remove workspaces left by an earlier daemon (their sandboxes died with it).
+
+        A workspace that is a mount point (or holds one) is unmounted first: removing the files
+        of a mounted file system would empty it and then fail on the mount point itself.
+        """
         removed = 0
         for entry in self.root.iterdir():
             if entry.name.startswith(WORKSPACE_PREFIXES):
+                if not unmount_all(entry):
+                    log.warning("cannot unmount stale workspace %s; left in place", entry)
+                    continue
                 remove_tree(entry)
                 removed += 1
         return removed
@@ -198,6 +211,32 @@ class SandboxEngine:
             await sandbox.destroy(keep_workspace=not own_workspace)
             raise
         return sandbox
+
+
+def mounts_under(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
+    """Mount points at or below `path`, deepest first."""
+    top = os.path.realpath(path)
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in mountinfo.read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4:
+                # mountinfo escapes space, tab, newline and backslash as octal
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                if point == top or point.startswith(top + "/"):
+                    found.append(point)
+    return sorted(set(found), key=lambda m: m.count("/"), reverse=True)
+
+
+def unmount_all(path: Path) -> bool:
+    """Detach every mount at or below `path`; False when one cannot be (no privilege)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for point in mounts_under(path):
+        if libc.umount2(point.encode(), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            log.warning("cannot unmount %s: %s", point, os.strerror(err))
+            return False
+    return True
 
 
 def oom_patterns(lang: ResolvedLanguage) -> tuple[bytes, ...]:

@@ -12,7 +12,12 @@ outer bwrap process is our child; it reaps the program and exits with its status
 signal), and wait4() on it gives the program's peak memory in its rusage.
 
 Processes are spawned on the event loop's thread: bwrap's --die-with-parent is tied to the
-thread that forked it, and the loop thread lives as long as the daemon.
+thread that forked it, and the loop thread lives as long as the daemon. The death signal then runs
+down the chain: the daemon's death kills bwrap, bwrap's kills the sandbox's pid 1 (bwrap arms it
+just before the exec), and that kills the whole pid namespace. One gap is bwrap's own: its sandbox
+process arms the signal only after the handshake, so a start abandoned half-way (cancelled, or
+failed) kills that process as well as bwrap (`_abort`); what a daemon that died in that window
+leaves is reaped by its janitor (appliance.services.janitor).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import resource
 import select
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,9 +141,7 @@ class SandboxProcess:
                 cgroup.attach(inner_pid)
             os.write(block_w, b"1")
         except BaseException:
-            popen.kill()
-            close_quietly(inner_pidfd)
-            _reap_later(popen)
+            _abort(popen, inner_pidfd)
             raise
         finally:
             close_quietly(info_r, block_w)
@@ -307,6 +311,51 @@ def _bwrap_failure(popen: subprocess.Popen[bytes]) -> str:
         f"bwrap could not create the sandbox: {text}. Run `appliance doctor` to check that "
         "user namespaces are allowed on this host"
     )
+
+
+def _abort(popen: subprocess.Popen[bytes], inner_pidfd: int) -> None:
+    """Kill a bwrap whose handshake did not finish, and the sandbox process it may have cloned.
+
+    That process arms its death signal only once bwrap lets it go on: killing bwrap alone would
+    leave it waiting forever, pid 1 of its own pid namespace and adopted by init. Before bwrap has
+    reported its pid, bwrap is stopped first (a stopped process cannot clone, and its children
+    stay its own, so their pids cannot be reused) and its children are read from /proc.
+    """
+    if inner_pidfd >= 0:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(inner_pidfd, signal.SIGKILL)
+    else:
+        for child in _stopped_children(popen.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    popen.kill()
+    close_quietly(inner_pidfd)
+    _reap_later(popen)
+
+
+def _stopped_children(pid: int, wait_s: float = 1.0) -> list[int]:
+    """Stop `pid` (our child) and list its children once it has stopped."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return []
+    deadline = time.monotonic() + wait_s
+    while _state(pid) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                children += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return children
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of /proc/PID/stat ('' when the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _reap_later(popen: subprocess.Popen[bytes]) -> None:

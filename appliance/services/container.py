@@ -3,12 +3,17 @@
 `Appliance.from_config` wires the real implementations (worker processes, NVML or RAM probe,
 bwrap); tests build the same object with their own parts. `start` and `stop` are called by the
 HTTP server's lifespan, and by tests that drive services directly.
+
+Start-up either completes or undoes itself: the parts start in order, and when one fails (or the
+start is cancelled) the ones already started, the failing one included, are stopped newest
+first before the error goes on. `stop` runs the same list, so it is safe to call again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,8 @@ from appliance.models.workerproc import ProcessSpawner
 from appliance.services.access import ApiAccess
 from appliance.services.agents import AgentService
 from appliance.services.chat import ChatService
+from appliance.services.janitor import Janitor
+from appliance.services.leftovers import STATE_DIR_ENV
 from appliance.services.models import ModelService
 from appliance.services.operations import Operations
 from appliance.services.responses import ResponseService
@@ -45,8 +52,10 @@ class Appliance:
         events: EventBus,
         telemetry: Telemetry | None = None,
         sandboxes: SandboxService | None = None,
+        janitor: Janitor | None = None,
     ) -> None:
         self.config = config
+        self.janitor = janitor
         self.catalog = catalog
         self.scheduler = scheduler
         self.store = store
@@ -57,15 +66,15 @@ class Appliance:
         self.models = ModelService(catalog, scheduler)
         self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry)
         self._extra_stops: list[Any] = []
+        self._started: list[Callable[[], Awaitable[None]]] = []
+        """The stops of the parts started so far, in start order."""
         self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config, self.telemetry)
-        self.on_stop(self.sandboxes.stop)
         self.sessions = SessionService(config, store=store, chat=self.chat, scheduler=scheduler,
                                        catalog=catalog, sandboxes=self.sandboxes, events=events,
                                        telemetry=self.telemetry)
         self.agents = AgentService(config, store=store, catalog=catalog, tools=self.sessions.tools,
                                    sandboxes=self.sandboxes, cleanup=self.sessions.cleanup)
         self.responses = ResponseService(store, catalog, self.chat, self.sessions)
-        self.on_stop(self.sessions.stop)  # runs before the sandboxes stop: hot sessions are parked
 
     @classmethod
     def from_config(cls, config: Config) -> Appliance:
@@ -76,31 +85,50 @@ class Appliance:
         events = EventBus()
         scheduler = ModelScheduler(
             catalog,
-            spawner=ProcessSpawner(log_dir=state / "logs"),
+            spawner=ProcessSpawner(log_dir=state / "logs", env={STATE_DIR_ENV: str(state.resolve())}),
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,
         )
         store = Store(state)
         return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events,
-                   telemetry=Telemetry(events, nvml=Nvml.open()))
+                   telemetry=Telemetry(events, nvml=Nvml.open()), janitor=Janitor(state.resolve()))
+
+    def _parts(self) -> list[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]] | None]]:
+        """(start, stop) of each part, in start order; stop runs them the other way round."""
+        janitor = [(self.janitor.start, self.janitor.stop)] if self.janitor is not None else []
+        return [
+            *janitor,  # first: it removes what an earlier daemon left, and outlives the others
+            (self.operations.start, self.operations.stop),
+            (self.scheduler.start, self.scheduler.stop),
+            (self.sandboxes.start, self.sandboxes.stop),
+            (self.agents.sync_profiles, None),
+            (self.sessions.start, self.sessions.stop),  # stops first: hot sessions are parked
+        ]
 
     async def start(self) -> None:
-        await self.operations.start()
-        await self.scheduler.start()
-        await self.sandboxes.start()
-        await self.agents.sync_profiles()
-        await self.sessions.start()
+        """Start every part; on any failure, stop the started ones (newest first), then raise."""
+        try:
+            for start, stop in self._parts():
+                if stop is not None:
+                    self._started.append(stop)  # before start: a half-started part is stopped too
+                await start()
+        except BaseException as exc:
+            log.error("start-up failed; stopping what had started",
+                      extra={"fields": {"error": getattr(exc, "message", None) or repr(exc)}})
+            await self.stop()
+            raise
         log.info("appliance %s started (pid %d, state %s)", __version__, os.getpid(), self.config.state_dir)
 
     async def stop(self) -> None:
-        for stop in reversed(self._extra_stops):
+        """Stop what started, newest first; a second call (or one before start) only closes the store."""
+        extra, self._extra_stops = self._extra_stops, []
+        started, self._started = self._started, []
+        for stop in [*reversed(extra), *reversed(started)]:
             try:
                 await stop()
             except Exception:  # one part failing to stop must not keep the others running
                 log.exception("error while stopping")
-        await self.scheduler.stop()
-        await self.operations.stop()
         await self.store.aclose()
 
     async def status(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """`appliance doctor`: is this box ready to run the appliance, and if not, what to do.
 
 Each check looks at one thing (Python, the llama.cpp build, the NVIDIA driver, the GPU as
-llama.cpp sees it, sandboxes, cgroup delegation, the state directory, the port, API tokens, the
-config, the default models) and returns ok, warning (it works, but not as well as it could) or
+llama.cpp sees it, sandboxes, cgroup delegation, the state directory, processes an earlier daemon
+left running, the port, API tokens, the config, the default models) and returns ok, warning (it works, but not as well as it could) or
 failure (that part will not work), with a sentence saying what it found and, unless ok, the fix.
 Everything read from the host comes through `DoctorProbes` (appliance.services.doctor_probes).
 """
@@ -143,6 +143,22 @@ def check_state_dir(p: DoctorProbes, cfg: Config) -> CheckResult:
     return ok(name, detail)
 
 
+def check_leftovers(p: DoctorProbes, cfg: Config) -> CheckResult:
+    name = "leftover processes"
+    info = p.leftovers(Path(cfg.state_dir))
+    if info.daemon_pid is not None:
+        return ok(name, f"a daemon (pid {info.daemon_pid or '?'}) is using {cfg.state_dir}; "
+                        "the sandboxes and workers running are its own")
+    if not info.processes:
+        return ok(name, f"no sandbox or model worker of {cfg.state_dir} is running")
+    shown = "; ".join(info.processes[:5]) + ("; ..." if len(info.processes) > 5 else "")
+    pids = " ".join(d.split()[1] for d in info.processes)
+    return CheckResult(name, "warning",
+                       f"{len(info.processes)} process(es) of {cfg.state_dir} outlived their "
+                       f"daemon: {shown}",
+                       f"start the daemon (it ends them when it starts), or end them: kill -9 {pids}")
+
+
 def check_port(p: DoctorProbes, cfg: Config) -> CheckResult:
     host, port = cfg.server.host, cfg.server.port
     state = p.port(host, port)
@@ -212,6 +228,7 @@ def run_doctor(config_path: Path | None = None, state_dir: str | None = None,
         check_sandboxes(p, cfg),
         check_cgroup(p),
         check_state_dir(p, cfg),
+        check_leftovers(p, cfg),
         check_port(p, cfg),
         check_tokens(p, cfg),
         config_check,

@@ -22,6 +22,8 @@ from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
 from appliance.sandbox.cgroup import own_cgroup
 from appliance.sandbox.preflight import PreflightReport, run_preflight
+from appliance.services.janitor import lock_holder
+from appliance.services.leftovers import find_leftovers
 from appliance.telemetry.nvml import Nvml
 
 
@@ -51,6 +53,14 @@ class CgroupInfo:
 
 
 PortState = Literal["free", "appliance", "taken"]
+
+
+@dataclass(frozen=True)
+class LeftoverInfo:
+    daemon_pid: int | None
+    """The daemon that holds the state directory now (0: its pid is unreadable), or None."""
+    processes: list[str] = field(default_factory=list)
+    """Sandbox and worker processes of the state directory that outlived their daemon."""
 
 
 # --- the real probes ----------------------------------------------------------------------
@@ -130,6 +140,13 @@ def probe_port(host: str, port: int) -> PortState:
     return "taken"
 
 
+def probe_leftovers(state_dir: Path) -> LeftoverInfo:
+    holder = lock_holder(state_dir)
+    if holder is not None:  # a live daemon's sandboxes and workers are its own
+        return LeftoverInfo(daemon_pid=holder)
+    return LeftoverInfo(None, [f"pid {lo.pid} ({lo.what})" for lo in find_leftovers(state_dir)])
+
+
 def probe_valid_tokens(state_dir: Path) -> int:
     from appliance.store import Store
 
@@ -165,6 +182,7 @@ class DoctorProbes:
     writable: Callable[[Path], str | None] = probe_writable
     free_bytes: Callable[[Path], int] = probe_free_bytes
     port: Callable[[str, int], PortState] = probe_port
+    leftovers: Callable[[Path], LeftoverInfo] = probe_leftovers
     valid_tokens: Callable[[Path], int] = probe_valid_tokens
     load_config: Callable[[Path | None, str | None], Config] = lambda path, state: load_config(
         path, state_dir=state)

@@ -12,7 +12,13 @@ from appliance.config import Config, ConfigError, ServerConfig
 from appliance.errors import ApplianceError
 from appliance.sandbox.preflight import Check, PreflightReport
 from appliance.services.doctor import CheckResult, run_doctor
-from appliance.services.doctor_probes import CgroupInfo, DoctorProbes, GpuInfo, LlamaBuild
+from appliance.services.doctor_probes import (
+    CgroupInfo,
+    DoctorProbes,
+    GpuInfo,
+    LeftoverInfo,
+    LlamaBuild,
+)
 
 GiB = 2**30
 GPU = GpuInfo(driver="550.54", names=["NVIDIA L4"])
@@ -34,6 +40,7 @@ def healthy(tmp_path: Path) -> DoctorProbes:
         writable=lambda path: None,
         free_bytes=lambda path: 200 * GiB,
         port=lambda host, port: "free",
+        leftovers=lambda state: LeftoverInfo(daemon_pid=None),
         valid_tokens=lambda state: 0,
         load_config=lambda path, state: cfg,
         default_models=lambda c: {"smollm2-135m-instruct": True, "all-minilm-l6-v2": True},
@@ -53,7 +60,7 @@ def test_a_healthy_gpu_box_passes_everything(tmp_path: Path) -> None:
     assert [r.status for r in results] == ["ok"] * len(results), results
     assert {r.name for r in results} == {
         "python", "llama-cpp-python", "nvidia driver", "gpu for llama.cpp", "sandboxes",
-        "cgroup delegation", "state directory", "port", "api tokens", "config", "default models"}
+        "cgroup delegation", "state directory", "leftover processes", "port", "api tokens", "config", "default models"}
     assert "CUDA build" in check(results, "llama-cpp-python").detail
     assert "NVIDIA L4" in check(results, "nvidia driver").detail
 
@@ -119,6 +126,16 @@ def test_state_directory(tmp_path: Path) -> None:
     assert tight.status == "warning"
 
 
+def test_leftover_processes(tmp_path: Path) -> None:
+    left = LeftoverInfo(None, ["pid 4242 (bwrap of pool-0a1b)", "pid 4250 (model worker: python)"])
+    found = check(run(tmp_path, leftovers=lambda state: left), "leftover processes")
+    assert found.status == "warning" and "2 process(es)" in found.detail
+    assert "bwrap of pool-0a1b" in found.detail and "kill -9 4242 4250" in found.fix
+    running = check(run(tmp_path, leftovers=lambda state: LeftoverInfo(daemon_pid=77)),
+                    "leftover processes")
+    assert running.status == "ok" and "pid 77" in running.detail
+
+
 def test_port(tmp_path: Path) -> None:
     taken = check(run(tmp_path, port=lambda h, p: "taken"), "port")
     assert taken.status == "failure" and "127.0.0.1:8420" in taken.detail and "--port" in taken.fix
@@ -142,7 +159,7 @@ def test_config(tmp_path: Path) -> None:
     results = run(tmp_path, load_config=broken)
     bad = check(results, "config")
     assert bad.status == "failure" and "server.prot" in bad.detail
-    assert len(results) == 11, "the other checks still run, on the defaults"
+    assert len(results) == 12, "the other checks still run, on the defaults"
 
 
 def test_default_models(tmp_path: Path) -> None:
