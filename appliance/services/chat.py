@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
+from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.workerproc import RequestStream
 from appliance.telemetry.recorder import Telemetry
@@ -176,6 +177,8 @@ class ChatService:
         if params.get("n") not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         model = params.get("model")
+        if isinstance(model, str) and model:
+            params = bounded(params, self.catalog.get(model))
         keeper = self.slot_keeper if slot_key is None and not slot else None
         if keeper is not None and isinstance(model, str) and model and self.catalog.get(model).kind == "chat":
             slot = await keeper.plain_fields(model)
@@ -309,6 +312,26 @@ class ChatService:
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = int(r.get("prompt_tokens", 0))
         return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
+    """`params` with the reply limit every generation has: the request's (`max_completion_tokens`
+    before `max_tokens`), which must fit the model's context, or the profile's default.
+
+    Checked before a lease is taken, so a limit no prompt could meet costs no model load. The
+    worker still cuts the limit to what is left of the context after the prompt."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"{key} must be a whole number of tokens, at least 1", param=key)
+        if value > prof.context_size:
+            raise InvalidRequest(
+                f"{key} is {value}, but model {prof.id!r} holds {prof.context_size} tokens of context "
+                "(prompt and reply together); ask for fewer tokens", param=key)
+        return {**params, "max_tokens": value}
+    return {**params, "max_tokens": prof.default_max_tokens}
 
 
 def _usage(r: dict[str, Any]) -> dict[str, Any]:
