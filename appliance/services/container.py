@@ -76,7 +76,7 @@ class Appliance:
         events = EventBus()
         scheduler = ModelScheduler(
             catalog,
-            spawner=ProcessSpawner(log_dir=state / "logs"),
+            spawner=ProcessSpawner(log_dir=state / "logs", answer_timeout=config.models.worker_timeout_s or None),
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,
