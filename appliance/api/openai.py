@@ -7,12 +7,15 @@ leaves as its struct (appliance.api.replies), so both match the OpenAPI document
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get, post
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from appliance.api.disconnect import unless_disconnected
 from appliance.api.replies import ChatCompletion, Completion, EmbeddingList, ModelList, reply
 from appliance.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.api.sse import sse
@@ -35,12 +38,16 @@ class OpenAIController(Controller):
         responses={200: ResponseSpec(ChatCompletion, description="The completion" + STREAMED)},
     )
     async def chat_completions(
-        self, appliance: NamedDependency[Appliance], data: JSONBody[ChatCompletionRequest]
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[ChatCompletionRequest],
     ) -> Response[ChatCompletion] | Stream:
         params = data.to_params()
         if data.stream:
             return sse(await appliance.chat.chat_completion_stream(params))
-        return Response(reply(await appliance.chat.chat_completion(params), ChatCompletion))
+        answer = await unless_disconnected(request, appliance.chat.chat_completion(params))
+        return Response(reply(answer, ChatCompletion))
 
     @post(
         "/completions",
@@ -48,15 +55,23 @@ class OpenAIController(Controller):
         responses={200: ResponseSpec(Completion, description="The completion" + STREAMED)},
     )
     async def completions(
-        self, appliance: NamedDependency[Appliance], data: JSONBody[CompletionRequest]
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[CompletionRequest],
     ) -> Response[Completion] | Stream:
         params = data.to_params()
         if data.stream:
             return sse(await appliance.chat.completion_stream(params))
-        return Response(reply(await appliance.chat.completion(params), Completion))
+        answer = await unless_disconnected(request, appliance.chat.completion(params))
+        return Response(reply(answer, Completion))
 
     @post("/embeddings", status_code=200)
     async def embeddings(
-        self, appliance: NamedDependency[Appliance], data: JSONBody[EmbeddingRequest]
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[EmbeddingRequest],
     ) -> EmbeddingList:
-        return reply(await appliance.chat.embeddings(data.to_params()), EmbeddingList)
+        answer = await unless_disconnected(request, appliance.chat.embeddings(data.to_params()))
+        return reply(answer, EmbeddingList)

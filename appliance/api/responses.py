@@ -8,12 +8,15 @@ OpenAI's named server-sent events.
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get, post
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
+from appliance.api.disconnect import unless_disconnected
 from appliance.api.replies import ResponseObject, reply
 from appliance.api.schemas import ResponsesRequest
 from appliance.api.sse import sse
@@ -35,12 +38,16 @@ class ResponsesController(Controller):
         },
     )
     async def create(
-        self, appliance: NamedDependency[Appliance], data: JSONBody[ResponsesRequest]
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[ResponsesRequest],
     ) -> Response[ResponseObject] | Stream:
         body = data.to_params()
         if data.stream:
             return sse(await appliance.responses.stream(body), done=False, named=True)
-        return Response(reply(await appliance.responses.create(body), ResponseObject))
+        answer = await unless_disconnected(request, appliance.responses.create(body))
+        return Response(reply(answer, ResponseObject))
 
     @get("/{response_id:str}")
     async def retrieve(
