@@ -301,6 +301,10 @@ class ChatService:
             lease.release()
         if self.telemetry is not None:
             self.telemetry.embedding_finished(str(model), lease, r, t0)
+        if any(vec and isinstance(vec[0], list) for vec in r["embeddings"]):
+            # as llama-server does: a model without pooling gives one vector per token
+            raise InvalidRequest(f"model {model!r} gives one vector per token (its GGUF sets no pooling), not one "
+                                 "per input as /v1/embeddings returns; use a sentence-embedding model", param="model")
         data = []
         for i, vec in enumerate(r["embeddings"]):
             dims = params.get("dimensions")
