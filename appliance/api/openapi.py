@@ -42,6 +42,15 @@ SCHEMA_STRUCTS: list[type[msgspec.Struct]] = [
 """Request structs of other routes whose schemas msgspec writes better than Litestar does."""
 
 ERROR_REF = "#/components/schemas/ErrorBody"
+SSE_EVENT = {
+    "description": "One server-sent event; `data` is a JSON object, or `[DONE]` at the end of a chat stream",
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+    },
+}
 _enc = msgspec.json.Encoder()
 
 
@@ -105,7 +114,7 @@ def complete(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
             if ok is not None and (path, method) in streams:
                 if (path, method) in only_streams:
                     ok["content"] = {}
-                ok.setdefault("content", {})["text/event-stream"] = {"schema": {"type": "string"}}
+                ok.setdefault("content", {})["text/event-stream"] = {"schema": SSE_EVENT}
     return document
 
 
