@@ -46,59 +46,163 @@ def daemon(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _tool_call_without_function() -> dict[str, Any]:
-    return {"model": "untouched", "messages": [
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]}]}
+    return {
+        "model": "untouched",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "call_1", "type": "function"}],
+            },
+        ],
+    }
 
 
 REFUSED: list[tuple[str, str, Any, str]] = [
-    ("/v1/chat/completions", "tool call without function", _tool_call_without_function(),
-     "messages[1].tool_calls[0].function"),
-    ("/v1/chat/completions", "seed beyond 64 bits", {"model": "untouched", "messages": CHAT, "seed": 2**70}, "seed"),
-    ("/v1/chat/completions", "max_tokens -1", {"model": "untouched", "messages": CHAT, "max_tokens": -1}, "max_tokens"),
-    ("/v1/chat/completions", "max_tokens 0", {"model": "untouched", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
-    ("/v1/chat/completions", "max_tokens beyond the context",
-     {"model": "untouched", "messages": CHAT, "max_tokens": 100_000}, "max_tokens"),
-    ("/v1/chat/completions", "max_completion_tokens beyond the context",
-     {"model": "untouched", "messages": CHAT, "max_completion_tokens": 257}, "max_completion_tokens"),
-    ("/v1/chat/completions", "temperature 5", {"model": "untouched", "messages": CHAT, "temperature": 5}, "temperature"),
-    ("/v1/chat/completions", "top_p 2", {"model": "untouched", "messages": CHAT, "top_p": 2}, "top_p"),
-    ("/v1/chat/completions", "top_p 0", {"model": "untouched", "messages": CHAT, "top_p": 0}, "top_p"),
-    ("/v1/chat/completions", "presence_penalty 3",
-     {"model": "untouched", "messages": CHAT, "presence_penalty": 3}, "presence_penalty"),
+    (
+        "/v1/chat/completions",
+        "tool call without function",
+        _tool_call_without_function(),
+        "messages[1].tool_calls[0].function",
+    ),
+    (
+        "/v1/chat/completions",
+        "seed beyond 64 bits",
+        {"model": "untouched", "messages": CHAT, "seed": 2**70},
+        "seed",
+    ),
+    (
+        "/v1/chat/completions",
+        "max_tokens -1",
+        {"model": "untouched", "messages": CHAT, "max_tokens": -1},
+        "max_tokens",
+    ),
+    (
+        "/v1/chat/completions",
+        "max_tokens 0",
+        {"model": "untouched", "messages": CHAT, "max_tokens": 0},
+        "max_tokens",
+    ),
+    (
+        "/v1/chat/completions",
+        "max_tokens beyond the context",
+        {"model": "untouched", "messages": CHAT, "max_tokens": 100_000},
+        "max_tokens",
+    ),
+    (
+        "/v1/chat/completions",
+        "max_completion_tokens beyond the context",
+        {"model": "untouched", "messages": CHAT, "max_completion_tokens": 257},
+        "max_completion_tokens",
+    ),
+    (
+        "/v1/chat/completions",
+        "temperature 5",
+        {"model": "untouched", "messages": CHAT, "temperature": 5},
+        "temperature",
+    ),
+    (
+        "/v1/chat/completions",
+        "top_p 2",
+        {"model": "untouched", "messages": CHAT, "top_p": 2},
+        "top_p",
+    ),
+    (
+        "/v1/chat/completions",
+        "top_p 0",
+        {"model": "untouched", "messages": CHAT, "top_p": 0},
+        "top_p",
+    ),
+    (
+        "/v1/chat/completions",
+        "presence_penalty 3",
+        {"model": "untouched", "messages": CHAT, "presence_penalty": 3},
+        "presence_penalty",
+    ),
     ("/v1/chat/completions", "n 2", {"model": "untouched", "messages": CHAT, "n": 2}, "n"),
-    ("/v1/chat/completions", "logit_bias 101",
-     {"model": "untouched", "messages": CHAT, "logit_bias": {"5": 101}}, "logit_bias"),
-    ("/v1/chat/completions", "five stop strings",
-     {"model": "untouched", "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ("/v1/chat/completions", "unknown role",
-     {"model": "untouched", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-    ("/v1/chat/completions", "tool message without tool_call_id",
-     {"model": "untouched", "messages": [*CHAT, {"role": "tool", "content": "21 C"}]}, "messages[1].tool_call_id"),
-    ("/v1/chat/completions", "image content part",
-     {"model": "untouched", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-     "messages[0].content[0].type"),
-    ("/v1/chat/completions", "tool without function name",
-     {"model": "untouched", "messages": CHAT, "tools": [{"type": "function", "function": {}}]},
-     "tools[0].function.name"),
+    (
+        "/v1/chat/completions",
+        "logit_bias 101",
+        {"model": "untouched", "messages": CHAT, "logit_bias": {"5": 101}},
+        "logit_bias",
+    ),
+    (
+        "/v1/chat/completions",
+        "five stop strings",
+        {"model": "untouched", "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]},
+        "stop",
+    ),
+    (
+        "/v1/chat/completions",
+        "unknown role",
+        {"model": "untouched", "messages": [{"role": "robot", "content": "x"}]},
+        "messages[0].role",
+    ),
+    (
+        "/v1/chat/completions",
+        "tool message without tool_call_id",
+        {"model": "untouched", "messages": [*CHAT, {"role": "tool", "content": "21 C"}]},
+        "messages[1].tool_call_id",
+    ),
+    (
+        "/v1/chat/completions",
+        "image content part",
+        {
+            "model": "untouched",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+        },
+        "messages[0].content[0].type",
+    ),
+    (
+        "/v1/chat/completions",
+        "tool without function name",
+        {"model": "untouched", "messages": CHAT, "tools": [{"type": "function", "function": {}}]},
+        "tools[0].function.name",
+    ),
     ("/v1/completions", "prompt of the wrong type", {"model": "untouched", "prompt": 5}, "prompt"),
-    ("/v1/responses", "temperature as an empty string",
-     {"model": "untouched", "input": "hi", "temperature": ""}, "temperature"),
-    ("/v1/responses", "max_output_tokens as a word",
-     {"model": "untouched", "input": "hi", "max_output_tokens": "x"}, "max_output_tokens"),
-    ("/v1/responses", "max_output_tokens beyond the context",
-     {"model": "untouched", "input": "hi", "max_output_tokens": 1000}, "max_output_tokens"),
-    ("/v1/responses", "function_call item with object arguments",
-     {"model": "untouched", "input": [{"type": "function_call", "name": "f", "arguments": {"a": 1}, "call_id": "c"}]},
-     "input[0].arguments"),
-    ("/api/agents", "agent seed beyond 64 bits",
-     {"name": "bad-seed", "model": "untouched", "params": {"seed": 2**70}}, "params.seed"),
+    (
+        "/v1/responses",
+        "temperature as an empty string",
+        {"model": "untouched", "input": "hi", "temperature": ""},
+        "temperature",
+    ),
+    (
+        "/v1/responses",
+        "max_output_tokens as a word",
+        {"model": "untouched", "input": "hi", "max_output_tokens": "x"},
+        "max_output_tokens",
+    ),
+    (
+        "/v1/responses",
+        "max_output_tokens beyond the context",
+        {"model": "untouched", "input": "hi", "max_output_tokens": 1000},
+        "max_output_tokens",
+    ),
+    (
+        "/v1/responses",
+        "function_call item with object arguments",
+        {
+            "model": "untouched",
+            "input": [
+                {"type": "function_call", "name": "f", "arguments": {"a": 1}, "call_id": "c"}
+            ],
+        },
+        "input[0].arguments",
+    ),
+    (
+        "/api/agents",
+        "agent seed beyond 64 bits",
+        {"name": "bad-seed", "model": "untouched", "params": {"seed": 2**70}},
+        "params.seed",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("path", "what", "body", "param"), REFUSED, ids=[r[1] for r in REFUSED])
-def test_malformed_bodies_get_400_naming_the_field(daemon: Daemon, path: str, what: str, body: Any,
-                                                   param: str) -> None:
+def test_malformed_bodies_get_400_naming_the_field(
+    daemon: Daemon, path: str, what: str, body: Any, param: str
+) -> None:
     with daemon.http() as c:
         r = c.post(path, json=body)
     assert r.status_code == 400, (what, r.status_code, r.text)
@@ -109,7 +213,11 @@ def test_malformed_bodies_get_400_naming_the_field(daemon: Daemon, path: str, wh
 
 def test_a_deeply_nested_body_is_a_400_not_a_500(daemon: Daemon) -> None:
     with daemon.http() as c:
-        r = c.post("/v1/chat/completions", content=b"[" * 5000, headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/v1/chat/completions",
+            content=b"[" * 5000,
+            headers={"Content-Type": "application/json"},
+        )
     assert r.status_code == 400, r.text
     assert "nested" in r.json()["error"]["message"]
 
@@ -135,7 +243,9 @@ def test_the_openai_sdk_sees_a_bad_request_with_the_param(daemon: Daemon) -> Non
 def test_a_session_turn_beyond_the_context_is_refused_before_it_is_stored(daemon: Daemon) -> None:
     with daemon.http() as c:
         session = c.post("/api/sessions", json={"model": "untouched"}).json()
-        r = c.post(f"/api/sessions/{session['id']}/messages", json={"content": "hi", "max_tokens": 10_000})
+        r = c.post(
+            f"/api/sessions/{session['id']}/messages", json={"content": "hi", "max_tokens": 10_000}
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
         r = c.post(f"/api/sessions/{session['id']}/messages", json={"content": "hi", "seed": 2**64})
         assert r.status_code == 400 and r.json()["error"]["param"] == "seed", r.text
@@ -147,9 +257,14 @@ def test_a_request_without_max_tokens_ends_at_the_profile_limit(daemon: Daemon) 
         r = c.post("/v1/chat/completions", json={"model": "capped", "messages": CHAT, **NO_END})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["usage"]["completion_tokens"] == 8 and body["choices"][0]["finish_reason"] == "length"
+        assert (
+            body["usage"]["completion_tokens"] == 8
+            and body["choices"][0]["finish_reason"] == "length"
+        )
         # an explicit limit still wins, up to the context
-        r = c.post("/v1/completions", json={"model": "capped", "prompt": "hi", "max_tokens": 20, **NO_END})
+        r = c.post(
+            "/v1/completions", json={"model": "capped", "prompt": "hi", "max_tokens": 20, **NO_END}
+        )
         assert r.json()["usage"]["completion_tokens"] == 20
 
 
@@ -162,9 +277,18 @@ def _generations(daemon: Daemon, model: str, outcome: str) -> float:
 
 def test_a_client_that_leaves_a_plain_request_stops_its_generation(daemon: Daemon) -> None:
     body = {"model": "long", "prompt": "x", "max_tokens": 8000, **NO_END}
-    with daemon.http() as c:  # load first, so the request below is generating when the client leaves
-        assert c.post("/v1/completions", json={"model": "long", "prompt": "x", "max_tokens": 1}).status_code == 200
-    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=daemon.url, timeout=httpx.Timeout(5, read=0.5)) as c:
+    # load first, so the request below is generating when the client leaves
+    with daemon.http() as c:
+        assert (
+            c.post(
+                "/v1/completions", json={"model": "long", "prompt": "x", "max_tokens": 1}
+            ).status_code
+            == 200
+        )
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.Client(base_url=daemon.url, timeout=httpx.Timeout(5, read=0.5)) as c,
+    ):
         c.post("/v1/completions", json=body)
     deadline = time.monotonic() + 10
     while _generations(daemon, "long", "cancelled") < 1:
@@ -188,25 +312,42 @@ def _stopped(pid: int) -> Iterator[None]:
 
 
 def test_a_worker_that_stops_answering_is_killed_and_its_requests_get_504(
-        tiny_model_path: Path, tmp_path: Path) -> None:
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     models = {"m": {"source": str(tiny_model_path), "context_size": 8192, "parallel": 2}}
-    with running_daemon(tmp_path, models=models, config={"models": {"worker_timeout_s": 1.0}}) as d, \
-            d.http(timeout=30) as c:
-        assert c.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 2}).status_code == 200
+    with (
+        running_daemon(tmp_path, models=models, config={"models": {"worker_timeout_s": 1.0}}) as d,
+        d.http(timeout=30) as c,
+    ):
+        assert (
+            c.post(
+                "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 2}
+            ).status_code
+            == 200
+        )
         pid = d.model("m")["worker_pid"]
         # a stream that has started: its error comes as OpenAI's error event
-        with c.stream("POST", "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 8000,
-                                                        "stream": True, **NO_END}) as stream:
+        with c.stream(
+            "POST",
+            "/v1/completions",
+            json={"model": "m", "prompt": "x", "max_tokens": 8000, "stream": True, **NO_END},
+        ) as stream:
             lines = stream.iter_lines()
             assert next(lines).startswith("data: ")
             with _stopped(pid):
                 t0 = time.monotonic()
-                plain = c.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 4})
+                plain = c.post(
+                    "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 4}
+                )
                 waited = time.monotonic() - t0
                 rest = [ln for ln in lines if ln.startswith("data: ")]
         assert plain.status_code == 504, plain.text
         err = plain.json()["error"]
-        assert err["code"] == "worker_timeout" and "stopped answering" in err["message"] and "'m'" in err["message"]
+        assert (
+            err["code"] == "worker_timeout"
+            and "stopped answering" in err["message"]
+            and "'m'" in err["message"]
+        )
         assert waited < 10
         assert rest[-1] == "data: [DONE]" and '"worker_timeout"' in rest[-2], rest[-3:]
         m = d.wait_state("m", {"failed", "unloaded"}, timeout=10)
@@ -216,12 +357,20 @@ def test_a_worker_that_stops_answering_is_killed_and_its_requests_get_504(
         assert d.model("m")["worker_pid"] not in (None, pid)
 
 
-def test_a_busy_worker_is_not_mistaken_for_a_hung_one(tiny_model_path: Path, tmp_path: Path) -> None:
+def test_a_busy_worker_is_not_mistaken_for_a_hung_one(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     """A generation longer than worker_timeout_s, read slowly, is answered in full."""
     models = {"m": {"source": str(tiny_model_path), "context_size": 4096}}
-    with running_daemon(tmp_path, models=models, config={"models": {"worker_timeout_s": 0.5}}) as d, \
-            d.http(timeout=60) as c, c.stream("POST", "/v1/completions", json={
-                "model": "m", "prompt": "x", "max_tokens": 300, "stream": True, **NO_END}) as stream:
+    with (
+        running_daemon(tmp_path, models=models, config={"models": {"worker_timeout_s": 0.5}}) as d,
+        d.http(timeout=60) as c,
+        c.stream(
+            "POST",
+            "/v1/completions",
+            json={"model": "m", "prompt": "x", "max_tokens": 300, "stream": True, **NO_END},
+        ) as stream,
+    ):
         chunks = 0
         for line in stream.iter_lines():
             if line.startswith("data: {"):
