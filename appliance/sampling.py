@@ -44,7 +44,11 @@ TokenId = Annotated[
     str, Meta(pattern=r"^[0-9]{1,10}$", description="A token id, as a decimal string")
 ]
 StopList = Annotated[list[str], Meta(max_length=4, description="Up to 4 stop strings")]
-KeepAlive = Annotated[float, Meta(ge=-1.0, le=1e9, description="Seconds; 0 unloads now, -1 never")]
+KEEP_ALIVE_MAX = 1e9
+"""Seconds (about 31 years): beyond it a model might as well be pinned."""
+KeepAlive = Annotated[
+    float, Meta(ge=-1.0, le=KEEP_ALIVE_MAX, description="Seconds; 0 unloads now, -1 never")
+]
 
 
 def fold_seed(seed: int) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import struct
 import time
 import uuid
@@ -24,6 +25,7 @@ from appliance.models.catalog import ModelCatalog
 from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.workerproc import RequestStream
+from appliance.sampling import KEEP_ALIVE_MAX
 from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.chat")
@@ -40,6 +42,9 @@ def _keep_alive(value: Any) -> float | None:
         v = float(value)
     except (TypeError, ValueError):
         raise InvalidRequest("keep_alive must be a number of seconds (0 unloads now, -1 never)", param="keep_alive") from None
+    if not math.isfinite(v) or v > KEEP_ALIVE_MAX:
+        raise InvalidRequest(f"keep_alive must be at most {KEEP_ALIVE_MAX:g} seconds (-1 never unloads)",
+                             param="keep_alive")
     if v < 0 and v != -1:
         raise InvalidRequest("keep_alive must be -1 (never unload), 0 (unload now) or positive", param="keep_alive")
     return v

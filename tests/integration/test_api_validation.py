@@ -230,6 +230,15 @@ def test_refused_requests_never_loaded_the_model(daemon: Daemon) -> None:
     assert m["load_count"] == 0 and m["state"] == "unloaded", m
 
 
+@pytest.mark.parametrize("keep_alive", ["nan", "inf", "1e308", "-2"])
+def test_a_keep_alive_that_is_not_a_duration_is_refused(daemon: Daemon, keep_alive: str) -> None:
+    # nan once armed an idle deadline that never passed and never failed: the reaper spun
+    with daemon.http() as c:
+        r = c.post(f"/api/models/untouched/load?keep_alive={keep_alive}")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive", r.text
+    assert daemon.model("untouched")["load_count"] == 0
+
+
 def test_the_openai_sdk_sees_a_bad_request_with_the_param(daemon: Daemon) -> None:
     client = daemon.openai(max_retries=0)
     with pytest.raises(openai.BadRequestError) as err:
