@@ -64,7 +64,7 @@ def input_drafts(value: Any) -> list[MessageDraft]:
         if kind == "message":
             roles: dict[Any, Role] = {"user": "user", "assistant": "assistant", "system": "system",
                                       "developer": "system"}
-            role = roles.get(item.get("role"))
+            role = roles.get(item["role"]) if isinstance(item.get("role"), str) else None
             if role is None:
                 raise InvalidRequest(f"input[{i}].role must be user, assistant, system or developer",
                                      param=f"input[{i}].role")

@@ -191,6 +191,12 @@ REFUSED: list[tuple[str, str, Any, str]] = [
         "input[0].arguments",
     ),
     (
+        "/v1/responses",
+        "message item with a list for a role",
+        {"model": "untouched", "input": [{"type": "message", "role": [], "content": "hi"}]},
+        "input[0].role",
+    ),
+    (
         "/api/agents",
         "agent seed beyond 64 bits",
         {"name": "bad-seed", "model": "untouched", "params": {"seed": 2**70}},
