@@ -35,7 +35,7 @@ def _param(message: str, key: Any) -> str | None:
 
     Litestar gives the location inside the body (`data.` stripped) or the parameter's name, and
     msgspec names a missing field only in its message."""
-    where = str(key) if key not in (None, "", "n/a", "data") else None
+    where = str(key).replace("[...]", "") if key not in (None, "", "n/a", "data") else None  # [...]: a dict's value
     m = _REQUIRED.search(message)
     if m:
         return f"{where}.{m.group(1)}" if where else m.group(1)
