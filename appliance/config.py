@@ -49,6 +49,10 @@ class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Keep one worker process with llama_cpp imported, ready for the next load."""
     load_timeout_s: float = 300.0
     """A load that takes longer than this fails and its worker is killed."""
+    worker_timeout_s: float = 60.0
+    """A worker serving requests that sends nothing for this long (not even the answer to the
+    daemon's ping) is killed: its requests get 504 and the model loads afresh on the next one.
+    A long generation is not silent; 0 disables the watchdog. Loads have load_timeout_s."""
     page_cache: bool = True
     """Keep unloaded model files in the page cache (posix_fadvise WILLNEED) for a fast wake-up."""
     defaults: list[str] = msgspec.field(

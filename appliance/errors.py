@@ -97,6 +97,13 @@ class WorkerCrashed(ApplianceError):
     code = "worker_crashed"
 
 
+class WorkerTimeout(ApplianceError):
+    """The worker process serving a request stopped answering and was killed."""
+
+    status = 504
+    code = "worker_timeout"
+
+
 class InsufficientMemory(ApplianceError):
     """The model cannot fit the memory budget even after evicting idle models."""
 

@@ -10,6 +10,7 @@ from appliance.api.auth import BearerAuth
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.models import ModelsController
 from appliance.api.openai import OpenAIController
+from appliance.api.openapi import openapi_config
 from appliance.api.ops import OpsController
 from appliance.api.responses import ResponsesController
 from appliance.api.sandboxes import SandboxController
@@ -33,7 +34,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[appliance.start] if manage_lifecycle else [],
         on_shutdown=[appliance.stop] if manage_lifecycle else [],
-        openapi_config=None,
+        openapi_config=openapi_config(),
         logging_config=None,  # logs are configured once, by appliance.telemetry.logs
         debug=False,
     )

@@ -27,7 +27,19 @@ def appliance_error_handler(_: Request[Any, Any, Any], exc: ApplianceError) -> R
     )
 
 
-_FIELD = re.compile(r"required field `([^`]+)`|at `\$\.([^`]+)`")
+_REQUIRED = re.compile(r"required field `([^`]+)`")
+
+
+def _param(message: str, key: Any) -> str | None:
+    """The dotted path of the field a decoding error is about (`messages[1].tool_calls[0].function`).
+
+    Litestar gives the location inside the body (`data.` stripped) or the parameter's name, and
+    msgspec names a missing field only in its message."""
+    where = str(key).replace("[...]", "") if key not in (None, "", "n/a", "data") else None  # [...]: a dict's value
+    m = _REQUIRED.search(message)
+    if m:
+        return f"{where}.{m.group(1)}" if where else m.group(1)
+    return where
 
 
 def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -37,10 +49,9 @@ def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException
     for d in details:
         if isinstance(d, dict):
             message = str(d.get("message"))
-            m = _FIELD.search(message)
-            key = (m.group(1) or m.group(2)) if m else d.get("key")
-            param = param or key
-            parts.append(message)
+            field = _param(message, d.get("key"))
+            param = param or field
+            parts.append(f"{message} at `{field}`" if field and field not in message else message)
     message = "Invalid request body" + (": " + "; ".join(parts) if parts else f": {exc.detail}")
     return Response(
         error_body(message + ". Check the field against the API reference.", "invalid_request_error",
@@ -61,6 +72,15 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
 
 
 def unexpected_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):
+        # msgspec refuses JSON nested deeper than Python's recursion limit while Litestar reads
+        # the body; Litestar lets that through as an unexpected error
+        return Response(
+            error_body("the JSON body is nested too deeply; send a flatter document", "invalid_request_error",
+                       "invalid_request"),
+            status_code=400,
+            media_type=MediaType.JSON,
+        )
     log.exception("unhandled error", exc_info=exc)
     return Response(
         error_body(f"internal error: {exc!r}. See the daemon log.", "server_error", "internal_error"),

@@ -1,17 +1,27 @@
-"""OpenAI-compatible routes: models, chat completions, completions, embeddings."""
+"""OpenAI-compatible routes: models, chat completions, completions, embeddings.
+
+A body is checked against its struct (appliance.api.schemas) before the handler runs; the answer
+leaves as its struct (appliance.api.replies), so both match the OpenAPI document. With
+`stream: true` chat and completions answer as server-sent events instead (appliance.api.sse).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from appliance.api.disconnect import unless_disconnected
+from appliance.api.replies import ChatCompletion, Completion, EmbeddingList, ModelList, reply
 from appliance.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.api.sse import sse
 from appliance.services.container import Appliance
+
+STREAMED = "; with `stream: true`, server-sent events of chunks ending with `data: [DONE]`"
 
 
 class OpenAIController(Controller):
@@ -19,26 +29,49 @@ class OpenAIController(Controller):
     tags = ["openai"]
 
     @get("/models")
-    async def list_models(self, appliance: NamedDependency[Appliance]) -> dict[str, Any]:
-        return appliance.models.openai_list()
+    async def list_models(self, appliance: NamedDependency[Appliance]) -> ModelList:
+        return reply(appliance.models.openai_list(), ModelList)
 
-    @post("/chat/completions", status_code=200)
-    async def chat_completions(self, appliance: NamedDependency[Appliance],
-                               data: JSONBody[ChatCompletionRequest]) -> Response[Any] | Stream:
+    @post(
+        "/chat/completions",
+        status_code=200,
+        responses={200: ResponseSpec(ChatCompletion, description="The completion" + STREAMED)},
+    )
+    async def chat_completions(
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[ChatCompletionRequest],
+    ) -> Response[ChatCompletion] | Stream:
         params = data.to_params()
         if data.stream:
             return sse(await appliance.chat.chat_completion_stream(params))
-        return Response(await appliance.chat.chat_completion(params))
+        answer = await unless_disconnected(request, appliance.chat.chat_completion(params))
+        return Response(reply(answer, ChatCompletion))
 
-    @post("/completions", status_code=200)
-    async def completions(self, appliance: NamedDependency[Appliance],
-                          data: JSONBody[CompletionRequest]) -> Response[Any] | Stream:
+    @post(
+        "/completions",
+        status_code=200,
+        responses={200: ResponseSpec(Completion, description="The completion" + STREAMED)},
+    )
+    async def completions(
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[CompletionRequest],
+    ) -> Response[Completion] | Stream:
         params = data.to_params()
         if data.stream:
             return sse(await appliance.chat.completion_stream(params))
-        return Response(await appliance.chat.completion(params))
+        answer = await unless_disconnected(request, appliance.chat.completion(params))
+        return Response(reply(answer, Completion))
 
     @post("/embeddings", status_code=200)
-    async def embeddings(self, appliance: NamedDependency[Appliance],
-                         data: JSONBody[EmbeddingRequest]) -> dict[str, Any]:
-        return await appliance.chat.embeddings(data.to_params())
+    async def embeddings(
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        data: JSONBody[EmbeddingRequest],
+    ) -> EmbeddingList:
+        answer = await unless_disconnected(request, appliance.chat.embeddings(data.to_params()))
+        return reply(answer, EmbeddingList)

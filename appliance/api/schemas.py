@@ -1,47 +1,197 @@
-"""Typed request bodies of the OpenAI-compatible routes.
+"""Typed request bodies of the OpenAI-compatible routes: shapes and ranges, checked at the edge.
 
-Fields are validated by type here; meaning (which model, which tools) is checked by the services.
-Unknown fields are accepted and ignored, as OpenAI clients send fields that a local server may not
-use (user, metadata, ...).
+A body is decoded into these structs before a handler runs, so a wrong type, a value out of
+OpenAI's documented range (appliance.sampling) or a malformed message, tool call or tool is a
+400 whose `param` names the field (`messages[1].tool_calls[0].function`), before a lease is taken
+or a model loaded. Meaning that needs the catalog (which model, how much context) is checked by
+the services. Unknown fields are accepted and ignored, as OpenAI clients send fields that a local
+server may not use (user, metadata, ...). The same structs are the request schemas of the
+OpenAPI document.
+
+What is not checked here: the contents of JSON schemas (`tools[].function.parameters`,
+`response_format.json_schema.schema`), which become grammars and are checked where they do.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
+
+from appliance.sampling import (
+    Bias,
+    KeepAlive,
+    MaxTokens,
+    MinP,
+    Penalty,
+    RepeatPenalty,
+    Seed,
+    StopList,
+    Temperature,
+    TokenId,
+    TopK,
+    TopP,
+)
 
 
 class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
     def to_params(self) -> dict[str, Any]:
-        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+        """The request as plain data (unset fields left out), what the services take."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+class TextPart(_Body, kw_only=True):
+    """A part of a message's content; only text parts are supported."""
+
+    type: Literal["text", "input_text", "output_text"]
+    text: str
+
+
+Content = str | list[TextPart]
+
+
+class FunctionCall(_Body, kw_only=True):
+    name: str
+    arguments: str
+    """The arguments as a JSON text, as the model produced them."""
+
+
+class ToolCall(_Body, kw_only=True):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class SystemMessage(_Body, tag="system", tag_field="role", kw_only=True):
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(SystemMessage, tag="developer", tag_field="role", kw_only=True):
+    pass
+
+
+class UserMessage(_Body, tag="user", tag_field="role", kw_only=True):
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(_Body, tag="assistant", tag_field="role", kw_only=True):
+    content: Content | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+
+
+class ToolMessage(_Body, tag="tool", tag_field="role", kw_only=True):
+    content: Content
+    tool_call_id: str
+    """The id of the assistant's tool call this message answers."""
+
+
+class FunctionMessage(_Body, tag="function", tag_field="role", kw_only=True):
+    """The deprecated function-calling result message."""
+
+    content: Content | None
+    name: str
+
+
+ChatMessage = (
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage
+)
+
+
+# --- tools and formats -----------------------------------------------------------------------
+
+
+class FunctionDefinition(_Body, kw_only=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of an object: the arguments the model must produce."""
+    strict: bool | None = None
+
+
+class ChatTool(_Body, kw_only=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body, kw_only=True):
+    name: str
+
+
+class ToolChoiceFunction(_Body, kw_only=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | ToolChoiceFunction
+
+
+class JsonSchemaFormat(_Body, kw_only=True):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = msgspec.field(name="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Body, tag="text", tag_field="type", kw_only=True):
+    pass
+
+
+class JsonObjectFormat(_Body, tag="json_object", tag_field="type", kw_only=True):
+    pass
+
+
+class JsonSchemaResponseFormat(_Body, tag="json_schema", tag_field="type", kw_only=True):
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaResponseFormat
+
+
+class StreamOptions(_Body, kw_only=True):
+    include_usage: bool | None = None
+
+
+# --- requests --------------------------------------------------------------------------------
 
 
 class Sampling(_Body, kw_only=True):
     model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repeat_penalty: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logit_bias: dict[str, float] | None = None
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repeat_penalty: RepeatPenalty | None = None
+    seed: Seed | None = None
+    stop: str | StopList | None = None
+    logit_bias: dict[TokenId, Bias] | None = None
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    n: int | None = None
-    keep_alive: float | None = None
+    stream_options: StreamOptions | None = None
+    n: Literal[1] | None = None
+    """Choices per request: only 1 is supported."""
+    keep_alive: KeepAlive | None = None
 
 
 class ChatCompletionRequest(Sampling, kw_only=True):
-    messages: list[dict[str, Any]]
-    max_completion_tokens: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    messages: list[ChatMessage]
+    max_completion_tokens: MaxTokens | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -52,16 +202,33 @@ class CompletionRequest(Sampling, kw_only=True):
 class EmbeddingRequest(_Body, kw_only=True):
     model: str
     input: str | list[str]
-    encoding_format: str | None = None
-    dimensions: int | None = None
-    keep_alive: float | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: MaxTokens | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class ResponsesRequest(_Body, kw_only=True):
+    """`POST /v1/responses`. Input items and tools are checked by the service, which knows the
+    item kinds it supports and says which it does not."""
+
+    model: str | None = None
+    """Required unless previous_response_id gives it."""
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    stream: bool = False
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_output_tokens: MaxTokens | None = None
+    seed: Seed | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
 
 
 class AddModelRequest(_Body, kw_only=True):
     path: str
     id: str | None = None
     kind: str = "chat"
-
-
-class KeepAlive(_Body, kw_only=True):
-    keep_alive: float | None = None

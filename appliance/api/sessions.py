@@ -2,8 +2,8 @@
 
 The turn streams as server-sent events with names (`event: token`, `tool_call`, `tool_result`,
 `message`, `done`, `error`), each `data:` a JSON object. The first event is the user's message,
-sent once it is committed. A client that disconnects cancels the turn (the session stays whole).
-With `"stream": false` the turn answers as one JSON object instead.
+sent once it is committed. With `"stream": false` the turn answers as one JSON object instead.
+A client that disconnects cancels the turn, streamed or not (the session stays whole).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 
+from appliance.api.disconnect import unless_disconnected
 from appliance.services.agent_loop import Turn
 from appliance.services.container import Appliance
 from appliance.services.sessions import (
@@ -66,10 +67,10 @@ class SessionController(Controller):
         return await appliance.sessions.fork(session_id, data or ForkRequest())
 
     @post("/{session_id:str}/messages", status_code=200)
-    async def send(self, appliance: NamedDependency[Appliance], session_id: FromPath[str],
-                   data: JSONBody[TurnRequest]) -> Stream | Response[Any]:
+    async def send(self, appliance: NamedDependency[Appliance], request: Request[Any, Any, Any],
+                   session_id: FromPath[str], data: JSONBody[TurnRequest]) -> Stream | Response[Any]:
         if not data.stream:
-            return Response(await appliance.sessions.run_turn(session_id, data))
+            return Response(await unless_disconnected(request, appliance.sessions.run_turn(session_id, data)))
         turn = await appliance.sessions.begin_turn(session_id, data)
         return Stream(turn_frames(turn), media_type="text/event-stream",
                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -7,6 +7,7 @@ An error after the stream started is one last event carrying OpenAI's error body
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from appliance.api.errors import error_body
 from appliance.errors import ApplianceError
 
 _enc = msgspec.json.Encoder()
+log = logging.getLogger("appliance.api")
 
 
 async def _frames(source: AsyncIterator[dict[str, Any]], done: bool, named: bool) -> AsyncIterator[bytes]:
@@ -24,7 +26,10 @@ async def _frames(source: AsyncIterator[dict[str, Any]], done: bool, named: bool
         async for item in source:
             head = b"event: " + str(item["type"]).encode() + b"\n" if named else b""
             yield head + b"data: " + _enc.encode(item) + b"\n\n"
-    except ApplianceError as exc:
+    except Exception as exc:  # the status line is gone: the error becomes the stream's last event
+        if not isinstance(exc, ApplianceError):
+            log.exception("a stream failed", exc_info=exc)
+            exc = ApplianceError(f"internal error: {exc!r}. See the daemon log.")
         head = b"event: error\n" if named else b""
         yield head + b"data: " + _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param)) + b"\n\n"
     if done:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import InvalidRequest
+from appliance.sampling import fold_seed
 
 
 class TextAssembler:
@@ -84,7 +85,7 @@ def decode(
 ) -> Decoded:
     """Generate up to max_tokens after `prompt` on a llama_cpp.Llama, emitting text as it comes."""
     seed = sampling.pop("seed", None)
-    llm.set_seed(int(seed) if seed is not None else random.randrange(2**31))
+    llm.set_seed(fold_seed(int(seed)) if seed is not None else random.randrange(2**31))
     assembler = TextAssembler(stops)
     parts: list[str] = []
     finish = "length"

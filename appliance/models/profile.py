@@ -27,6 +27,9 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     description: str = ""
     context_size: int = 2048
     """Tokens of context per parallel slot."""
+    max_tokens: int = 1024
+    """Tokens a reply may have when the request sets no max_tokens (capped by context_size), so
+    a request without a limit ends instead of running until the context is full."""
     gpu_layers: int = -1
     """Layers offloaded to the GPU (-1: all). Ignored on a CPU build."""
     threads: int = 0
@@ -49,12 +52,19 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if self.context_size < 16:
             raise ValueError("context_size must be at least 16")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
         if self.parallel < 1 or self.parallel > 64:
             raise ValueError("parallel must be between 1 and 64")
         if self.idle_ttl_s is not None and self.idle_ttl_s < -1:
             raise ValueError("idle_ttl_s must be -1 (never unload), 0 or positive")
         if self.kind == "embedding" and self.chat_template:
             raise ValueError("chat_template makes no sense for an embedding model")
+
+    @property
+    def default_max_tokens(self) -> int:
+        """The reply limit of a request that sets none."""
+        return min(self.max_tokens, self.context_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(msgspec.to_builtins(self))

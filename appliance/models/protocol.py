@@ -99,7 +99,12 @@ class Prewarm(msgspec.Struct, tag="prewarm", kw_only=True):
     model_path: str
 
 
-Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Credit | Shutdown | Prewarm
+class Ping(msgspec.Struct, tag="ping"):
+    """Are you there? Answered with a Pong by the worker's reader thread at once, whatever its
+    requests are doing, so a worker that stays silent is stopped or hung, not busy."""
+
+
+Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Credit | Shutdown | Prewarm | Ping
 
 
 # --- worker -> daemon ----------------------------------------------------------------------
@@ -140,7 +145,11 @@ class Failed(msgspec.Struct, tag="failed", kw_only=True):
     kind: str = "error"  # "error" | "invalid_request" | "context_overflow"
 
 
-Event = Hello | Loaded | Delta | Done | Failed
+class Pong(msgspec.Struct, tag="pong"):
+    pass
+
+
+Event = Hello | Loaded | Delta | Done | Failed | Pong
 
 _encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)

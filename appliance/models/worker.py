@@ -561,6 +561,8 @@ def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | No
                 worker.cancel(cmd.id)
             elif isinstance(cmd, p.Credit):
                 worker.credit(cmd)
+            elif isinstance(cmd, p.Ping):
+                worker.send(p.Pong())
             else:
                 jobs.put(cmd)
     finally:

@@ -4,6 +4,12 @@
 imported llama_cpp and said Hello. `WorkerProcess` multiplexes requests over the pipe by id and
 turns the worker's death (abort, OOM kill, SIGKILL) into a WorkerCrashed error for each request it
 was serving, then tells its owner through `on_exit`.
+
+While requests are pending a watchdog pings the worker, whose reader thread answers at once
+whatever its requests are doing (a long prefill, a wait for flow-control credit). A worker that
+sends nothing for `answer_timeout` seconds (stopped, or wedged as a whole) is killed: its requests
+fail with WorkerTimeout (504) and its owner sees it exit like any other death. A model load is
+not watched here; it has its own timeout.
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ApplianceError, InvalidRequest, ModelUnavailable, WorkerCrashed
+from appliance.errors import (
+    ApplianceError,
+    InvalidRequest,
+    ModelUnavailable,
+    WorkerCrashed,
+    WorkerTimeout,
+)
 from appliance.models import protocol as p
 
 log = logging.getLogger("appliance.worker")
@@ -89,7 +102,8 @@ class RequestStream:
 
 
 class WorkerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, hello: p.Hello) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, hello: p.Hello,
+                 answer_timeout: float | None = None) -> None:
         self.proc = proc
         self.hello = hello
         self.pid = proc.pid
@@ -101,8 +115,13 @@ class WorkerProcess:
         self._load_future: asyncio.Future[p.Loaded] | None = None
         self._write_lock = asyncio.Lock()
         self._exited = asyncio.Event()
+        self.answer_timeout = answer_timeout
+        self.hung = False
+        """Set when the watchdog killed the worker for not answering."""
+        self._last_heard = time.monotonic()
         self._reader = asyncio.create_task(self._read_events())
         self._errreader = asyncio.create_task(self._read_stderr())
+        self._watchdog = asyncio.create_task(self._watch()) if answer_timeout else None
 
     @property
     def alive(self) -> bool:
@@ -110,15 +129,20 @@ class WorkerProcess:
 
     # --- commands ---------------------------------------------------------------------------
 
+    def _gone(self, detail: str = "") -> ApplianceError:
+        if self.hung:
+            return WorkerTimeout(self.exit_message or "the worker process stopped answering and was killed")
+        return WorkerCrashed(self.exit_message or ("the worker process is gone" + detail))
+
     async def send(self, cmd: p.Command) -> None:
         if not self.alive or self.proc.stdin is None:
-            raise WorkerCrashed(self.exit_message or "the worker process is gone")
+            raise self._gone()
         async with self._write_lock:
             try:
                 self.proc.stdin.write(p.encode(cmd))
                 await self.proc.stdin.drain()
             except (ConnectionError, RuntimeError) as exc:
-                raise WorkerCrashed(self.exit_message or f"the worker process is gone ({exc})") from exc
+                raise self._gone(f" ({exc})") from exc
 
     async def load(self, spec: p.Load, timeout: float) -> p.Loaded:
         loop = asyncio.get_running_loop()
@@ -134,6 +158,8 @@ class WorkerProcess:
         req_id = next(_ids)
         cmd = make(req_id)
         stream = RequestStream(self, req_id, window=getattr(cmd, "window", 0))
+        if not self.pending:  # the watchdog's silence is counted from the first pending request
+            self._last_heard = time.monotonic()
         self.pending[req_id] = stream
         try:
             await self.send(cmd)
@@ -166,6 +192,27 @@ class WorkerProcess:
     async def wait_exit(self) -> None:
         await self._exited.wait()
 
+    async def _watch(self) -> None:
+        """Ping while requests are pending; kill the worker after answer_timeout of silence."""
+        assert self.answer_timeout
+        interval = max(0.02, self.answer_timeout / 4)
+        while self.alive:
+            await asyncio.sleep(interval)
+            if not self.pending:
+                continue
+            silent = time.monotonic() - self._last_heard
+            if silent >= self.answer_timeout:
+                self.hung = True
+                log.warning("worker %d (%s) sent nothing for %.1fs with %d requests pending; killing it",
+                            self.pid, self.model_id, silent, len(self.pending))
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                return
+            if silent >= interval and self.proc.stdin is not None and not self.proc.stdin.is_closing():
+                # a plain write, never a drain: it must not wait behind a request stuck on a full pipe
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    self.proc.stdin.write(p.encode(p.Ping()))
+
     # --- events -----------------------------------------------------------------------------
 
     async def _read_events(self) -> None:
@@ -175,6 +222,7 @@ class WorkerProcess:
                 header = await self.proc.stdout.readexactly(p.HEADER.size)
                 (size,) = p.HEADER.unpack(header)
                 body = await self.proc.stdout.readexactly(size)
+                self._last_heard = time.monotonic()
                 self._dispatch(p.decode_event(body))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -195,7 +243,7 @@ class WorkerProcess:
             if self._load_future and not self._load_future.done():
                 self._load_future.set_exception(ModelUnavailable(ev.message))
             return
-        if isinstance(ev, p.Hello):
+        if isinstance(ev, p.Hello | p.Pong):
             return
         stream = self.pending.get(ev.id)
         if stream is None:
@@ -237,17 +285,23 @@ class WorkerProcess:
             how += " (llama.cpp aborted: the model file may be malformed)"
         elif rc == -9:
             how += " (killed: out of memory, or stopped by hand)"
+        if self.hung:
+            how = (f"stopped answering for {self.answer_timeout:g}s (models.worker_timeout_s) and was killed; "
+                   "the model loads afresh on the next request")
         tail = [ln for ln in self.stderr_tail if ln.strip()][-3:]
         model = f"model {self.model_id!r}" if self.model_id else "a spare worker"
         msg = f"the worker process of {model} {how}"
-        if tail:
+        if tail and not self.hung:
             msg += ": " + " | ".join(tail)
         self.exit_message = msg
         self._exited.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._load_future and not self._load_future.done():
             self._load_future.set_exception(ModelUnavailable(msg + ". Check the model file, then retry."))
+        failure = WorkerTimeout if self.hung else WorkerCrashed
         for stream in list(self.pending.values()):
-            stream.queue.put_nowait(WorkerCrashed(msg + ". The request failed; retry it."))
+            stream.queue.put_nowait(failure(msg + ". The request failed; retry it."))
             stream.finished.set()
         self.pending.clear()
         if self.on_exit is not None:
@@ -269,9 +323,11 @@ class ProcessSpawner:
     """Starts real worker processes."""
 
     def __init__(self, log_dir: Path | None = None, python: str | None = None, hello_timeout: float = 120.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, answer_timeout: float | None = None) -> None:
         self.python = python or sys.executable
         self.hello_timeout = hello_timeout
+        self.answer_timeout = answer_timeout
+        """Seconds a worker with pending requests may stay silent before it is killed (None: forever)."""
         self.log_dir = log_dir
         self.env = env or {}
         """Added to every worker's environment (the daemon marks its workers with its state dir)."""
@@ -317,4 +373,4 @@ class ProcessSpawner:
         if not isinstance(hello, p.Hello):
             proc.kill()
             raise ModelUnavailable("a model worker spoke out of turn at start-up")
-        return WorkerProcess(proc, hello)
+        return WorkerProcess(proc, hello, answer_timeout=self.answer_timeout)

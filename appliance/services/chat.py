@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import struct
 import time
 import uuid
@@ -21,8 +22,10 @@ from typing import Any, Protocol
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
+from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.workerproc import RequestStream
+from appliance.sampling import KEEP_ALIVE_MAX
 from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.chat")
@@ -39,6 +42,9 @@ def _keep_alive(value: Any) -> float | None:
         v = float(value)
     except (TypeError, ValueError):
         raise InvalidRequest("keep_alive must be a number of seconds (0 unloads now, -1 never)", param="keep_alive") from None
+    if not math.isfinite(v) or v > KEEP_ALIVE_MAX:
+        raise InvalidRequest(f"keep_alive must be at most {KEEP_ALIVE_MAX:g} seconds (-1 never unloads)",
+                             param="keep_alive")
     if v < 0 and v != -1:
         raise InvalidRequest("keep_alive must be -1 (never unload), 0 (unload now) or positive", param="keep_alive")
     return v
@@ -176,6 +182,8 @@ class ChatService:
         if params.get("n") not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         model = params.get("model")
+        if isinstance(model, str) and model:
+            params = bounded(params, self.catalog.get(model))
         keeper = self.slot_keeper if slot_key is None and not slot else None
         if keeper is not None and isinstance(model, str) and model and self.catalog.get(model).kind == "chat":
             slot = await keeper.plain_fields(model)
@@ -298,6 +306,10 @@ class ChatService:
             lease.release()
         if self.telemetry is not None:
             self.telemetry.embedding_finished(str(model), lease, r, t0)
+        if any(vec and isinstance(vec[0], list) for vec in r["embeddings"]):
+            # as llama-server does: a model without pooling gives one vector per token
+            raise InvalidRequest(f"model {model!r} gives one vector per token (its GGUF sets no pooling), not one "
+                                 "per input as /v1/embeddings returns; use a sentence-embedding model", param="model")
         data = []
         for i, vec in enumerate(r["embeddings"]):
             dims = params.get("dimensions")
@@ -309,6 +321,26 @@ class ChatService:
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = int(r.get("prompt_tokens", 0))
         return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
+    """`params` with the reply limit every generation has: the request's (`max_completion_tokens`
+    before `max_tokens`), which must fit the model's context, or the profile's default.
+
+    Checked before a lease is taken, so a limit no prompt could meet costs no model load. The
+    worker still cuts the limit to what is left of the context after the prompt."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"{key} must be a whole number of tokens, at least 1", param=key)
+        if value > prof.context_size:
+            raise InvalidRequest(
+                f"{key} is {value}, but model {prof.id!r} holds {prof.context_size} tokens of context "
+                "(prompt and reply together); ask for fewer tokens", param=key)
+        return {**params, "max_tokens": value}
+    return {**params, "max_tokens": prof.default_max_tokens}
 
 
 def _usage(r: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,8 @@ class Appliance:
         events = EventBus()
         scheduler = ModelScheduler(
             catalog,
-            spawner=ProcessSpawner(log_dir=state / "logs", env={STATE_DIR_ENV: str(state.resolve())}),
+            spawner=ProcessSpawner(log_dir=state / "logs", env={STATE_DIR_ENV: str(state.resolve())},
+                                   answer_timeout=config.models.worker_timeout_s or None),
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import InvalidRequest
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import ModelScheduler
+from appliance.sampling import KEEP_ALIVE_MAX
 
 
 class ModelService:
@@ -37,8 +39,11 @@ class ModelService:
         return next(m for m in self.list() if m["id"] == model_id)
 
     async def load(self, model_id: str, keep_alive: float | None = None) -> dict[str, Any]:
-        if keep_alive is not None and keep_alive < 0 and keep_alive != -1:
-            raise InvalidRequest("keep_alive must be -1 (never unload), 0 or positive seconds", param="keep_alive")
+        if keep_alive is not None and (not math.isfinite(keep_alive) or keep_alive > KEEP_ALIVE_MAX
+                                       or (keep_alive < 0 and keep_alive != -1)):
+            # nan would make the idle reaper spin: no deadline compares as passed
+            raise InvalidRequest(f"keep_alive must be -1 (never unload), 0 or positive seconds up to {KEEP_ALIVE_MAX:g}",
+                                 param="keep_alive")
         await self.scheduler.load(model_id, keep_alive=keep_alive)
         return self.get(model_id)
 

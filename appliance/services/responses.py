@@ -32,7 +32,7 @@ from appliance.errors import InvalidRequest, NotFound
 from appliance.models import chat_format as cf
 from appliance.models.catalog import ModelCatalog
 from appliance.services.agent_context import model_messages, visible, window_start
-from appliance.services.chat import ChatService
+from appliance.services.chat import ChatService, bounded
 from appliance.services.sessions import SessionService
 from appliance.store import Message, MessageDraft, Store
 from appliance.store.messages import Role
@@ -45,7 +45,7 @@ def _text(content: Any, where: str) -> str:
     try:
         return cf.content_text(content)
     except InvalidRequest as exc:
-        raise InvalidRequest(f"{where}: {exc.message}", param="input") from None
+        raise InvalidRequest(f"{where}: {exc.message}", param=where) from None
 
 
 def input_drafts(value: Any) -> list[MessageDraft]:
@@ -59,24 +59,32 @@ def input_drafts(value: Any) -> list[MessageDraft]:
     drafts: list[MessageDraft] = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise InvalidRequest(f"input[{i}] must be an object", param="input")
+            raise InvalidRequest(f"input[{i}] must be an object", param=f"input[{i}]")
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
             roles: dict[Any, Role] = {"user": "user", "assistant": "assistant", "system": "system",
                                       "developer": "system"}
-            role = roles.get(item.get("role"))
+            role = roles.get(item["role"]) if isinstance(item.get("role"), str) else None
             if role is None:
-                raise InvalidRequest(f"input[{i}].role must be user, assistant, system or developer", param="input")
-            drafts.append(MessageDraft(role=role, content=_text(item.get("content"), f"input[{i}]")))
+                raise InvalidRequest(f"input[{i}].role must be user, assistant, system or developer",
+                                     param=f"input[{i}].role")
+            drafts.append(MessageDraft(role=role, content=_text(item.get("content"), f"input[{i}].content")))
         elif kind == "function_call_output":
             if not item.get("call_id"):
-                raise InvalidRequest(f"input[{i}] needs the call_id of the function_call it answers", param="input")
+                raise InvalidRequest(f"input[{i}] needs the call_id of the function_call it answers",
+                                     param=f"input[{i}].call_id")
             out = item.get("output")
             drafts.append(MessageDraft(role="tool", tool_call_id=str(item["call_id"]),
                                        content=out if isinstance(out, str) else _text(out, f"input[{i}].output")))
         elif kind == "function_call":
+            name, arguments = item.get("name"), item.get("arguments")
+            if not isinstance(name, str) or not name:
+                raise InvalidRequest(f"input[{i}].name must be the name of the function called", param=f"input[{i}].name")
+            if arguments is not None and not isinstance(arguments, str):
+                raise InvalidRequest(f"input[{i}].arguments must be the arguments as a JSON text",
+                                     param=f"input[{i}].arguments")
             call = {"id": str(item.get("call_id") or cf.new_call_id()), "type": "function",
-                    "function": {"name": str(item.get("name", "")), "arguments": item.get("arguments") or "{}"}}
+                    "function": {"name": name, "arguments": arguments or "{}"}}
             last = drafts[-1] if drafts else None
             if last is not None and last.role == "assistant" and last.content is None and last.tool_calls:
                 last.tool_calls.append(call)
@@ -84,7 +92,7 @@ def input_drafts(value: Any) -> list[MessageDraft]:
                 drafts.append(MessageDraft(role="assistant", tool_calls=[call]))
         else:
             raise InvalidRequest(f"input[{i}] of type {kind!r} is not supported; send message, function_call "
-                                 "or function_call_output items", param="input")
+                                 "or function_call_output items", param=f"input[{i}].type")
     return drafts
 
 
@@ -98,7 +106,11 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
         if not isinstance(t, dict) or t.get("type") != "function" or not t.get("name"):
             kind = t.get("type") if isinstance(t, dict) else type(t).__name__
             raise InvalidRequest(f"tools[{i}] of type {kind!r} is not supported; only function tools "
-                                 "({type: function, name, parameters}) are", param="tools")
+                                 "({type: function, name, parameters}) are", param=f"tools[{i}]")
+        for key, kind, what in (("name", str, "a string"), ("description", str, "a string"),
+                                ("parameters", dict, "a JSON schema object")):
+            if t.get(key) is not None and not isinstance(t[key], kind):
+                raise InvalidRequest(f"tools[{i}].{key} must be {what}", param=f"tools[{i}].{key}")
         out.append({"type": "function", "function": {
             "name": t["name"], "description": t.get("description") or "",
             "parameters": t.get("parameters") or {"type": "object", "properties": {}}}})
@@ -193,11 +205,20 @@ class ResponseService:
         model = body.get("model") or (link.model if link else None)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("`model` is required: the id of a model from GET /v1/models", param="model")
-        if self.catalog.get(model).kind != "chat":
+        prof = self.catalog.get(model)
+        if prof.kind != "chat":
             raise InvalidRequest(f"model {model!r} is an embedding model; use a chat model", param="model")
+        try:
+            bounded(self._params(body), prof)
+        except InvalidRequest as exc:
+            raise InvalidRequest(exc.message.replace("max_tokens", "max_output_tokens"),
+                                 param="max_output_tokens") from None
         drafts = input_drafts(body.get("input"))
-        return _Request(body=body, model=model, drafts=drafts, tools=chat_tools(body.get("tools")),
-                        choice=chat_tool_choice(body.get("tool_choice")), link=link, previous=prev_id or None,
+        tools, choice = chat_tools(body.get("tools")), chat_tool_choice(body.get("tool_choice"))
+        if tools:
+            cf.select_tools(tools, choice)  # a bad tool_choice fails now, before anything is stored
+        return _Request(body=body, model=model, drafts=drafts, tools=tools,
+                        choice=choice, link=link, previous=prev_id or None,
                         response_id="resp_" + uuid.uuid4().hex[:24], message_id="msg_" + uuid.uuid4().hex[:20],
                         created=time.time())
 

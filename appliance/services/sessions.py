@@ -28,9 +28,10 @@ from appliance.errors import ApplianceError, Conflict, InvalidRequest
 from appliance.models import chat_format as cf
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import ModelScheduler
+from appliance.sampling import MaxTokens, Seed, Temperature
 from appliance.services.agent_loop import AgentLoop, Turn, TurnSpec
 from appliance.services.agent_tools import RunCode, ToolBox
-from appliance.services.chat import ChatService
+from appliance.services.chat import ChatService, bounded
 from appliance.services.kv_park import KvParking
 from appliance.services.sandboxes import SandboxService
 from appliance.services.session_model import SessionModel
@@ -64,9 +65,10 @@ class TurnRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     """For the turn's first model call: "auto", "none", "required" or
     {"type": "function", "function": {"name": ...}}. Later calls use "auto"."""
-    temperature: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    """At most the model's context_size; unset: the agent's, else the model profile's."""
+    seed: Seed | None = None
     stream: bool = True
     """false: wait for the turn and get its messages and the done event as one JSON object."""
 
@@ -198,6 +200,7 @@ class SessionService:
         for key in ("temperature", "max_tokens", "seed"):
             if getattr(req, key) is not None:
                 params[key] = getattr(req, key)
+        bounded(params, prof)  # a limit beyond the context fails now, not inside the turn's stream
         lock = await self.acquire(session_id)
         try:
             user = await self.store.run(self.store.messages.append, session_id, "user", req.content)

@@ -19,6 +19,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from appliance.errors import Conflict, InvalidRequest, NotFound
+from appliance.sampling import MaxTokens, RepeatPenalty, Seed, StopList, TopK
 from appliance.store.db import Database
 from appliance.store.records import (
     Clock,
@@ -46,20 +47,20 @@ class GenerationParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     """Sampling temperature; 0 is greedy (deterministic)."""
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     """Nucleus sampling: keep the smallest token set whose probability reaches top_p."""
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    top_k: TopK | None = None
     """Keep only the k most likely tokens (0 disables)."""
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     """Drop tokens less likely than min_p times the most likely one."""
-    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    repeat_penalty: RepeatPenalty | None = None
     """Penalty for repeating recent tokens (1.0 is none)."""
     presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
-    max_tokens: Annotated[int, Meta(gt=0)] | None = None
-    """Most tokens the model may generate per call."""
-    seed: int | None = None
-    """Random seed for reproducible sampling."""
-    stop: list[str] | None = None
-    """Strings that end generation."""
+    max_tokens: MaxTokens | None = None
+    """Most tokens the model may generate per call (unset: the model profile's max_tokens)."""
+    seed: Seed | None = None
+    """Random seed for reproducible sampling (a signed 64-bit integer)."""
+    stop: StopList | None = None
+    """Strings that end generation (up to 4)."""
 
 
 class AgentSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
