@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def _per_request_us(app: Any, path: str, n: int, rounds: int, headers: dict[str, str]) -> float:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench", headers=headers) as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as c:
         for _ in range(50):  # warm up
             await c.get(path)
         results = []
