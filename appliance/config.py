@@ -51,6 +51,16 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ride in the JSON as base64). 0 derives it: one file of sandbox.max_file_mb as base64, plus
     max_body_mb for the code and the rest. (File uploads with `PUT .../files/{path}` are capped
     by sandbox.max_file_mb.)"""
+    max_connections: int = 1000
+    """Open HTTP connections at most (kept below the open-file limit, which the daemon raises to
+    its hard limit at start). When full, the connection that has been idle longest is closed to
+    admit a new one, so idle connections cannot lock clients out; when every connection is busy
+    with a request, new requests get 503."""
+    keep_alive_s: float = 5.0
+    """How long a connection may stay open with no data after its last response."""
+    header_timeout_s: float = 10.0
+    """A connection must send a complete request head within this many seconds of opening or of
+    its last response; slower ones are closed (slowloris)."""
 
     def __post_init__(self) -> None:
         for origin in self.cors_origins:
@@ -63,8 +73,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise ValueError(
                     f"allowed_hosts: {host!r} is not a host name; write name or name:port "
                     "(no scheme, no path, no wildcard)")
-        if self.max_body_mb <= 0:
-            raise ValueError("max_body_mb must be greater than 0")
+        positive = {"max_body_mb": self.max_body_mb, "max_connections": self.max_connections,
+                    "keep_alive_s": self.keep_alive_s, "header_timeout_s": self.header_timeout_s}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{key} must be greater than 0")
         if self.max_run_body_mb < 0:
             raise ValueError("max_run_body_mb must be 0 (derived) or greater")
 

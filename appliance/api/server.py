@@ -10,6 +10,10 @@
   the store closed);
 - a SIGTERM stop exits 0. (uvicorn re-raises the signal after its shutdown so the process dies
   of it; a clean stop that exits 0 reads better in `systemctl status` and to any supervisor.)
+
+Connections are admitted by appliance.api.connections: the open-file limit is raised at start,
+open connections are capped below it (idle ones make room for new ones), keep-alive and request
+heads are timed out, so idle sockets cannot lock clients out.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from appliance.api.connections import (
+    ConnectionGuard,
+    accept_backlog,
+    connection_cap,
+    guarded_protocol,
+    raise_open_file_limit,
+)
+from appliance.config import ServerConfig
 from appliance.services.container import Appliance
 from appliance.services.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
@@ -106,17 +119,27 @@ class ApplianceServer(uvicorn.Server):
             signal.raise_signal(signal.SIGINT)
 
 
-def serve(appliance: Appliance, app: Any, *, host: str, port: int, grace_s: float) -> int:
+def serve(appliance: Appliance, app: Any, server_config: ServerConfig) -> int:
     """Run the server until a signal stops it; returns the exit code."""
+    open_files = raise_open_file_limit()
+    cap = connection_cap(server_config.max_connections, open_files)
+    guard = ConnectionGuard(cap, server_config.header_timeout_s)
+    log.info("connections", extra={"fields": {"max": cap, "open_files": open_files,
+                                              "backlog": accept_backlog(open_files)}})
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=server_config.host,
+        port=server_config.port,
         log_config=None,  # our logging (appliance.telemetry.logs) formats uvicorn's lines too
         log_level="info",
         access_log=False,  # the request middleware logs each request, with its trace id
-        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=server_config.shutdown_grace_s,  # type: ignore[arg-type]
         lifespan="on",
+        http=guarded_protocol(AutoHTTPProtocol, guard),
+        ws="none",  # no route speaks WebSocket; an upgrade is answered as plain HTTP
+        backlog=accept_backlog(open_files),
+        limit_concurrency=cap + 1,  # reached only when every connection is busy: 503
+        timeout_keep_alive=server_config.keep_alive_s,  # type: ignore[arg-type]
     )
     server = ApplianceServer(config, appliance=appliance)
     asyncio.run(server.serve())

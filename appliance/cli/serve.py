@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         fetch_defaults(appliance, cfg.models.defaults)
     app = create_app(appliance)
     print(f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})", flush=True)
-    return serve(appliance, app, host=server.host, port=server.port, grace_s=server.shutdown_grace_s)
+    return serve(appliance, app, server)
 
 
 def _has_tokens(state_dir: Path) -> bool:
