@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -102,6 +103,21 @@ def probe_writable(path: Path) -> str | None:
     return None
 
 
+def probe_exposed(state_dir: Path) -> list[str]:
+    """The state directory and database files that group or other users may read, with modes."""
+    from appliance.private import readable_by_others
+
+    out = []
+    db = state_dir / "appliance.db"
+    for path in (state_dir, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            if readable_by_others(path):
+                out.append(f"{path} (mode {stat.S_IMODE(path.stat().st_mode):04o})")
+        except OSError:
+            continue
+    return out
+
+
 def probe_free_bytes(path: Path) -> int:
     p = path
     while not p.exists() and p != p.parent:
@@ -164,6 +180,7 @@ class DoctorProbes:
     cgroup: Callable[[], CgroupInfo] = probe_cgroup
     writable: Callable[[Path], str | None] = probe_writable
     free_bytes: Callable[[Path], int] = probe_free_bytes
+    exposed: Callable[[Path], list[str]] = probe_exposed
     port: Callable[[str, int], PortState] = probe_port
     valid_tokens: Callable[[Path], int] = probe_valid_tokens
     load_config: Callable[[Path | None, str | None], Config] = lambda path, state: load_config(

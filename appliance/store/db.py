@@ -16,6 +16,8 @@ notes and from the issue that asks for this store:
   connection's open (apsw's `connection_optimize`), where it may start an ANALYZE write while
   other threads are opening theirs.
 - One connection per thread (`threading.local`); connections are never shared between threads.
+- The database file is created 0600 before SQLite opens it (SQLite gives its WAL and SHM the
+  same mode), whatever the umask: it holds every transcript.
 - The database is never touched from the asyncio event loop: `connection()` refuses, and
   `await db.run(fn, *args)` runs a blocking function on a small, bounded thread pool instead.
 - The schema is an ordered ladder of named migration functions (see `appliance.store.migrations`).
@@ -40,6 +42,7 @@ import apsw
 import apsw.bestpractice
 
 from appliance.errors import ApplianceError
+from appliance.private import create_private, make_private, private_dir
 from appliance.store.migrations import MIGRATIONS, Migration
 
 log = logging.getLogger("appliance.store")
@@ -114,10 +117,15 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store")
         _forward_sqlite_log()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.exists():
+                private_dir(self.path.parent)
+            # 0600 before SQLite opens it: SQLite gives the WAL and SHM files the database's mode
+            create_private(self.path)
+            for suffix in ("-wal", "-shm"):
+                make_private(self.path.with_name(self.path.name + suffix))
         except OSError as exc:
             raise StoreError(
-                f"cannot create the state directory {self.path.parent}: {exc.strerror}. "
+                f"cannot create the database {self.path}: {exc.strerror}. "
                 "Choose a writable --state-dir."
             ) from exc
         try:
