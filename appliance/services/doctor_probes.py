@@ -95,7 +95,7 @@ def probe_cgroup(mount: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
 def probe_writable(path: Path) -> str | None:
     """None when a file can be created in `path` (made if missing), else the reason."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)  # a state dir it makes is private
         with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
             pass
     except OSError as exc:
