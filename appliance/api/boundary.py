@@ -282,6 +282,83 @@ def is_json(media_type: str | None) -> bool:
 # --- the ASGI layer -------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Headers:
+    """The request headers the boundary reads, from one pass over the ASGI scope."""
+
+    host: str | None = None
+    origin: str | None = None
+    content_type: str | None = None
+    length: bytes | None = None
+    chunked: bytes | None = None
+    preflight: bytes | None = None
+
+    @classmethod
+    def read(cls, scope: Any) -> _Headers:
+        h = cls()
+        for key, value in scope.get("headers", ()):
+            if key == b"host":
+                h.host = value.decode("latin-1")
+            elif key == b"origin":
+                h.origin = value.decode("latin-1").strip().lower()
+            elif key == b"content-type":
+                h.content_type = value.decode("latin-1")
+            elif key == b"content-length":
+                h.length = value
+            elif key == b"transfer-encoding":
+                h.chunked = value
+            elif key == b"access-control-request-method":
+                h.preflight = value
+        return h
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked is not None or (
+            self.length is not None and self.length.strip() not in (b"", b"0")
+        )
+
+    def announced_length(self) -> int:
+        try:
+            return int(self.length) if self.length is not None else -1
+        except ValueError:
+            return -1  # h11 refuses a malformed Content-Length before we see it
+
+
+def _sender_refusal(policy: BoundaryPolicy, scope: Any, h: _Headers) -> Forbidden | None:
+    """Host first (a rebound name), then Origin (a foreign page)."""
+    if h.host is None and scope.get("http_version") == "1.0":
+        pass  # HTTP/1.0 has no Host; browsers always send one
+    elif not policy.host_allowed(h.host):
+        return _host_refusal(h.host)
+    if h.origin is not None and not policy.origin_allowed(h.origin, h.host):
+        return _origin_refusal(h.origin)
+    return None
+
+
+def _body_refusal(method: str, path: str, h: _Headers, rule: BodyRule) -> ApplianceError | None:
+    media = _media_type(h.content_type)
+    if rule.kind == "upload":
+        if media in _SIMPLE_TYPES:
+            return UnsupportedMediaType(
+                f"this route takes the file's raw bytes, and {media} is a type any web page may "
+                "send; send Content-Type: application/octet-stream"
+            )
+    elif h.has_body and not is_json(media):
+        said = f"Content-Type: {h.content_type}" if h.content_type else "no Content-Type"
+        return UnsupportedMediaType(
+            f"{method} {path} takes a JSON body, and the request says {said}; send "
+            "Content-Type: application/json"
+        )
+    elif not h.has_body and media in _SIMPLE_TYPES:
+        return UnsupportedMediaType(
+            f"{method} {path} takes JSON or nothing, not {media}; send Content-Type: "
+            "application/json or no body"
+        )
+    if h.announced_length() > rule.limit:
+        return _too_large(method, path, rule)
+    return None
+
+
 class BrowserBoundary:
     def __init__(self, app: ASGIApp, policy: BoundaryPolicy) -> None:
         self.app = app
@@ -292,86 +369,36 @@ class BrowserBoundary:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host: str | None = None
-        origin: str | None = None
-        ctype: str | None = None
-        length: bytes | None = None
-        chunked: bytes | None = None
-        preflight: bytes | None = None
-        for key, value in scope.get("headers", ()):
-            if key == b"host":
-                host = value.decode("latin-1")
-            elif key == b"origin":
-                origin = value.decode("latin-1").strip().lower()
-            elif key == b"content-type":
-                ctype = value.decode("latin-1")
-            elif key == b"content-length":
-                length = value
-            elif key == b"transfer-encoding":
-                chunked = value
-            elif key == b"access-control-request-method":
-                preflight = value
-        policy = self.policy
-        refusal: ApplianceError | None = None
-        if not policy.host_allowed(host) and not (
-            host is None and scope.get("http_version") == "1.0"
-        ):
-            refusal = _host_refusal(host)  # (HTTP/1.0 has no Host; browsers always send one)
-        elif origin is not None and not policy.origin_allowed(origin, host):
-            refusal = _origin_refusal(origin)
-        has_body = chunked is not None or (length is not None and length.strip() not in (b"", b"0"))
+        h = _Headers.read(scope)
         # a refusal leaves the body unread: the connection then closes rather than wait for it
-        closing = {"Connection": "close"} if has_body else None
+        closing = {"Connection": "close"} if h.has_body else {}
+        refusal: ApplianceError | None = _sender_refusal(self.policy, scope, h)
         if refusal is not None:
             await _refuse(kind, send, refusal, closing)
             return
         if kind == "websocket":
             await self.app(scope, receive, send)
             return
-        cors = origin is not None and origin in policy.cors_origins
-        method = scope["method"]
-        if method == "OPTIONS" and origin is not None and preflight is not None:
-            if cors:
-                await _answer_preflight(scope, send, origin)
-            else:
-                await send_error(send, _origin_refusal(origin), headers=closing)
+        cors_origin = h.origin if h.origin in self.policy.cors_origins else None
+        method, path = scope["method"], scope["path"]
+        if method == "OPTIONS" and h.origin is not None and h.preflight is not None:
+            if cors_origin is not None:
+                await _answer_preflight(scope, send, cors_origin)
+            else:  # a loopback page that is not configured: it gets no CORS either
+                await send_error(send, _origin_refusal(h.origin), headers=closing)
             return
-        rule: BodyRule | None = None
-        if has_body or method in _BODY_METHODS:
-            rule = policy.body_rule(method, scope["path"])
-            media = _media_type(ctype)
-            if rule.kind == "upload":
-                if media in _SIMPLE_TYPES:
-                    refusal = UnsupportedMediaType(
-                        f"this route takes the file's raw bytes, and {media} is a type any web page "
-                        "may send; send Content-Type: application/octet-stream"
-                    )
-            elif has_body and not is_json(media):
-                refusal = UnsupportedMediaType(
-                    f"{method} {scope['path']} takes a JSON body, and the request says "
-                    f"{'Content-Type: ' + ctype if ctype else 'no Content-Type'}; send "
-                    "Content-Type: application/json"
-                )
-            elif not has_body and media in _SIMPLE_TYPES:
-                refusal = UnsupportedMediaType(
-                    f"{method} {scope['path']} takes JSON or nothing, not {media}; send "
-                    "Content-Type: application/json or no body"
-                )
-            if refusal is None and length is not None:
-                try:
-                    announced = int(length)
-                except ValueError:
-                    announced = -1
-                if announced > rule.limit:
-                    refusal = _too_large(method, scope["path"], rule)
+        rule = None
+        if h.has_body or method in _BODY_METHODS:
+            rule = self.policy.body_rule(method, path)
+            refusal = _body_refusal(method, path, h, rule)
             if refusal is not None:
-                extra = {**(_cors_headers(origin) if cors and origin else {}), **(closing or {})}
-                await send_error(send, refusal, headers=extra)
+                cors = _cors_headers(cors_origin) if cors_origin is not None else {}
+                await send_error(send, refusal, headers={**cors, **closing})
                 return
-        if not cors and rule is None:
+        if cors_origin is None and rule is None:
             await self.app(scope, receive, send)
             return
-        await self._guarded(scope, receive, send, origin if cors else None, rule)
+        await self._guarded(scope, receive, send, cors_origin, rule)
 
     async def _guarded(
         self, scope: Any, receive: Any, send: Any, cors_origin: str | None, rule: BodyRule | None
@@ -401,9 +428,7 @@ class BrowserBoundary:
                         (k.lower().encode(), v.encode())
                         for k, v in _cors_headers(cors_origin).items()
                     ]
-                if (
-                    too_large is not None
-                ):  # the rest of the body is never read: do not keep the connection
+                if too_large is not None:  # the rest of the body is never read: close
                     extra.append((b"connection", b"close"))
                 if extra:
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
@@ -473,9 +498,7 @@ async def _answer_preflight(scope: Any, send: Any, origin: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _refuse(
-    kind: str, send: Any, refusal: ApplianceError, headers: dict[str, str] | None
-) -> None:
+async def _refuse(kind: str, send: Any, refusal: ApplianceError, headers: dict[str, str]) -> None:
     if kind == "websocket":
         await send({"type": "websocket.close", "code": 1008})
     else:
