@@ -29,9 +29,11 @@ RUN = {"language": "python", "code": "open('/workspace/ran', 'w').write('yes')"}
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("boundary")
-    with running_daemon(
-        root, config={"server": {"cors_origins": [APP_ORIGIN], "max_body_mb": 1}}
-    ) as d:
+    config = {
+        "server": {"cors_origins": [APP_ORIGIN], "max_body_mb": 1},
+        "sandbox": {"max_file_mb": 1},
+    }
+    with running_daemon(root, config=config) as d:
         yield d
 
 
@@ -234,6 +236,17 @@ def test_an_oversized_body_is_refused_before_it_is_read(daemon: Daemon) -> None:
         assert err["code"] == "payload_too_large"
         assert "1 MiB" in err["message"] and "server.max_body_mb" in err["message"]
         assert c.get("/api/health").status_code == 200
+
+
+def test_an_upload_past_sandbox_max_file_mb_is_refused_up_front(daemon: Daemon) -> None:
+    with daemon.http() as c:
+        r = c.put(
+            "/api/sandboxes/sbx_none/files/big.bin",
+            content=b"x" * (2 * 1024 * 1024),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    assert r.status_code == 413, r.text
+    assert "sandbox.max_file_mb" in r.json()["error"]["message"]
 
 
 def test_a_chunked_body_without_length_is_cut_off_at_the_cap(daemon: Daemon) -> None:
