@@ -20,10 +20,13 @@ DAEMON_UMASK = 0o077
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (and its missing parents) and make `path` itself 0700."""
+    """Create `path` (and its missing parents) and make `path` itself 0700.
+
+    A directory this user does not own keeps its mode (`appliance doctor` reports it)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:
-        os.chmod(path, DIR_MODE)
+        with contextlib.suppress(PermissionError):
+            os.chmod(path, DIR_MODE)
     return path
 
 
