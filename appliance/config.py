@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 DEFAULT_PORT = 8420
 
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?/?$")
+
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
@@ -30,6 +32,54 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """TCP port of the HTTP API."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM, how long requests in flight may take before they are cancelled."""
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    """More names the daemon answers to in the Host header, as `name` (any port) or `name:port`
+    (a reverse proxy's name, a LAN name). `localhost`, `127.0.0.1` and `[::1]` are always allowed;
+    on a non-loopback bind so are the bind address, this machine's host names and (for 0.0.0.0
+    or ::) its interface addresses. A request naming any other host gets 403 `host_not_allowed`:
+    that is what stops a web page from reaching the API through DNS rebinding."""
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    """Web origins (`https://app.example`, `http://localhost:3000`) whose pages may call the API
+    from a browser: their responses carry CORS headers and their preflights are answered. A
+    request whose `Origin` is not loopback, not the daemon's own and not listed here gets 403
+    `origin_not_allowed`."""
+    max_body_mb: float = 8.0
+    """Largest request body of a JSON route, in MiB, checked as it streams in and before it is
+    decoded: larger ones get 413."""
+    max_run_body_mb: float = 0.0
+    """Largest body of `POST /api/run` and `POST /api/sandboxes/{id}/exec`, in MiB (their files
+    ride in the JSON as base64). 0 derives it: one file of sandbox.max_file_mb as base64, plus
+    max_body_mb for the code and the rest. (File uploads with `PUT .../files/{path}` are capped
+    by sandbox.max_file_mb.)"""
+    max_connections: int = 1000
+    """Open HTTP connections at most (kept below the open-file limit, which the daemon raises to
+    its hard limit at start). When full, the connection that has been idle longest is closed to
+    admit a new one, so idle connections cannot lock clients out; when every connection is busy
+    with a request, new requests get 503."""
+    keep_alive_s: float = 5.0
+    """How long a connection may stay open with no data after its last response."""
+    header_timeout_s: float = 10.0
+    """A connection must send a complete request head within this many seconds of opening or of
+    its last response; slower ones are closed (slowloris)."""
+
+    def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"cors_origins: {origin!r} is not an origin; write scheme://host[:port], "
+                    "e.g. https://app.example or http://localhost:3000 (no path, no wildcard)")
+        for host in self.allowed_hosts:
+            if not host or "/" in host or any(c.isspace() for c in host) or host == "*":
+                raise ValueError(
+                    f"allowed_hosts: {host!r} is not a host name; write name or name:port "
+                    "(no scheme, no path, no wildcard)")
+        positive = {"max_body_mb": self.max_body_mb, "max_connections": self.max_connections,
+                    "keep_alive_s": self.keep_alive_s, "header_timeout_s": self.header_timeout_s}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{key} must be greater than 0")
+        if self.max_run_body_mb < 0:
+            raise ValueError("max_run_body_mb must be 0 (derived) or greater")
 
 
 class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -7,11 +7,13 @@ from litestar.di import Provide
 
 from appliance.api.agents import AgentController
 from appliance.api.auth import BearerAuth
+from appliance.api.boundary import BoundaryPolicy, BrowserBoundary
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.models import ModelsController
 from appliance.api.openai import OpenAIController
 from appliance.api.openapi import openapi_config
 from appliance.api.ops import OpsController
+from appliance.api.request import ApplianceRequest
 from appliance.api.responses import ResponsesController
 from appliance.api.sandboxes import SandboxController
 from appliance.api.sessions import SessionController
@@ -37,10 +39,14 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
         openapi_config=openapi_config(),
         logging_config=None,  # logs are configured once, by appliance.telemetry.logs
         debug=False,
+        request_class=ApplianceRequest,
+        request_max_body_size=None,  # the boundary caps bodies, per route, from the config
     )
-    # Plain ASGI around the whole handler, before routing: the token check covers every route
-    # (mounted ones too) and every response, 401s and 404s included, gets its trace id.
+    # Plain ASGI around the whole handler, before routing: the browser boundary and then the token
+    # check cover every route (mounted ones too), and every response, 401s, 403s and 404s
+    # included, gets its trace id.
+    policy = BoundaryPolicy.from_config(appliance.config, app.routes)
     app.asgi_handler = RequestTelemetry(
-        BearerAuth(app.asgi_handler, appliance.access, appliance.store),
+        BrowserBoundary(BearerAuth(app.asgi_handler, appliance.access, appliance.store), policy),
         appliance.telemetry, appliance.events)
     return app

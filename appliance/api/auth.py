@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-from appliance.api.errors import error_body
+from appliance.api.errors import send_error
 from appliance.errors import ApplianceError
 from appliance.services.access import ApiAccess
 from appliance.store import Store
 
 ASGIApp = Any
-
-_enc = msgspec.json.Encoder()
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -27,14 +23,6 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
-
-
-async def send_error(send: Any, exc: ApplianceError) -> None:
-    body = _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param))
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class BearerAuth:

@@ -6,6 +6,7 @@ import logging
 import re
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -16,6 +17,19 @@ log = logging.getLogger("appliance.api")
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+_enc = msgspec.json.Encoder()
+
+
+async def send_error(send: Any, exc: ApplianceError, *, headers: dict[str, str] | None = None) -> None:
+    """Answer with `exc` from plain ASGI (the wrappers that run before routing), in the same body
+    and status the exception handlers below give it; `headers` are added to the error's own."""
+    body = _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param))
+    out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    out += [(k.lower().encode(), v.encode()) for k, v in {**exc.headers, **(headers or {})}.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
 
 
 def appliance_error_handler(_: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:

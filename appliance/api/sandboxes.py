@@ -29,8 +29,9 @@ from appliance.services.sandboxes import (
 )
 
 JSON_BODY_LIMIT = 128 * 1024 * 1024
-"""Largest JSON body of /api/run and exec (files ride in it as base64); the service checks each
-file against sandbox.max_file_mb."""
+"""Largest body of the sandbox-only app (create_sandbox_app). In the daemon's app the browser
+boundary caps bodies from the config instead, by the class each handler names in `opt["body"]`:
+"run" for the JSON routes that carry files as base64, "upload" for the raw file upload."""
 
 
 def provide_sandboxes(appliance: NamedDependency[Any]) -> SandboxService:
@@ -60,7 +61,7 @@ class SandboxController(Controller):
     tags = ["sandboxes"]
     dependencies = {"sandboxes": Provide(provide_sandboxes, sync_to_thread=False)}
 
-    @post("/api/run", status_code=200, request_max_body_size=JSON_BODY_LIMIT)
+    @post("/api/run", status_code=200, opt={"body": "run"})
     async def run(
         self, sandboxes: NamedDependency[SandboxService], data: JSONBody[RunRequest]
     ) -> RunResult:
@@ -89,7 +90,7 @@ class SandboxController(Controller):
     @post(
         "/api/sandboxes/{sandbox_id:str}/exec",
         status_code=200,
-        request_max_body_size=JSON_BODY_LIMIT,
+        opt={"body": "run"},
     )
     async def exec(
         self,
@@ -115,7 +116,11 @@ class SandboxController(Controller):
         data = await sandboxes.get_file(sandbox_id, _workspace_path(path))
         return Response(data, media_type="application/octet-stream")
 
-    @put("/api/sandboxes/{sandbox_id:str}/files/{path:path}", request_max_body_size=None)
+    @put(
+        "/api/sandboxes/{sandbox_id:str}/files/{path:path}",
+        request_max_body_size=None,  # read_upload stops at sandbox.max_file_mb
+        opt={"body": "upload"},
+    )
     async def upload(
         self,
         sandboxes: NamedDependency[SandboxService],
@@ -148,4 +153,5 @@ def create_sandbox_app(service: SandboxService, *, manage_lifecycle: bool = True
         on_shutdown=[service.stop] if manage_lifecycle else [],
         openapi_config=None,
         debug=False,
+        request_max_body_size=JSON_BODY_LIMIT,
     )

@@ -15,6 +15,10 @@ The listening sockets are bound before anything starts, so a port in use fails b
 or a worker exists. uvicorn runs `Appliance.start` in its lifespan (which undoes itself when it
 fails, and then uvicorn exits 3) and `Appliance.stop` in its shutdown; `Appliance.stop` runs once
 more after uvicorn returns, for the ways out that skip the lifespan shutdown (a second Ctrl-C).
+
+Connections are admitted by appliance.api.connections: the open-file limit is raised at start,
+open connections are capped below it (idle ones make room for new ones), keep-alive and request
+heads are timed out, so idle sockets cannot lock clients out.
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from appliance.api.connections import (
+    ConnectionGuard,
+    accept_backlog,
+    connection_cap,
+    guarded_protocol,
+    raise_open_file_limit,
+)
+from appliance.config import ServerConfig
 from appliance.errors import ApplianceError
 from appliance.services.container import Appliance
 from appliance.services.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
@@ -134,19 +147,29 @@ def listen(host: str, port: int) -> list[socket.socket]:
     return socks
 
 
-def serve(appliance: Appliance, app: Any, *, host: str, port: int, grace_s: float,
+def serve(appliance: Appliance, app: Any, server_config: ServerConfig,
           sockets: list[socket.socket] | None = None) -> int:
     """Run the server until a signal stops it; returns the exit code."""
-    sockets = sockets if sockets is not None else listen(host, port)
+    sockets = sockets if sockets is not None else listen(server_config.host, server_config.port)
+    open_files = raise_open_file_limit()
+    cap = connection_cap(server_config.max_connections, open_files)
+    guard = ConnectionGuard(cap, server_config.header_timeout_s)
+    log.info("connections", extra={"fields": {"max": cap, "open_files": open_files,
+                                              "backlog": accept_backlog(open_files)}})
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=server_config.host,
+        port=server_config.port,
         log_config=None,  # our logging (appliance.telemetry.logs) formats uvicorn's lines too
         log_level="info",
         access_log=False,  # the request middleware logs each request, with its trace id
-        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=server_config.shutdown_grace_s,  # type: ignore[arg-type]
         lifespan="on",
+        http=guarded_protocol(AutoHTTPProtocol, guard),
+        ws="none",  # no route speaks WebSocket; an upgrade is answered as plain HTTP
+        backlog=accept_backlog(open_files),
+        limit_concurrency=cap + 1,  # reached only when every connection is busy: 503
+        timeout_keep_alive=server_config.keep_alive_s,  # type: ignore[arg-type]
     )
     server = ApplianceServer(config, appliance=appliance)
     asyncio.run(_serve(server, sockets))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from appliance.config import load_config
 from appliance.errors import ApplianceError, ConfigError
+from appliance.private import DAEMON_UMASK
 from appliance.services.access import is_loopback
 
 log = logging.getLogger("appliance")
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from appliance.services.container import Appliance
     from appliance.telemetry.logs import configure_logging
 
+    os.umask(DAEMON_UMASK)  # whatever the shell's umask: state, KV files, workspaces stay private
     configure_logging(verbose=bool(getattr(args, "verbose", False)))
     cfg = load_config(args.config, state_dir=args.state_dir)
     server = cfg.server
@@ -68,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         fetch_defaults(appliance, cfg.models.defaults)
     app = create_app(appliance)
     print(f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})", flush=True)
-    return serve(appliance, app, host=server.host, port=server.port, grace_s=server.shutdown_grace_s,
-                 sockets=sockets)
+    return serve(appliance, app, server, sockets=sockets)
 
 
 def _has_tokens(state_dir: Path) -> bool:

@@ -21,6 +21,7 @@ from appliance.config import Config, ConfigError, load_toml_struct, shipped_prof
 from appliance.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from appliance.models.fetch import ModelFetcher
 from appliance.models.profile import ModelProfile
+from appliance.private import write_private
 
 log = logging.getLogger("appliance.models")
 
@@ -107,10 +108,10 @@ class ModelCatalog:
 
     def add(self, profile: ModelProfile) -> Path:
         """Register a profile and write it to the config directory so it survives restarts."""
-        self.user_dir.mkdir(parents=True, exist_ok=True)
+        self.user_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self.user_dir / f"{profile.id}.toml"
         data = {k: v for k, v in msgspec.to_builtins(profile).items() if v is not None}
-        target.write_bytes(msgspec.toml.encode(data))
+        write_private(target, msgspec.toml.encode(data))
         with self._lock:
             self._profiles[profile.id] = profile
         return target

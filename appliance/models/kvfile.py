@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from appliance.private import open_private, private_dir
+
 B = TypeVar("B", bytes, memoryview)
 
 MAGIC = b"APPLIANCE-KV1\n"
@@ -35,9 +37,10 @@ def write_kv_file(path: str | os.PathLike[str], tokens: list[int], state: memory
         {"n_tokens": len(tokens), "tokens": tokens, "state_bytes": len(state), "crc32": zlib.crc32(state)}
     ).encode()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():
+        private_dir(target.parent)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with os.fdopen(open_private(tmp), "wb") as f:  # 0600: a session's context, readable as text
         f.write(MAGIC)
         f.write(_LEN.pack(len(header)))
         f.write(header)

@@ -23,6 +23,7 @@ from appliance.models.catalog import ModelCatalog
 from appliance.models.memory import memory_probe_for_host
 from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
+from appliance.private import private_dir
 from appliance.services.access import ApiAccess
 from appliance.services.agents import AgentService
 from appliance.services.chat import ChatService
@@ -78,9 +79,9 @@ class Appliance:
 
     @classmethod
     def from_config(cls, config: Config) -> Appliance:
-        state = Path(config.state_dir)
+        state = private_dir(Path(config.state_dir))  # 0700: transcripts, KV state, workspaces
         for sub in ("models", "kv", "sandboxes", "oci"):
-            (state / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(state / sub)
         catalog = ModelCatalog.load(config)
         events = EventBus()
         scheduler = ModelScheduler(

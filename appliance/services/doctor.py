@@ -137,6 +137,13 @@ def check_state_dir(p: DoctorProbes, cfg: Config) -> CheckResult:
     if free < DISK_FAIL_BYTES:
         return CheckResult(name, "failure", detail + "; too little for models and KV state",
                            "free disk space or move state_dir to a larger disk")
+    exposed = p.exposed(path)
+    if exposed:
+        return CheckResult(name, "warning",
+                           f"other users can read {', '.join(exposed)}: every transcript, parked KV "
+                           "cache and workspace is in there",
+                           f"chmod 700 {path} && chmod 600 {path}/appliance.db*  (`appliance serve` "
+                           "also tightens them when it starts)")
     if free < DISK_WARN_BYTES:
         return CheckResult(name, "warning", detail + "; larger models will not fit",
                            "free disk space or move state_dir to a larger disk")

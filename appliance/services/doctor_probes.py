@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -104,12 +105,27 @@ def probe_cgroup(mount: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
 def probe_writable(path: Path) -> str | None:
     """None when a file can be created in `path` (made if missing), else the reason."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)  # a state dir it makes is private
         with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
             pass
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def probe_exposed(state_dir: Path) -> list[str]:
+    """The state directory and database files that group or other users may read, with modes."""
+    from appliance.private import readable_by_others
+
+    out = []
+    db = state_dir / "appliance.db"
+    for path in (state_dir, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            if readable_by_others(path):
+                out.append(f"{path} (mode {stat.S_IMODE(path.stat().st_mode):04o})")
+        except OSError:
+            continue
+    return out
 
 
 def probe_free_bytes(path: Path) -> int:
@@ -181,6 +197,7 @@ class DoctorProbes:
     cgroup: Callable[[], CgroupInfo] = probe_cgroup
     writable: Callable[[Path], str | None] = probe_writable
     free_bytes: Callable[[Path], int] = probe_free_bytes
+    exposed: Callable[[Path], list[str]] = probe_exposed
     port: Callable[[str, int], PortState] = probe_port
     leftovers: Callable[[Path], LeftoverInfo] = probe_leftovers
     valid_tokens: Callable[[Path], int] = probe_valid_tokens

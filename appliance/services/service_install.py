@@ -141,7 +141,7 @@ class ServiceInstaller:
             self._cmd("useradd", "--system", "--user-group", "--home-dir", str(p.state_dir),
                       "--no-create-home", "--shell", "/usr/sbin/nologin", self.user)
         p.state_dir.mkdir(parents=True, exist_ok=True)
-        p.state_dir.chmod(0o750)
+        p.state_dir.chmod(0o700)
         self.chown(p.state_dir, self.user)
         p.config_dir.mkdir(parents=True, exist_ok=True)
         if p.config.exists():

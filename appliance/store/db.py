@@ -16,6 +16,9 @@ notes and from the issue that asks for this store:
   connection's open (apsw's `connection_optimize`), where it may start an ANALYZE write while
   other threads are opening theirs.
 - One connection per thread (`threading.local`); connections are never shared between threads.
+- The database file is created 0600 before SQLite opens it (SQLite gives its WAL and SHM the
+  same mode), whatever the umask: it holds every transcript. A full disk raises StoreFull (507,
+  saying what to free) rather than apsw's FullError, a 500.
 - The database is never touched from the asyncio event loop: `connection()` refuses, and
   `await db.run(fn, *args)` runs a blocking function on a small, bounded thread pool instead.
 - The schema is an ordered ladder of named migration functions (see `appliance.store.migrations`).
@@ -40,6 +43,7 @@ import apsw
 import apsw.bestpractice
 
 from appliance.errors import ApplianceError
+from appliance.private import create_private, make_private, private_dir
 from appliance.store.migrations import MIGRATIONS, Migration
 
 log = logging.getLogger("appliance.store")
@@ -59,6 +63,21 @@ class StoreError(ApplianceError):
 
     status = 500
     code = "store_error"
+
+
+class StoreFull(StoreError):
+    """The disk (or quota) under the state directory is full: nothing more can be recorded."""
+
+    status = 507
+    code = "insufficient_storage"
+
+    @classmethod
+    def of(cls, path: Path, exc: BaseException) -> StoreFull:
+        return cls(
+            f"the disk holding the database {path} is full ({exc}); nothing more can be saved "
+            "until space is freed: delete sessions you no longer need (DELETE /api/sessions/{id}), "
+            "unused models (`appliance models`), or lower agents.kv_disk_budget_mb, or free space "
+            "on that filesystem")
 
 
 def _forward_sqlite_log() -> None:
@@ -114,10 +133,15 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="store")
         _forward_sqlite_log()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.exists():
+                private_dir(self.path.parent)
+            # 0600 before SQLite opens it: SQLite gives the WAL and SHM files the database's mode
+            create_private(self.path)
+            for suffix in ("-wal", "-shm"):
+                make_private(self.path.with_name(self.path.name + suffix))
         except OSError as exc:
             raise StoreError(
-                f"cannot create the state directory {self.path.parent}: {exc.strerror}. "
+                f"cannot create the database {self.path}: {exc.strerror}. "
                 "Choose a writable --state-dir."
             ) from exc
         try:
@@ -154,23 +178,26 @@ class Database:
         "database is locked" after the whole busy timeout with four writers).
         """
         con = self.connection()
-        if con.in_transaction:
-            with con:  # a savepoint inside the transaction already open on this thread
+        try:
+            if con.in_transaction:
+                with con:  # a savepoint inside the transaction already open on this thread
+                    yield con
+                return
+            con.execute("BEGIN IMMEDIATE")
+            try:
                 yield con
-            return
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        try:
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            try:
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except apsw.FullError as exc:
+            raise StoreFull.of(self.path, exc) from exc
 
     def _open(self) -> apsw.Connection:
         try:
@@ -263,7 +290,10 @@ class Database:
         if self._closed:
             raise StoreError(f"the database {self.path} is closed; the appliance is shutting down")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except apsw.FullError as exc:  # a write outside `transaction()` (or a full temp store)
+            raise StoreFull.of(self.path, exc) from exc
 
     def close(self) -> None:
         """Wait for pool calls in progress, then close every connection. Idempotent."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
+from appliance.private import private_dir
 from appliance.store.agents import Agents
 from appliance.store.db import DEFAULT_WORKERS, Database
 from appliance.store.kv_index import KvIndex
@@ -56,6 +57,7 @@ class Store:
         max_workers: int = DEFAULT_WORKERS,
     ) -> None:
         self.state_dir = Path(state_dir)
+        private_dir(self.state_dir)
         self.db = Database(self.state_dir / DB_FILENAME, max_workers=max_workers)
         self.agents = Agents(self.db, clock)
         self.sessions = Sessions(self.db, clock)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,11 @@ def start_daemon(
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     wait: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Daemon:
-    """Write a config with the given model profiles and run `appliance serve` until healthy."""
+    """Write a config with the given model profiles and run `appliance serve` until healthy.
+
+    `preexec_fn` runs in the child before `appliance serve` starts (a umask, an rlimit)."""
     root.mkdir(parents=True, exist_ok=True)
     prof_dir = root / "profiles"
     prof_dir.mkdir(exist_ok=True)
@@ -124,7 +127,8 @@ def start_daemon(
     args = [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), "--state-dir", str(root / "state"),
             "--port", str(port), "--no-fetch", *(extra_args or [])]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
+                                preexec_fn=preexec_fn)
     d = Daemon(url=f"http://127.0.0.1:{port}", port=port, proc=proc, root=root, log_path=log_path)
     if wait:
         wait_healthy(d)

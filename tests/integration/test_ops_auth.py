@@ -57,7 +57,7 @@ async def test_every_route_but_health_refuses_missing_wrong_and_revoked_tokens(
     requests = concrete_requests(app)
     assert len(requests) > 20 and ("POST", "/v1/chat/completions") in requests
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://appliance") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         for header in ({}, {"Authorization": "Bearer apl_wrong"}, {"Authorization": f"Bearer {tokens['revoked']}"},
                        {"Authorization": f"Basic {tokens['good']}"}):
             for method, path in requests:

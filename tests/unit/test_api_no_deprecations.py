@@ -19,6 +19,7 @@ from litestar.exceptions import LitestarDeprecationWarning
 
 from appliance.api.app import create_app
 from appliance.api.sandboxes import create_sandbox_app
+from appliance.config import Config
 
 
 async def _nothing() -> None:
@@ -29,7 +30,7 @@ def stand_in_appliance() -> Any:
     """What create_app reads from an Appliance while it builds (the lifecycle hooks and the
     objects the ASGI wrappers keep); none of it is used until a request arrives."""
     return SimpleNamespace(start=_nothing, stop=_nothing, access=None, store=None,
-                           telemetry=None, events=None)
+                           telemetry=None, events=None, config=Config())
 
 
 def test_litestar_deprecations_are_deprecation_warnings() -> None:
