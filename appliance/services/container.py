@@ -15,6 +15,7 @@ from typing import Any
 from appliance import __version__
 from appliance.config import Config
 from appliance.models.catalog import ModelCatalog
+from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSettings
 from appliance.models.memory import memory_probe_for_host
 from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
@@ -45,6 +46,7 @@ class Appliance:
         events: EventBus,
         telemetry: Telemetry | None = None,
         sandboxes: SandboxService | None = None,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -55,7 +57,8 @@ class Appliance:
         self.operations = Operations(config, store=store, scheduler=scheduler, telemetry=self.telemetry)
         self.access = ApiAccess(store.tokens, host=config.server.host)
         self.models = ModelService(catalog, scheduler)
-        self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry)
+        self.grammars = grammars or GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models)))
+        self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry, grammars=self.grammars)
         self._extra_stops: list[Any] = []
         self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config, self.telemetry)
         self.on_stop(self.sandboxes.stop)
@@ -100,6 +103,7 @@ class Appliance:
             except Exception:  # one part failing to stop must not keep the others running
                 log.exception("error while stopping")
         await self.scheduler.stop()
+        await self.grammars.close()
         await self.operations.stop()
         await self.store.aclose()
 
