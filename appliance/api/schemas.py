@@ -61,6 +61,7 @@ class AddModelRequest(_Body, kw_only=True):
     path: str
     id: str | None = None
     kind: str = "chat"
+    replace: bool = False
 
 
 class KeepAlive(_Body, kw_only=True):

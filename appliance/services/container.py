@@ -17,6 +17,7 @@ from appliance.config import Config
 from appliance.models.catalog import ModelCatalog
 from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSettings
 from appliance.models.memory import memory_probe_for_host
+from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
 from appliance.services.access import ApiAccess
@@ -56,7 +57,7 @@ class Appliance:
         self.telemetry = telemetry or Telemetry(events)
         self.operations = Operations(config, store=store, scheduler=scheduler, telemetry=self.telemetry)
         self.access = ApiAccess(store.tokens, host=config.server.host)
-        self.models = ModelService(catalog, scheduler)
+        self.models = ModelService(catalog, scheduler, RegistrationPolicy.for_config(config))
         self.grammars = grammars or GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models)))
         self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry, grammars=self.grammars)
         self._extra_stops: list[Any] = []
