@@ -28,6 +28,7 @@ from appliance.services.operations import Operations
 from appliance.services.responses import ResponseService
 from appliance.services.sandboxes import SandboxService
 from appliance.services.sessions import SessionService
+from appliance.services.worker_jail import worker_jail_for
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
 from appliance.telemetry.nvml import Nvml
@@ -78,16 +79,18 @@ class Appliance:
             (state / sub).mkdir(parents=True, exist_ok=True)
         catalog = ModelCatalog.load(config)
         events = EventBus()
+        jail = worker_jail_for(config, catalog)
         scheduler = ModelScheduler(
             catalog,
-            spawner=ProcessSpawner(log_dir=state / "logs"),
+            spawner=ProcessSpawner(log_dir=state / "logs", jail=jail),
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,
         )
         store = Store(state)
+        grammars = GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models), jail=jail))
         return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events,
-                   telemetry=Telemetry(events, nvml=Nvml.open()))
+                   telemetry=Telemetry(events, nvml=Nvml.open()), grammars=grammars)
 
     async def start(self) -> None:
         await self.operations.start()
