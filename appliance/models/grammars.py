@@ -143,7 +143,9 @@ class GrammarProver:
             "--cpu-s",
             str(max(1.0, s.timeout_s)),
         ]
-        jailed = self.jail.command(argv, models=False) if self.jail is not None else None
+        jailed = None
+        if self.jail is not None and await self.jail.unusable() is None:
+            jailed = self.jail.command(argv, models=False)
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")}
         env.update(CUDA_VISIBLE_DEVICES="", GGML_NO_BACKTRACE="1")  # parsing needs no GPU
         try:

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.errors import InvalidRequest
 from appliance.models import protocol as p
+from appliance.models.grammar_proof import ProofRequest
+from appliance.models.grammars import GrammarProver
 from appliance.models.kvfile import read_kv_file
 from appliance.models.workerproc import ProcessSpawner, WorkerProcess
 from appliance.sandbox.bwrap import locate_bwrap
@@ -204,3 +207,24 @@ def test_a_jailed_worker_dies_with_the_daemon(
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the jailed worker outlived the daemon"
+
+
+async def test_the_grammar_prover_runs_jailed_and_its_crashes_stay_there(jail: WorkerJail) -> None:
+    prover = GrammarProver(jail=jail)
+    try:
+        r = await prover.prove(
+            ProofRequest(id=0, schema={"type": "string", "maxLength": 3}, param="p")
+        )
+        assert r.grammar and prover.pid is not None
+        assert ns(prover.pid, "net") != ns(os.getpid(), "net")
+        with pytest.raises(
+            InvalidRequest, match="SIGSEGV"
+        ):  # llama.cpp's parser overflows its stack
+            await prover.prove(
+                ProofRequest(id=0, schema={"type": "string", "maxLength": 20000}, param="p")
+            )
+        assert (
+            await prover.prove(ProofRequest(id=0, schema={"type": "integer"}, param="p"))
+        ).grammar
+    finally:
+        await prover.close()
