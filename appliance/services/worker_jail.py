@@ -98,14 +98,15 @@ def python_paths(state_dir: Path) -> list[str]:
     return out
 
 
-def gpu_mounts() -> list[str]:
-    """bwrap arguments that let CUDA find the NVIDIA devices, when this host has them."""
-    nodes = sorted(p for p in glob.glob("/dev/nvidia*") if os.path.exists(p))
+def gpu_mounts(dev: str = "/dev") -> list[str]:
+    """bwrap arguments that let CUDA find the NVIDIA devices, when this host has them (`dev` is
+    where to look, for tests)."""
+    nodes = sorted(p for p in glob.glob(os.path.join(dev, "nvidia*")) if os.path.exists(p))
     if not nodes:
         return []
     args: list[str] = []
-    for node in nodes:
-        args += ["--dev-bind", node, node]
+    for node in nodes:  # nvidia0.., nvidiactl, nvidia-uvm(-tools), nvidia-modeset, nvidia-caps/
+        args += ["--dev-bind", node, "/dev/" + os.path.basename(node)]
     args += [
         "--ro-bind",
         "/sys",
