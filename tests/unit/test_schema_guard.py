@@ -126,3 +126,9 @@ def test_ordinary_schemas_pass() -> None:
     ):
         stats = check_schema(schema, WHERE)
         assert stats.nodes >= 1 and stats.bytes > 0
+
+
+def test_the_appliance_s_own_agent_tools_pass() -> None:
+    from appliance.services.agent_tools import RunCode
+
+    check_schema(RunCode.parameters, "tools[0].function.parameters")
