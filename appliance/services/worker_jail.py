@@ -199,8 +199,11 @@ class WorkerJail:
         )
 
     def probe(self) -> str | None:
-        """None when a jailed Python can import llama_cpp here, else what went wrong."""
-        jailed = self.command([self.python, "-c", "import llama_cpp"], models=False)
+        """None when a jailed Python can import llama_cpp here, else what went wrong.
+
+        It runs in a worker's jail (model directories, KV directory, GPU nodes), whose binds are a
+        superset of the grammar prover's: a bind this host refuses shows here, not at a spawn."""
+        jailed = self.command([self.python, "-c", "import llama_cpp"], models=True)
         try:
             out = subprocess.run(
                 jailed.argv, capture_output=True, text=True, timeout=60, pass_fds=jailed.pass_fds
