@@ -28,7 +28,7 @@ from appliance.models.kvfile import read_kv_file
 from appliance.models.workerproc import ProcessSpawner, WorkerProcess
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.services.worker_jail import WorkerJail
-from tests.integration.daemon import REPO
+from tests.integration.daemon import REPO, running_daemon
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
@@ -228,3 +228,31 @@ async def test_the_grammar_prover_runs_jailed_and_its_crashes_stay_there(jail: W
         ).grammar
     finally:
         await prover.close()
+
+
+def test_the_daemon_jails_its_workers_by_default(
+    jail: WorkerJail, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    models = {"tiny": {"source": str(tiny_model_path), "context_size": 256}}
+    with running_daemon(tmp_path / "d", models=models) as d, d.http() as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny",
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        pid = d.model("tiny")["worker_pid"]
+        assert ns(pid, "net") != ns(d.proc.pid, "net")
+        assert "unjailed" not in d.log()
+    with (
+        running_daemon(
+            tmp_path / "off", models=models, config={"models": {"jail_workers": False}}
+        ) as d,
+        d.http() as c,
+    ):
+        c.post("/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 1})
+        assert ns(d.model("tiny")["worker_pid"], "net") == ns(d.proc.pid, "net")
+        assert "jail_workers is off" in d.log()
