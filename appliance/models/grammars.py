@@ -232,6 +232,9 @@ class GrammarProver:
             self.restarts += 1
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if self.pid is not None and self.pid != proc.pid:  # jailed: the prover, not only bwrap
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
             await proc.wait()
 
     async def close(self) -> None:
