@@ -166,6 +166,8 @@ class GrammarProver:
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if jailed is not None:
+                jailed.discard()
             await proc.wait()
             raise ModelUnavailable(
                 "the grammar checker did not start, so this request's schema cannot be "
@@ -173,6 +175,8 @@ class GrammarProver:
             ) from exc
         if not isinstance(ready, Ready):
             proc.kill()
+            if jailed is not None:
+                jailed.discard()
             raise ModelUnavailable("the grammar checker spoke out of turn; retry")
         self.pid = (jailed.child_pid() if jailed else None) or ready.pid
         self.proofs = 0

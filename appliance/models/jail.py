@@ -11,6 +11,7 @@ scheduler can tell whether a pre-warmed spare can see the model it is about to l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -65,6 +66,13 @@ class JailedCommand:
         except psutil.Error:
             return None
         return children[0].pid if len(children) == 1 else None
+
+    def discard(self) -> None:
+        """The child never ran (or its start failed): close the report pipe unread. Call this or
+        child_pid, once."""
+        if self.info_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.info_fd)
 
     def close_child_fds(self) -> None:
         for fd in self.pass_fds:

@@ -317,6 +317,8 @@ class ProcessSpawner:
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if jailed is not None:
+                jailed.discard()
             err = b""
             if proc.stderr is not None:
                 with contextlib.suppress(Exception):
@@ -328,5 +330,7 @@ class ProcessSpawner:
             ) from exc
         if not isinstance(hello, p.Hello):
             proc.kill()
+            if jailed is not None:
+                jailed.discard()
             raise ModelUnavailable("a model worker spoke out of turn at start-up")
         return WorkerProcess(proc, hello, jailed)

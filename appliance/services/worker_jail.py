@@ -212,8 +212,7 @@ class WorkerJail:
             return str(exc)
         finally:
             jailed.close_child_fds()
-            if jailed.info_fd is not None:
-                os.close(jailed.info_fd)
+            jailed.discard()
         if out.returncode == 0:
             return None
         lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]

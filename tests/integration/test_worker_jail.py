@@ -151,6 +151,7 @@ def test_inside_the_jail_no_network_no_writes_but_kv_and_no_state(
         )
     finally:
         jailed.close_child_fds()
+        jailed.discard()
         listener.close()
     assert done.returncode == 0, done.stderr
     import json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from appliance.services.worker_jail import WorkerJail, gpu_mounts
@@ -59,10 +58,10 @@ def test_the_worker_jail_binds_models_read_only_and_only_kv_writable(tmp_path: P
         assert str(state / "models") not in prover.argv and str(state / "kv") not in prover.argv
         assert "--dev-bind" not in prover.argv, "the grammar prover gets no GPU"
         prover.close_child_fds()
-        os.close(prover.info_fd or -1)
+        prover.discard()
     finally:
         cmd.close_child_fds()
-        os.close(cmd.info_fd or -1)
+        cmd.discard()
 
 
 def test_gpu_device_nodes_are_bound_when_present(tmp_path: Path) -> None:
