@@ -109,6 +109,17 @@ class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2"]
     )
     """Models `appliance serve --fetch-defaults` fetches before it starts serving."""
+    # --- what model workers may touch, and the grammars they are given (issue 9) ---
+    jail_workers: bool = True
+    """Run model workers and the grammar checker in a bwrap jail (no network, model files and the
+    Python environment read-only, only the KV directory writable) where the host allows it; where
+    it does not they run unjailed, with a warning in the log and in `appliance doctor`."""
+    grammar_timeout_s: float = 10.0
+    """Longest a client schema may take to become a proven grammar; beyond it the request gets 400."""
+    grammar_memory_mb: int = 512
+    """Memory the grammar checker may use for one schema (its address-space cap above its libraries)."""
+    grammar_cache_size: int = 256
+    """Grammar verdicts (proven grammars and refusals) kept in the daemon, least recently used out."""
 
 
 class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

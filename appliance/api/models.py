@@ -23,7 +23,7 @@ class ModelsController(Controller):
     @post("/", status_code=201)
     async def add_model(self, appliance: NamedDependency[Appliance],
                         data: JSONBody[AddModelRequest]) -> dict[str, Any]:
-        return appliance.models.add(data.path, data.id, data.kind)
+        return await appliance.models.add(data.path, data.id, data.kind, data.replace)
 
     @get("/{model_id:str}")
     async def get_model(self, appliance: NamedDependency[Appliance],

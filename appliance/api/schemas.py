@@ -232,3 +232,4 @@ class AddModelRequest(_Body, kw_only=True):
     path: str
     id: str | None = None
     kind: str = "chat"
+    replace: bool = False

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("path", type=Path)
     add.add_argument("--id", help="model id (default: from the file name)")
     add.add_argument("--kind", choices=["chat", "embedding"], default="chat")
+    add.add_argument("--replace", action="store_true", help="re-point an existing model id at this file")
     add.add_argument("--config", type=Path, help="config TOML")
     add.add_argument("--state-dir")
     add.set_defaults(func=cmd_add)
@@ -67,7 +68,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from appliance.models.catalog import ModelCatalog
 
     cfg = load_config(args.config, state_dir=args.state_dir)
-    prof = ModelCatalog.load(cfg).add_path(args.path, model_id=args.id, kind=args.kind)
+    prof = ModelCatalog.load(cfg).add_path(args.path, model_id=args.id, kind=args.kind, replace=args.replace)
     print(f"added model {prof.id} ({prof.kind}) from {prof.source}; a running daemon sees it after a restart")
     return 0
 

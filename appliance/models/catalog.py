@@ -21,6 +21,7 @@ from appliance.config import Config, ConfigError, load_toml_struct, shipped_prof
 from appliance.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from appliance.models.fetch import ModelFetcher
 from appliance.models.profile import ModelProfile
+from appliance.models.registration import RegistrationPolicy, check_replace
 from appliance.private import write_private
 
 log = logging.getLogger("appliance.models")
@@ -116,14 +117,25 @@ class ModelCatalog:
             self._profiles[profile.id] = profile
         return target
 
-    def add_path(self, path: Path, *, model_id: str | None = None, kind: str = "chat") -> ModelProfile:
-        path = path.expanduser().resolve()
-        if not path.is_file() or path.suffix != ".gguf":
-            raise InvalidRequest(f"{path} is not a .gguf file; give the path of a GGUF model file")
+    def add_path(self, path: Path, *, model_id: str | None = None, kind: str = "chat", replace: bool = False,
+                 policy: RegistrationPolicy | None = None) -> ModelProfile:
+        """Register a GGUF file under `model_id` (default: from the file name).
+
+        An existing id is replaced only with `replace`. With a `policy` (the API's) the file must
+        lie in a model directory; the CLI, run by the box's owner, passes none. Nothing is written
+        when the request is refused."""
+        if policy is not None:
+            path = policy.check_path(path)
+        else:
+            path = path.expanduser().resolve()
+            if not path.is_file() or path.suffix != ".gguf":
+                raise InvalidRequest(f"{path} is not a .gguf file; give the path of a GGUF model file")
         mid = model_id or _id_from_filename(path)
         try:
             prof = ModelProfile(id=mid, source=str(path), kind=kind)  # type: ignore[arg-type]
         except (ValueError, TypeError) as exc:
-            raise InvalidRequest(str(exc)) from exc
+            raise InvalidRequest(str(exc), param="id") from exc
+        existing = self._profiles.get(mid)
+        check_replace(mid, existing.source if existing is not None else None, replace)
         self.add(prof)
         return prof

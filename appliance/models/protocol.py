@@ -48,6 +48,9 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
     says what happened under "restore"."""
     restore_prefix_hash: str | None = None
     """The token prefix hash indexed for `restore_from`; a file that hashes differently is not used."""
+    grammar: str | None = None
+    """GBNF the reply must follow (tools, response_format), built and proven by the daemon
+    (appliance.models.grammars); the worker never builds a grammar from a client's schema."""
 
 
 class Embed(msgspec.Struct, tag="embed", kw_only=True):

@@ -256,7 +256,7 @@ class ModelScheduler:
                 r.memory_estimate = info.estimate_bytes(prof.context_size, prof.parallel, gpu=self.memory.kind == "gpu")
                 await self._make_room(r, r.memory_estimate)
                 t0 = self.clock.monotonic()
-                worker = await self._take_worker()
+                worker = await self._take_worker(str(path))
                 worker.model_id = prof.id
                 worker.on_exit = lambda w, msg: self._worker_exited(r, w, msg)
                 loaded = await worker.load(
@@ -375,17 +375,27 @@ class ModelScheduler:
 
     # --- spare worker ------------------------------------------------------------------------
 
-    async def _take_worker(self) -> Any:
+    async def _take_worker(self, model_path: str) -> Any:
         spare, self._spare = self._spare, None
-        if spare is not None and spare.alive:
+        if self._usable_spare(spare, model_path):
             return spare
         if self._spare_task is not None and not self._spare_task.done():
             with contextlib.suppress(BaseException):
                 await self._spare_task
             spare, self._spare = self._spare, None
-            if spare is not None and spare.alive:
+            if self._usable_spare(spare, model_path):
                 return spare
         return await self.spawner.spawn()
+
+    def _usable_spare(self, spare: Any, model_path: str) -> bool:
+        """A live spare that can open the model (a jailed one sees what was known when it started)."""
+        if spare is None or not spare.alive:
+            return False
+        if getattr(spare, "sees", lambda _p: True)(model_path):
+            return True
+        log.info("the spare worker cannot see %s (started before it was known); starting a fresh one", model_path)
+        self._spawn_task(spare.close())
+        return False
 
     def _refill_spare(self, delay: float) -> None:
         if self._stopping or (self._spare_task is not None and not self._spare_task.done()):

@@ -21,9 +21,9 @@ and skipped: the prompt is then evaluated in full, never answered from a wrong s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
-import json
 import os
 import queue
 import re
@@ -51,7 +51,7 @@ _t0 = time.perf_counter()
 import llama_cpp  # noqa: E402  (the point of a spare worker is to pay for this import early)
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf  # noqa: E402
+from llama_cpp.llama_grammar import LlamaGrammar  # noqa: E402
 
 from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
 from appliance.models import chat_format as cf  # noqa: E402
@@ -61,6 +61,8 @@ from appliance.models.kvfile import map_kv_file, read_kv_file, token_prefix_hash
 IMPORT_MS = (time.perf_counter() - _t0) * 1000.0
 
 _FILE_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+GRAMMAR_CACHE = 64
+"""Distinct grammars a worker keeps checked against its vocabulary (least recently used out)."""
 
 class Slot:
     def __init__(self, index: int) -> None:
@@ -91,7 +93,7 @@ class Worker:
         self.template: str | None = None
         self.bos = ""
         self.eos = ""
-        self._grammars: dict[str, LlamaGrammar] = {}
+        self._grammars: collections.OrderedDict[str, LlamaGrammar] = collections.OrderedDict()
         self._grammar_lock = threading.Lock()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -191,21 +193,27 @@ class Worker:
 
     # --- requests --------------------------------------------------------------------------
 
-    def grammar(self, schema: dict[str, Any] | None, raw_gbnf: str | None = None) -> LlamaGrammar:
-        key = raw_gbnf if raw_gbnf is not None else json.dumps(schema, sort_keys=True)
+    def grammar(self, gbnf: str) -> LlamaGrammar:
+        """The grammar of a request, parsed once against this model's vocabulary.
+
+        llama-cpp-python adds whatever llama_sampler_init_grammar returns to its sampler chain, and
+        a NULL (a grammar llama.cpp cannot parse) is a SIGSEGV at the next token. The daemon sends
+        proven grammars only; this check keeps that crash out even if one slipped through."""
         with self._grammar_lock:
-            g = self._grammars.get(key)
-            if g is None:
-                try:
-                    if raw_gbnf is not None:
-                        g = LlamaGrammar.from_string(raw_gbnf, verbose=False)
-                    else:
-                        # name before arguments: a model should decide what to call first
-                        gbnf = json_schema_to_gbnf(key, prop_order=["tool_call", "name", "arguments", "response"])
-                        g = LlamaGrammar.from_string(gbnf, verbose=False)
-                except Exception as exc:
-                    raise InvalidRequest(f"cannot build a grammar from this JSON schema: {exc}") from exc
-                self._grammars[key] = g
+            g = self._grammars.get(gbnf)
+            if g is not None:
+                self._grammars.move_to_end(gbnf)
+                return g
+            llm = self.slots[0].llm
+            assert llm is not None
+            sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+            if not sampler:
+                raise InvalidRequest("llama.cpp cannot parse the grammar of this request; simplify its schema")
+            llama_cpp.llama_sampler_free(sampler)
+            g = LlamaGrammar.from_string(gbnf, verbose=False)
+            self._grammars[gbnf] = g
+            while len(self._grammars) > GRAMMAR_CACHE:
+                self._grammars.popitem(last=False)
             return g
 
     def generate(self, cmd: p.Generate) -> None:
@@ -232,14 +240,8 @@ class Worker:
             tools_prompt = cf.tools_system_prompt(tools, required) if tools else None
             messages = cf.normalise_messages(params.get("messages") or [], tools_prompt)
             prompt = cf.render_prompt(self.template, messages, bos_token=self.bos, eos_token=self.eos)
-            if tools:
-                grammar = self.grammar(cf.tool_call_schema(tools, required))
-            else:
-                schema = cf.response_format_schema(params.get("response_format"))
-                if schema == {"type": "object"}:
-                    grammar = self.grammar(None, raw_gbnf=JSON_GBNF)
-                elif schema is not None:
-                    grammar = self.grammar(schema)
+            if cmd.grammar is not None:
+                grammar = self.grammar(cmd.grammar)
         else:
             prompt_param: Any = params.get("prompt")
             if isinstance(prompt_param, list):

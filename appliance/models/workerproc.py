@@ -35,6 +35,7 @@ from appliance.errors import (
     WorkerTimeout,
 )
 from appliance.models import protocol as p
+from appliance.models.jail import Jail, JailedCommand
 
 log = logging.getLogger("appliance.worker")
 
@@ -102,11 +103,13 @@ class RequestStream:
 
 
 class WorkerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, hello: p.Hello,
+    def __init__(self, proc: asyncio.subprocess.Process, hello: p.Hello, jailed: JailedCommand | None = None,
                  answer_timeout: float | None = None) -> None:
         self.proc = proc
         self.hello = hello
-        self.pid = proc.pid
+        self.jailed = jailed
+        """How the worker was jailed (None: it was not); `pid` is then its host pid, not bwrap's."""
+        self.pid = (jailed.child_pid() if jailed is not None else None) or proc.pid
         self.model_id: str | None = None
         self.pending: dict[int, RequestStream] = {}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -126,6 +129,10 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return not self._exited.is_set() and self.proc.returncode is None
+
+    def sees(self, path: str) -> bool:
+        """Whether this worker can open `path` (a jailed one sees the model directories only)."""
+        return self.jailed is None or self.jailed.sees(path)
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -187,6 +194,9 @@ class WorkerProcess:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+            if self.pid != self.proc.pid:  # jailed: the worker itself, not only bwrap
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
         await self.proc.wait()
 
     async def wait_exit(self) -> None:
@@ -274,6 +284,8 @@ class WorkerProcess:
                 log.debug("worker %d: %s", self.pid, text)
 
     def _on_exit(self, rc: int) -> None:
+        if self.jailed is not None and 128 < rc < 128 + 65:
+            rc = 128 - rc  # bwrap exits 128+N when the worker was killed by signal N
         if rc < 0:
             try:
                 how = f"was killed by {signal.Signals(-rc).name}"
@@ -323,7 +335,8 @@ class ProcessSpawner:
     """Starts real worker processes."""
 
     def __init__(self, log_dir: Path | None = None, python: str | None = None, hello_timeout: float = 120.0,
-                 env: dict[str, str] | None = None, answer_timeout: float | None = None) -> None:
+                 env: dict[str, str] | None = None, answer_timeout: float | None = None,
+                 jail: Jail | None = None) -> None:
         self.python = python or sys.executable
         self.hello_timeout = hello_timeout
         self.answer_timeout = answer_timeout
@@ -331,6 +344,8 @@ class ProcessSpawner:
         self.log_dir = log_dir
         self.env = env or {}
         """Added to every worker's environment (the daemon marks its workers with its state dir)."""
+        self.jail = jail
+        """Where the host allows, workers run in it (appliance.services.worker_jail); else unjailed."""
 
     async def spawn(self) -> WorkerProcess:
         # Spawned from the event loop's thread, like sandboxes: the worker's death signal (armed
@@ -339,16 +354,23 @@ class ProcessSpawner:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")} | self.env
         env.setdefault("GGML_NO_BACKTRACE", "1")  # an abort should end the worker, not attach gdb
         env.setdefault("GOMP_SPINCOUNT", WORKER_SPINCOUNT)
-        proc = await asyncio.create_subprocess_exec(
-            self.python,
-            "-m",
-            "appliance.models.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a Ctrl-C in the daemon's terminal is the daemon's to handle
-        )
+        argv = [self.python, "-m", "appliance.models.worker"]
+        jailed = None
+        if self.jail is not None and await self.jail.unusable() is None:
+            jailed = self.jail.command(argv, models=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *(jailed.argv if jailed is not None else argv),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                pass_fds=jailed.pass_fds if jailed is not None else (),
+                start_new_session=True,  # a Ctrl-C in the daemon's terminal is the daemon's to handle
+            )
+        finally:
+            if jailed is not None:
+                jailed.close_child_fds()
         assert proc.stdout is not None
         try:
             header = await asyncio.wait_for(proc.stdout.readexactly(p.HEADER.size), self.hello_timeout)
@@ -357,6 +379,8 @@ class ProcessSpawner:
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if jailed is not None:
+                jailed.discard()
             err = b""
             if proc.stderr is not None:
                 with contextlib.suppress(Exception):
@@ -372,5 +396,7 @@ class ProcessSpawner:
             raise
         if not isinstance(hello, p.Hello):
             proc.kill()
+            if jailed is not None:
+                jailed.discard()
             raise ModelUnavailable("a model worker spoke out of turn at start-up")
-        return WorkerProcess(proc, hello, answer_timeout=self.answer_timeout)
+        return WorkerProcess(proc, hello, jailed, answer_timeout=self.answer_timeout)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
+from appliance.models.grammars import GrammarCompiler
 from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.workerproc import RequestStream
@@ -151,8 +152,10 @@ class Generation:
 
 class ChatService:
     def __init__(self, scheduler: ModelScheduler, catalog: ModelCatalog,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, grammars: GrammarCompiler | None = None) -> None:
         self.scheduler = scheduler
+        self.grammars = grammars
+        """Builds and proves the grammar of tools/response_format before a lease is taken."""
         self.catalog = catalog
         self.telemetry = telemetry
         self.slot_keeper: SlotKeeper | None = None
@@ -184,13 +187,15 @@ class ChatService:
         model = params.get("model")
         if isinstance(model, str) and model:
             params = bounded(params, self.catalog.get(model))
+        grammar = await self.grammars.for_chat(params) if self.grammars is not None and op == "chat" else None
         keeper = self.slot_keeper if slot_key is None and not slot else None
         if keeper is not None and isinstance(model, str) and model and self.catalog.get(model).kind == "chat":
             slot = await keeper.plain_fields(model)
         lease, stream = await self._start(
             model,
             "chat",
-            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key, window=FLOW_WINDOW, **slot),
+            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key, window=FLOW_WINDOW,
+                                 grammar=grammar, **slot),
             params.get("keep_alive"),
         )
         return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion",

@@ -20,7 +20,9 @@ from typing import Any
 from appliance import __version__
 from appliance.config import Config
 from appliance.models.catalog import ModelCatalog
+from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSettings
 from appliance.models.memory import memory_probe_for_host
+from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
 from appliance.models.workerproc import ProcessSpawner
 from appliance.private import private_dir
@@ -34,6 +36,7 @@ from appliance.services.operations import Operations
 from appliance.services.responses import ResponseService
 from appliance.services.sandboxes import SandboxService
 from appliance.services.sessions import SessionService
+from appliance.services.worker_jail import worker_jail_for
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
 from appliance.telemetry.nvml import Nvml
@@ -54,6 +57,7 @@ class Appliance:
         telemetry: Telemetry | None = None,
         sandboxes: SandboxService | None = None,
         janitor: Janitor | None = None,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.config = config
         self.janitor = janitor
@@ -64,8 +68,9 @@ class Appliance:
         self.telemetry = telemetry or Telemetry(events)
         self.operations = Operations(config, store=store, scheduler=scheduler, telemetry=self.telemetry)
         self.access = ApiAccess(store.tokens, host=config.server.host)
-        self.models = ModelService(catalog, scheduler)
-        self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry)
+        self.models = ModelService(catalog, scheduler, RegistrationPolicy.for_config(config))
+        self.grammars = grammars or GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models)))
+        self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry, grammars=self.grammars)
         self._extra_stops: list[Any] = []
         self._started: list[Callable[[], Awaitable[None]]] = []
         """The stops of the parts started so far, in start order."""
@@ -84,17 +89,21 @@ class Appliance:
             private_dir(state / sub)
         catalog = ModelCatalog.load(config)
         events = EventBus()
+        jail = worker_jail_for(config, catalog)
         scheduler = ModelScheduler(
             catalog,
             spawner=ProcessSpawner(log_dir=state / "logs", env={STATE_DIR_ENV: str(state.resolve())},
-                                   answer_timeout=config.models.worker_timeout_s or None),
+                                   answer_timeout=config.models.worker_timeout_s or None, jail=jail),
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,
         )
         store = Store(state)
+        grammars = GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models), jail=jail,
+                                               env={STATE_DIR_ENV: str(state.resolve())}))
         return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events,
-                   telemetry=Telemetry(events, nvml=Nvml.open()), janitor=Janitor(state.resolve()))
+                   telemetry=Telemetry(events, nvml=Nvml.open()), janitor=Janitor(state.resolve()),
+                   grammars=grammars)
 
     def _parts(self) -> list[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]] | None]]:
         """(start, stop) of each part, in start order; stop runs them the other way round."""
@@ -131,6 +140,7 @@ class Appliance:
                 await stop()
             except Exception:  # one part failing to stop must not keep the others running
                 log.exception("error while stopping")
+        await self.grammars.close()
         await self.store.aclose()
 
     async def status(self) -> dict[str, Any]:

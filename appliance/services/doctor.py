@@ -1,8 +1,9 @@
 """`appliance doctor`: is this box ready to run the appliance, and if not, what to do.
 
 Each check looks at one thing (Python, the llama.cpp build, the NVIDIA driver, the GPU as
-llama.cpp sees it, sandboxes, cgroup delegation, the state directory, processes an earlier daemon
-left running, the port, API tokens, the config, the default models) and returns ok, warning (it works, but not as well as it could) or
+llama.cpp sees it, sandboxes, the model workers' jail, cgroup delegation, the state directory,
+processes an earlier daemon left running, the port, API tokens, the config, the default models)
+and returns ok, warning (it works, but not as well as it could) or
 failure (that part will not work), with a sentence saying what it found and, unless ok, the fix.
 Everything read from the host comes through `DoctorProbes` (appliance.services.doctor_probes).
 """
@@ -102,6 +103,21 @@ def check_sandboxes(p: DoctorProbes, cfg: Config) -> CheckResult:
     bad = report.problems()
     return CheckResult("sandboxes", "failure", " ".join(c.detail for c in bad),
                        " ".join(c.fix for c in bad if c.fix))
+
+
+def check_worker_jail(p: DoctorProbes, cfg: Config) -> CheckResult:
+    name = "model worker jail"
+    if not cfg.models.jail_workers:
+        return CheckResult(name, "warning", "models.jail_workers is false: model workers parse GGUF files and "
+                           "grammars with the daemon's rights and network", "set `jail_workers = true` under "
+                           "[models] in the config (the default)")
+    problem = p.worker_jail(cfg)
+    if problem is None:
+        return ok(name, "model workers and the grammar checker run in a bwrap jail (no network, model files "
+                  "and Python read-only)")
+    return CheckResult(name, "warning", f"bwrap cannot jail model workers here ({problem}); they run unjailed",
+                       "the fix of the sandboxes check applies (bwrap and user namespaces); if sandboxes work, "
+                       "report this message")
 
 
 def check_cgroup(p: DoctorProbes) -> CheckResult:
@@ -233,6 +249,7 @@ def run_doctor(config_path: Path | None = None, state_dir: str | None = None,
         check_driver(p, gpus),
         check_gpu_visible(p, llama, gpus),
         check_sandboxes(p, cfg),
+        check_worker_jail(p, cfg),
         check_cgroup(p),
         check_state_dir(p, cfg),
         check_leftovers(p, cfg),

@@ -186,6 +186,20 @@ def probe_default_models(cfg: Config) -> dict[str, bool | str]:
     return out
 
 
+def probe_worker_jail(cfg: Config) -> str | None:
+    """None when model workers can run jailed on this host, else why not."""
+    from appliance.models.registration import model_directories
+    from appliance.sandbox.bwrap import locate_bwrap
+    from appliance.services.worker_jail import WorkerJail
+
+    try:
+        bwrap = locate_bwrap(cfg.sandbox.bwrap)
+    except ApplianceError as exc:
+        return exc.message
+    state = Path(cfg.state_dir)
+    return WorkerJail(bwrap, state_dir=state, kv_dir=state / "kv", model_dirs=model_directories(cfg)).probe()
+
+
 @dataclass
 class DoctorProbes:
     python_version: Callable[[], tuple[int, int, int]] = lambda: (
@@ -204,3 +218,4 @@ class DoctorProbes:
     load_config: Callable[[Path | None, str | None], Config] = lambda path, state: load_config(
         path, state_dir=state)
     default_models: Callable[[Config], dict[str, bool | str]] = probe_default_models
+    worker_jail: Callable[[Config], str | None] = probe_worker_jail

@@ -8,14 +8,17 @@ from typing import Any
 
 from appliance.errors import InvalidRequest
 from appliance.models.catalog import ModelCatalog
+from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
 from appliance.sampling import KEEP_ALIVE_MAX
 
 
 class ModelService:
-    def __init__(self, catalog: ModelCatalog, scheduler: ModelScheduler) -> None:
+    def __init__(self, catalog: ModelCatalog, scheduler: ModelScheduler, registration: RegistrationPolicy) -> None:
         self.catalog = catalog
         self.scheduler = scheduler
+        self.registration = registration
+        """Where API clients may register model files from (appliance.models.registration)."""
 
     def openai_list(self) -> dict[str, Any]:
         return {
@@ -55,8 +58,13 @@ class ModelService:
         await self.scheduler.pin(model_id, pinned)
         return self.get(model_id)
 
-    def add(self, path: str, model_id: str | None, kind: str) -> dict[str, Any]:
+    async def add(self, path: str, model_id: str | None, kind: str, replace: bool = False) -> dict[str, Any]:
+        """Register a model file (the rules: appliance.models.registration). A replaced model that
+        is loaded is unloaded, so its next request loads the new file."""
         if kind not in ("chat", "embedding"):
             raise InvalidRequest("kind must be 'chat' or 'embedding'", param="kind")
-        prof = self.catalog.add_path(Path(path), model_id=model_id, kind=kind)
+        prof = self.catalog.add_path(Path(path), model_id=model_id, kind=kind, replace=replace,
+                                     policy=self.registration)
+        if replace:
+            await self.scheduler.unload(prof.id)
         return self.get(prof.id)

@@ -117,6 +117,26 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
     return out
 
 
+def chat_response_format(text: Any) -> dict[str, Any] | None:
+    """The Responses API's `text.format` as chat's response_format (None: plain text)."""
+    if text is None:
+        return None
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if fmt is None and isinstance(text, dict):
+        return None
+    if not isinstance(fmt, dict):
+        raise InvalidRequest('text must be an object like {"format": {"type": "json_schema", ...}}', param="text")
+    kind = fmt.get("type")
+    if kind in ("text", "json_object"):
+        return {"type": kind}
+    if kind == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise InvalidRequest("text.format.schema must be a JSON schema object", param="text.format.schema")
+        return {"type": "json_schema", "json_schema": {"name": fmt.get("name"), "schema": fmt["schema"]}}
+    raise InvalidRequest(f"text.format type {kind!r} is not supported; use text, json_object or json_schema",
+                         param="text.format.type")
+
+
 def chat_tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
@@ -153,7 +173,8 @@ def response_object(rid: str, *, created: float, model: str, body: dict[str, Any
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "temperature": body.get("temperature"), "top_p": body.get("top_p"),
         "max_output_tokens": body.get("max_output_tokens"), "metadata": body.get("metadata") or {},
-        "store": stored, "text": {"format": {"type": "text"}}, "truncation": "disabled",
+        "store": stored, "text": {"format": (body.get("text") or {}).get("format") or {"type": "text"}},
+        "truncation": "disabled",
         "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
                   "input_tokens_details": {"cached_tokens": int(usage.get("cached_tokens", 0)), "cache_write_tokens": 0},
                   "output_tokens_details": {"reasoning_tokens": 0}},
@@ -194,7 +215,11 @@ class ResponseService:
         self.sessions = sessions
 
     def _params(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {dst: body[src] for src, dst in SAMPLING.items() if body.get(src) is not None}
+        params = {dst: body[src] for src, dst in SAMPLING.items() if body.get(src) is not None}
+        fmt = chat_response_format(body.get("text"))
+        if fmt is not None:
+            params["response_format"] = fmt
+        return params
 
     async def _check(self, body: dict[str, Any]) -> _Request:
         """Everything that can be refused before any work starts (a 4xx, never a broken stream)."""
@@ -217,6 +242,10 @@ class ResponseService:
         tools, choice = chat_tools(body.get("tools")), chat_tool_choice(body.get("tool_choice"))
         if tools:
             cf.select_tools(tools, choice)  # a bad tool_choice fails now, before anything is stored
+        if self.chat.grammars is not None:  # a bad schema is refused here, before the input is stored
+            await self.chat.grammars.for_chat(
+                {"tools": tools, "tool_choice": choice, "response_format": chat_response_format(body.get("text"))},
+                tool_param="tools[{i}].parameters", format_param="text.format.schema")
         return _Request(body=body, model=model, drafts=drafts, tools=tools,
                         choice=choice, link=link, previous=prev_id or None,
                         response_id="resp_" + uuid.uuid4().hex[:24], message_id="msg_" + uuid.uuid4().hex[:20],

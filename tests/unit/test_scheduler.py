@@ -40,6 +40,10 @@ class FakeWorker:
         self.spawner = spawner
         self._alive = True
         self.loaded_path: str | None = None
+        self.visible = None if spawner.visible is None else set(spawner.visible)
+
+    def sees(self, path: str) -> bool:
+        return self.visible is None or path in self.visible
 
     @property
     def alive(self) -> bool:
@@ -71,6 +75,8 @@ class FakeSpawner:
         self.closed: list[str | None] = []
         self.sizes: dict[str, int] = {}
         self.fail_paths: set[str] = set()
+        self.visible: set[str] | None = None
+        """Model paths the workers spawned from now on can see (a jail); None: all."""
 
     async def spawn(self) -> FakeWorker:
         w = FakeWorker(self)
@@ -275,3 +281,23 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
     assert spawner.loads == ["/m/a.gguf"]
     lease.release()
     assert model(sched, "a")["waiting"] == 0
+
+
+async def test_a_jailed_spare_that_cannot_see_the_model_is_replaced_by_a_fresh_worker() -> None:
+    sched, spawner, _ = make([prof("a"), prof("b")])
+    sched.config = ModelsConfig(spare_worker=True)
+    spawner.visible = {"/m/a.gguf"}
+    await sched.start()
+    try:
+        for _ in range(100):
+            if sched.spare_ready:
+                break
+            await asyncio.sleep(0.01)
+        assert sched.spare_ready
+        spare = spawner.spawned[0]
+        spawner.visible = {"/m/a.gguf", "/m/b.gguf"}  # b became known after the spare started
+        (await sched.acquire("b")).release()
+        assert spare.loaded_path is None and not spare.alive, "the blind spare was closed, not used"
+        assert spawner.spawned[1].loaded_path == "/m/b.gguf"
+    finally:
+        await sched.stop()
