@@ -211,9 +211,15 @@ def test_sigkill_during_a_run_and_a_model_load_leaves_no_process(
         load = threading.Thread(target=post, args=("/api/models/tiny/load",), daemon=True)
         load.start()
         requests.append(load)
-        time.sleep(0.02)
-        seen = watch.stop() | descendants(d.proc.pid)
-        workers = [pid for pid, _ in seen if "appliance.models.worker" in _cmdline(pid)]
+        # the spare worker may still be starting (a jailed one is probed first): wait for a worker
+        deadline = time.monotonic() + 30
+        while True:
+            seen = descendants(d.proc.pid)
+            workers = [pid for pid, _ in seen if "appliance.models.worker" in _cmdline(pid)]
+            if workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        seen |= watch.stop()
         d.proc.kill()
         d.proc.wait()
         assert workers, "no model worker was running when the daemon was killed"
