@@ -78,6 +78,11 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The most memory_mb a request may ask for."""
     max_file_mb: int = 64
     """Largest single file a request may upload, send in `files`, or download."""
+    max_fetch_files: int = 32
+    """Most paths one run may list in `fetch_files`."""
+    max_fetch_mb: int = 64
+    """Total size of the files one run returns through `fetch_files` (a file asked for under
+    several names, links included, is returned and counted once)."""
     max_sandboxes: int = 32
     """Stateful sandboxes that may exist at once; creating more gets 503."""
     sandbox_uid: int = 65534

@@ -35,7 +35,7 @@ from appliance.sandbox.errors import (
     UploadTooLarge,
 )
 from appliance.sandbox.identity import SandboxIdentity
-from appliance.sandbox.limits import LimitCeiling, SandboxLimits, apply_request
+from appliance.sandbox.limits import LimitCeiling, MiB, SandboxLimits, apply_request
 from appliance.sandbox.manager import SandboxManager, StatefulSandbox
 from appliance.sandbox.oneshot import RunSpec, run_once
 from appliance.sandbox.pool import WarmPool
@@ -77,7 +77,9 @@ class RunResult(msgspec.Struct, kw_only=True):
     peak_memory_mb: float
     cpu_ms: float = 0.0
     """CPU time the program used (user + system, its finished child processes included)."""
-    files: dict[str, str] = msgspec.field(default_factory=dict)
+    files: dict[str, bytes] = msgspec.field(default_factory=dict)
+    """The files of fetch_files that exist, base64 in JSON (encoded straight into the response,
+    with no intermediate copy of each file as a base64 string)."""
     reason: str | None = None
     """Which limit ended the run, in words, when one did."""
     phase: Literal["compile", "run"] = "run"
@@ -135,10 +137,6 @@ class LanguageOut(msgspec.Struct, kw_only=True):
     detail: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -155,7 +153,7 @@ def to_result(outcome: RunOutcome, *, restarted: bool = False) -> RunResult:
         duration_ms=outcome.duration_ms,
         peak_memory_mb=outcome.peak_memory_mb,
         cpu_ms=outcome.cpu_ms,
-        files={k: _b64(v) for k, v in outcome.files.items()},
+        files=outcome.files,
         reason=outcome.reason,
         phase=outcome.phase,
         result=outcome.result,
@@ -340,23 +338,36 @@ class SandboxService:
             out[path] = self._bytes(f"files[{path!r}]", data)
         return out
 
+    def _fetch_list(self, paths: list[str]) -> list[str]:
+        """`fetch_files` checked before anything runs: absolute and climbing paths refused, at
+        most sandbox.max_fetch_files, one entry per spelling of a path (`a` and `./a` are one)."""
+        if len(paths) > self.config.max_fetch_files:
+            raise InvalidRequest(
+                f"fetch_files lists {len(paths)} paths; at most {self.config.max_fetch_files} "
+                "may be fetched from one run (sandbox.max_fetch_files)",
+                param="fetch_files",
+            )
+        spelled: dict[tuple[str, ...], str] = {}
+        for path in paths:
+            spelled.setdefault(tuple(split_path(path)), path)
+        return list(spelled.values())
+
     # --- one-shot -----------------------------------------------------------------------------------
 
     async def run(self, req: RunRequest) -> RunResult:
         engine, _ = self._ready()
         lang = await self._language(req.language)
-        for path in req.fetch_files:
-            split_path(path)  # refuse absolute and climbing paths before running anything
         spec = RunSpec(
             language=lang,
             code=self._bytes("code", req.code.encode()),
             limits=self._limits(lang, req.timeout_s, req.memory_mb),
             stdin=self._bytes("stdin", (req.stdin or "").encode()),
             files=self._decode_files(req.files),
-            fetch=list(req.fetch_files),
+            fetch=self._fetch_list(req.fetch_files),
             args=list(req.args),
             network=self._network(req.network),
             max_file_bytes=self.max_file_bytes,
+            max_fetch_bytes=self.config.max_fetch_mb * MiB,
         )
         async with self.queue.slot():
             return self._observed(lang.name, to_result(await run_once(engine, self.pool, spec)))
