@@ -91,6 +91,10 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """When the daemon runs as root: the host gid sandboxed code runs as (never 0)."""
     cgroups: bool = True
     """Use per-sandbox cgroups (memory.max, pids.max) when the daemon has a delegated cgroup v2."""
+    seccomp: bool = True
+    """Run sandboxed code under a seccomp filter that refuses what it never needs (new
+    namespaces, mount, ptrace, keyctl, bpf, perf events, io_uring, kexec, modules...) on x86_64
+    and aarch64. Turn off only to tell whether the filter is what breaks a toolchain."""
 
 
 class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.sandbox import seccomp
 from appliance.sandbox.aio import close_quietly
 from appliance.sandbox.cgroup import CgroupDelegate
 from appliance.sandbox.identity import SandboxIdentity
@@ -46,6 +47,7 @@ class EngineConfig:
     """`<state_dir>/sandboxes`: workspaces and the sandbox's /etc files."""
     identity: SandboxIdentity
     cgroups: CgroupDelegate | None = None
+    seccomp: bool = True
 
 
 class SandboxEngine:
@@ -56,6 +58,8 @@ class SandboxEngine:
         self.cgroups = config.cgroups
         self.catalog = catalog
         self.system = system_mounts()
+        self.seccomp = config.seccomp and seccomp.host_supported()
+        """Whether sandboxes run under the syscall filter (seccomp.py knows x86_64 and aarch64)."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.etc_dir = write_sandbox_etc(self.root / ".etc")
@@ -104,6 +108,7 @@ class SandboxEngine:
             gid=self.identity.bwrap_gid,
             keep_caps=self.identity.keep_caps,
             drop_all_caps=self.identity.daemon_is_root,
+            seccomp=self.seccomp,
         )
 
     async def spawn(

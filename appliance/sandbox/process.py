@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.sandbox import seccomp
 from appliance.sandbox.aio import close_quietly, read_to_end, set_nonblocking, wait_readable
 from appliance.sandbox.errors import SandboxUnavailable
 from appliance.sandbox.identity import SandboxIdentity
@@ -98,22 +99,32 @@ class SandboxProcess:
         floor_kb = _own_peak_kb()
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
-        argv = [str(bwrap), *bwrap_args(policy, info_fd=info_w, userns_block_fd=block_r)]
+        filter_r = seccomp.filter_fd() if policy.seccomp else -1
+        argv = [
+            str(bwrap),
+            *bwrap_args(
+                policy,
+                info_fd=info_w,
+                userns_block_fd=block_r,
+                seccomp_fd=filter_r if filter_r >= 0 else None,
+            ),
+        ]
+        own_fds = (info_w, block_r) + ((filter_r,) if filter_r >= 0 else ())
         try:
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(info_w, block_r, *pass_fds),
+                pass_fds=(*own_fds, *pass_fds),
                 start_new_session=True,
                 env={},
                 cwd="/",
             )
         except OSError as exc:
-            close_quietly(info_r, info_w, block_r, block_w)
+            close_quietly(info_r, block_w, *own_fds)
             raise SandboxUnavailable(f"cannot start bwrap ({bwrap}): {exc}") from exc
-        close_quietly(info_w, block_r)
+        close_quietly(*own_fds)
         inner_pidfd = -1
         try:
             set_nonblocking(info_r)

@@ -368,7 +368,8 @@ def read_capped(fd: int, rel: str, max_bytes: int) -> bytes:
             f"{rel!r} is {size} bytes, above the {max_bytes}-byte limit of a file transfer "
             "(sandbox.max_file_mb)"
         )
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
         if not chunk:

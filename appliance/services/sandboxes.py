@@ -249,7 +249,13 @@ class SandboxService:
             )
             cgroups = CgroupDelegate.detect() if self.config.cgroups else None
             engine = SandboxEngine(
-                EngineConfig(locate_bwrap(self.config.bwrap), self.root, identity, cgroups),
+                EngineConfig(
+                    locate_bwrap(self.config.bwrap),
+                    self.root,
+                    identity,
+                    cgroups,
+                    seccomp=self.config.seccomp,
+                ),
                 self.catalog,
             )
         except ApplianceError as exc:
