@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -91,6 +91,12 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """When the daemon runs as root: the host gid sandboxed code runs as (never 0)."""
     cgroups: bool = True
     """Use per-sandbox cgroups (memory.max, pids.max) when the daemon has a delegated cgroup v2."""
+    workspace_quota: Literal["auto", "tmpfs", "poll"] = "auto"
+    """How a workspace is kept within its size (workspace_mb): "tmpfs" makes each one a
+    size-limited tmpfs, so a write past the quota fails with ENOSPC, its files are RAM (counted in
+    memory_budget_mb) and never the state directory's disk; "poll" measures the directory every
+    250 ms and kills the program that overfills it; "auto" is tmpfs where the host allows it
+    (a warning and `appliance doctor` say when it does not)."""
     seccomp: bool = True
     """Run sandboxed code under a seccomp filter that refuses what it never needs (new
     namespaces, mount, ptrace, keyctl, bpf, perf events, io_uring, kexec, modules...) on x86_64

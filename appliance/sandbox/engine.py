@@ -1,26 +1,30 @@
 """The sandbox engine: everything needed to start a sandbox for a language, in one place.
 
 It holds what is fixed for the daemon's life (the bwrap binary, who sandboxed code runs as, the
-host's system mounts, the workspace root, the cgroup delegate) and turns a language, a workspace,
-a command and limits into a running SandboxProcess. Higher layers (one-shot runs, the warm pool,
-stateful sandboxes) only say what to run, never how to isolate it.
+host's system mounts, the workspace root and its quota mounts, the cgroup delegate) and turns a
+language, a workspace, a command and limits into a running SandboxProcess. Higher layers
+(one-shot runs, the warm pool, stateful sandboxes) only say what to run, never how to isolate it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import logging
 import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from appliance.sandbox import seccomp
 from appliance.sandbox.aio import close_quietly
 from appliance.sandbox.cgroup import CgroupDelegate
+from appliance.sandbox.errors import SandboxUnavailable
 from appliance.sandbox.identity import SandboxIdentity
-from appliance.sandbox.limits import MiB, SandboxLimits, rlimits_for
+from appliance.sandbox.limits import DEFAULT_LIMITS, MiB, SandboxLimits, rlimits_for
 from appliance.sandbox.policy import (
     DRIVER_DIR,
     Mount,
@@ -32,12 +36,16 @@ from appliance.sandbox.policy import (
 )
 from appliance.sandbox.process import SandboxProcess
 from appliance.sandbox.profiles import DRIVERS, ProfileCatalog, ResolvedLanguage
+from appliance.sandbox.quota import QuotaUnavailable, WorkspaceMounts
 from appliance.sandbox.repl import DRIVER_FILES_DIR, DriverSandbox
 from appliance.sandbox.results import RunOutcome
 from appliance.sandbox.runner import supervise
 from appliance.sandbox.workspace import Workspace, remove_tree
 
+log = logging.getLogger("appliance.sandbox")
+
 WORKSPACE_PREFIXES = ("run-", "pool-", "sbx-")
+QuotaMode = Literal["auto", "tmpfs", "poll"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class EngineConfig:
     identity: SandboxIdentity
     cgroups: CgroupDelegate | None = None
     seccomp: bool = True
+    workspace_quota: QuotaMode = "auto"
+    """tmpfs: workspaces are size-limited tmpfs mounts (quota.py) or sandboxes are unavailable;
+    poll: plain directories whose size is polled; auto: tmpfs where the host allows it."""
 
 
 class SandboxEngine:
@@ -63,18 +74,68 @@ class SandboxEngine:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.etc_dir = write_sandbox_etc(self.root / ".etc")
+        self.quota_mode: QuotaMode = config.workspace_quota
+        self.mounts: WorkspaceMounts | None = None
+        """The holder of the workspaces' tmpfs mounts; None when workspace sizes are polled."""
+        self.quota_problem: str | None = None
+        """Why workspace sizes are polled rather than enforced by the kernel, when they are."""
+
+    async def start(self) -> None:
+        """Start what needs the event loop: the workspace mount holder (quota.py)."""
+        if self.quota_mode == "poll":
+            self.quota_problem = 'sandbox.workspace_quota is "poll"'
+            return
+        try:
+            self.mounts = await WorkspaceMounts.start(
+                self.bwrap, self.identity, self.root / ".quota-probe"
+            )
+        except QuotaUnavailable as exc:
+            self.quota_problem = str(exc)
+            if self.quota_mode == "tmpfs":
+                raise SandboxUnavailable(
+                    f"workspace quotas cannot be enforced: {exc}. Run `appliance doctor`, or set "
+                    'sandbox.workspace_quota = "auto" to fall back to polling workspace sizes'
+                ) from exc
+            log.warning(
+                "workspace sizes will be polled, not enforced by the kernel: %s", self.quota_problem
+            )
+
+    def stop(self) -> None:
+        if self.mounts is not None:
+            self.mounts.close()
+            self.mounts = None
+
+    @property
+    def workspaces_in_ram(self) -> bool:
+        """Whether workspaces are tmpfs (RAM): admission then counts their quota as memory."""
+        return self.mounts is not None
 
     def clean_stale_workspaces(self) -> int:
-        """Remove workspaces left by an earlier daemon (their sandboxes died with it)."""
+        """Remove workspaces left by an earlier daemon (their sandboxes died with it).
+
+        Their tmpfs mounts died with that daemon's holder; a mount found on one anyway (made in
+        this namespace by hand or by another tool) is detached first when the daemon may.
+        """
         removed = 0
         for entry in self.root.iterdir():
-            if entry.name.startswith(WORKSPACE_PREFIXES):
+            if entry.name.startswith(WORKSPACE_PREFIXES) or entry.name == ".quota-probe":
+                if os.path.ismount(entry) and not detach_mount(entry):
+                    log.warning("%s is a mount point this daemon cannot unmount; left alone", entry)
+                    continue
                 remove_tree(entry)
                 removed += 1
         return removed
 
-    def new_workspace(self, prefix: str) -> Workspace:
-        return Workspace.create(self.root, f"{prefix}{secrets.token_hex(8)}", self.identity)
+    def new_workspace(self, prefix: str, limits: SandboxLimits = DEFAULT_LIMITS) -> Workspace:
+        """A fresh workspace; a tmpfs of `limits.workspace_mb` when quotas are enforced."""
+        ws = Workspace.create(self.root, f"{prefix}{secrets.token_hex(8)}", self.identity)
+        if self.mounts is None:
+            return ws
+        try:
+            return self.mounts.quota_workspace(ws, limits)
+        except BaseException:
+            ws.destroy()
+            raise
 
     # --- policies and processes ---------------------------------------------------------------------
 
@@ -91,7 +152,7 @@ class SandboxEngine:
         mounts: tuple[Mount, ...] = base_mounts(
             system=self.system,
             etc_dir=self.etc_dir,
-            workspace=workspace.path,
+            workspace=workspace.bind_source,
             toolchain_roots=lang.toolchain_roots,
             extra_ro=lang.extra_binds,
             drivers=drivers if lang.profile.repl else [],
@@ -126,6 +187,7 @@ class SandboxEngine:
             if self.cgroups
             else None
         )
+        mounts = self.mounts if workspace.enforced else None
         try:
             return await SandboxProcess.spawn(
                 bwrap=self.bwrap,
@@ -133,7 +195,9 @@ class SandboxEngine:
                 identity=self.identity,
                 rlimits=rlimits_for(limits, cgroup=cgroup is not None),
                 cgroup=cgroup,
-                pass_fds=pass_fds,
+                pass_fds=pass_fds + (mounts.pass_fds() if mounts else ()),
+                launcher=mounts.enter_argv() if mounts else (),
+                write_maps=mounts.write_maps if mounts and mounts.writes_maps() else None,
             )
         except BaseException:
             if cgroup is not None:
@@ -177,7 +241,7 @@ class SandboxEngine:
     ) -> DriverSandbox:
         """A sandbox whose interpreter has started and waits for code (pool or stateful)."""
         own_workspace = workspace is None
-        ws = workspace or self.new_workspace("pool-")
+        ws = workspace or self.new_workspace("pool-", limits)
         result_r, result_w = os.pipe()
         try:
             proc = await self.spawn(
@@ -207,3 +271,9 @@ class SandboxEngine:
 
 def oom_patterns(lang: ResolvedLanguage) -> tuple[bytes, ...]:
     return tuple(p.encode() for p in lang.profile.oom_patterns)
+
+
+def detach_mount(path: Path) -> bool:
+    """Lazily unmount `path` (MNT_DETACH); False when the kernel refuses (not root)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.umount2(os.fsencode(path), 2)) == 0

@@ -109,14 +109,14 @@ class SandboxManager:
                 if not network and self.pool is not None:
                     driver = await self.pool.acquire(lang, limits)
                 if driver is None:
-                    ws = await asyncio.to_thread(self.engine.new_workspace, "sbx-")
+                    ws = await asyncio.to_thread(self.engine.new_workspace, "sbx-", limits)
                     driver = await self.engine.start_driver(
                         lang, limits, workspace=ws, network=network
                     )
                 await driver.enter_repl()
                 workspace = driver.workspace
             else:
-                workspace = await asyncio.to_thread(self.engine.new_workspace, "sbx-")
+                workspace = await asyncio.to_thread(self.engine.new_workspace, "sbx-", limits)
             sandbox = StatefulSandbox(sid, lang, limits, network, workspace, driver)
             self.sandboxes[sid] = sandbox
             return sandbox

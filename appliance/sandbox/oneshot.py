@@ -18,7 +18,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from appliance.errors import ApplianceError
 from appliance.sandbox.engine import SandboxEngine
@@ -109,7 +109,10 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
         finally:
             await sandbox.destroy(background=True)
 
-    workspace = await asyncio.to_thread(engine.new_workspace, "run-")
+    # the compile step shares the workspace: the larger of the two quotas holds for both
+    size = max(spec.limits.workspace_mb, lang.compile_limits.workspace_mb)
+    ws_limits = replace(spec.limits, workspace_mb=size)
+    workspace = await asyncio.to_thread(engine.new_workspace, "run-", ws_limits)
     try:
         await asyncio.to_thread(write_inputs, workspace, spec)
         outcome = await compile_and_run(engine, lang, workspace, spec, started)

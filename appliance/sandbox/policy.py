@@ -136,6 +136,9 @@ def bwrap_args(
         if m.kind in ("ro-bind", "ro-bind-try", "bind"):
             bound.append(m.dest)
 
+    # bwrap's new root is a tmpfs that an unprivileged daemon's sandbox user owns: read-only, or
+    # code could write there, outside every quota (only /workspace, /tmp and /dev/shm are for it)
+    args += ["--remount-ro", "/"]
     args += ["--chdir", policy.cwd, *policy.extra, "--", *policy.command]
     return args
 

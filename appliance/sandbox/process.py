@@ -26,6 +26,7 @@ import resource
 import select
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,12 +96,18 @@ class SandboxProcess:
         cgroup: CgroupSlot | None = None,
         pass_fds: tuple[int, ...] = (),
         stdin: bool = True,
+        launcher: tuple[str, ...] = (),
+        write_maps: Callable[[int], None] | None = None,
     ) -> SandboxProcess:
+        """Start bwrap (behind `launcher`, a command that execs it, such as nsenter into the
+        workspace mount namespace) and complete the handshake; `write_maps` replaces
+        identity.write_maps when another process must write the user namespace maps."""
         floor_kb = _own_peak_kb()
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         filter_r = seccomp.filter_fd() if policy.seccomp else -1
         argv = [
+            *launcher,
             str(bwrap),
             *bwrap_args(
                 policy,
@@ -139,7 +146,7 @@ class SandboxProcess:
                 raise SandboxUnavailable(_bwrap_failure(popen))
             inner_pid = int(json.loads(raw)["child-pid"])
             inner_pidfd = os.pidfd_open(inner_pid)
-            identity.write_maps(inner_pid)
+            (write_maps or identity.write_maps)(inner_pid)
             for res, limit in rlimits.items():
                 resource.prlimit(inner_pid, res, limit)
             if cgroup is not None:

@@ -32,6 +32,8 @@ NAME_MAX = 255
 """Longest name of one path component, in bytes (Linux file systems' limit)."""
 MAX_SYMLINKS = 32
 MAX_LISTED = 10000
+MAX_WORKSPACE_ENTRIES = 20000
+"""Files and directories a workspace may hold (a tmpfs workspace's nr_inodes, else polled)."""
 
 
 @dataclass(frozen=True)

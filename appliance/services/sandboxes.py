@@ -255,6 +255,7 @@ class SandboxService:
                     identity,
                     cgroups,
                     seccomp=self.config.seccomp,
+                    workspace_quota=self.config.workspace_quota,
                 ),
                 self.catalog,
             )
@@ -265,6 +266,12 @@ class SandboxService:
         stale = await asyncio.to_thread(engine.clean_stale_workspaces)
         if stale:
             log.info("removed %d workspaces left by an earlier run", stale)
+        try:
+            await engine.start()
+        except ApplianceError as exc:
+            self.unavailable = exc.message
+            log.warning("sandboxes unavailable: %s", exc.message)
+            return
         self.engine = engine
         if any(v > 0 for v in self.config.pool.values()):
             self.pool = WarmPool(engine, self.config.pool, max_cpu_s=self.config.max_timeout_s)
@@ -278,12 +285,15 @@ class SandboxService:
         await self.manager.start()
         self.unavailable = None
         log.info(
-            "sandboxes ready (bwrap %s, %s, cgroups %s)",
+            "sandboxes ready (bwrap %s, %s, cgroups %s, workspaces %s)",
             engine.bwrap,
             f"root; code runs as uid {identity.host_uid}"
             if identity.daemon_is_root
             else "unprivileged",
             "delegated" if cgroups else "not used, rlimits",
+            "tmpfs with kernel-enforced quotas"
+            if engine.workspaces_in_ram
+            else f"polled ({engine.quota_problem})",
         )
 
     async def stop(self) -> None:
@@ -292,6 +302,8 @@ class SandboxService:
         if self.pool is not None:
             await self.pool.stop()
         await wait_for_removals()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
         self.engine, self.pool, self.manager = None, None, None
         self.unavailable = "the sandbox service has stopped"
 

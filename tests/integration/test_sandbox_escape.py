@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SandboxServer
+from tests.integration.conftest import SandboxServer, sandbox_server_with
 
 
 def _probe(server: SandboxServer, code: str, **fields: object) -> dict[str, Any]:
@@ -330,7 +330,63 @@ except OSError as exc:
     )
 
 
-def test_a_workspace_that_outgrows_its_limit_is_stopped(sandbox_server: SandboxServer) -> None:
+FILL = """
+import errno, json, os, sys
+from concurrent.futures import ProcessPoolExecutor
+
+def fill(n):
+    chunk, written = b"y" * (1 << 20), 0
+    try:
+        for i in range(100):  # 100 MB each, 400 MB in all: well past the 256 MB quota
+            with open(f"w{n}-{i}.bin", "wb") as f:
+                f.write(chunk)
+            written += len(chunk)
+    except OSError as exc:
+        return written, errno.errorcode[exc.errno]
+    return written, None
+
+with ProcessPoolExecutor(4) as pool:
+    results = list(pool.map(fill, range(4)))
+mounts = [line.split() for line in open("/proc/self/mountinfo")]
+ws = next(m for m in mounts if m[4] == "/workspace")
+print(json.dumps({"written": sum(w for w, _ in results), "errors": [e for _, e in results],
+                  "fstype": ws[ws.index("-") + 1]}))
+"""
+
+
+def test_a_write_past_the_workspace_quota_fails_with_enospc(sandbox_server: SandboxServer) -> None:
+    """The kernel enforces the quota: four writers at once never get past it (the 250 ms poll
+    let them reach 435 MB), and the files are a tmpfs, never the state directory's disk."""
+    engine = sandbox_server.service.engine
+    assert engine.mounts is not None, f"workspace quotas are not enforced: {engine.quota_problem}"
+    cap = 256 * 1024 * 1024
+    with sandbox_server.client() as c:
+        sid = c.post("/api/sandboxes", json={"language": "python"}).json()["id"]
+        try:
+            r = c.post(f"/api/sandboxes/{sid}/exec", json={"code": FILL, "timeout_s": 60})
+            assert r.status_code == 200, r.text
+            answer = json.loads(r.json()["stdout"].strip().splitlines()[-1])
+            assert answer["errors"] == ["ENOSPC"] * 4, answer
+            assert answer["written"] <= cap and answer["fstype"] == "tmpfs", answer
+            listed = c.get(f"/api/sandboxes/{sid}/files").json()
+            assert sum(f["size"] for f in listed) <= cap
+            workspace = sandbox_server.service.manager.sandboxes[sid].workspace
+            used, _ = workspace.usage()
+            assert used <= cap
+            assert list(workspace.bind_source.iterdir()) == []  # nothing on the host's disk
+            upload = c.put(f"/api/sandboxes/{sid}/files/more.bin", content=b"z" * (1 << 20))
+            assert upload.status_code == 413 and "256 MB" in upload.json()["error"]["message"]
+        finally:
+            c.delete(f"/api/sandboxes/{sid}")
+    # a one-shot program that does not expect the error fails with it, and the reason says why
+    code = "for i in range(400):\n    open(f'p{i}.bin', 'wb').write(b'y' * (1 << 20))\n"
+    result = sandbox_server.run("python", code, timeout_s=30)
+    assert result["status"] == "error" and "No space left on device" in result["stderr"]
+    assert "workspace is full" in result["reason"] and "ENOSPC" in result["reason"]
+
+
+def test_a_polled_workspace_that_outgrows_its_limit_is_stopped(tmp_path: Path) -> None:
+    """Where quotas cannot be enforced (workspace_quota = "poll"), the size is watched."""
     code = """
 import time
 chunk = b"y" * (1 << 20)
@@ -339,7 +395,9 @@ for i in range(400):
         f.write(chunk)
 time.sleep(10)
 """
-    result = sandbox_server.run("python", code, timeout_s=20)
+    with sandbox_server_with(tmp_path, pool={}, workspace_quota="poll") as server:
+        assert server.service.engine.mounts is None
+        result = server.run("python", code, timeout_s=20)
     assert result["status"] == "killed", result
     assert "workspace" in result["reason"]
 
@@ -351,15 +409,13 @@ def test_one_sandbox_cannot_see_another(sandbox_server: SandboxServer) -> None:
             assert (
                 c.put(f"/api/sandboxes/{sid}/files/private.txt", content=b"mine").status_code == 200
             )
-            workspaces = [
-                p
-                for p in (sandbox_server.root / "sandboxes").iterdir()
-                if (p / "private.txt").exists()
-            ]
-            assert len(workspaces) == 1
+            workspace = sandbox_server.service.manager.sandboxes[sid].workspace
+            assert (workspace.path / "private.txt").read_bytes() == b"mine"
             code = "import json, sys\ntry:\n    print(json.dumps(open(sys.argv[1]).read()))\nexcept OSError as e:\n    print(json.dumps(type(e).__name__))\n"
-            answer = sandbox_server.run("python", code, args=[str(workspaces[0] / "private.txt")])
-            assert answer["stdout"].strip() in ('"FileNotFoundError"', '"PermissionError"')
+            # the host directory it is mounted on, and the daemon's own way in
+            for guess in (workspace.bind_source, workspace.path):
+                answer = sandbox_server.run("python", code, args=[str(guess / "private.txt")])
+                assert answer["stdout"].strip() in ('"FileNotFoundError"', '"PermissionError"')
         finally:
             c.delete(f"/api/sandboxes/{sid}")
 
