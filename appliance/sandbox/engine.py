@@ -183,7 +183,11 @@ class SandboxEngine:
         pass_fds: tuple[int, ...] = (),
     ) -> SandboxProcess:
         cgroup = (
-            self.cgroups.slot(workspace.path.name + "-" + secrets.token_hex(3), limits)
+            self.cgroups.slot(
+                workspace.path.name + "-" + secrets.token_hex(3),
+                limits,
+                tmpfs_mb=2 * limits.tmp_mb + (workspace.quota_bytes or 0) // MiB,
+            )
             if self.cgroups
             else None
         )
