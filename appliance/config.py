@@ -85,6 +85,13 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     several names, links included, is returned and counted once)."""
     max_sandboxes: int = 32
     """Stateful sandboxes that may exist at once; creating more gets 503."""
+    memory_budget_mb: int = 0
+    """Memory all sandboxes running code may reserve together: each counts its memory_mb plus
+    its tmpfs (/tmp, /dev/shm and, with workspace_quota tmpfs, its workspace); one that would not
+    fit gets 503 + Retry-After. 0: half of the daemon's memory (MemTotal or its cgroup limit)."""
+    agent_reserve_fraction: float = 0.25
+    """Share of memory_budget_mb and of max_sandboxes kept for agents' sandboxes (the run_code
+    tool), which API clients cannot take; agents may use the rest too."""
     sandbox_uid: int = 65534
     """When the daemon runs as root: the host uid sandboxed code runs as (never 0)."""
     sandbox_gid: int = 65534

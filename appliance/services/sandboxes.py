@@ -2,8 +2,9 @@
 
 The service owns the sandbox runtime's life (preflight, warm pool, idle reaper), checks requests
 (languages, limits against the daemon's maxima, network policy, base64 and sizes), queues
-one-shot runs beyond `sandbox.max_concurrent` (failing fast past `sandbox.queue_size`), and
-converts the runtime's results into the response structs. When the host cannot run sandboxes
+one-shot runs beyond `sandbox.max_concurrent` (failing fast past `sandbox.queue_size`), admits
+every sandbox against the memory budget for its owner (an API client or an agent, see
+appliance.sandbox.admission), and converts the runtime's results into the response structs. When the host cannot run sandboxes
 (no bwrap, user namespaces blocked), the daemon still starts and every sandbox request answers
 503 with the preflight's fix.
 """
@@ -24,6 +25,13 @@ import msgspec
 
 from appliance.config import Config, SandboxConfig, shipped_profiles_dir
 from appliance.errors import ApplianceError, ConfigError, InvalidRequest
+from appliance.sandbox.admission import (
+    HOST_SHARE,
+    Owner,
+    SandboxAdmission,
+    footprint_mb,
+    host_memory_mb,
+)
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.sandbox.cgroup import CgroupDelegate
 from appliance.sandbox.engine import EngineConfig, SandboxEngine
@@ -209,6 +217,20 @@ class SandboxService:
         self.ceiling = LimitCeiling(config.max_timeout_s, config.max_memory_mb)
         self.max_file_bytes = config.max_file_mb * 1024 * 1024
         self.queue = RunQueue(config.max_concurrent, config.queue_size)
+        if not 0 <= config.agent_reserve_fraction < 1:
+            raise ConfigError(
+                f"must be at least 0 and below 1 (got {config.agent_reserve_fraction})",
+                key="sandbox.agent_reserve_fraction",
+            )
+        if config.memory_budget_mb < 0:
+            raise ConfigError(
+                "must be 0 (measured) or a size in MB", key="sandbox.memory_budget_mb"
+            )
+        self.admission = SandboxAdmission(
+            config.memory_budget_mb or int(host_memory_mb() * HOST_SHARE),
+            agent_share=config.agent_reserve_fraction,
+            max_stateful=config.max_sandboxes,
+        )
         self.engine: SandboxEngine | None = None
         self.pool: WarmPool | None = None
         self.manager: SandboxManager | None = None
@@ -277,10 +299,7 @@ class SandboxService:
             self.pool = WarmPool(engine, self.config.pool, max_cpu_s=self.config.max_timeout_s)
             await self.pool.start()
         self.manager = SandboxManager(
-            engine,
-            self.pool,
-            idle_ttl_s=self.config.idle_ttl_s,
-            max_sandboxes=self.config.max_sandboxes,
+            engine, self.pool, idle_ttl_s=self.config.idle_ttl_s, admission=self.admission
         )
         await self.manager.start()
         self.unavailable = None
@@ -372,7 +391,7 @@ class SandboxService:
 
     # --- one-shot -----------------------------------------------------------------------------------
 
-    async def run(self, req: RunRequest) -> RunResult:
+    async def run(self, req: RunRequest, *, owner: Owner = "client") -> RunResult:
         engine, _ = self._ready()
         lang = await self._language(req.language)
         spec = RunSpec(
@@ -387,8 +406,18 @@ class SandboxService:
             max_file_bytes=self.max_file_bytes,
             max_fetch_bytes=self.config.max_fetch_mb * MiB,
         )
+        need = footprint_mb(
+            spec.limits,
+            workspace_in_ram=engine.workspaces_in_ram,
+            compile_limits=lang.compile_limits if lang.profile.compile else None,
+        )
         async with self.queue.slot():
-            return self._observed(lang.name, to_result(await run_once(engine, self.pool, spec)))
+            reservation = self.admission.admit(need, owner, stateful=False)
+            try:
+                outcome = await run_once(engine, self.pool, spec)
+            finally:
+                self.admission.release(reservation)
+            return self._observed(lang.name, to_result(outcome))
 
     def _observed(self, language: str, result: RunResult) -> RunResult:
         """Metrics, usage, trace span and event of a finished run (appliance.telemetry)."""
@@ -437,11 +466,14 @@ class SandboxService:
             network=sb.network,
         )
 
-    async def create(self, req: CreateSandboxRequest) -> SandboxInfo:
+    async def create(self, req: CreateSandboxRequest, *, owner: Owner = "client") -> SandboxInfo:
+        """A stateful sandbox for `owner`: "agent" for agents' tools, which draw on the share of
+        memory and of the sandbox count that API clients cannot take."""
         _, manager = self._ready()
         lang = await self._language(req.language)
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
-        info = self._info(await manager.create(lang, limits, network=self._network(req.network)))
+        network = self._network(req.network)
+        info = self._info(await manager.create(lang, limits, network=network, owner=owner))
         if self.telemetry is not None:
             self.telemetry.events.publish(
                 "sandbox.created", sandbox=info.id, language=info.language
@@ -517,5 +549,9 @@ class SandboxService:
             "runs": {"running": self.queue.running, "waiting": self.queue.waiting},
             "pool": self.pool.stats() if self.pool else {},
             "sandboxes": len(self.manager.sandboxes) if self.manager else 0,
+            "memory": self.admission.stats(),
+            "workspace_quota": "tmpfs"
+            if self.engine is not None and self.engine.workspaces_in_ram
+            else "polled",
             "checked_at": time.time(),
         }
