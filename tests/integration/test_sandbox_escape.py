@@ -366,7 +366,8 @@ def test_a_write_past_the_workspace_quota_fails_with_enospc(sandbox_server: Sand
             r = c.post(f"/api/sandboxes/{sid}/exec", json={"code": FILL, "timeout_s": 60})
             assert r.status_code == 200, r.text
             answer = json.loads(r.json()["stdout"].strip().splitlines()[-1])
-            assert answer["errors"] == ["ENOSPC"] * 4, answer
+            # a writer may finish its 100 MB before the others fill the quota; none gets past it
+            assert "ENOSPC" in answer["errors"] and set(answer["errors"]) <= {"ENOSPC", None}
             assert answer["written"] <= cap and answer["fstype"] == "tmpfs", answer
             listed = c.get(f"/api/sandboxes/{sid}/files").json()
             assert sum(f["size"] for f in listed) <= cap
