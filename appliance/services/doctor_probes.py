@@ -8,6 +8,7 @@ use without preparing it, and the port probe binds and closes at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -153,6 +154,31 @@ def probe_default_models(cfg: Config) -> dict[str, bool | str]:
     return out
 
 
+def probe_workspace_quota(cfg: Config) -> str | None:
+    """None when workspaces can be size-limited tmpfs mounts (appliance.sandbox.quota): a real
+    mount holder is started and mounts a tiny tmpfs in a temporary directory; else why not."""
+    from appliance.sandbox.bwrap import locate_bwrap
+    from appliance.sandbox.identity import SandboxIdentity
+    from appliance.sandbox.quota import QuotaUnavailable, WorkspaceMounts
+
+    if cfg.sandbox.workspace_quota == "poll":
+        return 'sandbox.workspace_quota is "poll"'
+    try:
+        bwrap = locate_bwrap(cfg.sandbox.bwrap)
+        identity = SandboxIdentity.for_host(
+            sandbox_uid=cfg.sandbox.sandbox_uid, sandbox_gid=cfg.sandbox.sandbox_gid
+        )
+    except ApplianceError as exc:
+        return exc.message
+    with tempfile.TemporaryDirectory(prefix="appliance-quota-") as tmp:
+        try:
+            mounts = asyncio.run(WorkspaceMounts.start(bwrap, identity, Path(tmp) / "probe"))
+        except QuotaUnavailable as exc:
+            return str(exc)
+        mounts.close()
+    return None
+
+
 @dataclass
 class DoctorProbes:
     python_version: Callable[[], tuple[int, int, int]] = lambda: (
@@ -169,3 +195,4 @@ class DoctorProbes:
     load_config: Callable[[Path | None, str | None], Config] = lambda path, state: load_config(
         path, state_dir=state)
     default_models: Callable[[Config], dict[str, bool | str]] = probe_default_models
+    workspace_quota: Callable[[Config], str | None] = probe_workspace_quota

@@ -37,6 +37,7 @@ def healthy(tmp_path: Path) -> DoctorProbes:
         valid_tokens=lambda state: 0,
         load_config=lambda path, state: cfg,
         default_models=lambda c: {"smollm2-135m-instruct": True, "all-minilm-l6-v2": True},
+        workspace_quota=lambda c: None,
     )
 
 
@@ -52,7 +53,7 @@ def test_a_healthy_gpu_box_passes_everything(tmp_path: Path) -> None:
     results = run(tmp_path)
     assert [r.status for r in results] == ["ok"] * len(results), results
     assert {r.name for r in results} == {
-        "python", "llama-cpp-python", "nvidia driver", "gpu for llama.cpp", "sandboxes",
+        "python", "llama-cpp-python", "nvidia driver", "gpu for llama.cpp", "sandboxes", "workspace quotas",
         "cgroup delegation", "state directory", "port", "api tokens", "config", "default models"}
     assert "CUDA build" in check(results, "llama-cpp-python").detail
     assert "NVIDIA L4" in check(results, "nvidia driver").detail
@@ -142,7 +143,13 @@ def test_config(tmp_path: Path) -> None:
     results = run(tmp_path, load_config=broken)
     bad = check(results, "config")
     assert bad.status == "failure" and "server.prot" in bad.detail
-    assert len(results) == 11, "the other checks still run, on the defaults"
+    assert len(results) == 12, "the other checks still run, on the defaults"
+
+
+def test_workspace_quotas_that_are_only_polled_are_a_warning(tmp_path: Path) -> None:
+    polled = check(run(tmp_path, workspace_quota=lambda c: "nsenter is missing"), "workspace quotas")
+    assert polled.status == "warning" and "nsenter is missing" in polled.detail
+    assert "polled" in polled.detail and "util-linux" in polled.fix
 
 
 def test_default_models(tmp_path: Path) -> None:
