@@ -199,7 +199,7 @@ class SandboxEngine:
                 identity=self.identity,
                 rlimits=rlimits_for(limits, cgroup=cgroup is not None),
                 cgroup=cgroup,
-                pass_fds=pass_fds + (mounts.pass_fds() if mounts else ()),
+                pass_fds=pass_fds,
                 launcher=mounts.enter_argv() if mounts else (),
                 write_maps=mounts.write_maps if mounts and mounts.writes_maps() else None,
             )

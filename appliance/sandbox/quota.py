@@ -286,19 +286,22 @@ class WorkspaceMounts:
         return Path(f"/proc/self/fd/{self.root_fd}") / real.lstrip("/")
 
     def enter_argv(self) -> tuple[str, ...]:
-        """The command before bwrap that starts it in the holder's namespaces."""
+        """The command before bwrap that starts it in the holder's namespaces.
+
+        nsenter opens the daemon's own descriptors of them through /proc/<daemon>/fd: nothing is
+        inherited (an inherited descriptor would stay open in the sandbox), and the daemon, whose
+        child nsenter is, cannot have been replaced by another process under that pid.
+        """
+        fds = f"/proc/{os.getpid()}/fd"
         if self.identity.daemon_is_root:
-            return (self.nsenter, f"--mount=/proc/self/fd/{self.mnt_fd}", "--")
+            return (self.nsenter, f"--mount={fds}/{self.mnt_fd}", "--")
         return (
             self.nsenter,
-            f"--user=/proc/self/fd/{self.user_fd}",
-            f"--mount=/proc/self/fd/{self.mnt_fd}",
+            f"--user={fds}/{self.user_fd}",
+            f"--mount={fds}/{self.mnt_fd}",
             "--preserve-credentials",
             "--",
         )
-
-    def pass_fds(self) -> tuple[int, ...]:
-        return (self.mnt_fd,) if self.user_fd < 0 else (self.mnt_fd, self.user_fd)
 
     def writes_maps(self) -> bool:
         """Whether sandboxes' uid/gid maps must come from the holder (an unprivileged daemon:

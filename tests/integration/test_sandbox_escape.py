@@ -500,3 +500,27 @@ def test_system_calls_that_code_never_needs_are_refused(sandbox_server: SandboxS
     code, stderr = answer.pop("unshare -U")
     assert code != 0 and "Operation not permitted" in stderr, stderr
     assert answer == dict.fromkeys(answer, "EPERM"), answer
+
+
+def test_no_descriptor_of_the_daemon_reaches_the_code(sandbox_server: SandboxServer) -> None:
+    """Only pipes (stdio, the driver's result pipe) may be open: no namespace of the workspace
+    mount holder, no socket, no host file."""
+    code = """
+import json, os
+fds = {}
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass  # the directory being listed
+print(json.dumps(fds))
+"""
+    for language in ("python", "sh"):  # a pooled driver sandbox and a fresh one
+        if language == "python":
+            answer = _probe(sandbox_server, code)
+        else:
+            shell = "for f in /proc/self/fd/*; do readlink $f; done"
+            out = sandbox_server.run("sh", shell)["stdout"].split()
+            answer = {str(i): target for i, target in enumerate(out)}
+        leaked = {fd: t for fd, t in answer.items() if not t.startswith(("pipe:", "/proc/"))}
+        assert leaked == {}, (language, leaked)
