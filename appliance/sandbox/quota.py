@@ -27,8 +27,9 @@ only in its namespace. From there:
   /proc/self/fd/<holder's root>/..., a directory descriptor it opened once, so no path can reach
   another process's namespace even if the holder's pid were reused. It also holds descriptors
   of the holder's namespaces (nsenter opens them through /proc/<daemon>/fd), which keep the
-  mounts alive for as long as the daemon lives: should the holder be killed, existing
-  workspaces keep working and only new ones are refused (503) until the daemon restarts;
+  mounts alive for as long as the daemon lives: should the holder be killed, the files of
+  existing workspaces stay where they are, but new workspaces (and, for an unprivileged daemon,
+  new sandbox processes, whose maps it writes) are refused with 503 until the daemon restarts;
 - when the daemon dies, so does the holder (bwrap's --die-with-parent, and its stdin closes), and
   with its namespace every workspace tmpfs is gone: no stale mount can survive a crash. The empty
   directories left on disk are removed at the next start (engine.clean_stale_workspaces).
