@@ -516,6 +516,12 @@ class SandboxService:
 
     # --- files --------------------------------------------------------------------------------------
 
+    def check_upload(self, sandbox_id: str, path: str) -> None:
+        """Refuse an upload to an unknown sandbox or a bad path before its body is read."""
+        _, manager = self._ready()
+        manager.get(sandbox_id)
+        split_path(path)
+
     async def put_file(self, sandbox_id: str, path: str, data: bytes) -> FileInfo:
         _, manager = self._ready()
         sb = manager.get(sandbox_id)
