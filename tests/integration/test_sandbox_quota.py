@@ -1,7 +1,8 @@
 """Workspace quotas and their mounts over a daemon's life: nothing outlives it.
 
-The ENOSPC behaviour itself is in test_sandbox_escape.py; here: the mount holder ends with the
-daemon (so a killed daemon leaves no tmpfs behind), and the next start removes what is left.
+The ENOSPC behaviour itself is in test_sandbox_escape.py; here: each workspace's tmpfs goes when
+its sandbox is deleted, reaped or finished, the mount holder ends with the daemon (so a killed
+daemon leaves no tmpfs behind), and the next start removes what is left.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.sandbox.quota import HOLDER
+from tests.integration.conftest import sandbox_server_with, sandbox_wait_pool
 from tests.integration.daemon import running_daemon
 
 
@@ -89,3 +91,32 @@ def test_a_stale_mount_on_a_workspace_is_detached_before_removal(tmp_path: Path)
     finally:
         if os.path.ismount(stale):
             libc.umount2(os.fsencode(stale), 2)
+
+
+def _workspace_mounts(holder_pid: int) -> list[str]:
+    lines = Path(f"/proc/{holder_pid}/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if " - tmpfs appliance-workspace " in line]
+
+
+def test_workspace_mounts_are_unmounted_when_sandboxes_are_deleted_or_reaped(
+    tmp_path: Path,
+) -> None:
+    with (
+        sandbox_server_with(tmp_path, pool={"python": 1}, idle_ttl_s=1.0) as server,
+        server.client() as c,
+    ):
+        mounts = server.service.engine.mounts
+        assert mounts is not None, server.service.engine.quota_problem
+        assert len(_workspace_mounts(mounts.pid)) == 1  # the pooled sandbox's
+        kept = c.post("/api/sandboxes", json={"language": "sh"}).json()["id"]
+        gone = c.post("/api/sandboxes", json={"language": "python"}).json()["id"]
+        assert c.post("/api/run", json={"language": "sh", "code": "true"}).status_code == 200
+        assert c.delete(f"/api/sandboxes/{gone}").status_code == 204
+        deadline = time.monotonic() + 15
+        while c.get(f"/api/sandboxes/{kept}").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)  # reaped after a second idle
+        sandbox_wait_pool(server, "python")
+        deadline = time.monotonic() + 5
+        while len(_workspace_mounts(mounts.pid)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a finished run's workspace goes in the background
+        assert len(_workspace_mounts(mounts.pid)) == 1  # the pool's replacement, nothing else
