@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -21,6 +21,11 @@ from appliance.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_PORT = 8420
+
+STATE_DIR_ENV = "APPLIANCE_STATE_DIR"
+"""Set in the environment of the daemon's long-lived children (model workers, the grammar checker,
+the workspace mount holder): the state directory of the daemon that started them, so that what a
+dead daemon left behind can be proven its own (appliance.services.leftovers)."""
 
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?/?$")
 
@@ -143,14 +148,36 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The most memory_mb a request may ask for."""
     max_file_mb: int = 64
     """Largest single file a request may upload, send in `files`, or download."""
+    max_fetch_files: int = 32
+    """Most paths one run may list in `fetch_files`."""
+    max_fetch_mb: int = 64
+    """Total size of the files one run returns through `fetch_files` (a file asked for under
+    several names, links included, is returned and counted once)."""
     max_sandboxes: int = 32
     """Stateful sandboxes that may exist at once; creating more gets 503."""
+    memory_budget_mb: int = 0
+    """Memory all sandboxes running code may reserve together: each counts its memory_mb plus
+    its tmpfs (/tmp, /dev/shm and, with workspace_quota tmpfs, its workspace); one that would not
+    fit gets 503 + Retry-After. 0: half of the daemon's memory (MemTotal or its cgroup limit)."""
+    agent_reserve_fraction: float = 0.25
+    """Share of memory_budget_mb and of max_sandboxes kept for agents' sandboxes (the run_code
+    tool), which API clients cannot take; agents may use the rest too."""
     sandbox_uid: int = 65534
     """When the daemon runs as root: the host uid sandboxed code runs as (never 0)."""
     sandbox_gid: int = 65534
     """When the daemon runs as root: the host gid sandboxed code runs as (never 0)."""
     cgroups: bool = True
     """Use per-sandbox cgroups (memory.max, pids.max) when the daemon has a delegated cgroup v2."""
+    workspace_quota: Literal["auto", "tmpfs", "poll"] = "auto"
+    """How a workspace is kept within its size (workspace_mb): "tmpfs" makes each one a
+    size-limited tmpfs, so a write past the quota fails with ENOSPC, its files are RAM (counted in
+    memory_budget_mb) and never the state directory's disk; "poll" measures the directory every
+    250 ms and kills the program that overfills it; "auto" is tmpfs where the host allows it
+    (a warning and `appliance doctor` say when it does not)."""
+    seccomp: bool = True
+    """Run sandboxed code under a seccomp filter that refuses what it never needs (new
+    namespaces, mount, ptrace, keyctl, bpf, perf events, io_uring, kexec, modules...) on x86_64
+    and aarch64. Turn off only to tell whether the filter is what breaks a toolchain."""
 
 
 class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

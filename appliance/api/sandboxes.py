@@ -128,6 +128,7 @@ class SandboxController(Controller):
         path: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> FileInfo:
+        sandboxes.check_upload(sandbox_id, _workspace_path(path))
         data = await read_upload(request, sandboxes.max_file_bytes)
         return await sandboxes.put_file(sandbox_id, _workspace_path(path), data)
 

@@ -226,6 +226,8 @@ class ResponsesRequest(_Body, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     metadata: dict[str, str] | None = None
+    text: dict[str, Any] | None = None
+    """`{"format": {...}}`: plain text, json_object or a json_schema; checked by the service."""
 
 
 class AddModelRequest(_Body, kw_only=True):

@@ -10,6 +10,11 @@ RLIMIT_NPROC.
 Preparing the subtree follows cgroup v2's "no internal processes" rule: the daemon's own
 processes move into a `daemon` leaf, then the memory and pids controllers are enabled for the
 children, and sandboxes live under `sandboxes/`.
+
+A sandbox's tmpfs pages (its /tmp and /dev/shm, and its workspace when quotas are enforced) are
+charged to the cgroup of the process that writes them, so memory.max is the program's memory_mb
+plus those tmpfs sizes: files never eat into the memory a program asked for, and the total is
+what admission reserved for the sandbox.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ def _controllers(path: Path) -> set[str]:
 @dataclass
 class CgroupSlot:
     path: Path
+    tmpfs_mb: int = 0
+    """The sandbox's tmpfs sizes, allowed on top of memory_mb (see the module docstring)."""
 
     def attach(self, pid: int) -> None:
         (self.path / "cgroup.procs").write_text(str(pid))
@@ -71,7 +78,7 @@ class CgroupSlot:
             return None
 
     def update(self, limits: SandboxLimits) -> None:
-        (self.path / "memory.max").write_text(str(limits.memory_mb * MiB))
+        (self.path / "memory.max").write_text(str((limits.memory_mb + self.tmpfs_mb) * MiB))
         (self.path / "pids.max").write_text(str(limits.nproc))
 
     def remove(self) -> None:
@@ -130,12 +137,12 @@ class CgroupDelegate:
         (sandboxes / "cgroup.subtree_control").write_text(control)
         return sandboxes
 
-    def slot(self, name: str, limits: SandboxLimits) -> CgroupSlot:
+    def slot(self, name: str, limits: SandboxLimits, tmpfs_mb: int = 0) -> CgroupSlot:
         path = self.sandboxes / name
         path.mkdir()
         swap = path / "memory.swap.max"
         if swap.exists():
             swap.write_text("0")
-        slot = CgroupSlot(path)
+        slot = CgroupSlot(path, tmpfs_mb)
         slot.update(limits)
         return slot

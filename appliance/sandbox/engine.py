@@ -1,9 +1,9 @@
 """The sandbox engine: everything needed to start a sandbox for a language, in one place.
 
 It holds what is fixed for the daemon's life (the bwrap binary, who sandboxed code runs as, the
-host's system mounts, the workspace root, the cgroup delegate) and turns a language, a workspace,
-a command and limits into a running SandboxProcess. Higher layers (one-shot runs, the warm pool,
-stateful sandboxes) only say what to run, never how to isolate it.
+host's system mounts, the workspace root and its quota mounts, the cgroup delegate) and turns a
+language, a workspace, a command and limits into a running SandboxProcess. Higher layers
+(one-shot runs, the warm pool, stateful sandboxes) only say what to run, never how to isolate it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from appliance.config import STATE_DIR_ENV
+from appliance.sandbox import seccomp
 from appliance.sandbox.aio import close_quietly
 from appliance.sandbox.cgroup import CgroupDelegate
+from appliance.sandbox.errors import SandboxUnavailable
 from appliance.sandbox.identity import SandboxIdentity
-from appliance.sandbox.limits import MiB, SandboxLimits, rlimits_for
+from appliance.sandbox.limits import DEFAULT_LIMITS, MiB, SandboxLimits, rlimits_for
 from appliance.sandbox.policy import (
     DRIVER_DIR,
     Mount,
@@ -34,6 +38,7 @@ from appliance.sandbox.policy import (
 )
 from appliance.sandbox.process import SandboxProcess
 from appliance.sandbox.profiles import DRIVERS, ProfileCatalog, ResolvedLanguage
+from appliance.sandbox.quota import QuotaUnavailable, WorkspaceMounts
 from appliance.sandbox.repl import DRIVER_FILES_DIR, DriverSandbox
 from appliance.sandbox.results import RunOutcome
 from appliance.sandbox.runner import supervise
@@ -43,6 +48,7 @@ log = logging.getLogger("appliance.sandbox")
 
 WORKSPACE_PREFIXES = ("run-", "pool-", "sbx-")
 MNT_DETACH = 2
+QuotaMode = Literal["auto", "tmpfs", "poll"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class EngineConfig:
     """`<state_dir>/sandboxes`: workspaces and the sandbox's /etc files."""
     identity: SandboxIdentity
     cgroups: CgroupDelegate | None = None
+    seccomp: bool = True
+    workspace_quota: QuotaMode = "auto"
+    """tmpfs: workspaces are size-limited tmpfs mounts (quota.py) or sandboxes are unavailable;
+    poll: plain directories whose size is polled; auto: tmpfs where the host allows it."""
 
 
 class SandboxEngine:
@@ -62,19 +72,59 @@ class SandboxEngine:
         self.cgroups = config.cgroups
         self.catalog = catalog
         self.system = system_mounts()
+        self.seccomp = config.seccomp and seccomp.host_supported()
+        """Whether sandboxes run under the syscall filter (seccomp.py knows x86_64 and aarch64)."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.etc_dir = write_sandbox_etc(self.root / ".etc")
+        self.quota_mode: QuotaMode = config.workspace_quota
+        self.mounts: WorkspaceMounts | None = None
+        """The holder of the workspaces' tmpfs mounts; None when workspace sizes are polled."""
+        self.quota_problem: str | None = None
+        """Why workspace sizes are polled rather than enforced by the kernel, when they are."""
+
+    async def start(self) -> None:
+        """Start what needs the event loop: the workspace mount holder (quota.py)."""
+        if self.quota_mode == "poll":
+            self.quota_problem = 'sandbox.workspace_quota is "poll"'
+            return
+        try:
+            self.mounts = await WorkspaceMounts.start(
+                self.bwrap, self.identity, self.root / ".quota-probe",
+                env={STATE_DIR_ENV: os.path.realpath(self.root.parent)},
+            )
+        except QuotaUnavailable as exc:
+            self.quota_problem = str(exc)
+            if self.quota_mode == "tmpfs":
+                raise SandboxUnavailable(
+                    f"workspace quotas cannot be enforced: {exc}. Run `appliance doctor`, or set "
+                    'sandbox.workspace_quota = "auto" to fall back to polling workspace sizes'
+                ) from exc
+            log.warning(
+                "workspace sizes will be polled, not enforced by the kernel: %s", self.quota_problem
+            )
+
+    def stop(self) -> None:
+        if self.mounts is not None:
+            self.mounts.close()
+            self.mounts = None
+
+    @property
+    def workspaces_in_ram(self) -> bool:
+        """Whether workspaces are tmpfs (RAM): admission then counts their quota as memory."""
+        return self.mounts is not None
 
     def clean_stale_workspaces(self) -> int:
         """Remove workspaces left by an earlier daemon (their sandboxes died with it).
 
-        A workspace that is a mount point (or holds one) is unmounted first: removing the files
-        of a mounted file system would empty it and then fail on the mount point itself.
+        Their tmpfs mounts died with that daemon's quota holder; a workspace that is a mount point
+        anyway (or holds one: made in this namespace by hand or by another tool) is unmounted
+        first, since removing the files of a mounted file system would empty it and then fail on
+        the mount point itself.
         """
         removed = 0
         for entry in self.root.iterdir():
-            if entry.name.startswith(WORKSPACE_PREFIXES):
+            if entry.name.startswith(WORKSPACE_PREFIXES) or entry.name == ".quota-probe":
                 if not unmount_all(entry):
                     log.warning("cannot unmount stale workspace %s; left in place", entry)
                     continue
@@ -82,8 +132,16 @@ class SandboxEngine:
                 removed += 1
         return removed
 
-    def new_workspace(self, prefix: str) -> Workspace:
-        return Workspace.create(self.root, f"{prefix}{secrets.token_hex(8)}", self.identity)
+    def new_workspace(self, prefix: str, limits: SandboxLimits = DEFAULT_LIMITS) -> Workspace:
+        """A fresh workspace; a tmpfs of `limits.workspace_mb` when quotas are enforced."""
+        ws = Workspace.create(self.root, f"{prefix}{secrets.token_hex(8)}", self.identity)
+        if self.mounts is None:
+            return ws
+        try:
+            return self.mounts.quota_workspace(ws, limits)
+        except BaseException:
+            ws.destroy()
+            raise
 
     # --- policies and processes ---------------------------------------------------------------------
 
@@ -100,7 +158,7 @@ class SandboxEngine:
         mounts: tuple[Mount, ...] = base_mounts(
             system=self.system,
             etc_dir=self.etc_dir,
-            workspace=workspace.path,
+            workspace=workspace.bind_source,
             toolchain_roots=lang.toolchain_roots,
             extra_ro=lang.extra_binds,
             drivers=drivers if lang.profile.repl else [],
@@ -117,6 +175,7 @@ class SandboxEngine:
             gid=self.identity.bwrap_gid,
             keep_caps=self.identity.keep_caps,
             drop_all_caps=self.identity.daemon_is_root,
+            seccomp=self.seccomp,
         )
 
     async def spawn(
@@ -130,10 +189,15 @@ class SandboxEngine:
         pass_fds: tuple[int, ...] = (),
     ) -> SandboxProcess:
         cgroup = (
-            self.cgroups.slot(workspace.path.name + "-" + secrets.token_hex(3), limits)
+            self.cgroups.slot(
+                workspace.path.name + "-" + secrets.token_hex(3),
+                limits,
+                tmpfs_mb=2 * limits.tmp_mb + (workspace.quota_bytes or 0) // MiB,
+            )
             if self.cgroups
             else None
         )
+        mounts = self.mounts if workspace.enforced else None
         try:
             return await SandboxProcess.spawn(
                 bwrap=self.bwrap,
@@ -142,6 +206,8 @@ class SandboxEngine:
                 rlimits=rlimits_for(limits, cgroup=cgroup is not None),
                 cgroup=cgroup,
                 pass_fds=pass_fds,
+                launcher=mounts.enter_argv() if mounts else (),
+                write_maps=mounts.write_maps if mounts and mounts.writes_maps() else None,
             )
         except BaseException:
             if cgroup is not None:
@@ -185,7 +251,7 @@ class SandboxEngine:
     ) -> DriverSandbox:
         """A sandbox whose interpreter has started and waits for code (pool or stateful)."""
         own_workspace = workspace is None
-        ws = workspace or self.new_workspace("pool-")
+        ws = workspace or self.new_workspace("pool-", limits)
         result_r, result_w = os.pipe()
         try:
             proc = await self.spawn(

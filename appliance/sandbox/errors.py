@@ -22,6 +22,7 @@ __all__ = [
     "NetworkNotAllowed",
     "SandboxBusy",
     "SandboxLimitReached",
+    "SandboxMemoryFull",
     "SandboxNotFound",
     "SandboxQueueFull",
     "SandboxUnavailable",
@@ -78,6 +79,16 @@ class SandboxLimitReached(SandboxError):
 
     status = 503
     code = "sandbox_limit_reached"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class SandboxMemoryFull(SandboxError):
+    """The sandboxes' memory budget has no room for another one right now (admission.py)."""
+
+    status = 503
+    code = "sandbox_memory_full"
 
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})

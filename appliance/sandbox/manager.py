@@ -7,6 +7,9 @@ run one at a time (a second exec while one runs gets 409). Languages without a R
 compile and run each exec in a fresh process over the same workspace, so files persist but
 memory does not. If a REPL interpreter dies (out of memory, a crash, a timeout it ignored), the
 next exec starts a fresh one on the same workspace and says so.
+
+Each sandbox is admitted (admission.py) for its owner before anything starts, and holds its
+memory reservation and its place in the count until it is deleted or reaped.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from appliance.sandbox.admission import Owner, Reservation, SandboxAdmission, footprint_mb
 from appliance.sandbox.engine import SandboxEngine
-from appliance.sandbox.errors import SandboxBusy, SandboxLimitReached, SandboxNotFound
+from appliance.sandbox.errors import SandboxBusy, SandboxNotFound
 from appliance.sandbox.limits import SandboxLimits
 from appliance.sandbox.oneshot import RunSpec, compile_and_run
 from appliance.sandbox.pool import WarmPool
@@ -45,6 +49,7 @@ class StatefulSandbox:
     execs: int = 0
     running: asyncio.Task[object] | None = None
     deleted: bool = False
+    reservation: Reservation | None = None
 
     @property
     def busy(self) -> bool:
@@ -61,15 +66,14 @@ class SandboxManager:
         pool: WarmPool | None,
         *,
         idle_ttl_s: float,
-        max_sandboxes: int,
+        admission: SandboxAdmission,
     ) -> None:
         self.engine = engine
         self.pool = pool
         self.idle_ttl_s = idle_ttl_s
-        self.max_sandboxes = max_sandboxes
+        self.admission = admission
         self.sandboxes: dict[str, StatefulSandbox] = {}
         self._reaper: asyncio.Task[None] | None = None
-        self._creating = 0
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_loop(), name="sandbox-reaper")
@@ -94,14 +98,19 @@ class SandboxManager:
         return expired
 
     async def create(
-        self, lang: ResolvedLanguage, limits: SandboxLimits, *, network: bool
+        self,
+        lang: ResolvedLanguage,
+        limits: SandboxLimits,
+        *,
+        network: bool,
+        owner: Owner = "client",
     ) -> StatefulSandbox:
-        if len(self.sandboxes) + self._creating >= self.max_sandboxes:
-            raise SandboxLimitReached(
-                f"{self.max_sandboxes} sandboxes exist already; delete one (DELETE "
-                "/api/sandboxes/{id}) or raise sandbox.max_sandboxes"
-            )
-        self._creating += 1
+        need = footprint_mb(
+            limits,
+            workspace_in_ram=self.engine.workspaces_in_ram,
+            compile_limits=None if lang.profile.repl else lang.compile_limits,
+        )
+        reservation = self.admission.admit(need, owner, stateful=True)
         try:
             sid = f"sbx-{secrets.token_hex(8)}"
             driver: DriverSandbox | None = None
@@ -109,19 +118,21 @@ class SandboxManager:
                 if not network and self.pool is not None:
                     driver = await self.pool.acquire(lang, limits)
                 if driver is None:
-                    ws = await asyncio.to_thread(self.engine.new_workspace, "sbx-")
+                    ws = await asyncio.to_thread(self.engine.new_workspace, "sbx-", limits)
                     driver = await self.engine.start_driver(
                         lang, limits, workspace=ws, network=network
                     )
                 await driver.enter_repl()
                 workspace = driver.workspace
             else:
-                workspace = await asyncio.to_thread(self.engine.new_workspace, "sbx-")
-            sandbox = StatefulSandbox(sid, lang, limits, network, workspace, driver)
-            self.sandboxes[sid] = sandbox
-            return sandbox
-        finally:
-            self._creating -= 1
+                workspace = await asyncio.to_thread(self.engine.new_workspace, "sbx-", limits)
+        except BaseException:
+            self.admission.release(reservation)
+            raise
+        sandbox = StatefulSandbox(sid, lang, limits, network, workspace, driver)
+        sandbox.reservation = reservation
+        self.sandboxes[sid] = sandbox
+        return sandbox
 
     def get(self, sid: str) -> StatefulSandbox:
         try:
@@ -191,13 +202,18 @@ class SandboxManager:
         if sandbox is None:
             raise SandboxNotFound(f"no sandbox {sid!r}; it was already deleted or reaped")
         sandbox.deleted = True
-        if sandbox.driver is not None:
-            await sandbox.driver.destroy(keep_workspace=True)
-        if sandbox.running is not None and not sandbox.running.done():
-            sandbox.running.cancel()  # a compiled-language exec: its sandbox is killed on the way out
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({sandbox.running}, timeout=10)
-        await asyncio.to_thread(sandbox.workspace.destroy)
+        try:
+            if sandbox.driver is not None:
+                await sandbox.driver.destroy(keep_workspace=True)
+            if sandbox.running is not None and not sandbox.running.done():
+                sandbox.running.cancel()  # a compiled-language exec: killed on the way out
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({sandbox.running}, timeout=10)
+            await asyncio.to_thread(sandbox.workspace.destroy)
+        finally:  # its memory is free once its processes and its workspace are gone
+            if sandbox.reservation is not None:
+                self.admission.release(sandbox.reservation)
+                sandbox.reservation = None
 
     async def stop(self) -> None:
         if self._reaper is not None:

@@ -5,23 +5,30 @@ driver sandbox otherwise): the code is written into the sandbox's workspace and 
 it. Other languages get a fresh sandbox for the compile step and another for the run, both over
 the same workspace. A compile failure ends the run with phase "compile" and the compiler's
 output. The workspace is always removed at the end.
+
+The files a run returns (`fetch_files`) are bounded twice: each file by the per-file transfer
+limit and all of them together by `max_fetch_bytes`, checked against each file's size before it is
+read. Names that lead to one file (`big`, `./big`, a symlink or a hard link to it) are the same
+file: it is returned once, under the first name asked for, so aliases cannot multiply a response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from appliance.errors import ApplianceError
 from appliance.sandbox.engine import SandboxEngine
 from appliance.sandbox.errors import UploadTooLarge
-from appliance.sandbox.limits import SandboxLimits
+from appliance.sandbox.limits import MiB, SandboxLimits
 from appliance.sandbox.policy import WORKSPACE
 from appliance.sandbox.pool import WarmPool
 from appliance.sandbox.profiles import ResolvedLanguage
 from appliance.sandbox.results import RunOutcome
-from appliance.sandbox.workspace import Workspace
+from appliance.sandbox.workspace import Workspace, read_capped
 
 
 @dataclass
@@ -35,6 +42,8 @@ class RunSpec:
     args: list[str] = field(default_factory=list)
     network: bool = False
     max_file_bytes: int = 64 * 1024 * 1024
+    max_fetch_bytes: int = 64 * 1024 * 1024
+    """All fetched files together."""
 
 
 def write_inputs(workspace: Workspace, spec: RunSpec) -> None:
@@ -50,15 +59,35 @@ def write_inputs(workspace: Workspace, spec: RunSpec) -> None:
 
 
 def fetch_outputs(workspace: Workspace, spec: RunSpec) -> dict[str, bytes]:
-    """The requested files that exist after the run (missing ones are left out)."""
+    """The requested files that exist after the run (missing ones are left out), each file once."""
     out: dict[str, bytes] = {}
+    seen: set[tuple[int, int]] = set()
+    total = 0
     for path in spec.fetch:
         try:
-            out[path] = workspace.read_file(path, spec.max_file_bytes)
-        except UploadTooLarge:
-            raise
-        except Exception:  # missing or refused: not part of the result
+            fd = workspace.open_regular(path)
+        except ApplianceError:  # missing or refused: not part of the result
             continue
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) in seen:
+                continue  # another name of a file already in the result
+            seen.add((st.st_dev, st.st_ino))
+            if st.st_size > spec.max_file_bytes:
+                raise UploadTooLarge(
+                    f"{path!r} is {st.st_size} bytes, above the {spec.max_file_bytes}-byte limit "
+                    "of a file transfer (sandbox.max_file_mb)"
+                )
+            if total + st.st_size > spec.max_fetch_bytes:
+                raise UploadTooLarge(
+                    f"the files in fetch_files add up to more than {spec.max_fetch_bytes // MiB} "
+                    f"MB, the limit of one response (sandbox.max_fetch_mb), at {path!r}; fetch "
+                    "fewer or smaller files, or use a stateful sandbox and GET them one at a time"
+                )
+            out[path] = read_capped(
+                f.fileno(), path, min(spec.max_file_bytes, spec.max_fetch_bytes - total)
+            )
+            total += len(out[path])
     return out
 
 
@@ -80,7 +109,10 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
         finally:
             await sandbox.destroy(background=True)
 
-    workspace = await asyncio.to_thread(engine.new_workspace, "run-")
+    # the compile step shares the workspace: the larger of the two quotas holds for both
+    size = max(spec.limits.workspace_mb, lang.compile_limits.workspace_mb)
+    ws_limits = replace(spec.limits, workspace_mb=size)
+    workspace = await asyncio.to_thread(engine.new_workspace, "run-", ws_limits)
     try:
         await asyncio.to_thread(write_inputs, workspace, spec)
         outcome = await compile_and_run(engine, lang, workspace, spec, started)

@@ -10,6 +10,7 @@ namespaces; a fresh /proc and minimal /dev; only the listed mounts visible; the 
 cleared; `--die-with-parent`, `--new-session` (no terminal injection), and `--as-pid-1` so the
 program is the sandbox's init: when it ends, or is killed, the kernel kills every process left in
 the sandbox, setsid'd and double-forked ones included. bwrap always sets PR_SET_NO_NEW_PRIVS.
+With `seccomp`, the program also runs under the syscall filter of seccomp.py (`--seccomp FD`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class SandboxPolicy:
     the unprivileged sandbox user, after which no capability is left."""
     drop_all_caps: bool = False
     """Pass --cap-drop ALL first (needed when bwrap runs as root, which otherwise keeps caps)."""
+    seccomp: bool = False
+    """Run the program under the syscall filter of seccomp.py (the fd is given to bwrap_args)."""
     extra: tuple[str, ...] = field(default=())
     """Further raw bwrap arguments (kept for the rare profile that needs one)."""
 
@@ -70,7 +73,11 @@ def _covered(path: str, made: Iterable[str], bound: Iterable[str]) -> bool:
 
 
 def bwrap_args(
-    policy: SandboxPolicy, *, info_fd: int | None = None, userns_block_fd: int | None = None
+    policy: SandboxPolicy,
+    *,
+    info_fd: int | None = None,
+    userns_block_fd: int | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The bwrap arguments (without the bwrap path itself) that enforce `policy`.
 
@@ -91,6 +98,10 @@ def bwrap_args(
         args += ["--info-fd", str(info_fd)]
     if userns_block_fd is not None:
         args += ["--userns-block-fd", str(userns_block_fd)]
+    if policy.seccomp:
+        if seccomp_fd is None:
+            raise ValueError("the policy asks for the seccomp filter but no fd carries it")
+        args += ["--seccomp", str(seccomp_fd)]
     args.append("--clearenv")
     for key, value in policy.env:
         args += ["--setenv", key, value]
@@ -125,6 +136,9 @@ def bwrap_args(
         if m.kind in ("ro-bind", "ro-bind-try", "bind"):
             bound.append(m.dest)
 
+    # bwrap's new root is a tmpfs that an unprivileged daemon's sandbox user owns: read-only, or
+    # code could write there, outside every quota (only /workspace, /tmp and /dev/shm are for it)
+    args += ["--remount-ro", "/"]
     args += ["--chdir", policy.cwd, *policy.extra, "--", *policy.command]
     return args
 

@@ -32,10 +32,12 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.sandbox import seccomp
 from appliance.sandbox.aio import close_quietly, read_to_end, set_nonblocking, wait_readable
 from appliance.sandbox.errors import SandboxUnavailable
 from appliance.sandbox.identity import SandboxIdentity
@@ -100,26 +102,42 @@ class SandboxProcess:
         cgroup: CgroupSlot | None = None,
         pass_fds: tuple[int, ...] = (),
         stdin: bool = True,
+        launcher: tuple[str, ...] = (),
+        write_maps: Callable[[int], None] | None = None,
     ) -> SandboxProcess:
+        """Start bwrap (behind `launcher`, a command that execs it, such as nsenter into the
+        workspace mount namespace) and complete the handshake; `write_maps` replaces
+        identity.write_maps when another process must write the user namespace maps."""
         floor_kb = _own_peak_kb()
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
-        argv = [str(bwrap), *bwrap_args(policy, info_fd=info_w, userns_block_fd=block_r)]
+        filter_r = seccomp.filter_fd() if policy.seccomp else -1
+        argv = [
+            *launcher,
+            str(bwrap),
+            *bwrap_args(
+                policy,
+                info_fd=info_w,
+                userns_block_fd=block_r,
+                seccomp_fd=filter_r if filter_r >= 0 else None,
+            ),
+        ]
+        own_fds = (info_w, block_r) + ((filter_r,) if filter_r >= 0 else ())
         try:
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(info_w, block_r, *pass_fds),
+                pass_fds=(*own_fds, *pass_fds),
                 start_new_session=True,
                 env={},
                 cwd="/",
             )
         except OSError as exc:
-            close_quietly(info_r, info_w, block_r, block_w)
+            close_quietly(info_r, block_w, *own_fds)
             raise SandboxUnavailable(f"cannot start bwrap ({bwrap}): {exc}") from exc
-        close_quietly(info_w, block_r)
+        close_quietly(*own_fds)
         inner_pidfd = -1
         try:
             set_nonblocking(info_r)
@@ -134,7 +152,7 @@ class SandboxProcess:
                 raise SandboxUnavailable(_bwrap_failure(popen))
             inner_pid = int(json.loads(raw)["child-pid"])
             inner_pidfd = os.pidfd_open(inner_pid)
-            identity.write_maps(inner_pid)
+            (write_maps or identity.write_maps)(inner_pid)
             for res, limit in rlimits.items():
                 resource.prlimit(inner_pid, res, limit)
             if cgroup is not None:

@@ -3,8 +3,9 @@
 `supervise` owns a started SandboxProcess: it feeds stdin, collects stdout and stderr (capped),
 watches the wall clock, the output volume and the workspace size, kills the whole sandbox when a
 limit is crossed, reaps it, and classifies the end (results.classify). The CPU, memory, process
-and file-size limits are enforced by the kernel (rlimits or the cgroup); this loop only notices
-the ones the kernel cannot: time, output volume and the total size of the workspace.
+and file-size limits are enforced by the kernel (rlimits or the cgroup), and so is the
+workspace's size when it is a tmpfs of its own (quota.py); this loop only notices the ones the
+kernel cannot: time, output volume and, for a workspace that is a plain directory, its size.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from appliance.sandbox.limits import SandboxLimits
 from appliance.sandbox.process import ProcessExit, SandboxProcess
 from appliance.sandbox.results import KillReason, ProcessFacts, RunOutcome, classify
 from appliance.sandbox.streams import CappedBuffer
-from appliance.sandbox.workspace import Workspace
+from appliance.sandbox.workspace import MAX_WORKSPACE_ENTRIES, Workspace
 
 log = logging.getLogger("appliance.sandbox")
 
 OUTPUT_KILL_FACTOR = 8
 """A stream may produce this many times its cap (at least 8 MiB) before the program is stopped."""
 WORKSPACE_CHECK_S = 0.25
-MAX_WORKSPACE_ENTRIES = 20000
 DRAIN_TIMEOUT_S = 5.0
 
 
@@ -98,7 +98,7 @@ async def supervise(
         asyncio.ensure_future(_feed_stdin(proc.stdin_fd, stdin, proc)),
         asyncio.ensure_future(_sample_memory(proc)),
     ]
-    if workspace is not None:
+    if workspace is not None and not workspace.enforced:
         helpers.append(asyncio.ensure_future(_watch_workspace(workspace, limits, workspace_full)))
     output_wait: asyncio.Future[Any] = asyncio.ensure_future(too_much_output.wait())
     workspace_wait: asyncio.Future[Any] = asyncio.ensure_future(workspace_full.wait())
@@ -151,6 +151,12 @@ async def supervise(
         stderr_tail=bytes(err.data[-4096:]),
     )
     status, exit_code, sig, reason = classify(facts, limits, oom_patterns)
+    if reason is None and status == "error" and workspace is not None and workspace.full():
+        quota_mb = (workspace.quota_bytes or 0) // (1024 * 1024)
+        reason = (
+            f"the workspace is full: its quota ({quota_mb} MB, {MAX_WORKSPACE_ENTRIES} files) "
+            "made further writes fail with ENOSPC"
+        )
     stdout, stdout_truncated = out.take()
     stderr, stderr_truncated = err.take()
     return RunOutcome(

@@ -6,6 +6,9 @@ directory descriptor; the kernel never follows a link on our behalf. Paths that 
 contain `..` are refused outright. A symlink met on the way is resolved by hand inside the
 workspace (a target under /workspace/ or a relative one that stays inside is fine); one that
 points anywhere else is refused. Only regular files are read (a FIFO would block the daemon).
+Whatever else the kernel answers on the way (a symlink loop, a name longer than the file system
+allows, a directory the code made unreadable, a full workspace) becomes an ApplianceError that
+says what happened, never a bare OSError: code in the sandbox controls these trees.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.errors import ApplianceError
 from appliance.sandbox.errors import UploadTooLarge, WorkspaceFileNotFound, WorkspacePathRefused
 from appliance.sandbox.identity import SandboxIdentity
 from appliance.sandbox.policy import WORKSPACE
 
 MAX_PATH = 1024
+NAME_MAX = 255
+"""Longest name of one path component, in bytes (Linux file systems' limit)."""
 MAX_SYMLINKS = 32
 MAX_LISTED = 10000
+MAX_WORKSPACE_ENTRIES = 20000
+"""Files and directories a workspace may hold (a tmpfs workspace's nr_inodes, else polled)."""
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,66 @@ def split_path(rel: str) -> list[str]:
         )
     if not parts:
         raise WorkspacePathRefused(f"{rel!r} names the workspace itself, not a file", param="path")
+    for part in parts:
+        if len(part.encode(errors="surrogateescape")) > NAME_MAX:
+            raise WorkspacePathRefused(
+                f"a name in {rel[:80]!r}... is {len(part.encode(errors='surrogateescape'))} bytes "
+                f"long; each name in a workspace path may have at most {NAME_MAX}",
+                param="path",
+            )
     return parts
 
 
+def refusal(rel: str, exc: OSError) -> ApplianceError:
+    """The error a request gets when the kernel refuses its workspace path with `exc`."""
+    shown = rel if len(rel) <= 120 else rel[:117] + "..."
+    code = exc.errno
+    if code == errno.ENOENT:
+        return WorkspaceFileNotFound(
+            f"{shown!r} does not exist in the workspace; list the files with "
+            "GET /api/sandboxes/{id}/files"
+        )
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return UploadTooLarge(
+            f"the workspace is full: writing {shown!r} would pass its size or file-count quota; "
+            "delete files first (or create the sandbox with a smaller data set)"
+        )
+    if code == errno.EFBIG:
+        return UploadTooLarge(f"{shown!r} is larger than a workspace file may be")
+    why = {
+        errno.ELOOP: "it goes through a symlink loop (too many levels of symlinks)",
+        errno.ENAMETOOLONG: "a name in it is longer than the file system allows",
+        errno.ENOTDIR: "a part of it that should be a directory is not one",
+        errno.EISDIR: "it is a directory, not a file",
+        errno.EACCES: "the sandboxed code made it inaccessible (permission denied)",
+        errno.EPERM: "the sandboxed code made it inaccessible (operation not permitted)",
+    }.get(code or 0, f"the kernel refused it ({exc.strerror or exc})")
+    return WorkspacePathRefused(f"{shown!r}: {why}", param="path")
+
+
 class Workspace:
-    def __init__(self, path: Path, identity: SandboxIdentity) -> None:
+    """One workspace directory and the safe ways the daemon reads and writes it.
+
+    `path` is where the daemon itself reaches the files; `bind_source` is what bwrap binds at
+    /workspace. They differ when the workspace is a size-limited tmpfs held in the daemon's
+    mount namespace holder (quota.py): the daemon then goes through /proc/<holder>/root.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        identity: SandboxIdentity,
+        *,
+        bind_source: Path | None = None,
+        quota_bytes: int | None = None,
+        unmount: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.identity = identity
+        self.bind_source = bind_source or path
+        self.quota_bytes = quota_bytes
+        """The size cap when the kernel enforces it (a tmpfs); None when it is only polled."""
+        self._unmount = unmount
 
     @classmethod
     def create(cls, root: Path, name: str, identity: SandboxIdentity) -> Workspace:
@@ -70,6 +131,11 @@ class Workspace:
         path.mkdir(mode=0o700)
         identity.own_workspace(path)
         return cls(path, identity)
+
+    @property
+    def enforced(self) -> bool:
+        """Whether a write past the quota fails in the kernel (ENOSPC) rather than being polled."""
+        return self.quota_bytes is not None
 
     # --- safe path walking ------------------------------------------------------------------------
 
@@ -98,8 +164,9 @@ class Workspace:
                 parts.append(part)
         return parts
 
-    def _open_parent(self, rel: str, *, create: bool) -> tuple[int, str]:
-        """A directory fd for the parent of `rel` and the final name, walked safely."""
+    def _open_parent(self, rel: str, *, create: bool) -> tuple[int, str, list[str]]:
+        """A directory fd for the parent of `rel`, the final name, and the parent's components
+        inside the workspace (after any symlinks), walked safely."""
         todo = split_path(rel)
         links = 0
         while True:
@@ -134,7 +201,7 @@ class Workspace:
                     fd = nfd
                     walked.append(part)
                 if restart is None:
-                    return fd, todo[-1]
+                    return fd, todo[-1], walked
             except BaseException:
                 os.close(fd)
                 raise
@@ -154,44 +221,57 @@ class Workspace:
                 follow_symlinks=False,
             )
 
-    def _follow_final(self, rel: str, dir_fd: int, name: str) -> str:
-        """The path `rel` really names when its last component is a symlink inside the workspace."""
-        parent = os.readlink(f"/proc/self/fd/{dir_fd}")
-        rel_parent = os.path.relpath(parent, os.path.realpath(self.path))
-        dir_parts = [p for p in rel_parent.split("/") if p not in ("", ".")]
-        return "/".join(self._resolve_link(dir_parts, name, dir_fd, rel))
-
     # --- file operations ------------------------------------------------------------------------
 
-    def read_file(self, rel: str, max_bytes: int, _depth: int = 0) -> bytes:
-        dir_fd, name = self._open_parent(rel, create=False)
+    def open_regular(self, rel: str) -> int:
+        """A read-only descriptor of the regular file `rel` names (the caller closes it)."""
+        try:
+            return self._open_regular(rel, 0)
+        except OSError as exc:
+            raise refusal(rel, exc) from None
+
+    def _open_regular(self, rel: str, depth: int) -> int:
+        dir_fd, name, walked = self._open_parent(rel, create=False)
         try:
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-            except FileNotFoundError:
-                raise WorkspaceFileNotFound(
-                    f"{rel!r} does not exist in the workspace; list the "
-                    "files with GET /api/sandboxes/{id}/files"
-                ) from None
             except OSError as exc:
-                if exc.errno != errno.ELOOP or _depth > MAX_SYMLINKS:
+                if exc.errno != errno.ELOOP:
                     raise
-                return self.read_file(self._follow_final(rel, dir_fd, name), max_bytes, _depth + 1)
+                if depth >= MAX_SYMLINKS:
+                    raise WorkspacePathRefused(
+                        f"{rel!r}: too many symlinks (a symlink loop?)", param="path"
+                    ) from None
+                target = "/".join(self._resolve_link(walked, name, dir_fd, rel))
+                if not target:
+                    raise WorkspacePathRefused(
+                        f"{rel!r} is a symlink to the workspace itself, not a file", param="path"
+                    ) from None
+                return self._open_regular(target, depth + 1)
         finally:
             os.close(dir_fd)
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise WorkspacePathRefused(f"{rel!r} is not a regular file", param="path")
-            if st.st_size > max_bytes:
-                raise UploadTooLarge(
-                    f"{rel!r} is {st.st_size} bytes, above the {max_bytes}-byte limit of a file "
-                    "transfer (sandbox.max_file_mb)"
-                )
-            return f.read(max_bytes + 1)[:max_bytes]
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    def write_file(self, rel: str, data: bytes, _depth: int = 0) -> None:
-        dir_fd, name = self._open_parent(rel, create=True)
+    def read_file(self, rel: str, max_bytes: int) -> bytes:
+        """The bytes of `rel`, refused (UploadTooLarge) when there are more than `max_bytes`."""
+        fd = self.open_regular(rel)
+        with os.fdopen(fd, "rb") as f:
+            return read_capped(f.fileno(), rel, max_bytes)
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        try:
+            self._write_file(rel, data, 0)
+        except OSError as exc:
+            raise refusal(rel, exc) from None
+
+    def _write_file(self, rel: str, data: bytes, depth: int) -> None:
+        dir_fd, name, walked = self._open_parent(rel, create=True)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
             try:
@@ -199,12 +279,20 @@ class Workspace:
             except OSError as exc:
                 if exc.errno == errno.EISDIR:
                     raise WorkspacePathRefused(f"{rel!r} is a directory", param="path") from None
-                if exc.errno != errno.ELOOP or _depth > MAX_SYMLINKS:
+                if exc.errno != errno.ELOOP:
                     raise
-                target = self._follow_final(rel, dir_fd, name)
+                if depth >= MAX_SYMLINKS:
+                    raise WorkspacePathRefused(
+                        f"{rel!r}: too many symlinks (a symlink loop?)", param="path"
+                    ) from None
+                target = "/".join(self._resolve_link(walked, name, dir_fd, rel))
+                if not target:
+                    raise WorkspacePathRefused(
+                        f"{rel!r} is a symlink to the workspace itself, not a file", param="path"
+                    ) from None
                 os.close(dir_fd)
                 dir_fd = -1
-                return self.write_file(target, data, _depth + 1)
+                return self._write_file(target, data, depth + 1)
             with os.fdopen(fd, "wb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     raise WorkspacePathRefused(f"{rel!r} is not a regular file", param="path")
@@ -238,6 +326,9 @@ class Workspace:
 
     def usage(self, stop_above: int | None = None) -> tuple[int, int]:
         """(bytes on disk, entries); stops counting early once above `stop_above` bytes."""
+        if self.enforced:  # its own tmpfs: the file system's counters are exact and instant
+            st = os.statvfs(self.path)
+            return (st.f_blocks - st.f_bfree) * st.f_frsize, max(0, st.f_files - st.f_ffree - 1)
         total, entries = 0, 0
         for _dirpath, dirnames, filenames, dfd in os.fwalk(self.path, follow_symlinks=False):
             for name in dirnames + filenames:
@@ -250,8 +341,48 @@ class Workspace:
                 break
         return total, entries
 
+    def full(self) -> bool:
+        """Whether a kernel-enforced quota is used up (no room for another block or file)."""
+        if not self.enforced:
+            return False
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail == 0 or st.f_favail == 0
+
     def destroy(self) -> None:
-        remove_tree(self.path)
+        if self._unmount is not None:
+            unmount, self._unmount = self._unmount, None
+            unmount()
+        remove_tree(self.bind_source)
+
+
+def read_capped(fd: int, rel: str, max_bytes: int) -> bytes:
+    """Read an open file to its end, refusing it as soon as it has more than `max_bytes`.
+
+    The size is checked before anything is read and again while reading, so a file that grows
+    after the check never costs more than `max_bytes` + one chunk of memory.
+    """
+    size = os.fstat(fd).st_size
+    if size > max_bytes:
+        raise UploadTooLarge(
+            f"{rel!r} is {size} bytes, above the {max_bytes}-byte limit of a file transfer "
+            "(sandbox.max_file_mb)"
+        )
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > max_bytes:
+            raise UploadTooLarge(
+                f"{rel!r} grew past the {max_bytes}-byte limit of a file transfer while it was "
+                "read (sandbox.max_file_mb)"
+            )
+        chunks.append(chunk)
 
 
 _removals: set[asyncio.Future[None]] = set()

@@ -98,8 +98,8 @@ class RunCode:
                 return session.sandbox_id, False
             except NotFound:
                 pass
-        info = await self.sandboxes.create(
-            CreateSandboxRequest(language=ctx.sandbox_language or self.default_language))
+        info = await self.sandboxes.create(  # from the share kept for agents
+            CreateSandboxRequest(language=ctx.sandbox_language or self.default_language), owner="agent")
         try:
             await self.store.run(self.store.sessions.update, ctx.session_id, sandbox_id=info.id)
         except NotFound:

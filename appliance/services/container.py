@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
-from appliance.config import Config
+from appliance.config import STATE_DIR_ENV, Config
 from appliance.models.catalog import ModelCatalog
 from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSettings
 from appliance.models.memory import memory_probe_for_host
@@ -30,7 +30,6 @@ from appliance.services.access import ApiAccess
 from appliance.services.agents import AgentService
 from appliance.services.chat import ChatService
 from appliance.services.janitor import Janitor
-from appliance.services.leftovers import STATE_DIR_ENV
 from appliance.services.models import ModelService
 from appliance.services.operations import Operations
 from appliance.services.responses import ResponseService

@@ -1,9 +1,9 @@
 """`appliance doctor`: is this box ready to run the appliance, and if not, what to do.
 
 Each check looks at one thing (Python, the llama.cpp build, the NVIDIA driver, the GPU as
-llama.cpp sees it, sandboxes, the model workers' jail, cgroup delegation, the state directory,
-processes an earlier daemon left running, the port, API tokens, the config, the default models)
-and returns ok, warning (it works, but not as well as it could) or
+llama.cpp sees it, sandboxes, workspace quotas, the model workers' jail, cgroup delegation, the
+state directory, processes an earlier daemon left running, the port, API tokens, the config, the
+default models) and returns ok, warning (it works, but not as well as it could) or
 failure (that part will not work), with a sentence saying what it found and, unless ok, the fix.
 Everything read from the host comes through `DoctorProbes` (appliance.services.doctor_probes).
 """
@@ -118,6 +118,20 @@ def check_worker_jail(p: DoctorProbes, cfg: Config) -> CheckResult:
     return CheckResult(name, "warning", f"bwrap cannot jail model workers here ({problem}); they run unjailed",
                        "the fix of the sandboxes check applies (bwrap and user namespaces); if sandboxes work, "
                        "report this message")
+
+
+def check_workspace_quota(p: DoctorProbes, cfg: Config) -> CheckResult:
+    name = "workspace quotas"
+    why = p.workspace_quota(cfg)
+    if why is None:
+        return ok(name, "each workspace is a tmpfs of its own size: a write past workspace_mb "
+                        "fails with ENOSPC, and workspaces never use the state directory's disk")
+    return CheckResult(name, "warning",
+                       f"workspace sizes are polled, not enforced by the kernel ({why}): a fast "
+                       "writer can pass workspace_mb between two polls, on the state directory's "
+                       "disk",
+                       "make sandboxes work first (the check above), install util-linux for "
+                       'nsenter, and leave sandbox.workspace_quota at "auto"')
 
 
 def check_cgroup(p: DoctorProbes) -> CheckResult:
@@ -249,6 +263,7 @@ def run_doctor(config_path: Path | None = None, state_dir: str | None = None,
         check_driver(p, gpus),
         check_gpu_visible(p, llama, gpus),
         check_sandboxes(p, cfg),
+        check_workspace_quota(p, cfg),
         check_worker_jail(p, cfg),
         check_cgroup(p),
         check_state_dir(p, cfg),

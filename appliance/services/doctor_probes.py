@@ -8,6 +8,7 @@ use without preparing it, and the port probe binds and closes at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -198,6 +199,29 @@ def probe_worker_jail(cfg: Config) -> str | None:
         return exc.message
     state = Path(cfg.state_dir)
     return WorkerJail(bwrap, state_dir=state, kv_dir=state / "kv", model_dirs=model_directories(cfg)).probe()
+def probe_workspace_quota(cfg: Config) -> str | None:
+    """None when workspaces can be size-limited tmpfs mounts (appliance.sandbox.quota): a real
+    mount holder is started and mounts a tiny tmpfs in a temporary directory; else why not."""
+    from appliance.sandbox.bwrap import locate_bwrap
+    from appliance.sandbox.identity import SandboxIdentity
+    from appliance.sandbox.quota import QuotaUnavailable, WorkspaceMounts
+
+    if cfg.sandbox.workspace_quota == "poll":
+        return 'sandbox.workspace_quota is "poll"'
+    try:
+        bwrap = locate_bwrap(cfg.sandbox.bwrap)
+        identity = SandboxIdentity.for_host(
+            sandbox_uid=cfg.sandbox.sandbox_uid, sandbox_gid=cfg.sandbox.sandbox_gid
+        )
+    except ApplianceError as exc:
+        return exc.message
+    with tempfile.TemporaryDirectory(prefix="appliance-quota-") as tmp:
+        try:
+            mounts = asyncio.run(WorkspaceMounts.start(bwrap, identity, Path(tmp) / "probe"))
+        except QuotaUnavailable as exc:
+            return str(exc)
+        mounts.close()
+    return None
 
 
 @dataclass
@@ -219,3 +243,4 @@ class DoctorProbes:
         path, state_dir=state)
     default_models: Callable[[Config], dict[str, bool | str]] = probe_default_models
     worker_jail: Callable[[Config], str | None] = probe_worker_jail
+    workspace_quota: Callable[[Config], str | None] = probe_workspace_quota

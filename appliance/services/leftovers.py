@@ -13,7 +13,7 @@ it, by one of:
 - the first process of a sandbox (pid 1 of a pid namespace other than ours) whose working
   directory is one of those workspaces;
 - a process whose environment carries `APPLIANCE_STATE_DIR=<state>`, which the daemon gives its
-  model workers.
+  long-lived children (model workers, the grammar checker, the workspace mount holder).
 Its pid and start time are recorded together, and it is killed through a pidfd opened after the
 start time was checked again, so a pid reused meanwhile is never hit. Callers make sure no live
 daemon uses the state directory (the janitor's lock), since its children would match too.
@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from appliance.config import STATE_DIR_ENV
+
 log = logging.getLogger("appliance.lifecycle")
 
-STATE_DIR_ENV = "APPLIANCE_STATE_DIR"
-"""Set in a model worker's environment: the state directory of the daemon that started it."""
 WORKSPACE = "/workspace"
 """Where a sandbox sees its workspace (appliance.sandbox.policy.WORKSPACE)."""
 
@@ -67,7 +67,7 @@ def find_leftovers(state_dir: Path, *, proc: Path = Path("/proc")) -> list[Lefto
         what = _sandbox_bwrap(base, root) or _sandbox_init(base, workspaces, own_pidns)
         kind: Literal["sandbox", "worker"] = "sandbox"
         if what is None and _has_env(base, marker):
-            kind, what = "worker", "model worker: " + _command(base)
+            kind, what = "worker", "daemon child: " + _command(base)
         if what is not None:
             found.append(Leftover(int(entry), ticks, kind, what))
     return found

@@ -2,8 +2,9 @@
 
 The service owns the sandbox runtime's life (preflight, warm pool, idle reaper), checks requests
 (languages, limits against the daemon's maxima, network policy, base64 and sizes), queues
-one-shot runs beyond `sandbox.max_concurrent` (failing fast past `sandbox.queue_size`), and
-converts the runtime's results into the response structs. When the host cannot run sandboxes
+one-shot runs beyond `sandbox.max_concurrent` (failing fast past `sandbox.queue_size`), admits
+every sandbox against the memory budget for its owner (an API client or an agent, see
+appliance.sandbox.admission), and converts the runtime's results into the response structs. When the host cannot run sandboxes
 (no bwrap, user namespaces blocked), the daemon still starts and every sandbox request answers
 503 with the preflight's fix.
 """
@@ -24,6 +25,13 @@ import msgspec
 
 from appliance.config import Config, SandboxConfig, shipped_profiles_dir
 from appliance.errors import ApplianceError, ConfigError, InvalidRequest
+from appliance.sandbox.admission import (
+    HOST_SHARE,
+    Owner,
+    SandboxAdmission,
+    footprint_mb,
+    host_memory_mb,
+)
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.sandbox.cgroup import CgroupDelegate
 from appliance.sandbox.engine import EngineConfig, SandboxEngine
@@ -35,7 +43,7 @@ from appliance.sandbox.errors import (
     UploadTooLarge,
 )
 from appliance.sandbox.identity import SandboxIdentity
-from appliance.sandbox.limits import LimitCeiling, SandboxLimits, apply_request
+from appliance.sandbox.limits import LimitCeiling, MiB, SandboxLimits, apply_request
 from appliance.sandbox.manager import SandboxManager, StatefulSandbox
 from appliance.sandbox.oneshot import RunSpec, run_once
 from appliance.sandbox.pool import WarmPool
@@ -77,7 +85,9 @@ class RunResult(msgspec.Struct, kw_only=True):
     peak_memory_mb: float
     cpu_ms: float = 0.0
     """CPU time the program used (user + system, its finished child processes included)."""
-    files: dict[str, str] = msgspec.field(default_factory=dict)
+    files: dict[str, bytes] = msgspec.field(default_factory=dict)
+    """The files of fetch_files that exist, base64 in JSON (encoded straight into the response,
+    with no intermediate copy of each file as a base64 string)."""
     reason: str | None = None
     """Which limit ended the run, in words, when one did."""
     phase: Literal["compile", "run"] = "run"
@@ -135,10 +145,6 @@ class LanguageOut(msgspec.Struct, kw_only=True):
     detail: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -155,7 +161,7 @@ def to_result(outcome: RunOutcome, *, restarted: bool = False) -> RunResult:
         duration_ms=outcome.duration_ms,
         peak_memory_mb=outcome.peak_memory_mb,
         cpu_ms=outcome.cpu_ms,
-        files={k: _b64(v) for k, v in outcome.files.items()},
+        files=outcome.files,
         reason=outcome.reason,
         phase=outcome.phase,
         result=outcome.result,
@@ -211,6 +217,20 @@ class SandboxService:
         self.ceiling = LimitCeiling(config.max_timeout_s, config.max_memory_mb)
         self.max_file_bytes = config.max_file_mb * 1024 * 1024
         self.queue = RunQueue(config.max_concurrent, config.queue_size)
+        if not 0 <= config.agent_reserve_fraction < 1:
+            raise ConfigError(
+                f"must be at least 0 and below 1 (got {config.agent_reserve_fraction})",
+                key="sandbox.agent_reserve_fraction",
+            )
+        if config.memory_budget_mb < 0:
+            raise ConfigError(
+                "must be 0 (measured) or a size in MB", key="sandbox.memory_budget_mb"
+            )
+        self.admission = SandboxAdmission(
+            config.memory_budget_mb or int(host_memory_mb() * HOST_SHARE),
+            agent_share=config.agent_reserve_fraction,
+            max_stateful=config.max_sandboxes,
+        )
         self.engine: SandboxEngine | None = None
         self.pool: WarmPool | None = None
         self.manager: SandboxManager | None = None
@@ -251,7 +271,14 @@ class SandboxService:
             )
             cgroups = CgroupDelegate.detect() if self.config.cgroups else None
             engine = SandboxEngine(
-                EngineConfig(locate_bwrap(self.config.bwrap), self.root, identity, cgroups),
+                EngineConfig(
+                    locate_bwrap(self.config.bwrap),
+                    self.root,
+                    identity,
+                    cgroups,
+                    seccomp=self.config.seccomp,
+                    workspace_quota=self.config.workspace_quota,
+                ),
                 self.catalog,
             )
         except ApplianceError as exc:
@@ -261,25 +288,31 @@ class SandboxService:
         stale = await asyncio.to_thread(engine.clean_stale_workspaces)
         if stale:
             log.info("removed %d workspaces left by an earlier run", stale)
+        try:
+            await engine.start()
+        except ApplianceError as exc:
+            self.unavailable = exc.message
+            log.warning("sandboxes unavailable: %s", exc.message)
+            return
         self.engine = engine
         if any(v > 0 for v in self.config.pool.values()):
             self.pool = WarmPool(engine, self.config.pool, max_cpu_s=self.config.max_timeout_s)
             await self.pool.start()
         self.manager = SandboxManager(
-            engine,
-            self.pool,
-            idle_ttl_s=self.config.idle_ttl_s,
-            max_sandboxes=self.config.max_sandboxes,
+            engine, self.pool, idle_ttl_s=self.config.idle_ttl_s, admission=self.admission
         )
         await self.manager.start()
         self.unavailable = None
         log.info(
-            "sandboxes ready (bwrap %s, %s, cgroups %s)",
+            "sandboxes ready (bwrap %s, %s, cgroups %s, workspaces %s)",
             engine.bwrap,
             f"root; code runs as uid {identity.host_uid}"
             if identity.daemon_is_root
             else "unprivileged",
             "delegated" if cgroups else "not used, rlimits",
+            "tmpfs with kernel-enforced quotas"
+            if engine.workspaces_in_ram
+            else f"polled ({engine.quota_problem})",
         )
 
     async def stop(self) -> None:
@@ -288,6 +321,8 @@ class SandboxService:
         if self.pool is not None:
             await self.pool.stop()
         await wait_for_removals()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
         self.engine, self.pool, self.manager = None, None, None
         self.unavailable = "the sandbox service has stopped"
 
@@ -340,26 +375,49 @@ class SandboxService:
             out[path] = self._bytes(f"files[{path!r}]", data)
         return out
 
+    def _fetch_list(self, paths: list[str]) -> list[str]:
+        """`fetch_files` checked before anything runs: absolute and climbing paths refused, at
+        most sandbox.max_fetch_files, one entry per spelling of a path (`a` and `./a` are one)."""
+        if len(paths) > self.config.max_fetch_files:
+            raise InvalidRequest(
+                f"fetch_files lists {len(paths)} paths; at most {self.config.max_fetch_files} "
+                "may be fetched from one run (sandbox.max_fetch_files)",
+                param="fetch_files",
+            )
+        spelled: dict[tuple[str, ...], str] = {}
+        for path in paths:
+            spelled.setdefault(tuple(split_path(path)), path)
+        return list(spelled.values())
+
     # --- one-shot -----------------------------------------------------------------------------------
 
-    async def run(self, req: RunRequest) -> RunResult:
+    async def run(self, req: RunRequest, *, owner: Owner = "client") -> RunResult:
         engine, _ = self._ready()
         lang = await self._language(req.language)
-        for path in req.fetch_files:
-            split_path(path)  # refuse absolute and climbing paths before running anything
         spec = RunSpec(
             language=lang,
             code=self._bytes("code", req.code.encode()),
             limits=self._limits(lang, req.timeout_s, req.memory_mb),
             stdin=self._bytes("stdin", (req.stdin or "").encode()),
             files=self._decode_files(req.files),
-            fetch=list(req.fetch_files),
+            fetch=self._fetch_list(req.fetch_files),
             args=list(req.args),
             network=self._network(req.network),
             max_file_bytes=self.max_file_bytes,
+            max_fetch_bytes=self.config.max_fetch_mb * MiB,
+        )
+        need = footprint_mb(
+            spec.limits,
+            workspace_in_ram=engine.workspaces_in_ram,
+            compile_limits=lang.compile_limits if lang.profile.compile else None,
         )
         async with self.queue.slot():
-            return self._observed(lang.name, to_result(await run_once(engine, self.pool, spec)))
+            reservation = self.admission.admit(need, owner, stateful=False)
+            try:
+                outcome = await run_once(engine, self.pool, spec)
+            finally:
+                self.admission.release(reservation)
+            return self._observed(lang.name, to_result(outcome))
 
     def _observed(self, language: str, result: RunResult) -> RunResult:
         """Metrics, usage, trace span and event of a finished run (appliance.telemetry)."""
@@ -408,11 +466,14 @@ class SandboxService:
             network=sb.network,
         )
 
-    async def create(self, req: CreateSandboxRequest) -> SandboxInfo:
+    async def create(self, req: CreateSandboxRequest, *, owner: Owner = "client") -> SandboxInfo:
+        """A stateful sandbox for `owner`: "agent" for agents' tools, which draw on the share of
+        memory and of the sandbox count that API clients cannot take."""
         _, manager = self._ready()
         lang = await self._language(req.language)
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
-        info = self._info(await manager.create(lang, limits, network=self._network(req.network)))
+        network = self._network(req.network)
+        info = self._info(await manager.create(lang, limits, network=network, owner=owner))
         if self.telemetry is not None:
             self.telemetry.events.publish(
                 "sandbox.created", sandbox=info.id, language=info.language
@@ -455,6 +516,12 @@ class SandboxService:
 
     # --- files --------------------------------------------------------------------------------------
 
+    def check_upload(self, sandbox_id: str, path: str) -> None:
+        """Refuse an upload to an unknown sandbox or a bad path before its body is read."""
+        _, manager = self._ready()
+        manager.get(sandbox_id)
+        split_path(path)
+
     async def put_file(self, sandbox_id: str, path: str, data: bytes) -> FileInfo:
         _, manager = self._ready()
         sb = manager.get(sandbox_id)
@@ -488,5 +555,9 @@ class SandboxService:
             "runs": {"running": self.queue.running, "waiting": self.queue.waiting},
             "pool": self.pool.stats() if self.pool else {},
             "sandboxes": len(self.manager.sandboxes) if self.manager else 0,
+            "memory": self.admission.stats(),
+            "workspace_quota": "tmpfs"
+            if self.engine is not None and self.engine.workspaces_in_ram
+            else "polled",
             "checked_at": time.time(),
         }

@@ -26,9 +26,11 @@ def doctor(tmp_path: Path, port: int) -> tuple[int, dict[str, dict[str, Any]]]:
 def test_doctor_on_this_machine(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "d") as d:
         code, checks = doctor(tmp_path, d.port)
-    assert len(checks) == 12
+    assert len(checks) == 14
     assert checks["python"]["status"] == "ok"
     assert checks["leftover processes"]["status"] == "ok"
+    if checks["sandboxes"]["status"] == "ok":  # then quotas are enforced here too
+        assert checks["workspace quotas"]["status"] == "ok", checks["workspace quotas"]
     assert checks["config"]["status"] == "ok" and "doctor.toml is valid" in checks["config"]["detail"]
     assert checks["port"]["status"] == "ok" and "already serving" in checks["port"]["detail"]
     assert checks["state directory"]["status"] == "ok"

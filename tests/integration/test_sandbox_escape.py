@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SandboxServer
+from tests.integration.conftest import SandboxServer, sandbox_server_with
 
 
 def _probe(server: SandboxServer, code: str, **fields: object) -> dict[str, Any]:
@@ -330,7 +330,64 @@ except OSError as exc:
     )
 
 
-def test_a_workspace_that_outgrows_its_limit_is_stopped(sandbox_server: SandboxServer) -> None:
+FILL = """
+import errno, json, os, sys
+from concurrent.futures import ProcessPoolExecutor
+
+def fill(n):
+    chunk, written = b"y" * (1 << 20), 0
+    try:
+        for i in range(100):  # 100 MB each, 400 MB in all: well past the 256 MB quota
+            with open(f"w{n}-{i}.bin", "wb") as f:
+                f.write(chunk)
+            written += len(chunk)
+    except OSError as exc:
+        return written, errno.errorcode[exc.errno]
+    return written, None
+
+with ProcessPoolExecutor(4) as pool:
+    results = list(pool.map(fill, range(4)))
+mounts = [line.split() for line in open("/proc/self/mountinfo")]
+ws = next(m for m in mounts if m[4] == "/workspace")
+print(json.dumps({"written": sum(w for w, _ in results), "errors": [e for _, e in results],
+                  "fstype": ws[ws.index("-") + 1]}))
+"""
+
+
+def test_a_write_past_the_workspace_quota_fails_with_enospc(sandbox_server: SandboxServer) -> None:
+    """The kernel enforces the quota: four writers at once never get past it (the 250 ms poll
+    let them reach 435 MB), and the files are a tmpfs, never the state directory's disk."""
+    engine = sandbox_server.service.engine
+    assert engine.mounts is not None, f"workspace quotas are not enforced: {engine.quota_problem}"
+    cap = 256 * 1024 * 1024
+    with sandbox_server.client() as c:
+        sid = c.post("/api/sandboxes", json={"language": "python"}).json()["id"]
+        try:
+            r = c.post(f"/api/sandboxes/{sid}/exec", json={"code": FILL, "timeout_s": 60})
+            assert r.status_code == 200, r.text
+            answer = json.loads(r.json()["stdout"].strip().splitlines()[-1])
+            # a writer may finish its 100 MB before the others fill the quota; none gets past it
+            assert "ENOSPC" in answer["errors"] and set(answer["errors"]) <= {"ENOSPC", None}
+            assert answer["written"] <= cap and answer["fstype"] == "tmpfs", answer
+            listed = c.get(f"/api/sandboxes/{sid}/files").json()
+            assert sum(f["size"] for f in listed) <= cap
+            workspace = sandbox_server.service.manager.sandboxes[sid].workspace
+            used, _ = workspace.usage()
+            assert used <= cap
+            assert list(workspace.bind_source.iterdir()) == []  # nothing on the host's disk
+            upload = c.put(f"/api/sandboxes/{sid}/files/more.bin", content=b"z" * (1 << 20))
+            assert upload.status_code == 413 and "256 MB" in upload.json()["error"]["message"]
+        finally:
+            c.delete(f"/api/sandboxes/{sid}")
+    # a one-shot program that does not expect the error fails with it, and the reason says why
+    code = "for i in range(400):\n    open(f'p{i}.bin', 'wb').write(b'y' * (1 << 20))\n"
+    result = sandbox_server.run("python", code, timeout_s=30)
+    assert result["status"] == "error" and "No space left on device" in result["stderr"]
+    assert "workspace is full" in result["reason"] and "ENOSPC" in result["reason"]
+
+
+def test_a_polled_workspace_that_outgrows_its_limit_is_stopped(tmp_path: Path) -> None:
+    """Where quotas cannot be enforced (workspace_quota = "poll"), the size is watched."""
     code = """
 import time
 chunk = b"y" * (1 << 20)
@@ -339,7 +396,9 @@ for i in range(400):
         f.write(chunk)
 time.sleep(10)
 """
-    result = sandbox_server.run("python", code, timeout_s=20)
+    with sandbox_server_with(tmp_path, pool={}, workspace_quota="poll") as server:
+        assert server.service.engine.mounts is None
+        result = server.run("python", code, timeout_s=20)
     assert result["status"] == "killed", result
     assert "workspace" in result["reason"]
 
@@ -351,14 +410,117 @@ def test_one_sandbox_cannot_see_another(sandbox_server: SandboxServer) -> None:
             assert (
                 c.put(f"/api/sandboxes/{sid}/files/private.txt", content=b"mine").status_code == 200
             )
-            workspaces = [
-                p
-                for p in (sandbox_server.root / "sandboxes").iterdir()
-                if (p / "private.txt").exists()
-            ]
-            assert len(workspaces) == 1
+            workspace = sandbox_server.service.manager.sandboxes[sid].workspace
+            assert (workspace.path / "private.txt").read_bytes() == b"mine"
             code = "import json, sys\ntry:\n    print(json.dumps(open(sys.argv[1]).read()))\nexcept OSError as e:\n    print(json.dumps(type(e).__name__))\n"
-            answer = sandbox_server.run("python", code, args=[str(workspaces[0] / "private.txt")])
-            assert answer["stdout"].strip() in ('"FileNotFoundError"', '"PermissionError"')
+            # the host directory it is mounted on, and the daemon's own way in
+            for guess in (workspace.bind_source, workspace.path):
+                answer = sandbox_server.run("python", code, args=[str(guess / "private.txt")])
+                assert answer["stdout"].strip() in ('"FileNotFoundError"', '"PermissionError"')
         finally:
             c.delete(f"/api/sandboxes/{sid}")
+
+
+SYSCALLS = r"""
+import ctypes, errno, json, os, subprocess, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = json.loads(sys.argv[1])
+
+def call(name, *args):
+    args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    r = libc.syscall(ctypes.c_long(NR[name]), *args)
+    if r == 0 and name == "clone":
+        os._exit(0)  # a child after all: the filter let it through
+    return "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+def denied_calls():
+    child = subprocess.Popen(["sleep", "30"])
+    out = {
+        "unshare(NEWUSER)": call("unshare", 0x10000000),
+        "unshare(NEWNS)": call("unshare", 0x00020000),
+        "unshare(NEWNET)": call("unshare", 0x40000000),
+        "clone(NEWUSER)": call("clone", 0x10000000 | 17, 0, 0, 0, 0),
+        "clone3": call("clone3", 0, 0),
+        "setns": call("setns", 0, 0),
+        "mount": call("mount", b"none", b"/tmp", b"tmpfs", 0, 0),
+        "umount2": call("umount2", b"/tmp", 0),
+        "pivot_root": call("pivot_root", b"/tmp", b"/tmp"),
+        "fsopen": call("fsopen", b"tmpfs", 0),
+        "ptrace(ATTACH child)": call("ptrace", 16, child.pid, 0, 0),
+        "process_vm_readv": call("process_vm_readv", child.pid, 0, 0, 0, 0, 0),
+        "keyctl": call("keyctl", 0, -3, 0),
+        "add_key": call("add_key", b"user", b"k", b"v", 1, -3),
+        "bpf": call("bpf", 0, 0, 0),
+        "perf_event_open": call("perf_event_open", 0, 0, -1, -1, 0),
+        "io_uring_setup": call("io_uring_setup", 1, 0),
+        "userfaultfd": call("userfaultfd", 0),
+        "personality(ADDR_NO_RANDOMIZE)": call("personality", 0x0040000),
+        "chroot": call("chroot", b"/tmp"),
+    }
+    child.kill()
+    return out
+
+# in a process of its own: if a call does get through (a new root, say), the checks below still run
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(r)
+    os.write(w, json.dumps(denied_calls()).encode())
+    os._exit(0)
+os.close(w)
+with os.fdopen(r) as f:
+    out = json.loads(f.read() or "{}")
+# ordinary code still runs: threads, a forked process, a program started through the shell
+t = threading.Thread(target=lambda: None)
+t.start()
+t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+out["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+cmd = subprocess.run(["sh", "-c", "echo $((6 * 7))"], capture_output=True, text=True)
+out["shell"] = cmd.stdout.strip()
+tool = subprocess.run(["unshare", "-U", "true"], capture_output=True, text=True)
+out["unshare -U"] = [tool.returncode, tool.stderr.strip()]
+print(json.dumps(out))
+"""
+
+
+def test_system_calls_that_code_never_needs_are_refused(sandbox_server: SandboxServer) -> None:
+    import platform
+
+    from appliance.sandbox.seccomp import ARCHES
+
+    arch = next((a for a in ARCHES if a.name == platform.machine()), None)
+    if arch is None:
+        pytest.skip(f"no seccomp filter for {platform.machine()}")
+    answer = _probe(sandbox_server, SYSCALLS, args=[json.dumps(arch.numbers)], timeout_s=20)
+    assert answer.pop("clone3") == "ENOSYS"  # libc falls back to clone, whose flags are checked
+    assert answer.pop("fork") == 7 and answer.pop("shell") == "42"
+    code, stderr = answer.pop("unshare -U")
+    assert code != 0 and "Operation not permitted" in stderr, stderr
+    assert answer == dict.fromkeys(answer, "EPERM"), answer
+
+
+def test_no_descriptor_of_the_daemon_reaches_the_code(sandbox_server: SandboxServer) -> None:
+    """Only pipes (stdio, the driver's result pipe) may be open: no namespace of the workspace
+    mount holder, no socket, no host file."""
+    code = """
+import json, os
+fds = {}
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass  # the directory being listed
+print(json.dumps(fds))
+"""
+    for language in ("python", "sh"):  # a pooled driver sandbox and a fresh one
+        if language == "python":
+            answer = _probe(sandbox_server, code)
+        else:
+            shell = "for f in /proc/self/fd/*; do readlink $f; done"
+            out = sandbox_server.run("sh", shell)["stdout"].split()
+            answer = {str(i): target for i, target in enumerate(out)}
+        leaked = {fd: t for fd, t in answer.items() if not t.startswith(("pipe:", "/proc/"))}
+        assert leaked == {}, (language, leaked)

@@ -184,6 +184,32 @@ def test_file_api_refuses_escapes(sandbox_server: SandboxServer, tmp_path: Path)
             c.delete(f"/api/sandboxes/{sid}")
 
 
+def test_file_api_answers_loops_and_long_names_with_400(sandbox_server: SandboxServer) -> None:
+    long = "n" * 300
+    with sandbox_server.client() as c:
+        sid = _create(c, "python")
+        try:
+            _exec(
+                c,
+                sid,
+                "import os; os.symlink('loop', 'loop'); os.symlink('pong', 'ping');"
+                " os.symlink('ping', 'pong'); os.symlink('x' * 300, 'far')",
+            )
+            for path in ("loop", "ping/deeper/file.txt", long, f"d/{long}", "far/inner.txt"):
+                for method in ("GET", "PUT"):
+                    r = c.request(method, f"/api/sandboxes/{sid}/files/{path}", content=b"x")
+                    assert r.status_code == 400, (method, path[:20], r.status_code, r.text)
+                    error = r.json()["error"]
+                    assert error["code"] == "workspace_path_refused"
+                    assert (
+                        "symlink" in error["message"]
+                        or "255" in error["message"]
+                        or ("longer than" in error["message"])
+                    )
+        finally:
+            c.delete(f"/api/sandboxes/{sid}")
+
+
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
     """No pool, a 1 MB file limit, a short idle TTL and room for two sandboxes."""

@@ -9,6 +9,7 @@ sandboxes, a real events stream.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,11 @@ async def test_pin_and_add_a_model_from_the_models_screen(live_daemon: Daemon, t
         await until(pilot, lambda: not table.models["tiny"].pinned, "tiny unpinned")
         assert live_daemon.model("tiny")["pinned"] is False
 
+        # a file is registered only from a model directory: the state dir's models/ is one
+        added = live_daemon.state_dir / "models" / "tiny-added.gguf"
+        shutil.copyfile(tiny_model_path, added)
         await pilot.press("a")
-        await pilot.press(*str(tiny_model_path))
+        await pilot.press(*str(added))
         await pilot.press("tab", *"tiny-added", "enter")
         await until(pilot, lambda: "tiny-added" in table.models, "the added model in the table")
         assert live_daemon.model("tiny-added")["state"] == "unloaded"

@@ -46,6 +46,7 @@ def healthy(tmp_path: Path) -> DoctorProbes:
         load_config=lambda path, state: cfg,
         default_models=lambda c: {"smollm2-135m-instruct": True, "all-minilm-l6-v2": True},
         worker_jail=lambda c: None,
+        workspace_quota=lambda c: None,
     )
 
 
@@ -61,7 +62,7 @@ def test_a_healthy_gpu_box_passes_everything(tmp_path: Path) -> None:
     results = run(tmp_path)
     assert [r.status for r in results] == ["ok"] * len(results), results
     assert {r.name for r in results} == {
-        "python", "llama-cpp-python", "nvidia driver", "gpu for llama.cpp", "sandboxes",
+        "python", "llama-cpp-python", "nvidia driver", "gpu for llama.cpp", "sandboxes", "workspace quotas",
         "model worker jail", "cgroup delegation", "state directory", "leftover processes", "port", "api tokens",
         "config", "default models"}
     assert "CUDA build" in check(results, "llama-cpp-python").detail
@@ -163,6 +164,12 @@ def test_config(tmp_path: Path) -> None:
     bad = check(results, "config")
     assert bad.status == "failure" and "server.prot" in bad.detail
     assert len(results) == len(run(tmp_path)), "the other checks still run, on the defaults"
+
+
+def test_workspace_quotas_that_are_only_polled_are_a_warning(tmp_path: Path) -> None:
+    polled = check(run(tmp_path, workspace_quota=lambda c: "nsenter is missing"), "workspace quotas")
+    assert polled.status == "warning" and "nsenter is missing" in polled.detail
+    assert "polled" in polled.detail and "util-linux" in polled.fix
 
 
 def test_default_models(tmp_path: Path) -> None:

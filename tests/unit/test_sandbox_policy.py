@@ -116,6 +116,22 @@ def test_info_and_block_fds_and_root_capabilities() -> None:
     assert (args[args.index("--uid") + 1], args[args.index("--gid") + 1]) == ("0", "0")
 
 
+def test_the_root_is_made_read_only_after_every_mount() -> None:
+    args = bwrap_args(_policy())
+    at = args.index("--remount-ro")
+    assert args[at + 1] == "/" and at > max(i for i, a in enumerate(args) if a == "--bind")
+    assert at < args.index("--")
+
+
+def test_the_seccomp_filter_comes_through_an_fd_before_the_command() -> None:
+    assert "--seccomp" not in bwrap_args(_policy())
+    args = bwrap_args(_policy(seccomp=True), seccomp_fd=11)
+    assert args[args.index("--seccomp") + 1] == "11"
+    assert args.index("--seccomp") < args.index("--")
+    with pytest.raises(ValueError):
+        bwrap_args(_policy(seccomp=True))
+
+
 def test_system_mounts_follow_the_hosts_usr_layout(tmp_path: Path) -> None:
     (tmp_path / "usr" / "lib").mkdir(parents=True)
     (tmp_path / "lib").symlink_to("usr/lib")

@@ -112,6 +112,11 @@ def test_delegated_subtree_is_prepared_and_slots_get_limits(tmp_path: Path) -> N
     assert (slot.path / "pids.max").read_text() == "10"
     slot.attach(4242)
     assert (slot.path / "cgroup.procs").read_text() == "4242"
+    # tmpfs pages are charged to the writer's cgroup: the sandbox's tmpfs sizes come on top
+    roomy = delegate.slot("run-2", SandboxLimits(memory_mb=64), tmpfs_mb=384)
+    assert (roomy.path / "memory.max").read_text() == str((64 + 384) * 1024 * 1024)
+    roomy.update(SandboxLimits(memory_mb=32))
+    assert (roomy.path / "memory.max").read_text() == str((32 + 384) * 1024 * 1024)
 
 
 def test_slot_events(tmp_path: Path) -> None:

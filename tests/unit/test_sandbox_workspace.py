@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from appliance.sandbox.errors import UploadTooLarge, WorkspaceFileNotFound, WorkspacePathRefused
 from appliance.sandbox.identity import SandboxIdentity
 from appliance.sandbox.streams import CappedBuffer, MarkerSplitter
-from appliance.sandbox.workspace import Workspace, split_path
+from appliance.sandbox.workspace import Workspace, read_capped, refusal, split_path
 
 ME = SandboxIdentity(host_uid=os.getuid(), host_gid=os.getgid(), daemon_is_root=False)
 
@@ -122,3 +123,57 @@ def test_marker_splitting_with_a_capped_cell() -> None:
     s.feed(b"M>tail")
     assert s.done is not None and (s.done.data, s.done.truncated) == (b"0123", True)
     assert s.drain_unmarked().data == b"tail"
+
+
+def test_symlink_loops_are_refused_not_raised(ws: Workspace) -> None:
+    (ws.path / "loop").symlink_to("loop")
+    (ws.path / "ping").symlink_to("pong")
+    (ws.path / "pong").symlink_to("ping")
+    (ws.path / "self").symlink_to("/workspace")
+    for rel in ("loop", "ping", "loop/x", "ping/deeper/file", "self"):
+        with pytest.raises(WorkspacePathRefused, match="symlink"):
+            ws.read_file(rel, 100)
+        with pytest.raises(WorkspacePathRefused, match="symlink"):
+            ws.write_file(rel, b"x")
+
+
+def test_names_too_long_for_the_file_system_are_refused(ws: Workspace) -> None:
+    long = "n" * 300
+    with pytest.raises(WorkspacePathRefused, match="at most 255"):
+        split_path(long)
+    with pytest.raises(WorkspacePathRefused, match="at most 255"):
+        ws.write_file(f"dir/{long}.txt", b"x")
+    # a link the sandboxed code made can still lead there: the kernel's refusal becomes a 400
+    (ws.path / "far").symlink_to("x" * 300)
+    with pytest.raises(WorkspacePathRefused, match="at most 255"):
+        ws.read_file("far", 100)
+    with pytest.raises(WorkspacePathRefused, match="longer than the file system allows"):
+        ws.read_file("far/inner.txt", 100)
+
+
+@pytest.mark.parametrize(
+    ("err", "kind", "words"),
+    [
+        (errno.ENOENT, WorkspaceFileNotFound, "does not exist"),
+        (errno.ENOSPC, UploadTooLarge, "workspace is full"),
+        (errno.EDQUOT, UploadTooLarge, "workspace is full"),
+        (errno.EACCES, WorkspacePathRefused, "permission denied"),
+        (errno.EIO, WorkspacePathRefused, "the kernel refused it"),
+    ],
+)
+def test_every_os_error_becomes_a_client_error(err: int, kind: type, words: str) -> None:
+    refused = refusal("a/b.txt", OSError(err, os.strerror(err)))
+    assert isinstance(refused, kind) and words in refused.message
+    assert 400 <= refused.status < 500
+
+
+def test_a_file_that_grows_while_read_is_refused(ws: Workspace) -> None:
+    ws.write_file("grow.bin", b"x" * 10)
+    fd = ws.open_regular("grow.bin")
+    try:
+        with open(ws.path / "grow.bin", "ab") as f:
+            f.write(b"y" * 100)  # after the open, as a still-running program could
+        with pytest.raises(UploadTooLarge):
+            read_capped(fd, "grow.bin", 50)
+    finally:
+        os.close(fd)
