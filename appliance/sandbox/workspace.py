@@ -238,15 +238,7 @@ class Workspace:
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
-                if depth >= MAX_SYMLINKS:
-                    raise WorkspacePathRefused(
-                        f"{rel!r}: too many symlinks (a symlink loop?)", param="path"
-                    ) from None
-                target = "/".join(self._resolve_link(walked, name, dir_fd, rel))
-                if not target:
-                    raise WorkspacePathRefused(
-                        f"{rel!r} is a symlink to the workspace itself, not a file", param="path"
-                    ) from None
+                target = self._link_target(rel, walked, name, dir_fd, depth)
                 return self._open_regular(target, depth + 1)
         finally:
             os.close(dir_fd)
@@ -257,6 +249,18 @@ class Workspace:
             os.close(fd)
             raise
         return fd
+
+    def _link_target(self, rel: str, walked: list[str], name: str, dir_fd: int, depth: int) -> str:
+        """The workspace path the last symlink of `rel` leads to; refused past MAX_SYMLINKS hops
+        (a loop) or when it names the workspace itself."""
+        if depth >= MAX_SYMLINKS:
+            raise WorkspacePathRefused(f"{rel!r}: too many symlinks (a symlink loop?)", param="path")
+        target = "/".join(self._resolve_link(walked, name, dir_fd, rel))
+        if not target:
+            raise WorkspacePathRefused(
+                f"{rel!r} is a symlink to the workspace itself, not a file", param="path"
+            )
+        return target
 
     def read_file(self, rel: str, max_bytes: int) -> bytes:
         """The bytes of `rel`, refused (UploadTooLarge) when there are more than `max_bytes`."""
@@ -281,15 +285,7 @@ class Workspace:
                     raise WorkspacePathRefused(f"{rel!r} is a directory", param="path") from None
                 if exc.errno != errno.ELOOP:
                     raise
-                if depth >= MAX_SYMLINKS:
-                    raise WorkspacePathRefused(
-                        f"{rel!r}: too many symlinks (a symlink loop?)", param="path"
-                    ) from None
-                target = "/".join(self._resolve_link(walked, name, dir_fd, rel))
-                if not target:
-                    raise WorkspacePathRefused(
-                        f"{rel!r} is a symlink to the workspace itself, not a file", param="path"
-                    ) from None
+                target = self._link_target(rel, walked, name, dir_fd, depth)
                 os.close(dir_fd)
                 dir_fd = -1
                 return self._write_file(target, data, depth + 1)
