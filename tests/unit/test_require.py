@@ -21,5 +21,5 @@ def test_an_unmet_requirement_skips_by_default(monkeypatch: pytest.MonkeyPatch) 
 
 def test_an_unmet_requirement_fails_under_strict_skips(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tests.conftest, "STRICT_SKIPS", True)
-    with pytest.raises(pytest.fail.Exception, match="bwrap is unusable.*APPLIANCE_STRICT_SKIPS"):
+    with pytest.raises(pytest.fail.Exception, match=r"bwrap is unusable.*APPLIANCE_STRICT_SKIPS"):
         require(False, "bwrap is unusable")
