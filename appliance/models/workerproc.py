@@ -230,7 +230,7 @@ class WorkerProcess:
         try:
             while True:
                 header = await self.proc.stdout.readexactly(p.HEADER.size)
-                (size,) = p.HEADER.unpack(header)
+                size = p.frame_size(header)  # over MAX_FRAME: a bad frame, below
                 body = await self.proc.stdout.readexactly(size)
                 self._last_heard = time.monotonic()
                 self._dispatch(p.decode_event(body))
