@@ -12,7 +12,8 @@ check() {  # check NAME COMMAND...
   "$@" || failed+=("$name")
 }
 check "ruff check" "$bin/ruff" check appliance tui tests
-check "ruff format --check" "$bin/ruff" format --check appliance tui tests
+# one line per file to reformat (the default shows each diff)
+check "ruff format --check" env RUFF_OUTPUT_FORMAT=concise "$bin/ruff" format --check appliance tui tests
 check "mypy" "$bin/mypy" appliance tui
 # import-linter imports the packages it checks: make them this checkout's
 check "lint-imports" env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$bin/lint-imports"
