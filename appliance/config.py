@@ -216,10 +216,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     config_dir: str = ""
     """Directory of the config file; profiles under its models/, sandboxes/, agents/ override."""
 
-    @property
-    def state_path(self) -> Path:
-        return Path(self.state_dir)
-
 
 _MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN = re.compile(r"unknown field `(?P<key>[^`]+)`")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the appliance into ./.venv (created if missing).
-#   bash packaging/install.sh         runtime install
-#   bash packaging/install.sh test    runtime + test tools, editable
+#   bash packaging/install.sh         runtime install (editable: the daemon runs from this checkout)
+#   bash packaging/install.sh test    the same, plus the test tools (then: bash packaging/test.sh)
 # llama-cpp-python is built from source (about 11 minutes on 2 cores; pip caches the wheel).
 # It is built with CUDA when nvcc and an NVIDIA driver are both present (APPLIANCE_CUDA=0|1 forces).
 set -euo pipefail
@@ -38,10 +38,14 @@ fi
 
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# Both modes install the checkout editable, so the two commands install the package the same way.
+# The daemon then runs from these files: running the test command (which reinstalls) while it
+# serves leaves every file it reads in place, where replacing a regular install under it removed
+# the sandbox drivers it copies into each sandbox ("Can't find source path .../python_driver.py").
 if [ "$mode" = test ]; then
   .venv/bin/python -m pip install --progress-bar off -e '.[test]'
 else
-  .venv/bin/python -m pip install --progress-bar off .
+  .venv/bin/python -m pip install --progress-bar off -e .
 fi
 # pip reuses a cached wheel whatever CMAKE_ARGS say, so a CPU-only build made before CUDA was
 # installed would stay. Rebuild it, bypassing the cache, when this machine should offload.
@@ -49,4 +53,5 @@ if [ "$cuda" = 1 ] && ! .venv/bin/python -c 'import llama_cpp, sys; sys.exit(0 i
   echo "install: the installed llama-cpp-python cannot offload to the GPU; rebuilding it with CUDA"
   .venv/bin/python -m pip install --progress-bar off --no-cache-dir --force-reinstall --no-deps llama-cpp-python
 fi
-echo "install: done. Run: .venv/bin/appliance serve"
+if [ "$mode" = test ]; then echo "install: done. Run: bash packaging/test.sh";
+else echo "install: done. Run: .venv/bin/appliance serve"; fi

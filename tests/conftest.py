@@ -6,6 +6,11 @@
   ModelFetcher from the sources in the shipped profiles into a per-machine cache
   (`$APPLIANCE_TEST_CACHE`, default ~/.cache/appliance-test), so a machine downloads them once.
   Without network they skip with the reason; with network a fetch failure is a test failure.
+
+And `require(condition, reason)`, for what the install script provides (llama-cpp-python, bwrap
+with user namespaces, the toolchains it installs: python3, gcc, g++): without it a test skips on
+a developer's machine, but fails where `APPLIANCE_STRICT_SKIPS=1` (.ci/run sets it), since there
+the skip would hide a broken install. GPU and network skips stay skips everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ from appliance.models.fetch import ModelFetcher, ModelFetchError, unreachable_re
 from tests.fixtures.tinymodel import write_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
+STRICT_SKIPS = os.environ.get("APPLIANCE_STRICT_SKIPS", "") not in ("", "0")
+
+
+def require(condition: object, reason: str) -> None:
+    """Skip the test with `reason` unless `condition` holds; fail instead under
+    APPLIANCE_STRICT_SKIPS=1, where the install should have provided it."""
+    if condition:
+        return
+    if STRICT_SKIPS:
+        pytest.fail(f"{reason} (a skip under APPLIANCE_STRICT_SKIPS=1 would hide this)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def model_cache_dir() -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import msgspec
 
-from appliance.config import Config, ConfigError, load_toml_struct, shipped_profiles_dir
-from appliance.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from appliance.config import Config, load_toml_struct, shipped_profiles_dir
+from appliance.errors import ConfigError, InvalidRequest, ModelNotFound, ModelUnavailable
 from appliance.models.fetch import ModelFetcher
 from appliance.models.profile import ModelProfile
 from appliance.models.registration import RegistrationPolicy, check_replace

@@ -1,7 +1,11 @@
 """Turning OpenAI chat requests into prompts and grammars, and model output back into messages.
 
-The chat template comes from the GGUF (`tokenizer.chat_template`) or the profile, rendered with a
-sandboxed Jinja environment the way llama.cpp's server does. Tool calling works the same for every
+The chat template comes from the GGUF (`tokenizer.chat_template`) or the profile, rendered in the
+sandboxed Jinja environment llama-cpp-python's `Jinja2ChatFormatter` builds (itself aligned with
+Transformers' chat templates): trim and lstrip blocks, the `loopcontrols` extension (`{% break %}`,
+`{% continue %}`), a pass-through `{% generation %}` tag, Transformers' `tojson`, and the
+`raise_exception` and `strftime_now` globals. It is built here rather than imported, since this
+module runs in the daemon, which never imports llama_cpp. Tool calling works the same for every
 model, even ones whose template knows nothing of tools: the tool list goes into the system prompt,
 and the reply is constrained by a grammar built from the tool schemas to one JSON object, either
 `{"tool_call": {"name": ..., "arguments": {...}}}` or `{"response": "..."}` (the response branch
@@ -20,6 +24,9 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
+import jinja2.ext
+import jinja2.parser
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from appliance.errors import InvalidRequest
@@ -31,15 +38,36 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-_env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """Transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant's tokens for
+    training masks): rendered as its body, as llama-cpp-python's IgnoreGenerationTags does."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> list[nodes.Node]:
+        parser.stream.skip(1)
+        body: list[nodes.Node] = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return body
+
+
+_env = ImmutableSandboxedEnvironment(
+    loader=jinja2.BaseLoader(),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    extensions=[_GenerationTag, jinja2.ext.loopcontrols],
+)
 
 
 def _raise(message: str) -> None:
     raise InvalidRequest(f"the chat template refused the messages: {message}")
 
 
-def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=False)
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
 
 
 _env.globals["raise_exception"] = _raise

@@ -335,7 +335,7 @@ class GrammarCompiler:
         plan = self.plan(params, tool_param=tool_param, format_param=format_param)
         if plan is None:
             return None
-        verdict = self.cache.get(plan.key)
+        verdict: _Verdict | None = self.cache.get(plan.key)
         if verdict is not None:
             self.stats["hits"] += 1
         else:

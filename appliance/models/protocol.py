@@ -2,7 +2,9 @@
 
 Frames are msgpack-encoded tagged structs preceded by a 4-byte big-endian length, written on the
 worker's stdin (commands) and a private copy of its stdout (events). The worker points its own
-fd 1 at stderr so nothing llama.cpp prints can corrupt the stream.
+fd 1 at stderr so nothing llama.cpp prints can corrupt the stream. Neither side writes or reads
+a frame over `MAX_FRAME`: the writer refuses it (`encode`, so the request fails with a message),
+the reader refuses a header that announces one (`frame_size`) instead of buffering it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from typing import Any
 
 import msgspec
 
+from appliance.errors import PayloadTooLarge
+
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
+"""The largest frame body either side writes or reads (bytes)."""
 
 
 # --- daemon -> worker ----------------------------------------------------------------------
@@ -160,8 +165,23 @@ _event_decoder = msgspec.msgpack.Decoder(Event)
 
 
 def encode(msg: Command | Event) -> bytes:
+    """The frame of `msg`; PayloadTooLarge when its body is over MAX_FRAME."""
     body = _encoder.encode(msg)
+    if len(body) > MAX_FRAME:
+        raise PayloadTooLarge(
+            f"a {type(msg).__name__.lower()} message of {len(body) / 2**20:.0f} MiB is over the "
+            f"{MAX_FRAME // 2**20} MiB limit of one worker frame. Send less in one request."
+        )
     return HEADER.pack(len(body)) + body
+
+
+def frame_size(header: bytes) -> int:
+    """The body size a frame header announces; PayloadTooLarge when it is over MAX_FRAME (the
+    peer is broken: the stream cannot be trusted past it)."""
+    (size,) = HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise PayloadTooLarge(f"a worker frame announces {size} bytes, over MAX_FRAME ({MAX_FRAME})")
+    return int(size)
 
 
 def decode_command(body: bytes) -> Command:

@@ -554,7 +554,7 @@ def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | No
             header = inp.read(p.HEADER.size)
             if len(header) < p.HEADER.size:
                 break
-            (size,) = p.HEADER.unpack(header)
+            size = p.frame_size(header)  # over MAX_FRAME: raises, and the worker stops
             body = inp.read(size)
             if len(body) < size:
                 break

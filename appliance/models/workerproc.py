@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from appliance.errors import (
@@ -199,9 +198,6 @@ class WorkerProcess:
                     os.kill(self.pid, signal.SIGKILL)
         await self.proc.wait()
 
-    async def wait_exit(self) -> None:
-        await self._exited.wait()
-
     async def _watch(self) -> None:
         """Ping while requests are pending; kill the worker after answer_timeout of silence."""
         assert self.answer_timeout
@@ -230,7 +226,7 @@ class WorkerProcess:
         try:
             while True:
                 header = await self.proc.stdout.readexactly(p.HEADER.size)
-                (size,) = p.HEADER.unpack(header)
+                size = p.frame_size(header)  # over MAX_FRAME: a bad frame, below
                 body = await self.proc.stdout.readexactly(size)
                 self._last_heard = time.monotonic()
                 self._dispatch(p.decode_event(body))
@@ -334,14 +330,13 @@ wins."""
 class ProcessSpawner:
     """Starts real worker processes."""
 
-    def __init__(self, log_dir: Path | None = None, python: str | None = None, hello_timeout: float = 120.0,
+    def __init__(self, python: str | None = None, hello_timeout: float = 120.0,
                  env: dict[str, str] | None = None, answer_timeout: float | None = None,
                  jail: Jail | None = None) -> None:
         self.python = python or sys.executable
         self.hello_timeout = hello_timeout
         self.answer_timeout = answer_timeout
         """Seconds a worker with pending requests may stay silent before it is killed (None: forever)."""
-        self.log_dir = log_dir
         self.env = env or {}
         """Added to every worker's environment (the daemon marks its workers with its state dir)."""
         self.jail = jail

@@ -103,21 +103,6 @@ def upper_bound(text: str) -> int:
     return len(text.encode("utf-8")) + 1
 
 
-@dataclass
-class Budget:
-    """Token arithmetic of one model call."""
-
-    n_ctx: int
-    reserve: int
-    """Tokens kept for the reply."""
-    fixed: int
-    """Persona, tool descriptions and template margin: paid whatever the window holds."""
-
-    @property
-    def history(self) -> int:
-        return self.n_ctx - self.reserve - self.fixed
-
-
 def reply_reserve(n_ctx: int, max_tokens: int | None) -> int:
     """Room kept for the reply: what was asked for, but never more than a quarter of the context."""
     return max(16, min(max_tokens or 512, n_ctx // 4))

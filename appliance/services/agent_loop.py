@@ -8,7 +8,10 @@ message was committed before the turn started, and its `message` event is the cl
 acknowledgement.
 
 The turn runs in its own task and reports `TurnEvent`s (token, tool_call, tool_result, message,
-done, error) into a queue the HTTP stream reads. A client that goes away cancels the task; the
+done, error) into a bounded queue the HTTP stream reads. The turn awaits each put, so a client that
+reads slowly holds the generation back (through the worker's flow control) instead of piling its
+tokens up in the daemon; a reader that takes nothing for `READER_STALL_S` counts as gone. A client
+that goes away cancels the task; the
 cancellation stops the generation in the worker and then settles the transcript: every tool call
 already stored gets an answer ("cancelled") and its run is finished, so the next turn starts from a
 well-formed conversation.
@@ -17,6 +20,7 @@ well-formed conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +39,12 @@ from appliance.telemetry.recorder import Telemetry
 from appliance.telemetry.tracing import current_trace, span
 
 log = logging.getLogger("appliance.agents")
+
+TURN_WINDOW = 64
+"""Turn events queued for a reader that is behind; past it the turn waits for the reader."""
+READER_STALL_S = 300.0
+"""A reader that takes no event for this long is taken as gone: the turn is cancelled, so it
+does not hold its session forever for a stream that was never read."""
 
 
 @dataclass
@@ -93,27 +103,47 @@ class _Totals:
 class Turn:
     """A running turn: its events, in order, and a way to stop it."""
 
-    def __init__(self, spec: TurnSpec, user_message: Message) -> None:
+    def __init__(self, spec: TurnSpec, user_message: Message, *, window: int = TURN_WINDOW,
+                 stall_s: float = READER_STALL_S) -> None:
         self.spec = spec
         self.user_message = user_message
-        self.queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue(maxsize=window)
         self.task: asyncio.Task[None] | None = None
         self.error: ApplianceError | None = None
         """The error that ended the turn, if one did (also sent as the error event)."""
+        self.stall_s = stall_s
+        self._closed = False
+        self._reader_gone = False
         self.queue.put_nowait(TurnEvent("message", {"message": message_view(user_message)}))
 
-    def emit(self, event: str, data: dict[str, Any]) -> None:
-        self.queue.put_nowait(TurnEvent(event, data))
+    async def emit(self, event: str, data: dict[str, Any]) -> None:
+        """Queue an event, waiting while the reader is a whole window behind. Once the reader has
+        gone the event is dropped; a reader stalled for `stall_s` cancels the turn."""
+        if self._reader_gone:
+            return
+        try:
+            async with asyncio.timeout(self.stall_s):
+                await self.queue.put(TurnEvent(event, data))
+        except TimeoutError:
+            self._reader_gone = True
+            raise asyncio.CancelledError(f"no event read for {self.stall_s:.0f} s") from None
+
+    def close(self) -> None:
+        """The turn has settled: the stream ends after the events already queued."""
+        self._closed = True
+        with contextlib.suppress(asyncio.QueueFull):  # full: the reader is not waiting on it
+            self.queue.put_nowait(None)
 
     async def events(self) -> AsyncIterator[TurnEvent]:
         """The turn's events until done or error. Leaving early cancels the turn."""
         try:
-            while True:
+            while not (self._closed and self.queue.empty()):
                 ev = await self.queue.get()
                 if ev is None:
                     return
                 yield ev
         finally:
+            self._reader_gone = True
             self.cancel()
 
     def cancel(self) -> None:
@@ -143,7 +173,7 @@ class AgentLoop:
         def finished(_: asyncio.Task[None]) -> None:
             self.kv.turn_ended(sid)
             release()
-            turn.queue.put_nowait(None)
+            turn.close()
 
         turn.task = asyncio.create_task(self._run(turn), name=f"turn-{sid}")
         turn.task.add_done_callback(finished)
@@ -164,19 +194,19 @@ class AgentLoop:
         except ApplianceError as exc:
             await self._settle(state, f"error: {exc.message}")
             turn.error = exc
-            turn.emit("error", error_data(exc))
+            await turn.emit("error", error_data(exc))
         except Exception as exc:  # a bug must end the turn with an error event, not a hung stream
             log.exception("turn of session %s failed", turn.spec.session_id)
             await self._settle(state, "error: internal error")
             turn.error = ApplianceError(f"internal error: {exc!r}. See the daemon log.")
-            turn.emit("error", error_data(turn.error))
+            await turn.emit("error", error_data(turn.error))
         finally:
             if self.telemetry is not None:
                 self.telemetry.turn_finished(outcome)
 
     async def _append(self, turn: Turn, role: Role, content: str | None, **kw: Any) -> Message:
         m = await self.store.run(self.store.messages.append, turn.spec.session_id, role, content, **kw)
-        turn.emit("message", {"message": message_view(m)})
+        await turn.emit("message", {"message": message_view(m)})
         return m
 
     async def _steps(self, turn: Turn, state: _TurnState) -> None:
@@ -192,10 +222,10 @@ class AgentLoop:
         async def on_delta(text: str) -> None:
             if not first_token:
                 first_token.append((time.perf_counter() - t0) * 1000.0)
-            turn.emit("token", {"text": text})
+            await turn.emit("token", {"text": text})
 
         async def on_marker(m: Message) -> None:
-            turn.emit("message", {"message": message_view(m)})
+            await turn.emit("message", {"message": message_view(m)})
 
         final: Message | None = None
         finish = "stop"
@@ -223,7 +253,7 @@ class AgentLoop:
             final = await self._append(turn, "assistant", text, tokens=int(usage.get("completion_tokens", 0)), meta=meta)
             finish = str(result.get("finish_reason") or "stop")
             break
-        turn.emit("done", {
+        await turn.emit("done", {
             "message_id": final.id if final else None,
             "finish_reason": finish,
             "steps": step,
@@ -249,7 +279,7 @@ class AgentLoop:
                         call: dict[str, Any]) -> None:
         spec = turn.spec
         fn = call.get("function") or {}
-        turn.emit("tool_call", {"id": call["id"], "name": fn.get("name"), "arguments": fn.get("arguments"),
+        await turn.emit("tool_call", {"id": call["id"], "name": fn.get("name"), "arguments": fn.get("arguments"),
                                 "message_id": asked.id})
         try:
             name, args = self.tools.check(allowed, call)
@@ -268,7 +298,7 @@ class AgentLoop:
                 timed.set(status=outcome.status)
         state.running = None
         finished = await self.store.run(self.store.tool_runs.finish, run.id, outcome.status, outcome.content)
-        turn.emit("tool_result", {"id": call["id"], "name": name, "status": outcome.status,
+        await turn.emit("tool_result", {"id": call["id"], "name": name, "status": outcome.status,
                                   "content": outcome.content, "run_id": run.id,
                                   "duration_ms": finished.duration_ms, **outcome.detail})
         state.pending.pop(call["id"], None)

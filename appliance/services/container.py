@@ -91,7 +91,7 @@ class Appliance:
         jail = worker_jail_for(config, catalog)
         scheduler = ModelScheduler(
             catalog,
-            spawner=ProcessSpawner(log_dir=state / "logs", env={STATE_DIR_ENV: str(state.resolve())},
+            spawner=ProcessSpawner(env={STATE_DIR_ENV: str(state.resolve())},
                                    answer_timeout=config.models.worker_timeout_s or None, jail=jail),
             memory=memory_probe_for_host(config.models),
             config=config.models,

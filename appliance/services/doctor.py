@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from appliance.config import Config, ConfigError, default_config_path, resolve_state_dir
-from appliance.errors import ApplianceError
+from appliance.config import Config, default_config_path, resolve_state_dir
+from appliance.errors import ApplianceError, ConfigError
 from appliance.services.access import is_loopback
 from appliance.services.doctor_probes import DoctorProbes, GpuInfo, LlamaBuild
 

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,8 @@ class HotSession:
     fingerprint: str
     dirty: bool = True
     """The slot holds tokens that are not on disk yet."""
-    last_turn: float = 0.0  # monotonic
+    last_turn: float = 0.0
+    """When its last turn ended, on the KvParking clock."""
 
 
 @dataclass
@@ -88,7 +89,8 @@ class SlotPlan:
 
 class KvParking:
     def __init__(self, store: Store, scheduler: ModelScheduler, catalog: ModelCatalog, *,
-                 kv_dir: Path, budget_bytes: int, idle_s: float, events: EventBus | None = None) -> None:
+                 kv_dir: Path, budget_bytes: int, idle_s: float, events: EventBus | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.scheduler = scheduler
         self.catalog = catalog
@@ -96,6 +98,8 @@ class KvParking:
         self.budget_bytes = budget_bytes
         self.idle_s = idle_s
         self.events = events or EventBus()
+        self.clock = clock
+        """Seconds, monotonic: what idleness is measured in (tests pass a fake)."""
         self.hot: dict[str, HotSession] = {}
         self._turning: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -196,7 +200,7 @@ class KvParking:
     def turn_ended(self, session_id: str) -> None:
         self._turning.discard(session_id)
         if session_id in self.hot:
-            self.hot[session_id].last_turn = time.monotonic()
+            self.hot[session_id].last_turn = self.clock()
 
     async def settle(self, session_id: str, model_id: str, plan: SlotPlan, worker_pid: int,
                      result: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +224,7 @@ class KvParking:
                 report["kv_restore_skipped"] = restore.get("reason")
         if plan.fingerprint is not None:
             self.hot[session_id] = HotSession(model_id=model_id, worker_pid=worker_pid,
-                                              fingerprint=plan.fingerprint, last_turn=time.monotonic())
+                                              fingerprint=plan.fingerprint, last_turn=self.clock())
         return report
 
     async def _displaced(self, parked: dict[str, Any], plan: SlotPlan, worker_pid: int) -> None:
@@ -314,14 +318,19 @@ class KvParking:
         tick = max(0.5, min(10.0, self.idle_s / 4))
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
-            due = [sid for sid, h in self.hot.items()
-                   if h.dirty and sid not in self._turning and now - h.last_turn >= self.idle_s]
-            for sid in due:
-                try:
-                    await self.park(sid, "idle")
-                except Exception:
-                    log.exception("parking idle session %s failed", sid)
+            await self.park_idle()
+
+    async def park_idle(self) -> list[str]:
+        """Park every dirty session idle for `idle_s` and not in a turn; the ids it tried."""
+        now = self.clock()
+        due = [sid for sid, h in self.hot.items()
+               if h.dirty and sid not in self._turning and now - h.last_turn >= self.idle_s]
+        for sid in due:
+            try:
+                await self.park(sid, "idle")
+            except Exception:
+                log.exception("parking idle session %s failed", sid)
+        return due
 
     # --- sessions that go away ----------------------------------------------------------------
 

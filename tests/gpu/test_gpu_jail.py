@@ -6,13 +6,12 @@ import asyncio
 import os
 from pathlib import Path
 
-import pytest
-
 from appliance.models import protocol as p
 from appliance.models.workerproc import ProcessSpawner
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.services.worker_jail import WorkerJail, gpu_mounts
 from appliance.telemetry.nvml import Nvml
+from tests.conftest import require
 
 
 def test_a_jailed_worker_offloads_to_the_gpu(smollm2_path: Path, tmp_path: Path) -> None:
@@ -25,8 +24,7 @@ def test_a_jailed_worker_offloads_to_the_gpu(smollm2_path: Path, tmp_path: Path)
         locate_bwrap(), state_dir=state, kv_dir=state / "kv", model_dirs=[smollm2_path.parent]
     )
     problem = jail.probe()
-    if problem is not None:
-        pytest.skip(f"bwrap cannot jail workers on this host: {problem}")
+    require(problem is None, f"bwrap cannot jail workers on this host: {problem}")
 
     async def run() -> tuple[int, int, str, str]:
         w = await ProcessSpawner(jail=jail).spawn()

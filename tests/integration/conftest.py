@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import require
+
 SANDBOX_REPO = Path(__file__).resolve().parents[2]
 
 
@@ -75,8 +77,7 @@ def sandbox_server_with(root: Path, **settings: Any) -> Iterator[SandboxServer]:
             raise RuntimeError("the sandbox test server did not start")
         time.sleep(0.02)
     try:
-        if service.unavailable:
-            pytest.skip(f"this host cannot run sandboxes: {service.unavailable}")
+        require(not service.unavailable, f"this host cannot run sandboxes: {service.unavailable}")
         yield SandboxServer(f"http://127.0.0.1:{port}", port, root, service)
     finally:
         server.should_exit = True

@@ -15,10 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import require
 from tests.integration.daemon import Daemon, running_daemon
 from tests.integration.sessions_client import new_session, send_turn
-
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 MODEL = "smollm2-135m-instruct"
 SMALL = "smol-512"
@@ -173,8 +172,7 @@ def test_a_client_that_disconnects_mid_turn_leaves_the_session_usable(http: http
 
 
 def test_the_code_agent_runs_code_in_its_session_sandbox(http: httpx.Client, daemon: Daemon) -> None:
-    if not sandboxes_available(http):
-        pytest.skip("this host cannot run sandboxes")
+    require(sandboxes_available(http), "this host cannot run sandboxes")
     s = new_session(http, agent="coder")
     t = send_turn(http, s["id"], "Compute the sum of the numbers from 1 to 100.", temperature=0, seed=1,
                   max_tokens=96, tool_choice={"type": "function", "function": {"name": "run_code"}})

@@ -20,6 +20,7 @@ a run is reproducible; any integer explores elsewhere) and `APPLIANCE_FUZZ_PHASE
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -30,10 +31,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.integration.daemon import Daemon, running_daemon
 
-pytest.importorskip(
-    "schemathesis", reason="schemathesis is not installed (pip install -e '.[test]')"
+require(
+    importlib.util.find_spec("schemathesis") is not None,
+    "schemathesis is not installed (pip install -e '.[test]')",
 )
 
 EXAMPLES = int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "25"))

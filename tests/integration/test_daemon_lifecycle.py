@@ -27,6 +27,7 @@ import pytest
 
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.sandbox.preflight import run_preflight
+from tests.conftest import require
 from tests.integration.daemon import REPO, Daemon, running_daemon, start_daemon, wait_healthy
 from tests.integration.procs import (
     DescendantWatch,
@@ -45,8 +46,7 @@ POOL = {"sandbox": {"pool": {"python": 3}}}
 @pytest.fixture(autouse=True)
 def _needs_sandboxes() -> None:
     report = run_preflight()
-    if not report.ok:
-        pytest.skip(f"this host cannot run sandboxes: {report.summary()}")
+    require(report.ok, f"this host cannot run sandboxes: {report.summary()}")
 
 
 @contextlib.contextmanager

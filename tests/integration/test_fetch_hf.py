@@ -21,8 +21,6 @@ from appliance.models.fetch import ModelFetcher, ModelFetchError
 from tests.fixtures.tinybert import write_tiny_bert
 from tests.fixtures.tinymodel import write_tiny_llama
 
-pytest.importorskip("huggingface_hub", reason="huggingface_hub is not installed")
-
 COMMIT = "c" * 40
 
 

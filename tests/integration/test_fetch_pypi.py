@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import gguf
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -86,7 +87,6 @@ def test_unknown_package_shows_pips_reason(tmp_path: Path, wheel_dir: Path) -> N
 
 @pytest.mark.slow
 def test_smollm2_from_pypi_chats(smollm2_path: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     assert smollm2_path.read_bytes()[:4] == b"GGUF"
     model = llama_cpp.Llama(str(smollm2_path), n_ctx=512, verbose=False)
     out = model.create_chat_completion(
@@ -100,7 +100,6 @@ def test_smollm2_from_pypi_chats(smollm2_path: Path) -> None:
 
 @pytest.mark.slow
 def test_minilm_from_pypi_embeds(minilm_gguf_path: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     model = llama_cpp.Llama(str(minilm_gguf_path), embedding=True, n_ctx=256, verbose=False)
     vecs = [
         np.array(model.embed(s))

@@ -26,8 +26,6 @@ from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSet
 from tests.fixtures.tinymodel import EOS_ID, IM_END_ID
 from tests.integration.daemon import Daemon, running_daemon
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 GiB = 2**30
 CHAT = [{"role": "user", "content": "Say hello"}]
 NO_END = {"logit_bias": {str(EOS_ID): -100, str(IM_END_ID): -100}}

@@ -7,7 +7,6 @@ the whole path with SmolLM2 in test_kv_retention.py.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -209,22 +208,25 @@ async def test_idle_sessions_are_parked_after_a_while(tmp_path: Path) -> None:
     model.write_bytes(b"GGUF")
     worker = FakeWorker(pid=7)
     store = await Store.open(tmp_path / "state")
+    now = [1000.0]
     kv = KvParking(store, FakeScheduler(FakeRunner(worker, model)), None,  # type: ignore[arg-type]
-                   kv_dir=tmp_path / "kv", budget_bytes=2**30, idle_s=0.3)
+                   kv_dir=tmp_path / "kv", budget_bytes=2**30, idle_s=30, clock=lambda: now[0])
     await kv.start()
     try:
         sid = await session(store)
         await make_hot(kv, worker, sid, 10)
         kv.turn_started(sid)
-        await asyncio.sleep(0.8)
-        assert worker.saves == [], "never during a turn"
-        kv.turn_ended(sid)
-        for _ in range(100):
-            if worker.saves:
-                break
-            await asyncio.sleep(0.05)
+        now[0] += 60
+        assert await kv.park_idle() == [] and worker.saves == [], "never during a turn"
+        kv.turn_ended(sid)  # idle from now on
+        now[0] += 29.9
+        assert await kv.park_idle() == [] and worker.saves == [], "not idle long enough yet"
+        now[0] += 0.1
+        assert await kv.park_idle() == [sid]
         assert worker.saves == [sid]
         assert kv.hot[sid].dirty is False
+        now[0] += 60
+        assert await kv.park_idle() == [], "a clean slot is not parked again"
         assert (await store.run(store.sessions.get, sid)).status != "parked", "still hot in its slot"
     finally:
         await kv.stop()

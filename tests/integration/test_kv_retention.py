@@ -21,8 +21,6 @@ import pytest
 from tests.integration.daemon import Daemon, running_daemon, start_daemon
 from tests.integration.sessions_client import TurnResult, new_session, send_turn
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 MODEL = "smollm2-135m-instruct"
 HISTORY = (
     "Please read these notes from the harbour master's log and keep them in mind.\n"

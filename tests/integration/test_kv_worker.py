@@ -19,8 +19,6 @@ from appliance.models import protocol as p
 from appliance.models.kvfile import map_kv_file, read_kv_file, token_prefix_hash, write_kv_file
 from appliance.models.workerproc import ProcessSpawner, WorkerProcess
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 HISTORY = "The lighthouse keeper wrote in the log every night. " * 8
 
 

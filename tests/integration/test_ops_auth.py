@@ -21,6 +21,7 @@ import pytest
 from appliance.api.app import create_app
 from appliance.config import load_config
 from appliance.services.container import Appliance
+from tests.conftest import require
 from tests.integration.daemon import REPO, free_port, running_daemon
 
 SAMPLE = {str: "x1", int: "1", float: "1.5", Path: "dir/file.txt", uuid.UUID: str(uuid.uuid4())}
@@ -137,8 +138,8 @@ def test_an_open_loopback_box_ignores_whatever_key_a_client_sends(tiny_model_pat
 def test_tokens_in_the_daemons_environment_never_reach_sandboxed_code(tmp_path: Path) -> None:
     secret = "apl_" + "s3cr3t" * 6
     with running_daemon(tmp_path, env={"APPLIANCE_TOKEN": secret}) as d, d.http() as c:
-        if not c.get("/api/status").json().get("sandboxes", {}).get("available"):
-            pytest.skip("sandboxes are not available on this host (see appliance doctor)")
+        available = c.get("/api/status").json().get("sandboxes", {}).get("available")
+        require(available, "sandboxes are not available on this host (see appliance doctor)")
         r = c.post("/api/run", json={"language": "python",
                                      "code": "import os; print(sorted(os.environ.items()))"})
         assert r.status_code == 200 and r.json()["status"] == "ok"

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import require
 from tests.integration.daemon import Daemon, running_daemon, start_daemon
 from tests.integration.ops_client import event_stream
 
@@ -44,8 +45,8 @@ def test_load_and_unload_arrive_in_order(daemon: Daemon) -> None:
 
 def test_sandbox_events_in_order(daemon: Daemon) -> None:
     with daemon.http() as c:
-        if not c.get("/api/status").json().get("sandboxes", {}).get("available"):
-            pytest.skip("sandboxes are not available on this host (see appliance doctor)")
+        available = c.get("/api/status").json().get("sandboxes", {}).get("available")
+        require(available, "sandboxes are not available on this host (see appliance doctor)")
         with event_stream(daemon.url, params={"types": "sandbox."}) as stream:
             sb = c.post("/api/sandboxes", json={"language": "python"}).json()
             assert c.post(f"/api/sandboxes/{sb['id']}/exec", json={"code": "x = 1"}).status_code == 200

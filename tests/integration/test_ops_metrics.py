@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import require
 from tests.integration.daemon import Daemon, running_daemon
 from tests.integration.ops_client import delta, sample, scrape
 
@@ -100,8 +101,8 @@ def test_routes_are_labelled_by_template_never_by_raw_path(daemon: Daemon) -> No
 
 def test_sandbox_runs_are_counted_by_language_and_status(daemon: Daemon) -> None:
     with daemon.http() as c:
-        if not c.get("/api/status").json().get("sandboxes", {}).get("available"):
-            pytest.skip("sandboxes are not available on this host (see appliance doctor)")
+        available = c.get("/api/status").json().get("sandboxes", {}).get("available")
+        require(available, "sandboxes are not available on this host (see appliance doctor)")
         before = scrape(c)
         ok = c.post("/api/run", json={"language": "python", "code": "print(6 * 7)"})
         bad = c.post("/api/run", json={"language": "python", "code": "raise SystemExit(3)"})

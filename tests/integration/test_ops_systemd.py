@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from appliance.services.service_install import render_unit, shipped_unit_path
+from tests.conftest import require
 from tests.integration.daemon import Daemon, start_daemon
 
 systemd_analyze = shutil.which("systemd-analyze")
@@ -117,8 +118,7 @@ def wait_running(d: Daemon) -> None:
 def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, config={"server": {"shutdown_grace_s": 20}})
     try:
-        if not sandboxes_available(d):
-            pytest.skip("sandboxes are not available here; they provide a request that takes seconds")
+        require(sandboxes_available(d), "sandboxes are not available here; they provide a request that takes seconds")
         t, out = run_in_background(d, "import time; time.sleep(2); print('finished')")
         wait_running(d)
         d.proc.send_signal(signal.SIGTERM)
@@ -138,8 +138,7 @@ def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(tmp_path: Path) -> 
 def test_sigterm_cancels_what_outlives_the_grace_period(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, config={"server": {"shutdown_grace_s": 1}})
     try:
-        if not sandboxes_available(d):
-            pytest.skip("sandboxes are not available here; they provide a request that takes seconds")
+        require(sandboxes_available(d), "sandboxes are not available here; they provide a request that takes seconds")
         t, out = run_in_background(d, "import time; time.sleep(25); print('too late')")
         wait_running(d)
         assert _sandbox_processes(tmp_path), "the run is visible as processes under the state dir"

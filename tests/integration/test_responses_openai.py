@@ -16,8 +16,6 @@ import pytest
 
 from tests.integration.daemon import Daemon, running_daemon
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 MODEL = "smollm2-135m-instruct"
 QUICK = {"max_output_tokens": 16, "temperature": 0}
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import require
 from tests.integration.conftest import SANDBOX_REPO, SandboxServer, sandbox_server_with
 from tests.integration.daemon import running_daemon
 
@@ -48,7 +49,7 @@ def test_aliases_of_one_file_are_returned_once_and_the_daemon_stays_small(tmp_pa
     with running_daemon(tmp_path) as daemon, daemon.http(timeout=300) as c:
         warm = c.post("/api/run", json={"language": "python", "code": "print(1)"})
         if warm.status_code == 503:
-            pytest.skip(warm.json()["error"]["message"])
+            require(False, warm.json()["error"]["message"])
         before = _peak_rss_mb(daemon.proc.pid)
         r = c.post(
             "/api/run",
@@ -171,8 +172,7 @@ async def test_an_agents_run_code_works_while_clients_hold_all_they_may(
     service = SandboxService(config, catalog=catalog, root=tmp_path / "sandboxes")
     await service.start()
     try:
-        if service.unavailable:
-            pytest.skip(service.unavailable)
+        require(not service.unavailable, f"this host cannot run sandboxes: {service.unavailable}")
         for _ in range(3):
             await service.create(CreateSandboxRequest(language="python"))
         refused = SandboxMemoryFull if full == "memory" else SandboxLimitReached

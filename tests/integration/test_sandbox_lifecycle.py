@@ -19,6 +19,7 @@ from appliance.sandbox.engine import EngineConfig, SandboxEngine, mounts_under
 from appliance.sandbox.identity import SandboxIdentity
 from appliance.sandbox.preflight import run_preflight
 from appliance.sandbox.profiles import ProfileCatalog
+from tests.conftest import require
 from tests.integration.procs import kill_all, naming, survivors, workspaces
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,8 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def engine(tmp_path: Path) -> SandboxEngine:
     report = run_preflight()
-    if not report.ok:
-        pytest.skip(f"this host cannot run sandboxes: {report.summary()}")
+    require(report.ok, f"this host cannot run sandboxes: {report.summary()}")
     catalog = ProfileCatalog.load([REPO / "profiles" / "sandboxes"])
     identity = SandboxIdentity.for_host(sandbox_uid=65534, sandbox_gid=65534)
     return SandboxEngine(EngineConfig(locate_bwrap(), tmp_path / "sandboxes", identity), catalog)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.sandbox.quota import HOLDER
+from tests.conftest import require
 from tests.integration.conftest import sandbox_server_with, sandbox_wait_pool
 from tests.integration.daemon import running_daemon
 
@@ -51,7 +52,7 @@ def test_a_killed_daemon_leaves_no_workspace_mounts_and_the_next_start_cleans_up
     with running_daemon(tmp_path) as daemon, daemon.http() as c:
         r = c.post("/api/sandboxes", json={"language": "python"})
         if r.status_code == 503:
-            pytest.skip(r.json()["error"]["message"])
+            require(False, r.json()["error"]["message"])
         sid = r.json()["id"]
         assert c.put(f"/api/sandboxes/{sid}/files/kept.txt", content=b"x").status_code == 200
         holders = [p for p in _holders() if _descends_from(p, daemon.proc.pid)]

@@ -22,8 +22,6 @@ from appliance.store import Store
 from tests.integration.daemon import REPO, running_daemon, start_daemon
 from tests.integration.sessions_client import send_turn
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 DEADLINE_S = 120.0
 """Generous bound so a stalled child fails the test instead of hanging it (not a timing check)."""
 

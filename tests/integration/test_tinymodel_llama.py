@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import pytest
 
 from tests.fixtures.tinymodel import (
@@ -22,8 +23,6 @@ from tests.fixtures.tinymodel import (
     IM_START_ID,
     write_malformed_gguf,
 )
-
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 
 @pytest.fixture(scope="module")

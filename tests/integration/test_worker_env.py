@@ -8,8 +8,6 @@ import pytest
 
 from appliance.models.workerproc import WORKER_SPINCOUNT, ProcessSpawner
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-
 
 def environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -28,9 +28,8 @@ from appliance.models.kvfile import read_kv_file
 from appliance.models.workerproc import ProcessSpawner, WorkerProcess
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.services.worker_jail import WorkerJail
+from tests.conftest import require
 from tests.integration.daemon import REPO, running_daemon
-
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 HISTORY = "The lighthouse keeper wrote in the log every night. " * 8
 
@@ -51,8 +50,7 @@ def jail(state: Path) -> WorkerJail:
         locate_bwrap(), state_dir=state, kv_dir=state / "kv", model_dirs=[state / "models"]
     )
     problem = j.probe()
-    if problem is not None:
-        pytest.skip(f"bwrap cannot jail workers on this host: {problem}")
+    require(problem is None, f"bwrap cannot jail workers on this host: {problem}")
     return j
 
 

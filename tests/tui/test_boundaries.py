@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed (pip install import-linter)")
 def test_import_linter_contract_core_without_tui_is_kept() -> None:
+    require(LINT_IMPORTS.exists(), "import-linter is not installed (pip install import-linter)")
     done = subprocess.run([str(LINT_IMPORTS), "--contract", "core-without-tui"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from textual.widgets import OptionList
 
+from tests.conftest import require
 from tests.integration.daemon import REPO, Daemon, running_daemon, start_daemon
 from tests.tui.conftest import settle, until
 from tui.app import ApplianceApp
@@ -157,11 +157,9 @@ async def test_chat_in_a_session_with_the_reply_streaming_then_fork_and_delete(l
 
 def _sandboxes_or_skip(d: Daemon) -> None:
     r = httpx.get(d.url + "/api/sandboxes/languages", timeout=30)
-    if r.status_code == 404:
-        pytest.skip("this daemon has no sandbox API (/api/sandboxes/languages answers 404)")
+    require(r.status_code != 404, "this daemon has no sandbox API (/api/sandboxes/languages answers 404)")
     status = httpx.get(d.url + "/api/status", timeout=30).json().get("sandboxes") or {}
-    if status.get("available") is False:
-        pytest.skip(f"sandboxes cannot run on this host: {status.get('reason')}")
+    require(status.get("available") is not False, f"sandboxes cannot run on this host: {status.get('reason')}")
 
 
 async def test_run_code_in_a_sandbox_and_see_its_output(live_daemon: Daemon) -> None:

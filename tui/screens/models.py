@@ -119,13 +119,16 @@ class ModelsScreen(DashboardScreen):
 
     @work(group="model-ops")
     async def change_model(self, model_id: str, op: str) -> None:
-        calls = {
-            "load": self.client.load_model,
-            "unload": self.client.unload_model,
-            "pin": lambda m: self.client.pin_model(m, True),
-            "unpin": lambda m: self.client.pin_model(m, False),
-        }
-        model = await self.call(f"{op.capitalize()} {model_id}", calls[op](model_id))
+        match op:
+            case "load":
+                pending = self.client.load_model(model_id)
+            case "unload":
+                pending = self.client.unload_model(model_id)
+            case "pin" | "unpin":
+                pending = self.client.pin_model(model_id, op == "pin")
+            case _:
+                raise ValueError(f"unknown model operation {op!r}")
+        model = await self.call(f"{op.capitalize()} {model_id}", pending)
         if model is not None:
             self.post_message(ModelChanged(model, op))
         else:
