@@ -25,11 +25,11 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.logging import TextualHandler
 
-from tui.client import ApplianceClient
+from appliance.client import ApplianceClient
+from appliance.client.errors import ClientError
+from appliance.client.records import ConnectionState, DaemonEvent, StreamStatus
 from tui.commands import ApplianceCommands
-from tui.errors import DaemonError
 from tui.messages import ConnectionChanged, DaemonEventReceived, DaemonReconnected, StreamChanged
-from tui.records import ConnectionState, DaemonEvent, StreamStatus
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.help import HelpScreen
 from tui.screens.models import ModelsScreen
@@ -146,7 +146,7 @@ class ApplianceApp(App[None]):
     @work(exclusive=True, group="heartbeat")
     async def check_daemon(self) -> None:
         # /api/status, not /api/health: health needs no token, so it cannot tell a refused token
-        with contextlib.suppress(DaemonError):  # the client notes the state; the banner says it
+        with contextlib.suppress(ClientError):  # the client notes the state; the banner says it
             await self.client.status()
 
     @work(exclusive=True, group="events")

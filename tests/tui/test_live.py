@@ -18,10 +18,10 @@ import httpx
 import pytest
 from textual.widgets import OptionList
 
+from appliance.client import ApplianceClient
 from tests.integration.daemon import REPO, Daemon, running_daemon, start_daemon
 from tests.tui.conftest import settle, until
 from tui.app import ApplianceApp
-from tui.client import ApplianceClient
 from tui.screens.sandboxes import SandboxesScreen
 from tui.screens.sessions import SessionsScreen
 from tui.widgets.banner import ConnectionBanner

@@ -16,10 +16,10 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header
 
-from tui.client import ApplianceClient
-from tui.errors import DaemonError, DaemonUnauthorized, DaemonUnreachable, NotAvailable
+from appliance.client import ApplianceClient
+from appliance.client.errors import ClientError, DaemonUnauthorized, DaemonUnreachable, NotAvailable
+from appliance.client.records import DaemonEvent
 from tui.messages import CallFailed, ConnectionChanged, DaemonEventReceived, DaemonReconnected
-from tui.records import DaemonEvent
 from tui.widgets.banner import ConnectionBanner
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class DashboardScreen(Screen[None]):
         """Await a client call; on failure post `CallFailed(action, error)` and give None."""
         try:
             return await pending
-        except DaemonError as exc:
+        except ClientError as exc:
             self.post_message(CallFailed(action, exc))
             return None
 

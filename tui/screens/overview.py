@@ -14,10 +14,10 @@ from textual import work
 from textual.containers import Vertical
 from textual.widget import Widget
 
-from tui.errors import NotAvailable
+from appliance.client.errors import NotAvailable
+from appliance.client.records import DaemonEvent, DaemonStatus, GpuReport, HostSample
 from tui.messages import GpuSampled, StatusLoaded, UsageLoaded
 from tui.rates import RateMeter, generated_tokens
-from tui.records import DaemonEvent, DaemonStatus, GpuReport, HostSample
 from tui.screens.dashboard import DashboardScreen
 from tui.widgets.daemon_stats import DaemonStats
 from tui.widgets.device_gauges import DeviceGauges

@@ -19,7 +19,8 @@ from textual.widget import Widget
 from textual.widgets import OptionList, Tree
 from textual.widgets.option_list import Option
 
-from tui.errors import DaemonError, NotAvailable
+from appliance.client.errors import ClientError, NotAvailable
+from appliance.client.records import Agent, DaemonEvent, Session, TurnEvent
 from tui.messages import (
     AgentsLoaded,
     ModelsLoaded,
@@ -27,7 +28,6 @@ from tui.messages import (
     TranscriptLoaded,
     TurnEventReceived,
 )
-from tui.records import Agent, DaemonEvent, Session, TurnEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.pick import PickScreen
@@ -227,7 +227,7 @@ class SessionsScreen(DashboardScreen):
             async for event in self.client.send_message(session_id, text,
                                                         max_tokens=self.appliance.chat_max_tokens):
                 self.post_message(TurnEventReceived(event))
-        except DaemonError as exc:  # shown in the transcript, where the reply would have been
+        except ClientError as exc:  # shown in the transcript, where the reply would have been
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
         self.post_message(TurnEventReceived(TurnEvent("done")))
 
@@ -241,7 +241,7 @@ class SessionsScreen(DashboardScreen):
                                                        max_tokens=self.appliance.chat_max_tokens):
                 reply.append(piece)
                 self.post_message(TurnEventReceived(TurnEvent("token", piece)))
-        except DaemonError as exc:
+        except ClientError as exc:
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
         self.direct_history.append({"role": "assistant", "content": "".join(reply)})
         self.post_message(TurnEventReceived(TurnEvent("done")))
