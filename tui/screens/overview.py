@@ -48,9 +48,9 @@ class OverviewScreen(DashboardScreen):
         super().on_mount()
         self.query_one(EventLog).border_title = "events"
         self.query_one(ModelTable).border_title = "models"
-        for event in self.appliance.recent_events:
+        for event in self.context.recent_events:
             self.query_one(EventLog).add_event(event)
-        self.set_interval(self.appliance.sample_s, self.sample)
+        self.set_interval(self.context.sample_s, self.sample)
         self.set_interval(1.0, self._tick)
 
     def reload(self) -> None:

@@ -225,7 +225,7 @@ class SessionsScreen(DashboardScreen):
     async def _stream_turn(self, session_id: str, text: str) -> None:
         try:
             async for event in self.client.send_message(session_id, text,
-                                                        max_tokens=self.appliance.chat_max_tokens):
+                                                        max_tokens=self.context.chat_max_tokens):
                 self.post_message(TurnEventReceived(event))
         except ClientError as exc:  # shown in the transcript, where the reply would have been
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
@@ -238,7 +238,7 @@ class SessionsScreen(DashboardScreen):
 
         try:
             async for piece in self.client.chat_stream(model, list(self.direct_history),
-                                                       max_tokens=self.appliance.chat_max_tokens):
+                                                       max_tokens=self.context.chat_max_tokens):
                 reply.append(piece)
                 self.post_message(TurnEventReceived(TurnEvent("token", piece)))
         except ClientError as exc:

@@ -80,7 +80,7 @@ class TracesScreen(DashboardScreen):
         super().on_mount()
         self.query_one("#traces-notice").display = False
         self.query_one(SpanTimeline).border_title = "spans"
-        for event in self.appliance.recent_events:
+        for event in self.context.recent_events:
             self.query_one("#trace-log", EventLog).add_event(event)
 
     def reload(self) -> None:
