@@ -32,8 +32,10 @@ async def test_the_models_screen_runs_on_a_context_alone() -> None:
     app = BareApp(context)
     async with app.run_test(size=(140, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ModelsScreen), "the models screen")
-        table = app.screen.query_one(ModelTable)
+        screen = app.screen
+        assert isinstance(screen, ModelsScreen)
+        table = screen.query_one(ModelTable)
         await until(pilot, lambda: "tiny" in table.models, "the models from the context's client")
-        assert context.subscribers == [app.screen], "the screen subscribed to the context"
-        assert app.screen.now() == NOW
+        assert context.subscribers == [screen], "the screen subscribed to the context"
+        assert screen.now() == NOW
     await client.aclose()
