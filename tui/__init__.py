@@ -2,7 +2,8 @@
 
 Nothing here runs inside the daemon and nothing in `appliance` imports this package (an
 import-linter contract in pyproject.toml checks it); the console reaches the daemon only through
-`tui.client.ApplianceClient`, so it works the same against a local or a remote appliance.
+`appliance.client.ApplianceClient`, the client the CLI uses too (another contract keeps `tui` off
+every other part of `appliance`), so it works the same against a local or a remote appliance.
 """
 
 from __future__ import annotations

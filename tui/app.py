@@ -8,7 +8,8 @@ opens the command palette (tui.commands).
 
 Timings are constructor arguments so tests can make the console deterministic: `poll_s` (reload
 while the stream is down), `sample_s` (gauges and rates on the Overview), `heartbeat_s`, and
-`clock` (idle countdowns); `chat_max_tokens` bounds a direct chat's reply.
+`clock` (idle countdowns); `chat_max_tokens` bounds a direct chat's reply. The screens see them,
+and the client, through `console_context`, a `tui.context.ConsoleContext`: they never import this module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -25,11 +25,12 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.logging import TextualHandler
 
-from tui.client import ApplianceClient
+from appliance.client import ApplianceClient
+from appliance.client.errors import ClientError
+from appliance.client.records import ConnectionState, StreamStatus
 from tui.commands import ApplianceCommands
-from tui.errors import DaemonError
+from tui.context import ConsoleContext
 from tui.messages import ConnectionChanged, DaemonEventReceived, DaemonReconnected, StreamChanged
-from tui.records import ConnectionState, DaemonEvent, StreamStatus
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.help import HelpScreen
 from tui.screens.models import ModelsScreen
@@ -86,34 +87,25 @@ class ApplianceApp(App[None]):
     ) -> None:
         super().__init__()
         self.client = client
-        self.poll_s = poll_s
-        self.sample_s = sample_s
+        self._console = ConsoleContext(client, clock=clock, poll_s=poll_s, sample_s=sample_s,
+                                       chat_max_tokens=chat_max_tokens)
         self.heartbeat_s = heartbeat_s
-        self.clock = clock
-        self.chat_max_tokens = chat_max_tokens
-        """Limit of a direct chat's reply (None: the daemon's and the model's own limits)."""
-        self.stream_live = False
         self.stream_state = "connecting"
-        self.recent_events: deque[DaemonEvent] = deque(maxlen=100)
-        self._screens: list[DashboardScreen] = []
         self._was_down = False
         self.sub_title = client.url
 
+    @property
+    def console_context(self) -> ConsoleContext:
+        """What the screens see of the console (`App.console` is Rich's, for drawing)."""
+        return self._console
+
     # --- screens --------------------------------------------------------------------------------
-
-    def subscribe(self, screen: DashboardScreen) -> None:
-        """A dashboard screen mounted: it gets connection changes and events from now on."""
-        if screen not in self._screens:
-            self._screens.append(screen)
-
-    def unsubscribe(self, screen: DashboardScreen) -> None:
-        if screen in self._screens:
-            self._screens.remove(screen)
 
     async def perform(self, mode: str, action: str, *args: object) -> None:
         """Switch to a screen and run one of its actions (the command palette's way in)."""
         await self.switch_mode(mode)
-        getattr(self.screen, f"action_{action}")(*args)
+        call = f"{action}({', '.join(repr(a) for a in args)})" if args else action
+        await self.run_action(call, self.screen)
 
     def action_help(self) -> None:
         sections: list[tuple[str, list[BindingType]]] = [("Everywhere", list(self.BINDINGS))]
@@ -123,7 +115,7 @@ class ApplianceApp(App[None]):
 
     def action_reconnect(self) -> None:
         self.check_daemon()
-        if not self.stream_live:
+        if not self._console.stream_live:
             self.follow_events()
 
     # --- the daemon connection ------------------------------------------------------------------
@@ -140,13 +132,13 @@ class ApplianceApp(App[None]):
         await self.client.aclose()
 
     def _heartbeat(self) -> None:
-        if not self.client.state.ok or not self.stream_live:
+        if not self.client.state.ok or not self._console.stream_live:
             self.check_daemon()
 
     @work(exclusive=True, group="heartbeat")
     async def check_daemon(self) -> None:
         # /api/status, not /api/health: health needs no token, so it cannot tell a refused token
-        with contextlib.suppress(DaemonError):  # the client notes the state; the banner says it
+        with contextlib.suppress(ClientError):  # the client notes the state; the banner says it
             await self.client.status()
 
     @work(exclusive=True, group="events")
@@ -160,22 +152,19 @@ class ApplianceApp(App[None]):
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         state: ConnectionState = message.state
         self.sub_title = self.client.url if state.ok else f"{self.client.url} · {state.kind}"
-        for screen in self._screens:
-            screen.post_message(ConnectionChanged(state))
+        self._console.tell(lambda: ConnectionChanged(state))
         if not state.ok:
             self._was_down = True
         elif self._was_down:
             self._was_down = False
-            for screen in self._screens:
-                screen.post_message(DaemonReconnected())
-            if not self.stream_live and self.stream_state != "unsupported":
+            self._console.tell(DaemonReconnected)
+            if not self._console.stream_live and self.stream_state != "unsupported":
                 self.follow_events()  # reconnect the stream now rather than after its backoff
 
     def on_stream_changed(self, message: StreamChanged) -> None:
         self.stream_state = message.status.state
-        self.stream_live = message.status.state == "live"
+        self._console.stream_live = message.status.state == "live"
 
     def on_daemon_event_received(self, message: DaemonEventReceived) -> None:
-        self.recent_events.append(message.event)
-        for screen in self._screens:
-            screen.post_message(DaemonEventReceived(message.event))
+        self._console.recent_events.append(message.event)
+        self._console.tell(lambda: DaemonEventReceived(message.event))

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from tui.errors import DaemonError
-from tui.records import ModelInfo
+from appliance.client.errors import ClientError
+from appliance.client.records import ModelInfo
 
 if TYPE_CHECKING:
     from tui.app import ApplianceApp
@@ -55,7 +55,7 @@ class ApplianceCommands(Provider):
     async def startup(self) -> None:
         try:
             self.models = await self.appliance.client.models()
-        except DaemonError:
+        except ClientError:
             self.models = []
 
     def entries(self) -> list[tuple[str, str, Callable[[], Any]]]:

@@ -1,9 +1,13 @@
-"""How figures read on screen: sizes, durations, clock times, states. One place, so every screen
-writes "1.2 GiB" and "3.4 s" the same way."""
+"""How the console colours what it shows: model states and run outcomes, and short ids. The
+figures themselves (sizes, durations, clock times) read the same in the CLI and the console, so
+they live in `appliance.client.format`; they are named here too, for the widgets' one import."""
 
 from __future__ import annotations
 
-import time
+from appliance.client.format import clock, countdown, duration_ms, percent, size, size_short
+
+__all__ = ["RUN_STATUS_STYLES", "STATE_STYLES", "clock", "countdown", "duration_ms", "percent",
+           "short_id", "size", "size_short"]
 
 STATE_STYLES = {
     "ready": "green",
@@ -17,63 +21,6 @@ STATE_STYLES = {
 
 RUN_STATUS_STYLES = {"ok": "bold green", "error": "bold red", "timeout": "bold yellow",
                      "oom": "bold magenta", "killed": "bold red"}
-
-
-def size(n: float | None) -> str:
-    """Bytes as B/KiB/MiB/GiB with one decimal; "-" for unknown or zero."""
-    if not n:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def size_short(n: float | None) -> str:
-    """Bytes in at most five characters ("974M", "23.5G"), for gauges in narrow terminals."""
-    if not n:
-        return "-"
-    value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1000 or unit == "T":
-            return f"{value:.0f}{unit}" if value >= 100 or unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.0f}T"
-
-
-def duration_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    return f"{ms / 60_000:.1f} min"
-
-
-def countdown(seconds: float | None) -> str:
-    """Seconds left as "42s", "3m05s", "1h02m"; "-" when nothing is counting down."""
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def clock(ts: float | None) -> str:
-    """A timestamp as the local HH:MM:SS."""
-    if not ts:
-        return "--:--:--"
-    return time.strftime("%H:%M:%S", time.localtime(ts))
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}%"
 
 
 def short_id(ident: str, keep: int = 14) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
-from tui.errors import DaemonError
-from tui.records import (
+from appliance.client.errors import ClientError
+from appliance.client.records import (
     Agent,
     ConnectionState,
     DaemonEvent,
@@ -66,7 +66,7 @@ class CallFailed(Message, bubble=False):
     """A call made for `action` (what the user asked, in words) failed with `error`."""
 
     action: str
-    error: DaemonError
+    error: ClientError
 
 
 # --- overview and models ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
 
 from appliance.api.disconnect import unless_disconnected
 from appliance.api.replies import ChatCompletion, Completion, EmbeddingList, ModelList, reply
@@ -42,7 +42,7 @@ class OpenAIController(Controller):
         appliance: NamedDependency[Appliance],
         request: Request[Any, Any, Any],
         data: JSONBody[ChatCompletionRequest],
-    ) -> Response[ChatCompletion] | Stream:
+    ) -> Response[ChatCompletion] | ServerSentEvent:
         params = data.to_params()
         if data.stream:
             return sse(await appliance.chat.chat_completion_stream(params))
@@ -59,7 +59,7 @@ class OpenAIController(Controller):
         appliance: NamedDependency[Appliance],
         request: Request[Any, Any, Any],
         data: JSONBody[CompletionRequest],
-    ) -> Response[Completion] | Stream:
+    ) -> Response[Completion] | ServerSentEvent:
         params = data.to_params()
         if data.stream:
             return sse(await appliance.chat.completion_stream(params))

@@ -61,6 +61,11 @@ def _error_response(description: str) -> dict[str, Any]:
     }
 
 
+def _is_stream(annotation: Any) -> bool:
+    """A `Stream` or a subclass of it (`ServerSentEvent`, which every SSE route returns)."""
+    return isinstance(annotation, type) and issubclass(annotation, Stream)
+
+
 def _streams(app: Litestar) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """(path, method) of the operations whose handler returns only a Stream, and of those that
     may return one."""
@@ -71,9 +76,9 @@ def _streams(app: Litestar) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]
         for handler in route.route_handlers:
             returned = handler.parsed_fn_signature.return_type.annotation
             ops = {(route.path_format, m.lower()) for m in handler.http_methods}
-            if returned is Stream:
+            if _is_stream(returned):
                 only |= ops
-            if returned is Stream or Stream in typing.get_args(returned):
+            if _is_stream(returned) or any(_is_stream(t) for t in typing.get_args(returned)):
                 some |= ops
     return only, some
 

@@ -5,27 +5,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 
 from appliance import __version__
+from appliance.api import sse
 from appliance.services.container import Appliance
 from appliance.store.traces import Trace
 from appliance.telemetry.metrics import CONTENT_TYPE
 
-_enc = msgspec.json.Encoder()
 
-
-async def _sse(events: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[bytes]:
-    yield b": connected\n\n"
+async def _live(events: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[ServerSentEventMessage]:
+    yield sse.comment("connected")
     async for ev in events:
-        if ev is None:
-            yield b": ping\n\n"
-        else:
-            yield b"id: %d\ndata: %s\n\n" % (ev.get("seq", 0), _enc.encode(ev))
+        yield sse.comment("ping") if ev is None else sse.event(ev, event_id=int(ev.get("seq", 0)))
 
 
 class OpsController(Controller):
@@ -46,7 +42,7 @@ class OpsController(Controller):
     @get("/api/events")
     async def events(self, appliance: NamedDependency[Appliance], request: Request[Any, Any, Any],
                      since: FromQuery[int | None] = None,
-                     types: FromQuery[str | None] = None) -> Stream:
+                     types: FromQuery[str | None] = None) -> ServerSentEvent:
         """SSE of live events; `since` (or Last-Event-ID) replays kept events after that seq;
         `types` is a comma-separated list of type prefixes (`model.,sandbox.`)."""
         last = request.headers.get("last-event-id")
@@ -54,8 +50,7 @@ class OpsController(Controller):
             since = int(last)
         stream = appliance.operations.event_stream(
             since=since, types=[t.strip() for t in (types or "").split(",")])
-        return Stream(_sse(stream), media_type="text/event-stream",
-                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return sse.stream(_live(stream))
 
     @get("/api/traces")
     async def traces(

@@ -14,7 +14,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
 
 from appliance.api.disconnect import unless_disconnected
 from appliance.api.replies import ResponseObject, reply
@@ -42,7 +42,7 @@ class ResponsesController(Controller):
         appliance: NamedDependency[Appliance],
         request: Request[Any, Any, Any],
         data: JSONBody[ResponsesRequest],
-    ) -> Response[ResponseObject] | Stream:
+    ) -> Response[ResponseObject] | ServerSentEvent:
         body = data.to_params()
         if data.stream:
             return sse(await appliance.responses.stream(body), done=False, named=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 
+from appliance.api import sse
 from appliance.api.disconnect import unless_disconnected
 from appliance.services.agent_loop import Turn
 from appliance.services.container import Appliance
@@ -28,12 +29,10 @@ from appliance.services.sessions import (
 )
 from appliance.store import Page, Session
 
-_enc = msgspec.json.Encoder()
 
-
-async def turn_frames(turn: Turn) -> AsyncIterator[bytes]:
+async def turn_events(turn: Turn) -> AsyncIterator[ServerSentEventMessage]:
     async for ev in turn.events():
-        yield b"event: " + ev.event.encode() + b"\ndata: " + _enc.encode(ev.data) + b"\n\n"
+        yield sse.event(ev.data, name=ev.event)
 
 
 class SessionController(Controller):
@@ -68,9 +67,8 @@ class SessionController(Controller):
 
     @post("/{session_id:str}/messages", status_code=200)
     async def send(self, appliance: NamedDependency[Appliance], request: Request[Any, Any, Any],
-                   session_id: FromPath[str], data: JSONBody[TurnRequest]) -> Stream | Response[Any]:
+                   session_id: FromPath[str], data: JSONBody[TurnRequest]) -> ServerSentEvent | Response[Any]:
         if not data.stream:
             return Response(await unless_disconnected(request, appliance.sessions.run_turn(session_id, data)))
         turn = await appliance.sessions.begin_turn(session_id, data)
-        return Stream(turn_frames(turn), media_type="text/event-stream",
-                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return sse.stream(turn_events(turn))

@@ -1,8 +1,14 @@
-"""Server-sent events in the shapes OpenAI clients read.
+"""Server-sent events: every SSE stream of the API, framed by Litestar's `ServerSentEvent`.
 
-Chat and completion chunks are bare `data: {json}` lines ending with `data: [DONE]`; the Responses
-API names each event after its `type` (`event: response.output_text.delta`) and sends no [DONE].
-An error after the stream started is one last event carrying OpenAI's error body.
+Three shapes ride on it. Chat and completion chunks are bare `data: {json}` events ending with
+`data: [DONE]`; the Responses API names each event after its `type` (`event:
+response.output_text.delta`) and sends no [DONE]; a session turn names its events (`token`,
+`tool_call`, ...), and `/api/events` gives each an `id:` (its sequence number, for
+`Last-Event-ID`) and sends `: ping` comments while idle. An error after the stream started is one
+last event carrying OpenAI's error body.
+
+Each event is a `ServerSentEventMessage` with `\\n` as its line separator (Litestar's default is
+`\\r\\n`), so the bytes on the wire stay the ones OpenAI's SDKs and our clients have always read.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 
 from appliance.api.errors import error_body
 from appliance.errors import ApplianceError
@@ -20,27 +27,41 @@ from appliance.errors import ApplianceError
 _enc = msgspec.json.Encoder()
 log = logging.getLogger("appliance.api")
 
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-async def _frames(source: AsyncIterator[dict[str, Any]], done: bool, named: bool) -> AsyncIterator[bytes]:
+
+def event(data: Any, *, name: str | None = None, event_id: int | str | None = None) -> ServerSentEventMessage:
+    """One event whose `data:` is `data` as JSON (or a str as it is, for `[DONE]`)."""
+    text = data if isinstance(data, str) else _enc.encode(data).decode()
+    return ServerSentEventMessage(data=text, event=name, id=event_id, sep="\n")
+
+
+def comment(text: str) -> ServerSentEventMessage:
+    """A comment line (`: text`), which clients skip: a keep-alive."""
+    return ServerSentEventMessage(data=None, comment=text, sep="\n")
+
+
+def stream(events: AsyncIterator[ServerSentEventMessage], headers: dict[str, str] | None = None) -> ServerSentEvent:
+    """The response that sends `events` as they come."""
+    return ServerSentEvent(events, headers={**HEADERS, **(headers or {})})
+
+
+async def _openai_events(source: AsyncIterator[dict[str, Any]], done: bool,
+                         named: bool) -> AsyncIterator[ServerSentEventMessage]:
     try:
         async for item in source:
-            head = b"event: " + str(item["type"]).encode() + b"\n" if named else b""
-            yield head + b"data: " + _enc.encode(item) + b"\n\n"
+            yield event(item, name=str(item["type"]) if named else None)
     except Exception as exc:  # the status line is gone: the error becomes the stream's last event
         if not isinstance(exc, ApplianceError):
             log.exception("a stream failed", exc_info=exc)
             exc = ApplianceError(f"internal error: {exc!r}. See the daemon log.")
-        head = b"event: error\n" if named else b""
-        yield head + b"data: " + _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param)) + b"\n\n"
+        yield event(error_body(exc.message, exc.type, exc.code, exc.param), name="error" if named else None)
     if done:
-        yield b"data: [DONE]\n\n"
+        yield event("[DONE]")
 
 
 def sse(source: AsyncIterator[dict[str, Any]], *, done: bool = True, named: bool = False,
-        headers: dict[str, str] | None = None) -> Stream:
-    """`named`: each item has a `type`, sent as the event's name (the Responses API's shape)."""
-    return Stream(
-        _frames(source, done, named),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
-    )
+        headers: dict[str, str] | None = None) -> ServerSentEvent:
+    """OpenAI's stream of `source`'s chunks. `named`: each item has a `type`, sent as the event's
+    name (the Responses API's shape)."""
+    return stream(_openai_events(source, done, named), headers)

@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 
-from appliance.cli.client import DaemonClient
 from appliance.cli.main import add_client_args
+from appliance.client import DaemonClient, calls
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
-    a = DaemonClient(args.url, args.token).get(f"/api/agents/{args.agent}")
+    a = DaemonClient(args.url, args.token).get(f"/api/agents/{calls.segment(args.agent)}")
     for key in ("name", "id", "model", "description", "tools", "sandbox", "source", "source_path"):
         print(f"{key + ':':13} {a[key] if not isinstance(a[key], list) else ', '.join(a[key]) or '-'}")
     print(f"{'params:':13} {json.dumps(a['params'])}")

@@ -16,11 +16,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-import httpx
-
-from appliance.cli.client import DaemonClient
 from appliance.cli.main import add_client_args
-from appliance.errors import ApplianceError
+from appliance.client import DaemonClient, TurnEvent, calls
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,48 +31,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_chat)
 
 
-def stream_turn(client: DaemonClient, session_id: str, content: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The events of one turn as (name, data)."""
-    try:
-        with client.http.stream("POST", f"/api/sessions/{session_id}/messages",
-                                json={"content": content}, timeout=None) as r:
-            if r.status_code >= 400:
-                body = r.read()
-                try:
-                    msg = json.loads(body)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    msg = body.decode(errors="replace")
-                raise ApplianceError(f"{r.status_code}: {msg}")
-            event = "message"
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    yield event, json.loads(line[6:])
-    except httpx.ConnectError as exc:
-        raise ApplianceError(f"cannot reach the appliance at {client.url} ({exc}). Start it with "
-                             "`appliance serve` or pass --url.") from exc
-
-
-def print_turn(events: Iterator[tuple[str, dict[str, Any]]], out: TextIO, timings: bool) -> bool:
+def print_turn(events: Iterator[TurnEvent], out: TextIO, timings: bool) -> bool:
     """Print a turn as it streams; False when it ended with an error."""
     streamed = False
-    for event, data in events:
-        if event == "token":
-            out.write(data["text"])
+    for ev in events:
+        data = ev.data
+        if ev.kind == "token":
+            out.write(ev.text)
             streamed = True
-        elif event == "tool_call":
-            out.write(f"\n[{data['name']}] {_arguments(data.get('arguments'))}\n")
-        elif event == "tool_result":
-            out.write(f"[{data['name']} -> {data['status']}] {data['content']}\n")
+        elif ev.kind == "tool_call" and ev.tool_call is not None:
+            out.write(f"\n[{ev.tool_call.name}] {_arguments(ev.tool_call.arguments)}\n")
+        elif ev.kind == "tool_result":
+            out.write(f"[{data['name']} -> {data['status']}] {ev.text}\n")
             streamed = False
-        elif event == "message":
-            m = data["message"]
-            if m["role"] == "system" and m.get("meta", {}).get("context_marker"):
-                out.write(f"\n{m['content']}\n")
-            elif m["role"] == "assistant" and m.get("content") and not streamed:
-                out.write(m["content"])
-        elif event == "done":
+        elif ev.kind == "message":  # data: the stored message
+            if data["role"] == "system" and data.get("meta", {}).get("context_marker"):
+                out.write(f"\n{ev.text}\n")
+            elif data["role"] == "assistant" and ev.text and not streamed:
+                out.write(ev.text)
+        elif ev.kind == "done":
             out.write("\n")
             if timings:
                 t = data["timings"]
@@ -83,9 +57,9 @@ def print_turn(events: Iterator[tuple[str, dict[str, Any]]], out: TextIO, timing
                 out.write(f"({data['usage']['completion_tokens']} tokens, first token "
                           f"{t.get('first_token_ms') or 0:.0f} ms, {restored}"
                           f"{t.get('cached_tokens', 0)} prompt tokens cached)\n")
-        elif event == "error":
+        elif ev.kind == "error":
             out.write("\n")
-            print(f"error: {data['error']['message']}", file=sys.stderr)
+            print(f"error: {ev.text}", file=sys.stderr)
             return False
         out.flush()
     return True
@@ -105,7 +79,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     client = DaemonClient(args.url, args.token)
     if args.session:
-        session = client.get(f"/api/sessions/{args.session}")
+        session = client.get(f"/api/sessions/{calls.segment(args.session)}")
     else:
         body: dict[str, Any] = {"agent": args.agent or None}
         if args.model:
@@ -117,7 +91,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     ok = True
     if args.message:
         for text in args.message:
-            ok = print_turn(stream_turn(client, sid, text), sys.stdout, args.timings) and ok
+            ok = print_turn(client.turn(sid, text), sys.stdout, args.timings) and ok
         return 0 if ok else 1
     interactive = sys.stdin.isatty()
     while True:
@@ -131,7 +105,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not text.strip():
             continue
         try:
-            ok = print_turn(stream_turn(client, sid, text), sys.stdout, args.timings) and ok
+            ok = print_turn(client.turn(sid, text), sys.stdout, args.timings) and ok
         except KeyboardInterrupt:
             print("\n(turn stopped)", file=sys.stderr)
     return 0 if ok else 1

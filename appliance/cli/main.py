@@ -14,6 +14,7 @@ import os
 import sys
 
 from appliance import __version__
+from appliance.client.errors import ClientError
 from appliance.errors import ApplianceError
 
 SUBCOMMANDS = ["serve", "models", "convert", "run", "bench", "doctor", "chat", "agents", "sessions", "token", "service", "tui"]
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ClientError as exc:  # the daemon's answer: its status, then its own words
+        print(f"error: {exc.status}: {exc.message}" if exc.status else f"error: {exc.message}", file=sys.stderr)
+        return 1
     except ApplianceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from appliance.cli.client import DaemonClient
 from appliance.cli.main import add_client_args
+from appliance.client import DaemonClient, calls
+from appliance.client.format import size
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,29 +38,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.set_defaults(func=cmd_fetch)
 
 
-def _fmt_mb(n: int | None) -> str:
-    return f"{(n or 0) / 2**20:.0f} MiB" if n else "-"
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    models = DaemonClient(args.url, args.token).get("/api/models")
+    models = DaemonClient(args.url, args.token).call(calls.models())
     now = time.time()
-    print(f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>9} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR")
+    print(f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR")
     for m in models:
-        idle = f"{m['idle_deadline'] - now:.0f}s" if m.get("idle_deadline") else ("pinned" if m["pinned"] else "-")
-        err = (m.get("last_error") or "")[:60]
-        print(f"{m['id']:28} {m['kind']:9} {m['state']:10} {_fmt_mb(m['memory_bytes']):>9} {idle:>8} {m['load_count']:>5}  {err}")
+        idle = f"{m.idle_deadline - now:.0f}s" if m.idle_deadline else ("pinned" if m.pinned else "-")
+        err = (m.last_error or "")[:60]
+        print(f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10} {idle:>8} {m.load_count:>5}  {err}")
     return 0
 
 
 def cmd_action(args: argparse.Namespace) -> int:
     client = DaemonClient(args.url, args.token)
     if args.action in ("pin", "unpin"):
-        m = client.post(f"/api/models/{args.model}/pin", params={"pinned": str(args.action == "pin").lower()})
+        m = client.call(calls.pin_model(args.model, args.action == "pin"))
     else:
-        m = client.post(f"/api/models/{args.model}/{args.action}")
-    extra = f", load took {m['last_load_ms']:.0f} ms" if args.action == "load" and m.get("last_load_ms") else ""
-    print(f"{m['id']}: {m['state']}{' (pinned)' if m['pinned'] else ''}{extra}")
+        m = client.call(calls.load_model(args.model) if args.action == "load" else calls.unload_model(args.model))
+    extra = f", load took {m.last_load_ms:.0f} ms" if args.action == "load" and m.last_load_ms else ""
+    print(f"{m.id}: {m.state}{' (pinned)' if m.pinned else ''}{extra}")
     return 0
 
 

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         if args.local:
             langs = asyncio.run(_run_local(args, None))
         else:
-            from appliance.cli.client import DaemonClient
+            from appliance.client import DaemonClient
 
             langs = DaemonClient(args.url, args.token).get("/api/sandboxes/languages")
         _print_languages(langs)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local:
         result = asyncio.run(_run_local(args, body))
     else:
-        from appliance.cli.client import DaemonClient
+        from appliance.client import DaemonClient
 
         result = DaemonClient(args.url, args.token).post("/api/run", json=body)
     return show(result, args)

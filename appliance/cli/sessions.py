@@ -6,8 +6,9 @@ import argparse
 import logging
 import time
 
-from appliance.cli.client import DaemonClient
 from appliance.cli.main import add_client_args
+from appliance.client import DaemonClient, calls
+from appliance.client.format import size
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,9 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _ago(ts: float) -> str:
     s = max(0.0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s / size:.0f}{unit} ago"
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= span:
+            return f"{s / span:.0f}{unit} ago"
     return f"{s:.0f}s ago"
 
 
@@ -54,11 +55,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
-    s = DaemonClient(args.url, args.token).get(f"/api/sessions/{args.session}")
+    s = DaemonClient(args.url, args.token).get(f"/api/sessions/{calls.segment(args.session)}")
     print(f"session {s['id']}  status {s['status']}{' (hot)' if s.get('hot') else ''}  "
           f"{s['message_count']} messages" + (f"  forked from {s['parent_id']}" if s.get("parent_id") else ""))
     for kv in s.get("parked", []):
-        print(f"parked KV state: {kv['n_tokens']} tokens, {kv['bytes'] / 2**20:.1f} MiB")
+        print(f"parked KV state: {kv['n_tokens']} tokens, {size(kv['bytes'])}")
     for m in s["messages"]:
         who = m["role"] if not m.get("name") else f"{m['role']}:{m['name']}"
         text = m["content"] if m["content"] is not None else ""
@@ -70,6 +71,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
-    DaemonClient(args.url, args.token).request("DELETE", f"/api/sessions/{args.session}")
+    DaemonClient(args.url, args.token).call(calls.delete_session(args.session))
     print(f"deleted session {args.session}")
     return 0

@@ -7,10 +7,11 @@ import asyncio
 
 import pytest
 
+from appliance.client import ApplianceClient
+from appliance.client.calls import Call
+from appliance.client.errors import ClientError, DaemonUnreachable, NotAvailable
+from appliance.client.records import ConnectionState, DaemonEvent, StreamStatus
 from tests.integration.daemon import Daemon, free_port
-from tui.client import ApplianceClient
-from tui.errors import DaemonError, DaemonUnreachable, NotAvailable
-from tui.records import ConnectionState, DaemonEvent, StreamStatus
 
 
 async def test_typed_answers_and_the_connection_state(live_daemon: Daemon) -> None:
@@ -33,8 +34,8 @@ async def test_a_missing_route_is_not_available_and_a_missing_model_is_an_error(
     client = ApplianceClient(live_daemon.url)
     try:
         with pytest.raises(NotAvailable, match="not available on this daemon"):
-            await client._call("GET", "/api/no-such-route")
-        with pytest.raises(DaemonError) as caught:
+            await client.call(Call("GET", "/api/no-such-route", lambda body: body))
+        with pytest.raises(ClientError) as caught:
             await client.model("no-such-model")
         assert not isinstance(caught.value, NotAvailable)
         assert caught.value.status == 404 and "no-such-model" in caught.value.message

@@ -7,7 +7,7 @@ from textual.app import App, ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
-from tui.records import GpuDevice
+from appliance.client.records import GpuDevice
 from tui.widgets.device_gauges import DeviceGauges
 from tui.widgets.gauge import ResourceGauge
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 from textual.widgets import OptionList
 
+from appliance.client import ApplianceClient
 from tests.conftest import require
 from tests.integration.daemon import REPO, Daemon, running_daemon, start_daemon
 from tests.tui.conftest import settle, until
 from tui.app import ApplianceApp
-from tui.client import ApplianceClient
 from tui.screens.sandboxes import SandboxesScreen
 from tui.screens.sessions import SessionsScreen
 from tui.widgets.banner import ConnectionBanner
@@ -59,7 +59,7 @@ async def test_load_and_unload_a_model_from_the_models_screen(live_daemon: Daemo
         # the event changes the state at once; the row's figures follow from a reload
         await until(pilot, lambda: table.models["tiny"].memory_bytes > 0, "the memory of the loaded model")
         assert live_daemon.model("tiny")["state"] == "ready"
-        seen = [(e.data.get("model"), e.data.get("state")) for e in app.recent_events if e.type == "model.state"]
+        seen = [(e.data.get("model"), e.data.get("state")) for e in app.console_context.recent_events if e.type == "model.state"]
         assert ("tiny", "loading") in seen and ("tiny", "ready") in seen, "the events stream carried the load"
 
         await pilot.press("u")
@@ -200,7 +200,7 @@ async def test_unreachable_banner_appears_and_clears_on_reconnect(tiny_model_pat
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("2")
             table = app.screen.query_one(ModelTable)
-            await until(pilot, lambda: "tiny" in table.models and app.stream_live, "models and a live stream")
+            await until(pilot, lambda: "tiny" in table.models and app.console_context.stream_live, "models and a live stream")
             assert banner_text(app) == ""
 
             first.stop()
@@ -214,7 +214,7 @@ async def test_unreachable_banner_appears_and_clears_on_reconnect(tiny_model_pat
             second.url, second.port = first.url, first.port
             try:
                 await until(pilot, lambda: banner_text(app) == "", "the banner cleared")
-                await until(pilot, lambda: app.stream_live, "the events stream back")
+                await until(pilot, lambda: app.console_context.stream_live, "the events stream back")
                 await pilot.press("2")
                 assert banner_text(app) == ""
             finally:
@@ -242,7 +242,7 @@ async def test_a_refused_token_shows_a_banner_that_clears_when_the_daemon_accept
             assert "--token" in banner_text(app), "the banner says what to do"
             _token_cli(state, "revoke", "laptop")  # no valid token left: the loopback box is open again
             await until(pilot, lambda: banner_text(app) == "", "the banner cleared")
-            await until(pilot, lambda: app.stream_live, "the events stream live")
+            await until(pilot, lambda: app.console_context.stream_live, "the events stream live")
 
         good = live_app(d.url, token="apl_not-the-token")
         async with good.run_test(size=SIZE) as pilot:

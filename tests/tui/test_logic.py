@@ -1,13 +1,9 @@
-"""Pure logic of the console: the SSE reader, rates from counters, the sparkline, the trace
+"""Pure logic of the console: rates from counters, the sparkline, the trace
 filter, and the records' tolerance of daemons that answer with more, fewer or other fields."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-from tui.client import sse_frames
-from tui.rates import RateMeter, generated_tokens
-from tui.records import (
+from appliance.client.records import (
     DaemonEvent,
     DaemonStatus,
     GpuReport,
@@ -17,28 +13,10 @@ from tui.records import (
     TranscriptEntry,
     TurnEvent,
 )
+from tui.rates import RateMeter, generated_tokens
 from tui.screens.traces import matches, parse_filter
 from tui.widgets.event_log import describe
 from tui.widgets.gauge import spark_line
-
-
-async def _lines(*lines: str) -> AsyncIterator[str]:
-    for line in lines:
-        yield line
-
-
-async def test_sse_frames_read_ids_events_comments_and_multiline_data() -> None:
-    frames = [f async for f in sse_frames(_lines(
-        ": connected", "",
-        "id: 7", 'data: {"seq": 7}', "",
-        "event: token", "data: line one", "data: line two", "",
-        "data: [DONE]",  # the last frame may end without a blank line
-    ))]
-    assert [(f.event, f.id, f.data) for f in frames] == [
-        (None, "7", '{"seq": 7}'),
-        ("token", "7", "line one\nline two"),
-        (None, "7", "[DONE]"),
-    ]
 
 
 def test_rate_meter_turns_running_totals_into_rates() -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from appliance.client import ApplianceClient
+from appliance.client.records import Session
 from tests.tui.conftest import settle
 from tests.tui.fake_daemon import NOW, SESSIONS, FakeDaemon, UnreachableDaemon
 from tui.app import ApplianceApp
-from tui.client import ApplianceClient
-from tui.records import Session
 from tui.screens.overview import OverviewScreen
 from tui.screens.sessions import SessionsScreen
 from tui.widgets.session_tree import SessionTree

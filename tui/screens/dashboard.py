@@ -9,21 +9,19 @@ events the app forwards to it, and polls only while the events stream is not liv
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TypeVar, cast
 
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header
 
-from tui.client import ApplianceClient
-from tui.errors import DaemonError, DaemonUnauthorized, DaemonUnreachable, NotAvailable
+from appliance.client import ApplianceClient
+from appliance.client.errors import ClientError, DaemonUnauthorized, DaemonUnreachable, NotAvailable
+from appliance.client.records import DaemonEvent
+from tui.context import ConsoleContext, HasConsole
 from tui.messages import CallFailed, ConnectionChanged, DaemonEventReceived, DaemonReconnected
-from tui.records import DaemonEvent
 from tui.widgets.banner import ConnectionBanner
-
-if TYPE_CHECKING:
-    from tui.app import ApplianceApp
 
 T = TypeVar("T")
 
@@ -43,30 +41,31 @@ class DashboardScreen(Screen[None]):
         return ()
 
     @property
-    def appliance(self) -> ApplianceApp:
-        return cast("ApplianceApp", self.app)
+    def context(self) -> ConsoleContext:
+        """What this screen may use of the console (see tui.context)."""
+        return cast(HasConsole, self.app).console_context
 
     @property
     def client(self) -> ApplianceClient:
-        return self.appliance.client
+        return self.context.client
 
     def now(self) -> float:
-        return self.appliance.clock()
+        return self.context.clock()
 
     def on_mount(self) -> None:
-        self.appliance.subscribe(self)
+        self.context.subscribe(self)
         self.query_one(ConnectionBanner).show_state(self.client.state)
         self.reload()
-        self.set_interval(self.appliance.poll_s, self._poll_if_stream_down)
+        self.set_interval(self.context.poll_s, self._poll_if_stream_down)
 
     def on_unmount(self) -> None:
-        self.appliance.unsubscribe(self)
+        self.context.unsubscribe(self)
 
     def on_screen_resume(self) -> None:
         self.query_one(ConnectionBanner).show_state(self.client.state)
 
     def _poll_if_stream_down(self) -> None:
-        if not self.appliance.stream_live:
+        if not self.context.stream_live:
             self.reload()
 
     # --- what each screen provides --------------------------------------------------------------
@@ -87,7 +86,7 @@ class DashboardScreen(Screen[None]):
         """Await a client call; on failure post `CallFailed(action, error)` and give None."""
         try:
             return await pending
-        except DaemonError as exc:
+        except ClientError as exc:
             self.post_message(CallFailed(action, exc))
             return None
 

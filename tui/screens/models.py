@@ -14,8 +14,8 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import DataTable
 
+from appliance.client.records import DaemonEvent
 from tui.messages import ModelChanged, ModelsLoaded
-from tui.records import DaemonEvent
 from tui.screens.add_model import AddModelRequest, AddModelScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.widgets.model_detail import ModelDetail

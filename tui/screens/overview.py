@@ -14,10 +14,10 @@ from textual import work
 from textual.containers import Vertical
 from textual.widget import Widget
 
-from tui.errors import NotAvailable
+from appliance.client.errors import NotAvailable
+from appliance.client.records import DaemonEvent, DaemonStatus, GpuReport, HostSample
 from tui.messages import GpuSampled, StatusLoaded, UsageLoaded
 from tui.rates import RateMeter, generated_tokens
-from tui.records import DaemonEvent, DaemonStatus, GpuReport, HostSample
 from tui.screens.dashboard import DashboardScreen
 from tui.widgets.daemon_stats import DaemonStats
 from tui.widgets.device_gauges import DeviceGauges
@@ -48,9 +48,9 @@ class OverviewScreen(DashboardScreen):
         super().on_mount()
         self.query_one(EventLog).border_title = "events"
         self.query_one(ModelTable).border_title = "models"
-        for event in self.appliance.recent_events:
+        for event in self.context.recent_events:
             self.query_one(EventLog).add_event(event)
-        self.set_interval(self.appliance.sample_s, self.sample)
+        self.set_interval(self.context.sample_s, self.sample)
         self.set_interval(1.0, self._tick)
 
     def reload(self) -> None:

@@ -16,9 +16,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Select, TextArea
 
-from tui.errors import NotAvailable
+from appliance.client.errors import NotAvailable
+from appliance.client.records import DaemonEvent, Language
 from tui.messages import RunFinished, SandboxChanged, SandboxesLoaded
-from tui.records import DaemonEvent, Language
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.widgets.notice import Notice

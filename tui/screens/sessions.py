@@ -19,7 +19,8 @@ from textual.widget import Widget
 from textual.widgets import OptionList, Tree
 from textual.widgets.option_list import Option
 
-from tui.errors import DaemonError, NotAvailable
+from appliance.client.errors import ClientError, NotAvailable
+from appliance.client.records import Agent, DaemonEvent, Session, TurnEvent
 from tui.messages import (
     AgentsLoaded,
     ModelsLoaded,
@@ -27,7 +28,6 @@ from tui.messages import (
     TranscriptLoaded,
     TurnEventReceived,
 )
-from tui.records import Agent, DaemonEvent, Session, TurnEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.pick import PickScreen
@@ -225,9 +225,9 @@ class SessionsScreen(DashboardScreen):
     async def _stream_turn(self, session_id: str, text: str) -> None:
         try:
             async for event in self.client.send_message(session_id, text,
-                                                        max_tokens=self.appliance.chat_max_tokens):
+                                                        max_tokens=self.context.chat_max_tokens):
                 self.post_message(TurnEventReceived(event))
-        except DaemonError as exc:  # shown in the transcript, where the reply would have been
+        except ClientError as exc:  # shown in the transcript, where the reply would have been
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
         self.post_message(TurnEventReceived(TurnEvent("done")))
 
@@ -238,10 +238,10 @@ class SessionsScreen(DashboardScreen):
 
         try:
             async for piece in self.client.chat_stream(model, list(self.direct_history),
-                                                       max_tokens=self.appliance.chat_max_tokens):
+                                                       max_tokens=self.context.chat_max_tokens):
                 reply.append(piece)
                 self.post_message(TurnEventReceived(TurnEvent("token", piece)))
-        except DaemonError as exc:
+        except ClientError as exc:
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
         self.direct_history.append({"role": "assistant", "content": "".join(reply)})
         self.post_message(TurnEventReceived(TurnEvent("done")))

@@ -16,9 +16,9 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static, TabbedContent, TabPane
 
-from tui.errors import NotAvailable
+from appliance.client.errors import NotAvailable
+from appliance.client.records import DaemonEvent, Trace
 from tui.messages import TraceLoaded, TracesLoaded, UsageLoaded
-from tui.records import DaemonEvent, Trace
 from tui.screens.dashboard import DashboardScreen
 from tui.widgets.event_log import EventLog
 from tui.widgets.notice import Notice
@@ -80,7 +80,7 @@ class TracesScreen(DashboardScreen):
         super().on_mount()
         self.query_one("#traces-notice").display = False
         self.query_one(SpanTimeline).border_title = "spans"
-        for event in self.appliance.recent_events:
+        for event in self.context.recent_events:
             self.query_one("#trace-log", EventLog).add_event(event)
 
     def reload(self) -> None:

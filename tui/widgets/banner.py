@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.records import ConnectionState
+from appliance.client.records import ConnectionState
 
 
 class ConnectionBanner(Static):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from appliance.client.records import DaemonStatus
 from tui import format as fmt
-from tui.records import DaemonStatus
 
 
 class DaemonStats(Static):

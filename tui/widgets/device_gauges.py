@@ -7,8 +7,8 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 
+from appliance.client.records import GpuDevice, HostSample
 from tui import format as fmt
-from tui.records import GpuDevice, HostSample
 from tui.widgets.gauge import ResourceGauge
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import RichLog
 
+from appliance.client.records import DaemonEvent
 from tui import format as fmt
-from tui.records import DaemonEvent
 
 _KIND_STYLES = {"model": "cyan", "sandbox": "magenta", "session": "green", "error": "bold red",
                 "daemon": "yellow"}

@@ -7,8 +7,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from appliance.client.records import ModelInfo
 from tui import format as fmt
-from tui.records import ModelInfo
 
 
 class ModelDetail(Static):

@@ -6,13 +6,12 @@ on the model the user was looking at when the whole table is reloaded.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from msgspec.structs import replace
 from rich.text import Text
 from textual.widgets import DataTable
 
+from appliance.client.records import ModelInfo
 from tui import format as fmt
-from tui.records import ModelInfo
 
 COLUMNS = (("model", "Model"), ("state", "State"), ("pin", "Pin"), ("memory", "Memory"),
            ("idle", "Idle in"), ("rate", "tok/s"), ("queue", "Queue"))

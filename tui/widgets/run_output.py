@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from appliance.client.records import RunResult
 from tui import format as fmt
-from tui.records import RunResult
 
 
 def summary(result: RunResult, where: str) -> Text:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
+from appliance.client.records import Sandbox
 from tui import format as fmt
-from tui.records import Sandbox
 
 
 class SandboxTable(DataTable[str | Text]):

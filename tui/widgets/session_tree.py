@@ -5,8 +5,8 @@ from __future__ import annotations
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from appliance.client.records import Agent, Session
 from tui import format as fmt
-from tui.records import Agent, Session
 
 
 class SessionTree(Tree[Agent | Session]):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from appliance.client.records import Trace
 from tui import format as fmt
-from tui.records import Trace
 
 NAME_WIDTH = 18
 TIME_WIDTH = 9

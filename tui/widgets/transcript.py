@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from textual.containers import VerticalScroll
 
-from tui.records import ToolCall, TranscriptEntry, TurnEvent
+from appliance.client.records import ToolCall, TranscriptEntry, TurnEvent
 from tui.widgets.transcript_block import TranscriptBlock
 
 

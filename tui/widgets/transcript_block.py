@@ -16,7 +16,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.records import ToolCall
+from appliance.client.records import ToolCall
 
 SYNTAX_THEME = "monokai"
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
-from tui.records.parse import as_dict, as_int, as_list, as_num, as_opt_str, as_str
+import msgspec
+
+from appliance.client.records.parse import as_dict, as_int, as_list, as_num, as_opt_str, as_str
 
 
-@dataclass(frozen=True)
-class Agent:
+class Agent(msgspec.Struct, frozen=True):
     id: str
     name: str
     model: str = ""
     description: str = ""
-    tools: list[str] = field(default_factory=list)
+    tools: list[str] = msgspec.field(default_factory=list)
 
     @classmethod
     def from_json(cls, d: Any) -> Agent:
@@ -26,8 +26,7 @@ class Agent:
                    tools=[t for t in as_list(d.get("tools")) if isinstance(t, str)])
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(msgspec.Struct, frozen=True):
     id: str
     agent_id: str | None = None
     title: str = ""
@@ -56,8 +55,7 @@ class Session:
         return self.title or self.id
 
 
-@dataclass(frozen=True)
-class ToolCall:
+class ToolCall(msgspec.Struct, frozen=True):
     id: str
     name: str
     arguments: str
@@ -74,13 +72,12 @@ class ToolCall:
                    arguments=args)
 
 
-@dataclass(frozen=True)
-class TranscriptEntry:
+class TranscriptEntry(msgspec.Struct, frozen=True):
     """One message of a session: user, assistant (maybe with tool calls), tool (a result), system."""
 
     role: str
     content: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
 
@@ -99,8 +96,7 @@ class TranscriptEntry:
         )
 
 
-@dataclass(frozen=True)
-class TurnEvent:
+class TurnEvent(msgspec.Struct, frozen=True):
     """One event of `POST /api/sessions/{id}/messages`: token, tool_call, tool_result, message,
     done or error. `text` is the token, the tool's output, a stored message's content or the error
     message; for a `message` event `data` is the stored message (role, tool_calls, ...)."""
@@ -108,7 +104,7 @@ class TurnEvent:
     kind: str
     text: str = ""
     tool_call: ToolCall | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_frame(cls, event: str | None, payload: Any) -> TurnEvent:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from tui.records.parse import as_dict, as_int, as_num, as_opt_str, as_str
+import msgspec
+
+from appliance.client.records.parse import as_dict, as_int, as_num, as_opt_str, as_str
 
 
-@dataclass(frozen=True)
-class Sandbox:
+class Sandbox(msgspec.Struct, frozen=True):
     id: str
     language: str
     busy: bool = False
@@ -36,8 +36,7 @@ class Sandbox:
         )
 
 
-@dataclass(frozen=True)
-class Language:
+class Language(msgspec.Struct, frozen=True):
     name: str
     title: str
     available: bool = True
@@ -54,8 +53,7 @@ class Language:
                    detail=as_str(d.get("detail")))
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(msgspec.Struct, frozen=True):
     """What a one-shot run or an exec in a sandbox gave: status ok | error | timeout | oom | killed."""
 
     status: str

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from tui.records.parse import as_dict, as_int, as_list, as_num, as_opt_str, as_str
+import msgspec
+
+from appliance.client.records.parse import as_dict, as_int, as_list, as_num, as_opt_str, as_str
 
 
-@dataclass(frozen=True)
-class Health:
+class Health(msgspec.Struct, frozen=True):
     status: str
     version: str
 
@@ -19,8 +19,7 @@ class Health:
         return cls(status=as_str(d.get("status"), "?"), version=as_str(d.get("version"), "?"))
 
 
-@dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(msgspec.Struct, frozen=True):
     """One model profile and where it is in its lifecycle (unloaded, loading, ready, busy, ...)."""
 
     id: str
@@ -38,7 +37,7 @@ class ModelInfo:
     source: str = ""
     load_count: int = 0
     last_load_ms: float | None = None
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = msgspec.field(default_factory=dict)
     fetched: bool | None = None
     """Whether the model file is on the daemon's host already (None: not reported)."""
 
@@ -69,8 +68,7 @@ class ModelInfo:
         return self.state in ("ready", "busy")
 
 
-@dataclass(frozen=True)
-class DaemonStatus:
+class DaemonStatus(msgspec.Struct, frozen=True):
     """`GET /api/status`: the daemon, its models and the figures of its scheduler."""
 
     version: str
@@ -113,8 +111,7 @@ def _count(value: Any, *keys: str) -> int | None:
     return as_int(value) if as_num(value) is not None else None
 
 
-@dataclass(frozen=True)
-class GpuDevice:
+class GpuDevice(msgspec.Struct, frozen=True):
     index: int
     name: str
     utilization_percent: float | None = None
@@ -140,8 +137,7 @@ class GpuDevice:
         )
 
 
-@dataclass(frozen=True)
-class HostSample:
+class HostSample(msgspec.Struct, frozen=True):
     """CPU and RAM of the daemon's host, shown in place of GPU gauges on a box without a GPU."""
 
     cpu_percent: float | None = None
@@ -149,8 +145,7 @@ class HostSample:
     memory_total_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class GpuReport:
+class GpuReport(msgspec.Struct, frozen=True):
     """`GET /api/gpu`: the devices, the host's CPU/RAM, and why there is no GPU if there is none."""
 
     gpus: list[GpuDevice]
@@ -177,14 +172,13 @@ class GpuReport:
         return cls(gpus=gpus, host=host, reason=as_opt_str(d.get("reason") or d.get("message")))
 
 
-@dataclass(frozen=True)
-class DaemonEvent:
+class DaemonEvent(msgspec.Struct, frozen=True):
     """One item of `GET /api/events`: `seq`, `type` (model.state, sandbox.created, ...), `ts`."""
 
     seq: int
     type: str
     ts: float
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: Any) -> DaemonEvent:
@@ -193,8 +187,7 @@ class DaemonEvent:
         return cls(seq=as_int(d.get("seq")), type=as_str(d.get("type"), "?"), ts=as_num(d.get("ts")) or 0.0, data=rest)
 
 
-@dataclass(frozen=True)
-class ConnectionState:
+class ConnectionState(msgspec.Struct, frozen=True):
     """How the console currently stands with the daemon; drives the banner."""
 
     kind: str
@@ -207,8 +200,7 @@ class ConnectionState:
         return self.kind == "connected"
 
 
-@dataclass(frozen=True)
-class StreamStatus:
+class StreamStatus(msgspec.Struct, frozen=True):
     """A change in the events stream itself, given between events by `ApplianceClient.events`."""
 
     state: str

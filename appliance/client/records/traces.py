@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from tui.records.parse import as_dict, as_list, as_num, as_opt_str, as_str
+import msgspec
+
+from appliance.client.records.parse import as_dict, as_list, as_num, as_opt_str, as_str
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(msgspec.Struct, frozen=True):
     name: str
     start_ms: float
     """Offset from the start of the trace."""
     duration_ms: float
     parent: str | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: Any) -> Span:
@@ -25,8 +25,7 @@ class Span:
                    attrs=as_dict(d.get("attrs")))
 
 
-@dataclass(frozen=True)
-class Trace:
+class Trace(msgspec.Struct, frozen=True):
     id: str
     kind: str
     name: str
@@ -35,7 +34,7 @@ class Trace:
     status: str = "ok"
     model: str | None = None
     session_id: str | None = None
-    spans: list[Span] = field(default_factory=list)
+    spans: list[Span] = msgspec.field(default_factory=list)
 
     @classmethod
     def from_json(cls, d: Any) -> Trace:
@@ -53,12 +52,11 @@ class Trace:
         )
 
 
-@dataclass(frozen=True)
-class UsageTotals:
+class UsageTotals(msgspec.Struct, frozen=True):
     """`GET /api/usage`: named figures for a summary line, and the rows by key (model, agent...)."""
 
     figures: dict[str, float]
-    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    rows: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
     """Per key (a model id when the usage is by model), its figures: tokens_out, requests, ..."""
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Typed views of what the daemon returns, built by `tui.client` from JSON.
+"""Typed views of what the daemon returns, built by `appliance.client` from JSON.
 
 Screens and widgets only read these records; they never index raw dicts. One module per area of
 the API, re-exported here.
@@ -6,7 +6,7 @@ the API, re-exported here.
 
 from __future__ import annotations
 
-from tui.records.daemon import (
+from appliance.client.records.daemon import (
     ConnectionState,
     DaemonEvent,
     DaemonStatus,
@@ -17,9 +17,9 @@ from tui.records.daemon import (
     ModelInfo,
     StreamStatus,
 )
-from tui.records.sandboxes import Language, RunResult, Sandbox
-from tui.records.sessions import Agent, Session, ToolCall, TranscriptEntry, TurnEvent
-from tui.records.traces import Span, Trace, UsageTotals
+from appliance.client.records.sandboxes import Language, RunResult, Sandbox
+from appliance.client.records.sessions import Agent, Session, ToolCall, TranscriptEntry, TurnEvent
+from appliance.client.records.traces import Span, Trace, UsageTotals
 
 __all__ = [
     "Agent",
