@@ -299,8 +299,9 @@ class ModelScheduler:
             if tier != "unknown":
                 r.load_ms_by_tier[tier] = r.last_load_ms
             r.memory_measured = self._measured(worker.pid, loaded, r.memory_estimate)
-            self._note_swap(r)
-            self._set_state(r, "ready", load_ms=r.last_load_ms, memory_bytes=r.memory_measured, tier=tier)
+            swap = self._note_swap(r)
+            self._set_state(r, "ready", load_ms=r.last_load_ms, memory_bytes=r.memory_measured, tier=tier,
+                            swap=swap)
             # the next spare starts once this load is done, not during it: on a small box the
             # process start would take the cores the load is using
             self._refill_spares()
@@ -321,10 +322,10 @@ class ModelScheduler:
                 raise
             raise ModelUnavailable(f"model {prof.id!r} failed to load: {r.last_error}") from exc
 
-    def _note_swap(self, r: Runner) -> None:
+    def _note_swap(self, r: Runner) -> bool:
         """Count a load that follows this model's eviction; report a model that keeps swapping."""
         if not r.evicted:
-            return
+            return False
         r.evicted = False
         r.counters["swaps"] += 1
         now = self.clock.monotonic()
@@ -346,6 +347,7 @@ class ModelScheduler:
                 "raise models.memory_budget_mb or pin the model",
             )
             log.warning("model %s is thrashing: %d swaps in %gs", r.profile.id, len(r.swap_loads), window)
+        return True
 
     def _measured(self, pid: int, loaded: p.Loaded, estimate: int) -> int:
         """What a loaded model holds. NVML's per-process figure is exact on a GPU; in RAM the
