@@ -11,7 +11,7 @@ from appliance.config import ModelsConfig
 from appliance.errors import InsufficientMemory
 from appliance.models import protocol as p
 from appliance.models.scheduler import ModelScheduler
-from tests.unit.test_scheduler import MiB, FakeSpawner, FakeWorker, make, model, prof
+from tests.unit.test_scheduler import FakeSpawner, FakeWorker, MiB, make, model, prof
 
 SPARE = 20 * MiB
 
@@ -127,7 +127,7 @@ async def test_back_to_back_swaps_reuse_workers_and_report_thrash() -> None:
 
 async def test_spares_never_push_over_the_budget_and_go_before_models() -> None:
     # room for one model and no spare beside it
-    sched, spawner, _ = churn_sched(140 * MiB, spare_workers=3)
+    sched, _spawner, _ = churn_sched(140 * MiB, spare_workers=3)
     await sched.start()
     try:
         await settle(sched)
@@ -142,7 +142,7 @@ async def test_spares_never_push_over_the_budget_and_go_before_models() -> None:
 
 
 async def test_idle_spares_beyond_the_target_are_trimmed() -> None:
-    sched, spawner, clock = churn_sched(10_000 * MiB, spare_idle_s=30)
+    sched, _spawner, clock = churn_sched(10_000 * MiB, spare_idle_s=30)
     await sched.start()
     try:
         await settle(sched)
@@ -199,7 +199,7 @@ async def test_a_slow_load_does_not_delay_a_loaded_model() -> None:
 
 
 async def test_a_model_with_requests_is_never_evicted_under_churn() -> None:
-    sched, spawner, _ = churn_sched(160 * MiB)
+    sched, _spawner, _ = churn_sched(160 * MiB)
     await sched.start()
     try:
         held = await sched.acquire("a")
@@ -214,7 +214,7 @@ async def test_a_model_with_requests_is_never_evicted_under_churn() -> None:
 
 
 async def test_snapshot_reports_swap_tiers() -> None:
-    sched, spawner, _ = churn_sched(10_000 * MiB)
+    sched, _spawner, _ = churn_sched(10_000 * MiB)
     await sched.start()
     try:
         (await sched.acquire("a")).release()
