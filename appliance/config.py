@@ -109,8 +109,8 @@ class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Spares beyond spare_workers (recycled workers of evicted models) are closed after this long
     unused; so is every spare that the memory budget no longer has room for."""
     recycle_workers: bool = True
-    """An evicted or unloaded model's worker drops the model and becomes a spare, so the next
-    swap costs the load alone, not a process start. All workers run in the same jail policy; a
+    """An evicted model's worker drops the model and becomes a spare, so the next swap costs the
+    load alone, not a process start (idle and requested unloads still end the worker). All workers run in the same jail policy; a
     recycled worker has had another model's file open, so turn this off when the model files
     come from parties who must not influence each other's answers."""
     recycle_limit: int = 20

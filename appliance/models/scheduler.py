@@ -364,8 +364,10 @@ class ModelScheduler:
         return report
 
     async def _make_room(self, r: Runner, need: int) -> None:
-        """Evict until `need` fits beside the resident models and the spares; spares go first
-        (a process start is cheaper than a model load). Called under the admission lock."""
+        """Evict until `need` fits beside the resident models and the spares. Spares beyond one
+        go first (a process start is cheaper than a model load), then idle models, least recently
+        used first, and the last spare only when nothing else is left: under churn that one is
+        what keeps the next swap free of a process start. Called under the admission lock."""
         budget = self.memory.budget_bytes()
         if need > budget:
             raise InsufficientMemory(
@@ -377,13 +379,13 @@ class ModelScheduler:
             spares = sum(sp.rss for sp in self._spares)
             if models + spares + need <= budget:
                 return
-            if self._spares:
-                await self._close_spare(self._spares.pop(0), "to make room")
-                continue
             victims = sorted(
                 (o for o in self.runners.values() if o is not r and o.idle and not o.pinned and o.worker is not None),
                 key=lambda o: o.last_used_mono,
             )
+            if len(self._spares) > 1 or (self._spares and not victims):
+                await self._close_spare(self._spares.pop(0), "to make room")
+                continue
             if not victims:
                 held = [f"{o.profile.id} ({o.memory_bytes // MiB} MiB, {'pinned' if o.pinned else 'busy'})"
                         for o in self.runners.values() if o is not r and o.resident]
@@ -397,9 +399,11 @@ class ModelScheduler:
             victim.counters["evictions"] += 1
             victim.evicted = True
             self.events.publish("model.evicted", model=victim.profile.id, for_model=r.profile.id)
-            await self._unload(victim, f"evicted for {r.profile.id}")
+            await self._unload(victim, f"evicted for {r.profile.id}", recycle=True)
 
-    async def _unload(self, r: Runner, reason: str) -> None:
+    async def _unload(self, r: Runner, reason: str, *, recycle: bool = False) -> None:
+        """Unload an idle model. An eviction (`recycle`) hands its worker to the spare pool,
+        since another load is waiting; an idle or requested unload ends the process."""
         if r.worker is None or not r.idle:
             return
         worker = r.worker
@@ -412,7 +416,10 @@ class ModelScheduler:
                     await hook(r)
                 except Exception:
                     log.exception("a before-unload hook of %s failed", r.profile.id)
-            await self._retire(worker)
+            if recycle:
+                await self._retire(worker)
+            else:
+                await worker.close()
         finally:
             if r.worker is worker:  # a request may have loaded a new worker meanwhile
                 r.worker = None
@@ -437,6 +444,7 @@ class ModelScheduler:
     # need (up to spare_workers, started the moment one is handed out) and recycled from models
     # that were evicted or unloaded (the worker drops its model: a swap then costs the load
     # alone, with no process start on the critical path however fast swaps follow each other).
+    # An idle or requested unload still ends its worker: nothing is waiting for it.
     # Each spare counts against the memory budget at its resident size; spares beyond
     # spare_workers are closed after spare_idle_s, and any spare when a model needs the room.
 

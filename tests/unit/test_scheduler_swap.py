@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,8 +74,8 @@ class SpareMemory:
         return SPARE
 
 
-def churn_sched(budget: int, **cfg: Any) -> tuple[ModelScheduler, RecyclingSpawner, Any]:
-    sched, estimates, clock = make([prof("a"), prof("b")], budget=budget)
+def churn_sched(budget: int, ids: str = "ab", **cfg: Any) -> tuple[ModelScheduler, RecyclingSpawner, Any]:
+    sched, estimates, clock = make([prof(i) for i in ids], budget=budget)
     spawner = RecyclingSpawner()
     spawner.sizes = estimates.sizes = {"/m/a.gguf": 100 * MiB, "/m/b.gguf": 100 * MiB}
     sched.spawner = spawner
@@ -142,13 +143,22 @@ async def test_spares_never_push_over_the_budget_and_go_before_models() -> None:
 
 
 async def test_idle_spares_beyond_the_target_are_trimmed() -> None:
-    sched, _spawner, clock = churn_sched(10_000 * MiB, spare_idle_s=30)
+    sched, spawner, clock = churn_sched(10_000 * MiB, ids="abc", spare_idle_s=30)
+    spawner.sizes["/m/c.gguf"] = 150 * MiB
+
+    def est(mid: str) -> int:
+        return sched.gguf_info(Path(f"/m/{mid}.gguf")).estimate_bytes(64, 1, gpu=False)
+
+    # a and b fit beside one spare; c needs both of them out, and both recycled workers fit beside it
+    sched.memory = SpareMemory(est("a") + est("b") + SPARE)
+    assert est("c") > est("a") + SPARE and est("c") + 2 * SPARE <= est("a") + est("b") + SPARE
     await sched.start()
     try:
         await settle(sched)
-        (await sched.acquire("a")).release()
-        await settle(sched)
-        await sched.unload("a")  # its worker is recycled: two spares now
+        for mid in ("a", "b", "c"):  # c evicts a and b; each worker becomes a spare
+            (await sched.acquire(mid)).release()
+            await settle(sched)
+        assert model(sched, "a")["state"] == model(sched, "b")["state"] == "unloaded"
         assert sched.spare_count == 2
         clock.t += 10
         await sched.reap_expired()
