@@ -364,10 +364,11 @@ class ModelScheduler:
         return report
 
     async def _make_room(self, r: Runner, need: int) -> None:
-        """Evict until `need` fits beside the resident models and the spares. Spares beyond one
-        go first (a process start is cheaper than a model load), then idle models, least recently
-        used first, and the last spare only when nothing else is left: under churn that one is
-        what keeps the next swap free of a process start. Called under the admission lock."""
+        """Evict until `need` fits beside the resident models and the spares. Idle models go,
+        least recently used first, only as far as the models alone must (each evicted worker
+        becomes a spare); then spares are closed, oldest first, until the rest fits. So no model
+        is evicted to keep a spare, and no spare is closed that an eviction would have made
+        redundant. Called under the admission lock."""
         budget = self.memory.budget_bytes()
         if need > budget:
             raise InsufficientMemory(
@@ -383,7 +384,7 @@ class ModelScheduler:
                 (o for o in self.runners.values() if o is not r and o.idle and not o.pinned and o.worker is not None),
                 key=lambda o: o.last_used_mono,
             )
-            if len(self._spares) > 1 or (self._spares and not victims):
+            if models + need <= budget and self._spares:  # the models fit: spares make the room
                 await self._close_spare(self._spares.pop(0), "to make room")
                 continue
             if not victims:
