@@ -253,6 +253,7 @@ class ModelScheduler:
     async def _load(self, r: Runner) -> None:
         prof = r.profile
         worker = None
+        t_start = self.clock.monotonic()
         try:
             self._set_state(r, "loading")
             r.last_error = None
@@ -271,11 +272,12 @@ class ModelScheduler:
                         worker = None
                     raise
                 r.reserved = True
-            t0 = self.clock.monotonic()
+            t_admitted = t0 = self.clock.monotonic()
             if worker is None:
                 worker = await self._take_worker(str(path))
             worker.model_id = prof.id
             worker.on_exit = lambda w, msg: self._worker_exited(r, w, msg)
+            t_worker = self.clock.monotonic()
             loaded = await worker.load(
                 p.Load(
                     model_path=str(path),
@@ -300,8 +302,12 @@ class ModelScheduler:
                 r.load_ms_by_tier[tier] = r.last_load_ms
             r.memory_measured = self._measured(worker.pid, loaded, r.memory_estimate)
             swap = self._note_swap(r)
+            phases = {"admit_ms": round((t_admitted - t_start) * 1000.0, 1),
+                      "worker_ms": round((t_worker - t_admitted) * 1000.0, 1),
+                      "worker_load_ms": round((self.clock.monotonic() - t_worker) * 1000.0, 1)}
+            log.info("model %s ready (%s, %s)", prof.id, tier, phases)
             self._set_state(r, "ready", load_ms=r.last_load_ms, memory_bytes=r.memory_measured, tier=tier,
-                            swap=swap)
+                            swap=swap, **phases)
             # the next spare starts once this load is done, not during it: on a small box the
             # process start would take the cores the load is using
             self._refill_spares()
