@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--chat-parallel", type=int, default=2)
     p.add_argument("--embed-ctx", type=int, default=512)
     p.add_argument("--budget-mb", type=int, default=0, help="memory budget (0: one model and a spare, not both)")
+    p.add_argument("--no-recycle", action="store_true",
+                   help="run the daemon with models.recycle_workers = false (every swap needs a spare process)")
     p.add_argument("--config", type=Path)
     p.add_argument("--state-dir")
     p.set_defaults(func=run)
@@ -113,13 +115,15 @@ def appliance(chat: Path, embed: Path, args: argparse.Namespace, threads: int, b
                   "idle_ttl_s": 3600},
     }
     res: dict[str, Any] = {}
-    with bench_daemon(profiles, models_config=f"memory_budget_mb = {budget_mb}") as d, d.http() as c:
+    extra = f"memory_budget_mb = {budget_mb}\nrecycle_workers = {'false' if args.no_recycle else 'true'}"
+    with bench_daemon(profiles, models_config=extra) as d, d.http() as c:
         wait_spare(d)
         chat_ms(c)  # the first load of each is cold, not a swap
         embed_ms(c)
         res["back_to_back"], res["b2b_loads"] = pattern(c, args.rounds, 0.0)
         res["paused"], res["paused_loads"] = pattern(c, args.rounds, args.pause)
         res["models"] = {m["id"]: m for m in c.get("/api/models").json()}
+        res["scheduler"] = c.get("/api/status").json()["scheduler"]
         res["thrash"] = "appliance_model_thrash_total" in c.get("/metrics").text
     return res
 
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     budget = args.budget_mb or auto
     print(f"chat {chat.name} (~{ec} MiB at n_ctx {args.chat_ctx} x{args.chat_parallel}), embed {embed.name} "
           f"(~{ee} MiB at n_ctx {args.embed_ctx}); budget {budget} MiB; threads {threads}; rounds {args.rounds}; "
-          f"pause {args.pause:g}s")
+          f"pause {args.pause:g}s; recycle_workers {not args.no_recycle}")
     if budget >= ec + ee:
         print("warning: both models fit the budget; nothing will swap")
     load0 = os.getloadavg()
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("chat", "embed"):
         m = a["models"][name]
         print(f"{name}: swap_tier now {m['swap_tier']}, swap_cost_ms {m['swap_cost_ms']}, counters {m['counters']}")
-    print(f"thrash metric present: {a['thrash']}")
+    print(f"thrash metric present: {a['thrash']}; scheduler at the end: {a['scheduler']}")
     print(f"load average (1/5/15 min): before {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
           f"after {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}")
     print("target: back-to-back p50 <= 1.3x bare")
