@@ -113,8 +113,11 @@ class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     load alone, not a process start (idle and requested unloads still end the worker). All workers run in the same jail policy; a
     recycled worker has had another model's file open, so turn this off when the model files
     come from parties who must not influence each other's answers."""
-    recycle_limit: int = 20
-    """A worker serves at most this many models before it is closed instead of recycled."""
+    recycle_limit: int = 200
+    """A worker serves at most this many models before it is closed instead of recycled (a
+    recycled worker's footprint was measured back at a fresh spare's, 46-48 MiB, after each of
+    dozens of SmolLM2/MiniLM loads; the limit bounds what a slow leak could add). Each retirement
+    costs one process start, off the critical path unless swaps come faster than it."""
     thrash_window_s: float = 60.0
     """A model loaded thrash_loads times within this many seconds, each after being evicted, is
     reported as thrashing (event model.thrashing, metric appliance_model_thrash): the memory

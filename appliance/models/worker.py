@@ -177,7 +177,7 @@ class Worker:
         del slots
         # the youngest generation only: close() already freed the native memory and the rest
         # goes by reference count (a full collection costs ~15 ms on the swap's critical path and
-        # frees nothing more, measured); recycle_limit bounds what older cycles could hold
+        # frees nothing more, measured); models.recycle_limit bounds what older cycles could hold
         gc.collect(0)
         _trim_heap()
         self.send(p.Unloaded(rss_bytes=psutil.Process().memory_info().rss))
