@@ -233,3 +233,18 @@ async def test_snapshot_reports_swap_tiers() -> None:
         assert model(sched, "b")["swap_tier"] == "cold"  # never loaded, no local file
     finally:
         await sched.stop()
+
+
+async def test_a_worker_past_its_recycle_limit_is_closed_not_recycled() -> None:
+    sched, spawner, _ = churn_sched(160 * MiB, recycle_limit=2)
+    await sched.start()
+    try:
+        for i in range(8):
+            (await sched.acquire("ab"[i % 2])).release()
+            await settle(sched)
+        assert all(w.recycled <= 2 for w in spawner.spawned)
+        assert len(spawner.spawned) > 2, "retired workers were replaced by fresh ones"
+        assert sum(w.alive for w in spawner.spawned) <= 2, "one model's worker and one spare"
+    finally:
+        await sched.stop()
+    assert not any(w.alive for w in spawner.spawned)
