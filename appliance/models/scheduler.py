@@ -258,9 +258,7 @@ class ModelScheduler:
             self._set_state(r, "loading")
             r.last_error = None
             # a fetch or a slow disk delays this model only: nothing below holds the admission lock
-            path = await asyncio.to_thread(self.catalog.ensure_local, prof.id, self._progress(prof.id))
-            info = await asyncio.to_thread(self.gguf_info, path)
-            tier = await asyncio.to_thread(file_tier, str(path))
+            path, info, tier = await asyncio.to_thread(self._prepare, prof.id)
             r.memory_estimate = info.estimate_bytes(prof.context_size, prof.parallel, gpu=self.memory.kind == "gpu")
             async with self._load_lock:  # admission only: room is made and reserved atomically
                 worker = self._pop_spare(str(path))
@@ -327,6 +325,13 @@ class ModelScheduler:
             if isinstance(exc, ApplianceError | asyncio.CancelledError):
                 raise
             raise ModelUnavailable(f"model {prof.id!r} failed to load: {r.last_error}") from exc
+
+    def _prepare(self, model_id: str) -> tuple[Path, GgufInfo, str]:
+        """Blocking, in a thread (one hop: each costs a scheduling round on a busy small box):
+        the file (fetched if needed), its GGUF facts, and whether it is in the page cache."""
+        path = self.catalog.ensure_local(model_id, self._progress(model_id))
+        tier = file_tier(str(path))  # before the GGUF read, which would warm its header
+        return path, self.gguf_info(path), tier
 
     def _note_swap(self, r: Runner) -> bool:
         """Count a load that follows this model's eviction; report a model that keeps swapping."""
