@@ -118,6 +118,10 @@ class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recycled worker's footprint was measured back at a fresh spare's, 46-48 MiB, after each of
     dozens of SmolLM2/MiniLM loads; the limit bounds what a slow leak could add). Each retirement
     costs one process start, off the critical path unless swaps come faster than it."""
+    evict_wait_s: float = 30.0
+    """A model that does not fit while the room is held by busy (unpinned) models waits up to
+    this long for one to go idle, evicts it and loads; only then, or when the room is pinned,
+    it gets 507. Under churn the previous request of the other model is often still finishing."""
     thrash_window_s: float = 60.0
     """A model loaded thrash_loads times within this many seconds, each after being evicted, is
     reported as thrashing (event model.thrashing, metric appliance_model_thrash): the memory

@@ -92,6 +92,7 @@ class ModelScheduler:
         self._spare_task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._idle_event = asyncio.Event()
         self._stopping = False
         self._last_model_path: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -184,6 +185,7 @@ class ModelScheduler:
         r.last_used_mono = self.clock.monotonic()
         if r.active == 0 and r.state == "busy":
             r.state = "ready"
+            self._idle_event.set()  # a load waiting for room may evict it now
         self._arm_idle(r)
 
     # --- idle timers -------------------------------------------------------------------------
@@ -260,16 +262,26 @@ class ModelScheduler:
             # a fetch or a slow disk delays this model only: nothing below holds the admission lock
             path, info, tier = await asyncio.to_thread(self._prepare, prof.id)
             r.memory_estimate = info.estimate_bytes(prof.context_size, prof.parallel, gpu=self.memory.kind == "gpu")
-            async with self._load_lock:  # admission only: room is made and reserved atomically
-                worker = self._pop_spare(str(path))
-                try:
-                    await self._make_room(r, r.memory_estimate)
-                except BaseException:
-                    if worker is not None:
-                        self._spares.insert(0, _Spare(worker, self._spare_rss(worker), self.clock.monotonic()))
-                        worker = None
-                    raise
-                r.reserved = True
+            loop = asyncio.get_running_loop()  # a real wait, whatever clock the scheduler is given
+            wait_until = loop.time() + self.config.evict_wait_s
+            while True:
+                async with self._load_lock:  # admission only: room is made and reserved atomically
+                    worker = self._pop_spare(str(path))
+                    try:
+                        await self._make_room(r, r.memory_estimate, may_wait=loop.time() < wait_until)
+                    except BaseException as exc:
+                        if worker is not None:
+                            self._spares.insert(0, _Spare(worker, self._spare_rss(worker), self.clock.monotonic()))
+                            worker = None
+                        if not isinstance(exc, _WaitForIdle):
+                            raise
+                    else:
+                        r.reserved = True
+                        break
+                # the room is held by busy models: wait (outside the lock) for one to go idle
+                self._idle_event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle_event.wait(), max(0.01, wait_until - loop.time()))
             t_admitted = t0 = self.clock.monotonic()
             if worker is None:
                 worker = await self._take_worker(str(path))
@@ -374,7 +386,7 @@ class ModelScheduler:
 
         return report
 
-    async def _make_room(self, r: Runner, need: int) -> None:
+    async def _make_room(self, r: Runner, need: int, *, may_wait: bool = False) -> None:
         """Evict until `need` fits beside the resident models and the spares. Idle models go,
         least recently used first, only as far as the models alone must (each evicted worker
         becomes a spare); then spares are closed, oldest first, until the rest fits. So no model
@@ -399,6 +411,9 @@ class ModelScheduler:
                 await self._close_spare(self._spares.pop(0), "to make room")
                 continue
             if not victims:
+                busy = [o for o in self.runners.values() if o is not r and o.resident and not o.pinned]
+                if may_wait and busy:
+                    raise _WaitForIdle
                 held = [f"{o.profile.id} ({o.memory_bytes // MiB} MiB, {'pinned' if o.pinned else 'busy'})"
                         for o in self.runners.values() if o is not r and o.resident]
                 raise InsufficientMemory(
@@ -692,6 +707,10 @@ class ModelScheduler:
             "queue_depth": sum(r.waiting for r in self.runners.values()),
             "active_requests": sum(r.active for r in self.runners.values()),
         }
+
+
+class _WaitForIdle(Exception):
+    """Internal: the room a load needs is held by busy models; wait for one to go idle."""
 
 
 @dataclass

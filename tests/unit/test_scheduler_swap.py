@@ -213,12 +213,18 @@ async def test_a_model_with_requests_is_never_evicted_under_churn() -> None:
     await sched.start()
     try:
         held = await sched.acquire("a")
-        with pytest.raises(InsufficientMemory):
-            await sched.acquire("b")
-        assert held.worker.alive and model(sched, "a")["state"] == "busy"
+        tb = asyncio.create_task(sched.acquire("b"))
+        await asyncio.sleep(0.05)
+        assert not tb.done(), "b waits for the room a holds"
+        assert held.worker.alive and model(sched, "a")["state"] == "busy", "a is not evicted while busy"
+        held.release()  # a goes idle: b evicts it and loads
+        (await asyncio.wait_for(tb, 1.0)).release()
+        assert model(sched, "a")["state"] == "unloaded" and model(sched, "b")["state"] == "ready"
+        sched.config.evict_wait_s = 0.05
+        held = await sched.acquire("b")
+        with pytest.raises(InsufficientMemory):  # past evict_wait_s the request gets 507
+            await sched.acquire("a")
         held.release()
-        (await sched.acquire("b")).release()
-        assert model(sched, "a")["state"] == "unloaded"
     finally:
         await sched.stop()
 
