@@ -101,7 +101,33 @@ class ModelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue_size: int = 16
     """Requests that may wait per model beyond its parallel slots; more get 503 + Retry-After."""
     spare_worker: bool = True
-    """Keep one worker process with llama_cpp imported, ready for the next load."""
+    """Keep worker processes with llama_cpp imported, ready for the next load (see spare_workers)."""
+    spare_workers: int = 1
+    """Spare workers started ahead of need, budget permitting (each counts against the memory
+    budget at its resident size). A new one starts the moment one is handed out."""
+    spare_idle_s: float = 30.0
+    """Spares beyond spare_workers (recycled workers of evicted models) are closed after this long
+    unused; so is every spare that the memory budget no longer has room for."""
+    recycle_workers: bool = True
+    """An evicted model's worker drops the model and becomes a spare, so the next swap costs the
+    load alone, not a process start (idle and requested unloads still end the worker). All workers run in the same jail policy; a
+    recycled worker has had another model's file open, so turn this off when the model files
+    come from parties who must not influence each other's answers."""
+    recycle_limit: int = 200
+    """A worker serves at most this many models before it is closed instead of recycled (a
+    recycled worker's footprint was measured back at a fresh spare's, 46-48 MiB, after each of
+    dozens of SmolLM2/MiniLM loads; the limit bounds what a slow leak could add). Each retirement
+    costs one process start, off the critical path unless swaps come faster than it."""
+    evict_wait_s: float = 30.0
+    """A model that does not fit while the room is held by busy (unpinned) models waits up to
+    this long for one to go idle, evicts it and loads; only then, or when the room is pinned,
+    it gets 507. Under churn the previous request of the other model is often still finishing."""
+    thrash_window_s: float = 60.0
+    """A model loaded thrash_loads times within this many seconds, each after being evicted, is
+    reported as thrashing (event model.thrashing, metric appliance_model_thrash): the memory
+    budget is too small for the traffic."""
+    thrash_loads: int = 4
+    """See thrash_window_s."""
     load_timeout_s: float = 300.0
     """A load that takes longer than this fails and its worker is killed."""
     worker_timeout_s: float = 60.0

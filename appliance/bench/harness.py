@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -65,8 +67,9 @@ class BenchDaemon:
 
 
 @contextmanager
-def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "") -> Iterator[BenchDaemon]:
-    """A throwaway `appliance serve` on a free loopback port with the given model profiles."""
+def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "", models_config: str = "") -> Iterator[BenchDaemon]:
+    """A throwaway `appliance serve` on a free loopback port with the given model profiles
+    (`models_config`: extra `key = value` lines of its [models] table)."""
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
         root = Path(tmp)
         pdir = root / "profiles"
@@ -78,7 +81,7 @@ def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "") ->
             ]
             (pdir / f"{mid}.toml").write_text("\n".join(lines) + "\n")
         cfg = root / "config.toml"
-        cfg.write_text(f'[models]\nprofile_dirs = ["{pdir}"]\ndefaults = []\n[sandbox]\npool = {{}}\n{config}')
+        cfg.write_text(f'[models]\nprofile_dirs = ["{pdir}"]\ndefaults = []\n{models_config}\n[sandbox]\npool = {{}}\n{config}')
         port = free_port()
         log = open(root / "daemon.log", "wb")  # noqa: SIM115 (closed below)
         env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
@@ -101,6 +104,9 @@ def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "") ->
                 time.sleep(0.1)
             yield d
         finally:
+            if os.environ.get("APPLIANCE_BENCH_KEEP_LOG"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(root / "daemon.log", os.environ["APPLIANCE_BENCH_KEEP_LOG"])
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(20)

@@ -107,12 +107,18 @@ class Prewarm(msgspec.Struct, tag="prewarm", kw_only=True):
     model_path: str
 
 
+class Unload(msgspec.Struct, tag="unload"):
+    """Drop the loaded model and become a spare again (answered with Unloaded). Sent only to an
+    idle worker; the scheduler recycles it for the next load instead of starting a process."""
+
+
 class Ping(msgspec.Struct, tag="ping"):
     """Are you there? Answered with a Pong by the worker's reader thread at once, whatever its
     requests are doing, so a worker that stays silent is stopped or hung, not busy."""
 
 
-Command = Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Credit | Shutdown | Prewarm | Ping
+Command = (Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Credit | Shutdown | Prewarm | Ping
+           | Unload)
 
 
 # --- worker -> daemon ----------------------------------------------------------------------
@@ -153,11 +159,17 @@ class Failed(msgspec.Struct, tag="failed", kw_only=True):
     kind: str = "error"  # "error" | "invalid_request" | "context_overflow"
 
 
+class Unloaded(msgspec.Struct, tag="unloaded", kw_only=True):
+    """The model is gone from the worker; `rss_bytes` is what the process still holds."""
+
+    rss_bytes: int
+
+
 class Pong(msgspec.Struct, tag="pong"):
     pass
 
 
-Event = Hello | Loaded | Delta | Done | Failed | Pong
+Event = Hello | Loaded | Delta | Done | Failed | Pong | Unloaded
 
 _encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)

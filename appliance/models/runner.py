@@ -8,6 +8,7 @@ the scheduler needs of a clock, a worker process and a spawner, so tests can han
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,11 +73,21 @@ class Runner:
     model_path: str | None = None
     loaded: p.Loaded | None = None
     unload_when_idle: bool = False
-    counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "evictions": 0, "crashes": 0})
+    reserved: bool = False
+    """Admitted and loading: its estimate is held in the budget before it has a worker."""
+    evicted: bool = False
+    """Its last unload was an eviction (the next load is a swap)."""
+    swap_loads: collections.deque[float] = field(default_factory=collections.deque)
+    """Monotonic times of recent loads that followed an eviction (thrash detection)."""
+    thrash_reported: float | None = None
+    load_ms_by_tier: dict[str, float] = field(default_factory=dict)
+    """The last load's milliseconds by where the file was: warm (page cache) or cold (disk)."""
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"requests": 0, "evictions": 0, "crashes": 0, "swaps": 0, "thrash": 0})
 
     @property
     def resident(self) -> bool:
-        return self.worker is not None and self.state in ("loading", "ready", "busy", "unloading")
+        return (self.worker is not None or self.reserved) and self.state in ("loading", "ready", "busy", "unloading")
 
     @property
     def memory_bytes(self) -> int:
@@ -108,6 +119,12 @@ class ModelStatus:
     worker_pid: int | None
     source: str
     counters: dict[str, int]
+    swap_tier: str = "cold"
+    """What a request costs now: hot (loaded: no load), warm (file in the page cache: a load
+    from RAM), cold (a load from disk, or a fetch first when the file is not local)."""
+    swap_cost_ms: dict[str, float | None] = field(default_factory=dict)
+    """Measured cost of each tier for this model: hot 0, warm and cold the last load from each
+    (None until one happened); `spawn` is added when no spare worker is ready (a process start)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

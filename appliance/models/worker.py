@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import gc
 import os
 import queue
 import re
@@ -152,6 +153,34 @@ class Worker:
                 metadata=meta,
             )
         )
+
+    def unload(self) -> None:
+        """Free the model and its contexts so this process can serve another model (recycling).
+
+        The scheduler sends this to an idle worker only; a request still running would keep a
+        slot's Llama alive, so those are waited for (briefly) before the model goes."""
+        deadline = time.monotonic() + 5.0
+        with self.slots_cv:
+            while any(s.busy for s in self.slots) and time.monotonic() < deadline:
+                self.slots_cv.wait(0.1)
+            slots, self.slots = self.slots, []
+        for slot in slots:
+            if slot.llm is not None:
+                with contextlib.suppress(Exception):
+                    slot.llm.close()
+                slot.llm = None
+        with self._grammar_lock:
+            self._grammars.clear()
+        self.spec = None
+        self.template = None
+        self.bos = self.eos = ""
+        del slots
+        # the youngest generation only: close() already freed the native memory and the rest
+        # goes by reference count (a full collection costs ~15 ms on the swap's critical path and
+        # frees nothing more, measured); models.recycle_limit bounds what older cycles could hold
+        gc.collect(0)
+        _trim_heap()
+        self.send(p.Unloaded(rss_bytes=psutil.Process().memory_info().rss))
 
     # --- slots -----------------------------------------------------------------------------
 
@@ -548,6 +577,13 @@ def _shared_prefix(slot: Slot, tokens: list[int] | None) -> int:
     return _prefix_len(slot.llm, tokens)
 
 
+def _trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise), so a recycled
+    worker's footprint returns to a spare's."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | None]) -> None:
     try:
         while True:
@@ -589,6 +625,8 @@ def main() -> int:
             worker.load(cmd)
         elif isinstance(cmd, p.Prewarm):
             worker.prewarm(cmd)
+        elif isinstance(cmd, p.Unload):
+            worker.unload()
         elif isinstance(cmd, p.Generate):
             threading.Thread(target=worker.generate, args=(cmd,), daemon=True).start()
         elif isinstance(cmd, p.Embed):

@@ -115,6 +115,9 @@ class WorkerProcess:
         self.on_exit: Callable[[WorkerProcess, str], None] | None = None
         self.exit_message: str | None = None
         self._load_future: asyncio.Future[p.Loaded] | None = None
+        self._unload_future: asyncio.Future[p.Unloaded] | None = None
+        self.recycled = 0
+        """How many models this process has loaded and dropped again (see `unload`)."""
         self._write_lock = asyncio.Lock()
         self._exited = asyncio.Event()
         self.answer_timeout = answer_timeout
@@ -159,6 +162,24 @@ class WorkerProcess:
         except TimeoutError:
             await self.kill()
             raise ModelUnavailable(f"loading took longer than {timeout:.0f}s; the worker was stopped") from None
+
+    async def unload(self, timeout: float = 10.0) -> int:
+        """Drop the model and become a spare again; returns the process's resident bytes after.
+
+        Only for an idle worker. On any failure the worker is killed, so the caller can always
+        fall back to a fresh process."""
+        loop = asyncio.get_running_loop()
+        self._unload_future = loop.create_future()
+        try:
+            await self.send(p.Unload())
+            done = await asyncio.wait_for(asyncio.shield(self._unload_future), timeout)
+        except (TimeoutError, ApplianceError):
+            await self.kill()
+            raise WorkerCrashed("the worker did not drop its model in time; it was stopped") from None
+        self.model_id = None
+        self.on_exit = None
+        self.recycled += 1
+        return done.rss_bytes
 
     async def request(self, make: Callable[[int], p.Command]) -> RequestStream:
         req_id = next(_ids)
@@ -249,6 +270,10 @@ class WorkerProcess:
             if self._load_future and not self._load_future.done():
                 self._load_future.set_exception(ModelUnavailable(ev.message))
             return
+        if isinstance(ev, p.Unloaded):
+            if self._unload_future and not self._unload_future.done():
+                self._unload_future.set_result(ev)
+            return
         if isinstance(ev, p.Hello | p.Pong):
             return
         stream = self.pending.get(ev.id)
@@ -307,6 +332,8 @@ class WorkerProcess:
             self._watchdog.cancel()
         if self._load_future and not self._load_future.done():
             self._load_future.set_exception(ModelUnavailable(msg + ". Check the model file, then retry."))
+        if self._unload_future and not self._unload_future.done():
+            self._unload_future.set_exception(WorkerCrashed(msg))
         failure = WorkerTimeout if self.hung else WorkerCrashed
         for stream in list(self.pending.values()):
             stream.queue.put_nowait(failure(msg + ". The request failed; retry it."))

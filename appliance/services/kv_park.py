@@ -307,7 +307,12 @@ class KvParking:
             return
         mine = [sid for sid, h in self.hot.items() if h.worker_pid == worker.pid]
         for sid in mine:
-            await self.park(sid, "unload")
+            # the hot entry goes even when parking fails: the scheduler may recycle this process
+            # (same pid) for another load, whose slots no longer hold this session's tokens
+            try:
+                await self.park(sid, "unload")
+            except Exception:
+                log.exception("parking session %s before its model unloads failed", sid)
             hot = self.hot.get(sid)
             if hot is not None and hot.worker_pid == worker.pid:
                 del self.hot[sid]

@@ -13,7 +13,7 @@ every event on the event loop; telemetry uses them to turn model lifecycle event
 and usage. `close()` ends every subscription (the daemon is stopping: open event streams must not
 hold the HTTP server's graceful shutdown for its whole grace period).
 
-Event types in use: model.state, model.fetch, model.evicted (scheduler); sandbox.created,
+Event types in use: model.state, model.fetch, model.evicted, model.thrashing (scheduler); sandbox.created,
 sandbox.destroyed, sandbox.run (sandboxes); session.turn.started, session.turn.finished
 (agents); error (the API, for 5xx responses); daemon.ready, daemon.stopping.
 """

@@ -79,6 +79,13 @@ class Metrics:
         self.model_evictions = Counter(
             "appliance_model_evictions", "Idle models unloaded to make room for another.",
             ["model"], registry=r)
+        self.model_swaps = Counter(
+            "appliance_model_swaps", "Loads of a model that had been evicted for another (swap-ins).",
+            ["model"], registry=r)
+        self.model_thrash = Counter(
+            "appliance_model_thrash", "Times a model was reported thrashing (models.thrash_loads swaps "
+            "within models.thrash_window_s): the memory budget is too small for the traffic.",
+            ["model"], registry=r)
         self.model_wakeup = Histogram(
             "appliance_model_wakeup_seconds", "How long a model load (a wake-up) took.",
             ["model"], buckets=_WAKEUP, registry=r)

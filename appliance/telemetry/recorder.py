@@ -181,11 +181,15 @@ class Telemetry:
         self.metrics.events_published.labels(kind).inc()
         if kind == "model.evicted":
             self.metrics.model_evictions.labels(event["model"]).inc()
+        elif kind == "model.thrashing":
+            self.metrics.model_thrash.labels(event["model"]).inc()
         if kind != "model.state":
             return
         m, model, state = self.metrics, event["model"], event["state"]
         if state == "ready":
             m.model_loads.labels(model).inc()
+            if event.get("swap"):
+                m.model_swaps.labels(model).inc()
             if event.get("load_ms") is not None:
                 m.model_wakeup.labels(model).observe(float(event["load_ms"]) / 1000.0)
             self.usage.residency.resident(model)

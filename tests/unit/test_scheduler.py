@@ -212,6 +212,7 @@ async def test_model_that_cannot_fit_gets_insufficient_memory() -> None:
     busy = await sched.acquire("a")
     await sched.pin("b", True)
     spawner.sizes["/m/huge.gguf"] = 80 * MiB
+    sched.config.evict_wait_s = 0.05  # room held by a busy model: a short wait, then 507
     with pytest.raises(InsufficientMemory, match=r"a \(112 MiB, busy\).*b \(112 MiB, pinned\)"):
         await sched.acquire("huge")
     busy.release()
