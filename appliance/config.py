@@ -72,14 +72,20 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             if not _ORIGIN.match(origin):
                 raise ValueError(
                     f"cors_origins: {origin!r} is not an origin; write scheme://host[:port], "
-                    "e.g. https://app.example or http://localhost:3000 (no path, no wildcard)")
+                    "e.g. https://app.example or http://localhost:3000 (no path, no wildcard)"
+                )
         for host in self.allowed_hosts:
             if not host or "/" in host or any(c.isspace() for c in host) or host == "*":
                 raise ValueError(
                     f"allowed_hosts: {host!r} is not a host name; write name or name:port "
-                    "(no scheme, no path, no wildcard)")
-        positive = {"max_body_mb": self.max_body_mb, "max_connections": self.max_connections,
-                    "keep_alive_s": self.keep_alive_s, "header_timeout_s": self.header_timeout_s}
+                    "(no scheme, no path, no wildcard)"
+                )
+        positive = {
+            "max_body_mb": self.max_body_mb,
+            "max_connections": self.max_connections,
+            "keep_alive_s": self.keep_alive_s,
+            "header_timeout_s": self.header_timeout_s,
+        }
         for key, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{key} must be greater than 0")

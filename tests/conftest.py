@@ -35,7 +35,9 @@ def require(condition: object, reason: str) -> None:
     if condition:
         return
     if STRICT_SKIPS:
-        pytest.fail(f"{reason} (a skip under APPLIANCE_STRICT_SKIPS=1 would hide this)", pytrace=False)
+        pytest.fail(
+            f"{reason} (a skip under APPLIANCE_STRICT_SKIPS=1 would hide this)", pytrace=False
+        )
     pytest.skip(reason, allow_module_level=True)
 
 

@@ -87,8 +87,9 @@ class ApplianceApp(App[None]):
     ) -> None:
         super().__init__()
         self.client = client
-        self._console = ConsoleContext(client, clock=clock, poll_s=poll_s, sample_s=sample_s,
-                                       chat_max_tokens=chat_max_tokens)
+        self._console = ConsoleContext(
+            client, clock=clock, poll_s=poll_s, sample_s=sample_s, chat_max_tokens=chat_max_tokens
+        )
         self.heartbeat_s = heartbeat_s
         self.stream_state = "connecting"
         self._was_down = False
@@ -109,8 +110,11 @@ class ApplianceApp(App[None]):
 
     def action_help(self) -> None:
         sections: list[tuple[str, list[BindingType]]] = [("Everywhere", list(self.BINDINGS))]
-        sections += [(cls.TITLE or mode, list(cls.__dict__["BINDINGS"])) for mode, cls in SCREEN_CLASSES.items()
-                     if "BINDINGS" in cls.__dict__]
+        sections += [
+            (cls.TITLE or mode, list(cls.__dict__["BINDINGS"]))
+            for mode, cls in SCREEN_CLASSES.items()
+            if "BINDINGS" in cls.__dict__
+        ]
         self.push_screen(HelpScreen(sections))
 
     def action_reconnect(self) -> None:

@@ -19,8 +19,13 @@ from appliance.client.records import ModelInfo
 if TYPE_CHECKING:
     from tui.app import ApplianceApp
 
-SCREENS = (("overview", "Overview"), ("models", "Models"), ("sessions", "Sessions"),
-           ("sandboxes", "Sandboxes"), ("traces", "Traces"))
+SCREENS = (
+    ("overview", "Overview"),
+    ("models", "Models"),
+    ("sessions", "Sessions"),
+    ("sandboxes", "Sandboxes"),
+    ("traces", "Traces"),
+)
 
 ACTIONS: tuple[tuple[str, str, str, str], ...] = (
     # (title, help, mode, screen action)
@@ -33,8 +38,18 @@ ACTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("Fork the selected session", "Sessions: f", "sessions", "fork_session"),
     ("Delete the selected session", "Sessions: d", "sessions", "delete_session"),
     ("Chat: type a message", "Sessions: i", "sessions", "focus_input"),
-    ("New sandbox", "Open a sandbox in the chosen language (Sandboxes: n)", "sandboxes", "new_sandbox"),
-    ("Run code", "In the selected sandbox, else one-shot (Sandboxes: ctrl+r)", "sandboxes", "run_code"),
+    (
+        "New sandbox",
+        "Open a sandbox in the chosen language (Sandboxes: n)",
+        "sandboxes",
+        "new_sandbox",
+    ),
+    (
+        "Run code",
+        "In the selected sandbox, else one-shot (Sandboxes: ctrl+r)",
+        "sandboxes",
+        "run_code",
+    ),
     ("Run code one-shot", "In a fresh sandbox (Sandboxes: ctrl+o)", "sandboxes", "run_one_shot"),
     ("Destroy the selected sandbox", "Sandboxes: x", "sandboxes", "destroy_sandbox"),
     ("Edit code", "Sandboxes: e", "sandboxes", "edit"),
@@ -62,20 +77,44 @@ class ApplianceCommands(Provider):
         app = self.appliance
         out: list[tuple[str, str, Callable[[], Any]]] = []
         for mode, title in SCREENS:
-            out.append((f"Go to {title}", f"Show the {title} screen", partial(app.switch_mode, mode)))
+            out.append(
+                (f"Go to {title}", f"Show the {title} screen", partial(app.switch_mode, mode))
+            )
         out.append(("Help: keys", "Every key of the console", app.action_help))
         out.append(("Reconnect now", "Try the daemon again without waiting", app.action_reconnect))
         out.append(("Quit", "Leave the console (the daemon keeps running)", app.exit))
         for title, help_text, mode, action in ACTIONS:
             out.append((title, help_text, partial(app.perform, mode, action)))
         for m in self.models:
-            out.append((f"Load model {m.id}", f"{m.kind}, now {m.state}", partial(app.perform, "models", "load", m.id)))
-            out.append((f"Unload model {m.id}", f"now {m.state}", partial(app.perform, "models", "unload", m.id)))
+            out.append(
+                (
+                    f"Load model {m.id}",
+                    f"{m.kind}, now {m.state}",
+                    partial(app.perform, "models", "load", m.id),
+                )
+            )
+            out.append(
+                (
+                    f"Unload model {m.id}",
+                    f"now {m.state}",
+                    partial(app.perform, "models", "unload", m.id),
+                )
+            )
             verb = "Unpin" if m.pinned else "Pin"
-            out.append((f"{verb} model {m.id}", "A pinned model is never unloaded for idleness",
-                        partial(app.perform, "models", "pin", m.id)))
-            out.append((f"Filter traces by model {m.id}", "Traces of this model only",
-                        partial(app.perform, "traces", "filter", f"model:{m.id}")))
+            out.append(
+                (
+                    f"{verb} model {m.id}",
+                    "A pinned model is never unloaded for idleness",
+                    partial(app.perform, "models", "pin", m.id),
+                )
+            )
+            out.append(
+                (
+                    f"Filter traces by model {m.id}",
+                    "Traces of this model only",
+                    partial(app.perform, "traces", "filter", f"model:{m.id}"),
+                )
+            )
         return out
 
     async def discover(self) -> Hits:

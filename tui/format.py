@@ -6,8 +6,17 @@ from __future__ import annotations
 
 from appliance.client.format import clock, countdown, duration_ms, percent, size, size_short
 
-__all__ = ["RUN_STATUS_STYLES", "STATE_STYLES", "clock", "countdown", "duration_ms", "percent",
-           "short_id", "size", "size_short"]
+__all__ = [
+    "RUN_STATUS_STYLES",
+    "STATE_STYLES",
+    "clock",
+    "countdown",
+    "duration_ms",
+    "percent",
+    "short_id",
+    "size",
+    "size_short",
+]
 
 STATE_STYLES = {
     "ready": "green",
@@ -19,8 +28,13 @@ STATE_STYLES = {
 }
 """Colour of each model state."""
 
-RUN_STATUS_STYLES = {"ok": "bold green", "error": "bold red", "timeout": "bold yellow",
-                     "oom": "bold magenta", "killed": "bold red"}
+RUN_STATUS_STYLES = {
+    "ok": "bold green",
+    "error": "bold red",
+    "timeout": "bold yellow",
+    "oom": "bold magenta",
+    "killed": "bold red",
+}
 
 
 def short_id(ident: str, keep: int = 14) -> str:

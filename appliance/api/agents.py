@@ -15,12 +15,18 @@ class AgentController(Controller):
     tags = ["agents"]
 
     @post("/", status_code=201)
-    async def create(self, appliance: NamedDependency[Appliance], data: JSONBody[AgentSpec]) -> Agent:
+    async def create(
+        self, appliance: NamedDependency[Appliance], data: JSONBody[AgentSpec]
+    ) -> Agent:
         return await appliance.agents.create(data)
 
     @get("/")
-    async def list_agents(self, appliance: NamedDependency[Appliance], limit: FromQuery[int] = 100,
-                          after: FromQuery[str | None] = None) -> Page[Agent]:
+    async def list_agents(
+        self,
+        appliance: NamedDependency[Appliance],
+        limit: FromQuery[int] = 100,
+        after: FromQuery[str | None] = None,
+    ) -> Page[Agent]:
         return await appliance.agents.list(limit=limit, after=after)
 
     @get("/{ref:str}")
@@ -28,11 +34,16 @@ class AgentController(Controller):
         return await appliance.agents.get(ref)
 
     @patch("/{ref:str}")
-    async def update(self, appliance: NamedDependency[Appliance], ref: FromPath[str],
-                     data: JSONBody[AgentPatch]) -> Agent:
+    async def update(
+        self, appliance: NamedDependency[Appliance], ref: FromPath[str], data: JSONBody[AgentPatch]
+    ) -> Agent:
         return await appliance.agents.update(ref, data)
 
     @delete("/{ref:str}", status_code=204)
-    async def remove(self, appliance: NamedDependency[Appliance], ref: FromPath[str],
-                     with_sessions: FromQuery[bool] = False) -> None:
+    async def remove(
+        self,
+        appliance: NamedDependency[Appliance],
+        ref: FromPath[str],
+        with_sessions: FromQuery[bool] = False,
+    ) -> None:
         await appliance.agents.delete(ref, with_sessions=with_sessions)

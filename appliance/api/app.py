@@ -27,8 +27,15 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
     def provide_appliance() -> Appliance:
         return appliance
 
-    route_handlers: list[type] = [OpsController, OpenAIController, ModelsController, SandboxController,
-                                  AgentController, SessionController, ResponsesController]
+    route_handlers: list[type] = [
+        OpsController,
+        OpenAIController,
+        ModelsController,
+        SandboxController,
+        AgentController,
+        SessionController,
+        ResponsesController,
+    ]
 
     app = Litestar(
         route_handlers=route_handlers,
@@ -48,5 +55,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
     policy = BoundaryPolicy.from_config(appliance.config, app.routes)
     app.asgi_handler = RequestTelemetry(
         BrowserBoundary(BearerAuth(app.asgi_handler, appliance.access, appliance.store), policy),
-        appliance.telemetry, appliance.events)
+        appliance.telemetry,
+        appliance.events,
+    )
     return app

@@ -15,14 +15,18 @@ from appliance.errors import ApplianceError
 log = logging.getLogger("appliance.api")
 
 
-def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 _enc = msgspec.json.Encoder()
 
 
-async def send_error(send: Any, exc: ApplianceError, *, headers: dict[str, str] | None = None) -> None:
+async def send_error(
+    send: Any, exc: ApplianceError, *, headers: dict[str, str] | None = None
+) -> None:
     """Answer with `exc` from plain ASGI (the wrappers that run before routing), in the same body
     and status the exception handlers below give it; `headers` are added to the error's own."""
     body = _enc.encode(error_body(exc.message, exc.type, exc.code, exc.param))
@@ -49,7 +53,9 @@ def _param(message: str, key: Any) -> str | None:
 
     Litestar gives the location inside the body (`data.` stripped) or the parameter's name, and
     msgspec names a missing field only in its message."""
-    where = str(key).replace("[...]", "") if key not in (None, "", "n/a", "data") else None  # [...]: a dict's value
+    where = (
+        str(key).replace("[...]", "") if key not in (None, "", "n/a", "data") else None
+    )  # [...]: a dict's value
     m = _REQUIRED.search(message)
     if m:
         return f"{where}.{m.group(1)}" if where else m.group(1)
@@ -68,8 +74,12 @@ def validation_error_handler(_: Request[Any, Any, Any], exc: ValidationException
             parts.append(f"{message} at `{field}`" if field and field not in message else message)
     message = "Invalid request body" + (": " + "; ".join(parts) if parts else f": {exc.detail}")
     return Response(
-        error_body(message + ". Check the field against the API reference.", "invalid_request_error",
-                   "invalid_request", param),
+        error_body(
+            message + ". Check the field against the API reference.",
+            "invalid_request_error",
+            "invalid_request",
+            param,
+        ),
         status_code=400,
         media_type=MediaType.JSON,
     )
@@ -90,14 +100,19 @@ def unexpected_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Respo
         # msgspec refuses JSON nested deeper than Python's recursion limit while Litestar reads
         # the body; Litestar lets that through as an unexpected error
         return Response(
-            error_body("the JSON body is nested too deeply; send a flatter document", "invalid_request_error",
-                       "invalid_request"),
+            error_body(
+                "the JSON body is nested too deeply; send a flatter document",
+                "invalid_request_error",
+                "invalid_request",
+            ),
             status_code=400,
             media_type=MediaType.JSON,
         )
     log.exception("unhandled error", exc_info=exc)
     return Response(
-        error_body(f"internal error: {exc!r}. See the daemon log.", "server_error", "internal_error"),
+        error_body(
+            f"internal error: {exc!r}. See the daemon log.", "server_error", "internal_error"
+        ),
         status_code=500,
         media_type=MediaType.JSON,
     )

@@ -54,8 +54,13 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ApplianceServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, *, appliance: Appliance,
-                 notifier: SystemdNotifier | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        appliance: Appliance,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
         super().__init__(config)
         self.appliance = appliance
         self.notifier = notifier or SystemdNotifier.from_env()
@@ -75,8 +80,12 @@ class ApplianceServer(uvicorn.Server):
         where = f"http://{self.config.host}:{self.config.port}"
         self.appliance.events.publish("daemon.ready", url=where)
         self.notifier.ready(status=f"serving on {where}")
-        log.info("ready", extra={"fields": {"url": where, "systemd": self.notifier.enabled,
-                                            "watchdog_s": interval}})
+        log.info(
+            "ready",
+            extra={
+                "fields": {"url": where, "systemd": self.notifier.enabled, "watchdog_s": interval}
+            },
+        )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGINT:
@@ -98,9 +107,15 @@ class ApplianceServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._begin_stop()
-        log.info("stopping", extra={"fields": {
-            "grace_s": self.config.timeout_graceful_shutdown,
-            "connections": len(self.server_state.connections)}})
+        log.info(
+            "stopping",
+            extra={
+                "fields": {
+                    "grace_s": self.config.timeout_graceful_shutdown,
+                    "connections": len(self.server_state.connections),
+                }
+            },
+        )
         try:
             await super().shutdown(sockets)
         finally:
@@ -129,7 +144,9 @@ def listen(host: str, port: int) -> list[socket.socket]:
     """The API's listening sockets, bound as asyncio would (every address `host` resolves to)."""
     socks: list[socket.socket] = []
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         for family, kind, proto, _, addr in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
             socks.append(sock)
@@ -147,15 +164,23 @@ def listen(host: str, port: int) -> list[socket.socket]:
     return socks
 
 
-def serve(appliance: Appliance, app: Any, server_config: ServerConfig,
-          sockets: list[socket.socket] | None = None) -> int:
+def serve(
+    appliance: Appliance,
+    app: Any,
+    server_config: ServerConfig,
+    sockets: list[socket.socket] | None = None,
+) -> int:
     """Run the server until a signal stops it; returns the exit code."""
     sockets = sockets if sockets is not None else listen(server_config.host, server_config.port)
     open_files = raise_open_file_limit()
     cap = connection_cap(server_config.max_connections, open_files)
     guard = ConnectionGuard(cap, server_config.header_timeout_s)
-    log.info("connections", extra={"fields": {"max": cap, "open_files": open_files,
-                                              "backlog": accept_backlog(open_files)}})
+    log.info(
+        "connections",
+        extra={
+            "fields": {"max": cap, "open_files": open_files, "backlog": accept_backlog(open_files)}
+        },
+    )
     config = uvicorn.Config(
         app,
         host=server_config.host,

@@ -40,35 +40,54 @@ class SessionController(Controller):
     tags = ["sessions"]
 
     @post("/", status_code=201)
-    async def create(self, appliance: NamedDependency[Appliance],
-                     data: JSONBody[CreateSessionRequest]) -> Session:
+    async def create(
+        self, appliance: NamedDependency[Appliance], data: JSONBody[CreateSessionRequest]
+    ) -> Session:
         return await appliance.sessions.create(data)
 
     @get("/")
-    async def list_sessions(self, appliance: NamedDependency[Appliance],
-                            agent: FromQuery[str | None] = None,
-                            status: FromQuery[str | None] = None, limit: FromQuery[int] = 50,
-                            after: FromQuery[str | None] = None) -> Page[Session]:
+    async def list_sessions(
+        self,
+        appliance: NamedDependency[Appliance],
+        agent: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 50,
+        after: FromQuery[str | None] = None,
+    ) -> Page[Session]:
         return await appliance.sessions.list(agent=agent, status=status, limit=limit, after=after)
 
     @get("/{session_id:str}")
-    async def get_session(self, appliance: NamedDependency[Appliance],
-                          session_id: FromPath[str]) -> SessionDetail:
+    async def get_session(
+        self, appliance: NamedDependency[Appliance], session_id: FromPath[str]
+    ) -> SessionDetail:
         return await appliance.sessions.get(session_id)
 
     @delete("/{session_id:str}", status_code=204)
-    async def remove(self, appliance: NamedDependency[Appliance], session_id: FromPath[str]) -> None:
+    async def remove(
+        self, appliance: NamedDependency[Appliance], session_id: FromPath[str]
+    ) -> None:
         await appliance.sessions.delete(session_id)
 
     @post("/{session_id:str}/fork", status_code=201)
-    async def fork(self, appliance: NamedDependency[Appliance], session_id: FromPath[str],
-                   data: JSONBody[ForkRequest | None] = None) -> Session:
+    async def fork(
+        self,
+        appliance: NamedDependency[Appliance],
+        session_id: FromPath[str],
+        data: JSONBody[ForkRequest | None] = None,
+    ) -> Session:
         return await appliance.sessions.fork(session_id, data or ForkRequest())
 
     @post("/{session_id:str}/messages", status_code=200)
-    async def send(self, appliance: NamedDependency[Appliance], request: Request[Any, Any, Any],
-                   session_id: FromPath[str], data: JSONBody[TurnRequest]) -> ServerSentEvent | Response[Any]:
+    async def send(
+        self,
+        appliance: NamedDependency[Appliance],
+        request: Request[Any, Any, Any],
+        session_id: FromPath[str],
+        data: JSONBody[TurnRequest],
+    ) -> ServerSentEvent | Response[Any]:
         if not data.stream:
-            return Response(await unless_disconnected(request, appliance.sessions.run_turn(session_id, data)))
+            return Response(
+                await unless_disconnected(request, appliance.sessions.run_turn(session_id, data))
+            )
         turn = await appliance.sessions.begin_turn(session_id, data)
         return sse.stream(turn_events(turn))

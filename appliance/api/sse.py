@@ -30,7 +30,9 @@ log = logging.getLogger("appliance.api")
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def event(data: Any, *, name: str | None = None, event_id: int | str | None = None) -> ServerSentEventMessage:
+def event(
+    data: Any, *, name: str | None = None, event_id: int | str | None = None
+) -> ServerSentEventMessage:
     """One event whose `data:` is `data` as JSON (or a str as it is, for `[DONE]`)."""
     text = data if isinstance(data, str) else _enc.encode(data).decode()
     return ServerSentEventMessage(data=text, event=name, id=event_id, sep="\n")
@@ -41,13 +43,16 @@ def comment(text: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=None, comment=text, sep="\n")
 
 
-def stream(events: AsyncIterator[ServerSentEventMessage], headers: dict[str, str] | None = None) -> ServerSentEvent:
+def stream(
+    events: AsyncIterator[ServerSentEventMessage], headers: dict[str, str] | None = None
+) -> ServerSentEvent:
     """The response that sends `events` as they come."""
     return ServerSentEvent(events, headers={**HEADERS, **(headers or {})})
 
 
-async def _openai_events(source: AsyncIterator[dict[str, Any]], done: bool,
-                         named: bool) -> AsyncIterator[ServerSentEventMessage]:
+async def _openai_events(
+    source: AsyncIterator[dict[str, Any]], done: bool, named: bool
+) -> AsyncIterator[ServerSentEventMessage]:
     try:
         async for item in source:
             yield event(item, name=str(item["type"]) if named else None)
@@ -55,13 +60,20 @@ async def _openai_events(source: AsyncIterator[dict[str, Any]], done: bool,
         if not isinstance(exc, ApplianceError):
             log.exception("a stream failed", exc_info=exc)
             exc = ApplianceError(f"internal error: {exc!r}. See the daemon log.")
-        yield event(error_body(exc.message, exc.type, exc.code, exc.param), name="error" if named else None)
+        yield event(
+            error_body(exc.message, exc.type, exc.code, exc.param), name="error" if named else None
+        )
     if done:
         yield event("[DONE]")
 
 
-def sse(source: AsyncIterator[dict[str, Any]], *, done: bool = True, named: bool = False,
-        headers: dict[str, str] | None = None) -> ServerSentEvent:
+def sse(
+    source: AsyncIterator[dict[str, Any]],
+    *,
+    done: bool = True,
+    named: bool = False,
+    headers: dict[str, str] | None = None,
+) -> ServerSentEvent:
     """OpenAI's stream of `source`'s chunks. `named`: each item has a `type`, sent as the event's
     name (the Responses API's shape)."""
     return stream(_openai_events(source, done, named), headers)

@@ -52,14 +52,19 @@ class RequestTelemetry:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message = {**message, "headers": [*message.get("headers", ()), (_HEADER, trace.id.encode())]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", ()), (_HEADER, trace.id.encode())],
+                }
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_trace_id)
         except BaseException as exc:
-            trace.fail("cancelled" if not isinstance(exc, Exception) else "error",
-                       error=f"{type(exc).__name__}: {exc}"[:300])
+            trace.fail(
+                "cancelled" if not isinstance(exc, Exception) else "error",
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
             status = status or 500
             raise
         finally:
@@ -70,16 +75,26 @@ class RequestTelemetry:
             if status >= 500:
                 trace.fail("error")
                 trace.keep = True
-                self.events.publish("error", route=route, method=method, status=status,
-                                    trace_id=trace.id)
+                self.events.publish(
+                    "error", route=route, method=method, status=status, trace_id=trace.id
+                )
             m.http_requests.labels(route, method, str(status)).inc()
             m.http_duration.labels(route, method).observe(seconds)
             level = logging.DEBUG if method in _READS and status < 400 else logging.INFO
             if status >= 500:
                 level = logging.WARNING
             if log.isEnabledFor(level):
-                log.log(level, "request", extra={"fields": {
-                    "method": method, "route": route, "status": status,
-                    "ms": round(seconds * 1000.0, 2)}})
+                log.log(
+                    level,
+                    "request",
+                    extra={
+                        "fields": {
+                            "method": method,
+                            "route": route,
+                            "status": status,
+                            "ms": round(seconds * 1000.0, 2),
+                        }
+                    },
+                )
             tracer.finish(trace)
             tracer.deactivate(token)

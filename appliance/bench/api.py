@@ -40,8 +40,16 @@ def in_process(path: Path, ctx: int, threads: int, n: int, trials: int) -> list[
     does), timed from the first token to the last."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_batch=512, n_ubatch=512, n_threads=threads,
-                          n_threads_batch=threads, n_gpu_layers=-1, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=ctx,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=-1,
+        verbose=False,
+    )
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
     out = []
     for _ in range(trials + 1):
@@ -61,9 +69,23 @@ def in_process(path: Path, ctx: int, threads: int, n: int, trials: int) -> list[
     return out[1:]
 
 
-def over_http(path: Path, ctx: int, threads: int, n: int, trials: int) -> tuple[list[tuple[int, float]], int, int]:
+def over_http(
+    path: Path, ctx: int, threads: int, n: int, trials: int
+) -> tuple[list[tuple[int, float]], int, int]:
     out = []
-    with bench_daemon({"bench": {"source": str(path), "context_size": ctx, "threads": threads, "idle_ttl_s": -1}}) as d, d.http() as c:
+    with (
+        bench_daemon(
+            {
+                "bench": {
+                    "source": str(path),
+                    "context_size": ctx,
+                    "threads": threads,
+                    "idle_ttl_s": -1,
+                }
+            }
+        ) as d,
+        d.http() as c,
+    ):
         wait_spare(d)
         time.sleep(0.5)
         daemon_rss = psutil.Process(d.proc.pid).memory_info().rss
@@ -73,7 +95,13 @@ def over_http(path: Path, ctx: int, threads: int, n: int, trials: int) -> tuple[
         for _ in range(trials + 1):
             first = last = 0.0
             count = 0
-            body = {"model": "bench", "prompt": PROMPT, "max_tokens": n, "temperature": 0, "stream": True}
+            body = {
+                "model": "bench",
+                "prompt": PROMPT,
+                "max_tokens": n,
+                "temperature": 0,
+                "stream": True,
+            }
             with c.stream("POST", "/v1/completions", json=body) as r:
                 for line in r.iter_lines():
                     if not line.startswith("data: {"):
@@ -91,14 +119,22 @@ def over_http(path: Path, ctx: int, threads: int, n: int, trials: int) -> tuple[
 def run(args: argparse.Namespace) -> int:
     path = resolve_model(args.model, args.gguf, args.config, args.state_dir)
     threads = os.cpu_count() or 1
-    print(f"model file: {path}, {args.tokens} tokens x {args.trials} trials, n_ctx {args.ctx}, threads {threads}")
+    print(
+        f"model file: {path}, {args.tokens} tokens x {args.trials} trials, n_ctx {args.ctx}, threads {threads}"
+    )
     a = in_process(path, args.ctx, threads, args.tokens, args.trials)
     b, daemon_rss, spare_rss = over_http(path, args.ctx, threads, args.tokens, args.trials)
     ra = median([n / s for n, s in a if s > 0])
     rb = median([n / s for n, s in b if s > 0])
-    print(f"(a) in-process llama-cpp-python: median {ra:.1f} tokens/s  ({a[0][0]} tokens per trial)")
-    print(f"(b) appliance over HTTP (SSE):   median {rb:.1f} tokens/s  ({b[0][0]} chunks per trial)")
+    print(
+        f"(a) in-process llama-cpp-python: median {ra:.1f} tokens/s  ({a[0][0]} tokens per trial)"
+    )
+    print(
+        f"(b) appliance over HTTP (SSE):   median {rb:.1f} tokens/s  ({b[0][0]} chunks per trial)"
+    )
     print(f"ratio b/a: {rb / ra:.3f}  (target >= 0.95)")
-    print(f"daemon resident memory, all models unloaded: {daemon_rss / 2**20:.1f} MiB "
-          f"(+ spare worker {spare_rss / 2**20:.1f} MiB)")
+    print(
+        f"daemon resident memory, all models unloaded: {daemon_rss / 2**20:.1f} MiB "
+        f"(+ spare worker {spare_rss / 2**20:.1f} MiB)"
+    )
     return 0

@@ -23,7 +23,9 @@ from appliance.config import load_config
 from appliance.errors import ApplianceError
 
 
-def resolve_model(model_id: str, gguf: str | None, config: Path | None = None, state_dir: str | None = None) -> Path:
+def resolve_model(
+    model_id: str, gguf: str | None, config: Path | None = None, state_dir: str | None = None
+) -> Path:
     """A GGUF path: the one given, or the profile's file (fetched into the model store if needed)."""
     if gguf:
         path = Path(gguf).expanduser()
@@ -67,7 +69,9 @@ class BenchDaemon:
 
 
 @contextmanager
-def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "", models_config: str = "") -> Iterator[BenchDaemon]:
+def bench_daemon(
+    profiles: dict[str, dict[str, object]], *, config: str = "", models_config: str = ""
+) -> Iterator[BenchDaemon]:
     """A throwaway `appliance serve` on a free loopback port with the given model profiles
     (`models_config`: extra `key = value` lines of its [models] table)."""
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
@@ -76,19 +80,41 @@ def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "", mo
         pdir.mkdir()
         for mid, prof in profiles.items():
             lines = [f'id = "{mid}"'] + [
-                f"{k} = " + (f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v))
+                f"{k} = "
+                + (
+                    f'"{v}"'
+                    if isinstance(v, str)
+                    else str(v).lower()
+                    if isinstance(v, bool)
+                    else str(v)
+                )
                 for k, v in prof.items()
             ]
             (pdir / f"{mid}.toml").write_text("\n".join(lines) + "\n")
         cfg = root / "config.toml"
-        cfg.write_text(f'[models]\nprofile_dirs = ["{pdir}"]\ndefaults = []\n{models_config}\n[sandbox]\npool = {{}}\n{config}')
+        cfg.write_text(
+            f'[models]\nprofile_dirs = ["{pdir}"]\ndefaults = []\n{models_config}\n[sandbox]\npool = {{}}\n{config}'
+        )
         port = free_port()
         log = open(root / "daemon.log", "wb")  # noqa: SIM115 (closed below)
         env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), "--state-dir", str(root / "state"),
-             "--port", str(port), "--no-fetch"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "serve",
+                "--config",
+                str(cfg),
+                "--state-dir",
+                str(root / "state"),
+                "--port",
+                str(port),
+                "--no-fetch",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         d = BenchDaemon(f"http://127.0.0.1:{port}", proc, root)
         try:
@@ -100,7 +126,10 @@ def bench_daemon(profiles: dict[str, dict[str, object]], *, config: str = "", mo
                 except httpx.HTTPError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise ApplianceError("the benchmark daemon did not start: " + (root / "daemon.log").read_text()[-2000:])
+                    raise ApplianceError(
+                        "the benchmark daemon did not start: "
+                        + (root / "daemon.log").read_text()[-2000:]
+                    )
                 time.sleep(0.1)
             yield d
         finally:

@@ -27,8 +27,9 @@ import httpx
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ops", help="per-request cost of tracing, metrics, the browser boundary "
-                                   "and the token check")
+    p = sub.add_parser(
+        "ops", help="per-request cost of tracing, metrics, the browser boundary and the token check"
+    )
     p.add_argument("--requests", type=int, default=500, help="requests per round")
     p.add_argument("--rounds", type=int, default=5)
     p.set_defaults(func=run)
@@ -38,12 +39,16 @@ Request = tuple[str, str, dict[str, str], bytes | None]
 """(method, path, headers, body)"""
 
 
-async def _per_request_us(app: Any, request: Request | str, n: int, rounds: int,
-                          headers: dict[str, str]) -> float:
-    method, path, extra, body = request if isinstance(request, tuple) else ("GET", request, {}, None)
+async def _per_request_us(
+    app: Any, request: Request | str, n: int, rounds: int, headers: dict[str, str]
+) -> float:
+    method, path, extra, body = (
+        request if isinstance(request, tuple) else ("GET", request, {}, None)
+    )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8420",
-                                 headers=headers) as c:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1:8420", headers=headers
+    ) as c:
         for _ in range(50):  # warm up
             await c.request(method, path, headers=extra, content=body)
         results = []
@@ -74,22 +79,33 @@ def _scope(request: Request) -> dict[str, Any]:
     headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
     if body is not None:
         headers.append((b"content-length", str(len(body)).encode()))
-    return {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
-            "query_string": b"", "headers": headers, "http_version": "1.1"}
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers,
+        "http_version": "1.1",
+    }
 
 
 async def _layer_us(app: Any, request: Request, n: int, rounds: int) -> float:
     """Microseconds per request through `app` called directly (no client, no sockets)."""
     scope, body = _scope(request), request[3] or b""
     size = max(1, len(body) // 16)
-    chunks = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
+    chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
 
     async def send(message: Any) -> None:
         return None
 
     def receiver() -> Any:
-        messages = iter([{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-                         for i, c in enumerate(chunks)])
+        messages = iter(
+            [
+                {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                for i, c in enumerate(chunks)
+            ]
+        )
 
         async def receive() -> Any:
             return next(messages, {"type": "http.disconnect"})
@@ -126,7 +142,8 @@ async def _bench(n: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as state:
         config = load_config(None, state_dir=state)
         config = msgspec.structs.replace(
-            config, server=msgspec.structs.replace(config.server, cors_origins=[ORIGIN]))
+            config, server=msgspec.structs.replace(config.server, cors_origins=[ORIGIN])
+        )
         appliance = await asyncio.to_thread(Appliance.from_config, config)
         await appliance.operations.start()
         full = create_app(appliance, manage_lifecycle=False)
@@ -162,10 +179,14 @@ async def _bench(n: int, rounds: int) -> None:
     print(f"{'request':28} {'bare us':>9} {'boundary us':>12} {'overhead us':>12}")
     for name, b, w in boundary_rows:
         print(f"{name:28} {b:9.2f} {w:12.2f} {w - b:12.2f}")
-    print(f"\n/metrics scrape (models, sessions, host and GPU gauges, render): {scrape / 1000:.2f} ms")
+    print(
+        f"\n/metrics scrape (models, sessions, host and GPU gauges, render): {scrape / 1000:.2f} ms"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the table
+    logging.getLogger("httpx").setLevel(
+        logging.WARNING
+    )  # one line per request would drown the table
     asyncio.run(_bench(args.requests, args.rounds))
     return 0

@@ -32,13 +32,18 @@ NEXT = "Reply with one word: are you ready?"
 
 
 def history_text(sentences: int) -> str:
-    lines = [f"Entry {i}: the courier from district {i % 9} delivered {i * 3} parcels to the depot on "
-             f"street {i * 17 % 31}, and the receipt was signed by clerk {i % 7}." for i in range(1, sentences + 1)]
+    lines = [
+        f"Entry {i}: the courier from district {i % 9} delivered {i * 3} parcels to the depot on "
+        f"street {i * 17 % 31}, and the receipt was signed by clerk {i % 7}."
+        for i in range(1, sentences + 1)
+    ]
     return "Here is a log to keep in mind.\n" + "\n".join(lines) + "\nReply with OK."
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("resume", help="next-turn latency of a long session: parked KV state vs re-prefill vs hot")
+    p = sub.add_parser(
+        "resume", help="next-turn latency of a long session: parked KV state vs re-prefill vs hot"
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="model id whose file to use")
     p.add_argument("--gguf", help="a GGUF path instead of --model")
     p.add_argument("--trials", type=int, default=3)
@@ -82,17 +87,31 @@ def unload(d: Any, c: httpx.Client) -> None:
 def run(args: argparse.Namespace) -> int:
     path = resolve_model(args.model, args.gguf, args.config, args.state_dir)
     threads = os.cpu_count() or 1
-    profile = {"source": str(path), "context_size": 2048, "parallel": 1, "threads": threads, "idle_ttl_s": 600}
-    print(f"model file: {path} ({path.stat().st_size / 2**20:.1f} MiB), n_ctx 2048, threads {threads}, "
-          f"trials {args.trials}")
+    profile = {
+        "source": str(path),
+        "context_size": 2048,
+        "parallel": 1,
+        "threads": threads,
+        "idle_ttl_s": 600,
+    }
+    print(
+        f"model file: {path} ({path.stat().st_size / 2**20:.1f} MiB), n_ctx 2048, threads {threads}, "
+        f"trials {args.trials}"
+    )
     hot, parked, prefill, restores = [], [], [], []
     with bench_daemon({MODEL: profile}, config="[agents]\npark_idle_s = 0\n") as d, d.http() as c:
-        agent = {"name": "bench", "model": MODEL, "persona": "You answer in one word.",
-                 "params": {"temperature": 0, "seed": 1, "max_tokens": 4}}
+        agent = {
+            "name": "bench",
+            "model": MODEL,
+            "persona": "You answer in one word.",
+            "params": {"temperature": 0, "seed": 1, "max_tokens": 4},
+        }
         c.post("/api/agents", json=agent).raise_for_status()
         base = c.post("/api/sessions", json={"agent": "bench"}).json()["id"]
         _, first = turn(c, base, history_text(max(1, args.history // 37)))
-        print(f"history: {first['usage']['prompt_tokens'] + first['usage']['completion_tokens']} tokens")
+        print(
+            f"history: {first['usage']['prompt_tokens'] + first['usage']['completion_tokens']} tokens"
+        )
         for _ in range(args.trials):
             # each trial continues its own copy of the history, so every trial resumes the same length
             sid = c.post(f"/api/sessions/{base}/fork").json()["id"]
@@ -125,11 +144,21 @@ def run(args: argparse.Namespace) -> int:
     def all_of(xs: list[float]) -> str:
         return ", ".join(f"{x:.0f}" for x in xs)
 
-    print(f"(a) unloaded, KV state parked on disk:  first token median {ma:8.1f} ms  (all: {all_of(parked)})")
-    print(f"    of which model load {load_ms:.0f} ms, restore {restore_ms:.1f} ms for {n_tokens:.0f} tokens")
-    print(f"(b) unloaded, parked state deleted:     first token median {mb:8.1f} ms  (all: {all_of(prefill)})")
-    print(f"(c) hot session:                        first token median {mc:8.1f} ms  (all: {all_of(hot)})")
+    print(
+        f"(a) unloaded, KV state parked on disk:  first token median {ma:8.1f} ms  (all: {all_of(parked)})"
+    )
+    print(
+        f"    of which model load {load_ms:.0f} ms, restore {restore_ms:.1f} ms for {n_tokens:.0f} tokens"
+    )
+    print(
+        f"(b) unloaded, parked state deleted:     first token median {mb:8.1f} ms  (all: {all_of(prefill)})"
+    )
+    print(
+        f"(c) hot session:                        first token median {mc:8.1f} ms  (all: {all_of(hot)})"
+    )
     print(f"ratio (b)/(a): {mb / ma:.1f}  (target >= 20)")
-    print(f"KV state: {n_bytes / n_tokens:.0f} bytes per token; restore {n_bytes / 2**20 / (restore_ms / 1000):.0f} MiB/s "
-          f"({n_bytes / 2**20:.1f} MiB in {restore_ms:.1f} ms, read and checked from disk)")
+    print(
+        f"KV state: {n_bytes / n_tokens:.0f} bytes per token; restore {n_bytes / 2**20 / (restore_ms / 1000):.0f} MiB/s "
+        f"({n_bytes / 2**20:.1f} MiB in {restore_ms:.1f} ms, read and checked from disk)"
+    )
     return 0

@@ -27,19 +27,36 @@ MiB = 2**20
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("swap", help="first token of alternating model swaps under a one-model budget vs bare llama.cpp")
-    p.add_argument("--chat", default="smollm2-135m-instruct", help="chat model id whose file to use")
-    p.add_argument("--embed", default="all-minilm-l6-v2", help="embedding model id whose file to use")
+    p = sub.add_parser(
+        "swap",
+        help="first token of alternating model swaps under a one-model budget vs bare llama.cpp",
+    )
+    p.add_argument(
+        "--chat", default="smollm2-135m-instruct", help="chat model id whose file to use"
+    )
+    p.add_argument(
+        "--embed", default="all-minilm-l6-v2", help="embedding model id whose file to use"
+    )
     p.add_argument("--chat-gguf", help="a GGUF path instead of --chat")
     p.add_argument("--embed-gguf", help="a GGUF path instead of --embed")
     p.add_argument("--rounds", type=int, default=10, help="swaps of each model per pattern")
-    p.add_argument("--pause", type=float, default=2.0, help="seconds between requests in the paused pattern")
+    p.add_argument(
+        "--pause", type=float, default=2.0, help="seconds between requests in the paused pattern"
+    )
     p.add_argument("--chat-ctx", type=int, default=2048)
     p.add_argument("--chat-parallel", type=int, default=2)
     p.add_argument("--embed-ctx", type=int, default=512)
-    p.add_argument("--budget-mb", type=int, default=0, help="memory budget (0: one model and a spare, not both)")
-    p.add_argument("--no-recycle", action="store_true",
-                   help="run the daemon with models.recycle_workers = false (every swap needs a spare process)")
+    p.add_argument(
+        "--budget-mb",
+        type=int,
+        default=0,
+        help="memory budget (0: one model and a spare, not both)",
+    )
+    p.add_argument(
+        "--no-recycle",
+        action="store_true",
+        help="run the daemon with models.recycle_workers = false (every swap needs a spare process)",
+    )
     p.add_argument("--config", type=Path)
     p.add_argument("--state-dir")
     p.set_defaults(func=run)
@@ -54,17 +71,33 @@ def bare(chat: Path, embed: Path, args: argparse.Namespace, threads: int) -> dic
     out: dict[str, list[float]] = {"chat": [], "embed": []}
     for i in range(args.rounds + 1):  # the first round warms the page cache and is dropped
         t0 = time.perf_counter()
-        llm = llama_cpp.Llama(model_path=str(chat), n_ctx=args.chat_ctx, n_batch=512, n_ubatch=512,
-                              n_threads=threads, n_threads_batch=threads, n_gpu_layers=-1, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=str(chat),
+            n_ctx=args.chat_ctx,
+            n_batch=512,
+            n_ubatch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=-1,
+            verbose=False,
+        )
         for _chunk in llm.create_completion(PROMPT, max_tokens=1, temperature=0, stream=True):
             break
         chat_ms = (time.perf_counter() - t0) * 1000.0
         llm.close()
         del llm
         t0 = time.perf_counter()
-        emb = llama_cpp.Llama(model_path=str(embed), n_ctx=args.embed_ctx, n_batch=512, n_ubatch=512,
-                              n_threads=threads, n_threads_batch=threads, n_gpu_layers=-1, embedding=True,
-                              verbose=False)
+        emb = llama_cpp.Llama(
+            model_path=str(embed),
+            n_ctx=args.embed_ctx,
+            n_batch=512,
+            n_ubatch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=-1,
+            embedding=True,
+            verbose=False,
+        )
         emb.embed("hello world")
         embed_ms = (time.perf_counter() - t0) * 1000.0
         emb.close()
@@ -87,14 +120,22 @@ def embed_ms(client: httpx.Client) -> float:
 
 
 def chat_ms(client: httpx.Client) -> float:
-    return first_token_ms(client, {"model": "chat", "prompt": PROMPT, "max_tokens": 1, "temperature": 0})
+    return first_token_ms(
+        client, {"model": "chat", "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
+    )
 
 
 def loads(client: httpx.Client) -> dict[str, int]:
-    return {m["id"]: int(m["load_count"]) for m in client.get("/api/models").json() if m["id"] in ("chat", "embed")}
+    return {
+        m["id"]: int(m["load_count"])
+        for m in client.get("/api/models").json()
+        if m["id"] in ("chat", "embed")
+    }
 
 
-def pattern(client: httpx.Client, rounds: int, pause: float) -> tuple[dict[str, list[float]], dict[str, int]]:
+def pattern(
+    client: httpx.Client, rounds: int, pause: float
+) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Alternate chat, embed, chat...; every request after the first two is a swap."""
     out: dict[str, list[float]] = {"chat": [], "embed": []}
     before = loads(client)
@@ -107,12 +148,24 @@ def pattern(client: httpx.Client, rounds: int, pause: float) -> tuple[dict[str, 
     return out, {k: after[k] - before.get(k, 0) for k in after}
 
 
-def appliance(chat: Path, embed: Path, args: argparse.Namespace, threads: int, budget_mb: int) -> dict[str, Any]:
+def appliance(
+    chat: Path, embed: Path, args: argparse.Namespace, threads: int, budget_mb: int
+) -> dict[str, Any]:
     profiles: dict[str, dict[str, object]] = {
-        "chat": {"source": str(chat), "context_size": args.chat_ctx, "parallel": args.chat_parallel,
-                 "threads": threads, "idle_ttl_s": 3600},
-        "embed": {"source": str(embed), "kind": "embedding", "context_size": args.embed_ctx, "threads": threads,
-                  "idle_ttl_s": 3600},
+        "chat": {
+            "source": str(chat),
+            "context_size": args.chat_ctx,
+            "parallel": args.chat_parallel,
+            "threads": threads,
+            "idle_ttl_s": 3600,
+        },
+        "embed": {
+            "source": str(embed),
+            "kind": "embedding",
+            "context_size": args.embed_ctx,
+            "threads": threads,
+            "idle_ttl_s": 3600,
+        },
     }
     res: dict[str, Any] = {}
     extra = f"memory_budget_mb = {budget_mb}\nrecycle_workers = {'false' if args.no_recycle else 'true'}"
@@ -142,9 +195,11 @@ def run(args: argparse.Namespace) -> int:
     threads = os.cpu_count() or 1
     ec, ee, auto = default_budget_mb(chat, embed, args)
     budget = args.budget_mb or auto
-    print(f"chat {chat.name} (~{ec} MiB at n_ctx {args.chat_ctx} x{args.chat_parallel}), embed {embed.name} "
-          f"(~{ee} MiB at n_ctx {args.embed_ctx}); budget {budget} MiB; threads {threads}; rounds {args.rounds}; "
-          f"pause {args.pause:g}s; recycle_workers {not args.no_recycle}")
+    print(
+        f"chat {chat.name} (~{ec} MiB at n_ctx {args.chat_ctx} x{args.chat_parallel}), embed {embed.name} "
+        f"(~{ee} MiB at n_ctx {args.embed_ctx}); budget {budget} MiB; threads {threads}; rounds {args.rounds}; "
+        f"pause {args.pause:g}s; recycle_workers {not args.no_recycle}"
+    )
     if budget >= ec + ee:
         print("warning: both models fit the budget; nothing will swap")
     load0 = os.getloadavg()
@@ -157,22 +212,32 @@ def run(args: argparse.Namespace) -> int:
 
     print()
     print("first-token latency, ms (p50 / p95)")
-    print(f"| {'model':6} | {'bare Llama() + first token':>26} | {'back-to-back swap':>17} | {'ratio p50':>9} "
-          f"| {'paused swap':>17} | {'ratio p50':>9} |")
+    print(
+        f"| {'model':6} | {'bare Llama() + first token':>26} | {'back-to-back swap':>17} | {'ratio p50':>9} "
+        f"| {'paused swap':>17} | {'ratio p50':>9} |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name in ("chat", "embed"):
         base = pct(b[name], 0.5)
         bb, pz = a["back_to_back"][name], a["paused"][name]
-        print(f"| {name:6} | {cell(b[name]):>26} | {cell(bb):>17} | {pct(bb, 0.5) / base:8.2f}x "
-              f"| {cell(pz):>17} | {pct(pz, 0.5) / base:8.2f}x |")
+        print(
+            f"| {name:6} | {cell(b[name]):>26} | {cell(bb):>17} | {pct(bb, 0.5) / base:8.2f}x "
+            f"| {cell(pz):>17} | {pct(pz, 0.5) / base:8.2f}x |"
+        )
     print()
-    print(f"loads during back-to-back: {a['b2b_loads']}, paused: {a['paused_loads']} "
-          f"(each should equal --rounds: every request a swap)")
+    print(
+        f"loads during back-to-back: {a['b2b_loads']}, paused: {a['paused_loads']} "
+        f"(each should equal --rounds: every request a swap)"
+    )
     for name in ("chat", "embed"):
         m = a["models"][name]
-        print(f"{name}: swap_tier now {m['swap_tier']}, swap_cost_ms {m['swap_cost_ms']}, counters {m['counters']}")
+        print(
+            f"{name}: swap_tier now {m['swap_tier']}, swap_cost_ms {m['swap_cost_ms']}, counters {m['counters']}"
+        )
     print(f"thrash metric present: {a['thrash']}; scheduler at the end: {a['scheduler']}")
-    print(f"load average (1/5/15 min): before {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
-          f"after {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}")
+    print(
+        f"load average (1/5/15 min): before {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
+        f"after {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}"
+    )
     print("target: back-to-back p50 <= 1.3x bare")
     return 0

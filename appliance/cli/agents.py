@@ -30,8 +30,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     while True:
         page = client.get("/api/agents", params={"after": after} if after else None)
         for a in page["items"]:
-            print(f"{a['name']:20} {a['model']:26} {','.join(a['tools']) or '-':14} {a['source']:8} "
-                  f"{a['description'][:60]}")
+            print(
+                f"{a['name']:20} {a['model']:26} {','.join(a['tools']) or '-':14} {a['source']:8} "
+                f"{a['description'][:60]}"
+            )
         after = page.get("next_after")
         if not after:
             return 0
@@ -41,7 +43,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     a = DaemonClient(args.url, args.token).get(f"/api/agents/{calls.segment(args.agent)}")
     for key in ("name", "id", "model", "description", "tools", "sandbox", "source", "source_path"):
-        print(f"{key + ':':13} {a[key] if not isinstance(a[key], list) else ', '.join(a[key]) or '-'}")
+        print(
+            f"{key + ':':13} {a[key] if not isinstance(a[key], list) else ', '.join(a[key]) or '-'}"
+        )
     print(f"{'params:':13} {json.dumps(a['params'])}")
     print("persona:")
     print("  " + (a["persona"] or "-").replace("\n", "\n  "))

@@ -24,8 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("chat", help="chat with an agent in the terminal")
     p.add_argument("--agent", default="assistant", help="agent name (default: assistant)")
     p.add_argument("--session", help="continue this session instead of opening a new one")
-    p.add_argument("--model", help="override the agent's model (or chat with a bare model with --agent '')")
-    p.add_argument("-m", "--message", action="append", help="send this message and exit (repeatable)")
+    p.add_argument(
+        "--model", help="override the agent's model (or chat with a bare model with --agent '')"
+    )
+    p.add_argument(
+        "-m", "--message", action="append", help="send this message and exit (repeatable)"
+    )
     p.add_argument("--timings", action="store_true", help="print each turn's timings")
     add_client_args(p)
     p.set_defaults(func=cmd_chat)
@@ -54,9 +58,11 @@ def print_turn(events: Iterator[TurnEvent], out: TextIO, timings: bool) -> bool:
             if timings:
                 t = data["timings"]
                 restored = "restored from disk, " if t.get("kv_restored") else ""
-                out.write(f"({data['usage']['completion_tokens']} tokens, first token "
-                          f"{t.get('first_token_ms') or 0:.0f} ms, {restored}"
-                          f"{t.get('cached_tokens', 0)} prompt tokens cached)\n")
+                out.write(
+                    f"({data['usage']['completion_tokens']} tokens, first token "
+                    f"{t.get('first_token_ms') or 0:.0f} ms, {restored}"
+                    f"{t.get('cached_tokens', 0)} prompt tokens cached)\n"
+                )
         elif ev.kind == "error":
             out.write("\n")
             print(f"error: {ev.text}", file=sys.stderr)
@@ -86,8 +92,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             body["model"] = args.model
         session = client.post("/api/sessions", json=body)
     sid = session["id"]
-    print(f"session {sid}" + (f" (agent {args.agent})" if args.agent and not args.session else ""),
-          file=sys.stderr)
+    print(
+        f"session {sid}" + (f" (agent {args.agent})" if args.agent and not args.session else ""),
+        file=sys.stderr,
+    )
     ok = True
     if args.message:
         for text in args.message:

@@ -12,8 +12,12 @@ _MARK = {"ok": "ok", "warning": "warning", "failure": "FAILURE"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("doctor", help="check the host: GPU, llama.cpp, sandboxes, disk, port, config")
-    p.add_argument("--config", type=Path, help="config TOML (default ~/.config/appliance/config.toml)")
+    p = sub.add_parser(
+        "doctor", help="check the host: GPU, llama.cpp, sandboxes, disk, port, config"
+    )
+    p.add_argument(
+        "--config", type=Path, help="config TOML (default ~/.config/appliance/config.toml)"
+    )
     p.add_argument("--state-dir", help="state directory to check")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=run)
@@ -27,7 +31,9 @@ def render(results: list[CheckResult]) -> str:
         if r.fix:
             lines.append(f"{'':8} {'':{width}}  fix: {r.fix}")
     counts = {s: sum(r.status == s for r in results) for s in _MARK}
-    lines.append(f"\n{counts['ok']} ok, {counts['warning']} warning(s), {counts['failure']} failure(s)")
+    lines.append(
+        f"\n{counts['ok']} ok, {counts['warning']} warning(s), {counts['failure']} failure(s)"
+    )
     return "\n".join(lines)
 
 

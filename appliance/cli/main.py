@@ -17,7 +17,20 @@ from appliance import __version__
 from appliance.client.errors import ClientError
 from appliance.errors import ApplianceError
 
-SUBCOMMANDS = ["serve", "models", "convert", "run", "bench", "doctor", "chat", "agents", "sessions", "token", "service", "tui"]
+SUBCOMMANDS = [
+    "serve",
+    "models",
+    "convert",
+    "run",
+    "bench",
+    "doctor",
+    "chat",
+    "agents",
+    "sessions",
+    "token",
+    "service",
+    "tui",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +59,9 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("APPLIANCE_URL", "http://127.0.0.1:8420"),
         help="daemon URL (env APPLIANCE_URL; default http://127.0.0.1:8420)",
     )
-    p.add_argument("--token", default=os.environ.get("APPLIANCE_TOKEN"), help="API token (env APPLIANCE_TOKEN)")
+    p.add_argument(
+        "--token", default=os.environ.get("APPLIANCE_TOKEN"), help="API token (env APPLIANCE_TOKEN)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ClientError as exc:  # the daemon's answer: its status, then its own words
-        print(f"error: {exc.status}: {exc.message}" if exc.status else f"error: {exc.message}", file=sys.stderr)
+        print(
+            f"error: {exc.status}: {exc.message}" if exc.status else f"error: {exc.message}",
+            file=sys.stderr,
+        )
         return 1
     except ApplianceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -17,17 +17,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls = msub.add_parser("list", help="models, their state and memory")
     add_client_args(ls)
     ls.set_defaults(func=cmd_list)
-    for name, helptext in (("load", "load a model now"), ("unload", "unload a model now"),
-                           ("pin", "keep a model loaded"), ("unpin", "let a pinned model unload when idle")):
+    for name, helptext in (
+        ("load", "load a model now"),
+        ("unload", "unload a model now"),
+        ("pin", "keep a model loaded"),
+        ("unpin", "let a pinned model unload when idle"),
+    ):
         c = msub.add_parser(name, help=helptext)
         c.add_argument("model")
         add_client_args(c)
         c.set_defaults(func=cmd_action, action=name)
-    add = msub.add_parser("add", help="add a GGUF model file (writes a profile to the config directory)")
+    add = msub.add_parser(
+        "add", help="add a GGUF model file (writes a profile to the config directory)"
+    )
     add.add_argument("path", type=Path)
     add.add_argument("--id", help="model id (default: from the file name)")
     add.add_argument("--kind", choices=["chat", "embedding"], default="chat")
-    add.add_argument("--replace", action="store_true", help="re-point an existing model id at this file")
+    add.add_argument(
+        "--replace", action="store_true", help="re-point an existing model id at this file"
+    )
     add.add_argument("--config", type=Path, help="config TOML")
     add.add_argument("--state-dir")
     add.set_defaults(func=cmd_add)
@@ -41,11 +49,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     models = DaemonClient(args.url, args.token).call(calls.models())
     now = time.time()
-    print(f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR")
+    print(
+        f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR"
+    )
     for m in models:
-        idle = f"{m.idle_deadline - now:.0f}s" if m.idle_deadline else ("pinned" if m.pinned else "-")
+        idle = (
+            f"{m.idle_deadline - now:.0f}s" if m.idle_deadline else ("pinned" if m.pinned else "-")
+        )
         err = (m.last_error or "")[:60]
-        print(f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10} {idle:>8} {m.load_count:>5}  {err}")
+        print(
+            f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10} {idle:>8} {m.load_count:>5}  {err}"
+        )
     return 0
 
 
@@ -54,8 +68,14 @@ def cmd_action(args: argparse.Namespace) -> int:
     if args.action in ("pin", "unpin"):
         m = client.call(calls.pin_model(args.model, args.action == "pin"))
     else:
-        m = client.call(calls.load_model(args.model) if args.action == "load" else calls.unload_model(args.model))
-    extra = f", load took {m.last_load_ms:.0f} ms" if args.action == "load" and m.last_load_ms else ""
+        m = client.call(
+            calls.load_model(args.model)
+            if args.action == "load"
+            else calls.unload_model(args.model)
+        )
+    extra = (
+        f", load took {m.last_load_ms:.0f} ms" if args.action == "load" and m.last_load_ms else ""
+    )
     print(f"{m.id}: {m.state}{' (pinned)' if m.pinned else ''}{extra}")
     return 0
 
@@ -65,8 +85,12 @@ def cmd_add(args: argparse.Namespace) -> int:
     from appliance.models.catalog import ModelCatalog
 
     cfg = load_config(args.config, state_dir=args.state_dir)
-    prof = ModelCatalog.load(cfg).add_path(args.path, model_id=args.id, kind=args.kind, replace=args.replace)
-    print(f"added model {prof.id} ({prof.kind}) from {prof.source}; a running daemon sees it after a restart")
+    prof = ModelCatalog.load(cfg).add_path(
+        args.path, model_id=args.id, kind=args.kind, replace=args.replace
+    )
+    print(
+        f"added model {prof.id} ({prof.kind}) from {prof.source}; a running daemon sees it after a restart"
+    )
     return 0
 
 

@@ -17,8 +17,12 @@ log = logging.getLogger("appliance")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the daemon")
-    p.add_argument("--config", type=Path, help="config TOML (default ~/.config/appliance/config.toml)")
-    p.add_argument("--state-dir", help="state directory (default $STATE_DIRECTORY or ~/.local/state/appliance)")
+    p.add_argument(
+        "--config", type=Path, help="config TOML (default ~/.config/appliance/config.toml)"
+    )
+    p.add_argument(
+        "--state-dir", help="state directory (default $STATE_DIRECTORY or ~/.local/state/appliance)"
+    )
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8420)")
     p.add_argument(
@@ -58,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, state_dir=args.state_dir)
     server = cfg.server
     if args.host or args.port:
-        server = msgspec.structs.replace(server, host=args.host or server.host, port=args.port or server.port)
+        server = msgspec.structs.replace(
+            server, host=args.host or server.host, port=args.port or server.port
+        )
         cfg = msgspec.structs.replace(cfg, server=server)
     if not is_loopback(server.host) and not _has_tokens(Path(cfg.state_dir)):
         raise ConfigError(
@@ -70,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_fetch:
         fetch_defaults(appliance, cfg.models.defaults)
     app = create_app(appliance)
-    print(f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})", flush=True)
+    print(
+        f"appliance serving on http://{server.host}:{server.port} (state {cfg.state_dir})",
+        flush=True,
+    )
     return serve(appliance, app, server, sockets=sockets)
 
 

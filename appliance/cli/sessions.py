@@ -42,12 +42,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     client = DaemonClient(args.url, args.token)
     params = {"limit": args.limit, **({"agent": args.agent} if args.agent else {})}
     page = client.get("/api/sessions", params=params)
-    agents = {a["id"]: a["name"] for a in client.get("/api/agents", params={"limit": 1000})["items"]}
+    agents = {
+        a["id"]: a["name"] for a in client.get("/api/agents", params={"limit": 1000})["items"]
+    }
     print(f"{'SESSION':26} {'AGENT':16} {'STATUS':8} {'MSGS':>5} {'UPDATED':>9}  TITLE")
     for s in page["items"]:
-        agent = agents.get(s["agent_id"], s.get("model") or "-") if s["agent_id"] else (s.get("model") or "-")
-        print(f"{s['id']:26} {agent:16} {s['status']:8} {s['message_count']:>5} {_ago(s['updated']):>9}  "
-              f"{s['title'][:50]}")
+        agent = (
+            agents.get(s["agent_id"], s.get("model") or "-")
+            if s["agent_id"]
+            else (s.get("model") or "-")
+        )
+        print(
+            f"{s['id']:26} {agent:16} {s['status']:8} {s['message_count']:>5} {_ago(s['updated']):>9}  "
+            f"{s['title'][:50]}"
+        )
     if page.get("next_after"):
         print(f"(more: raise --limit beyond {args.limit})")
     return 0
@@ -56,8 +64,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     s = DaemonClient(args.url, args.token).get(f"/api/sessions/{calls.segment(args.session)}")
-    print(f"session {s['id']}  status {s['status']}{' (hot)' if s.get('hot') else ''}  "
-          f"{s['message_count']} messages" + (f"  forked from {s['parent_id']}" if s.get("parent_id") else ""))
+    print(
+        f"session {s['id']}  status {s['status']}{' (hot)' if s.get('hot') else ''}  "
+        f"{s['message_count']} messages"
+        + (f"  forked from {s['parent_id']}" if s.get("parent_id") else "")
+    )
     for kv in s.get("parked", []):
         print(f"parked KV state: {kv['n_tokens']} tokens, {size(kv['bytes'])}")
     for m in s["messages"]:

@@ -61,8 +61,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         new = store.tokens.create(args.name)
     print(f"created token {new.token.name!r} ({new.token.id}). It is shown only this once:\n")
     print(f"    {new.plain}\n")
-    print("Clients send it as `Authorization: Bearer <token>` (OpenAI SDKs: api_key=<token>; "
-          "the appliance CLI: --token or APPLIANCE_TOKEN).")
+    print(
+        "Clients send it as `Authorization: Bearer <token>` (OpenAI SDKs: api_key=<token>; "
+        "the appliance CLI: --token or APPLIANCE_TOKEN)."
+    )
     return 0
 
 
@@ -74,8 +76,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'NAME':20} {'ID':28} {'PREFIX':12} {'CREATED':16} {'LAST USED':16} REVOKED")
     for t in tokens:
-        print(f"{t.name:20} {t.id:28} {t.prefix:12} {_when(t.created):16} {_when(t.last_used):16} "
-              f"{_when(t.revoked) if t.revoked else ''}")
+        print(
+            f"{t.name:20} {t.id:28} {t.prefix:12} {_when(t.created):16} {_when(t.last_used):16} "
+            f"{_when(t.revoked) if t.revoked else ''}"
+        )
     return 0
 
 

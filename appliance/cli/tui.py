@@ -12,7 +12,9 @@ from appliance.cli.main import add_client_args
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("tui", help="the terminal console: models, sessions, sandboxes, GPU and traces")
+    p = sub.add_parser(
+        "tui", help="the terminal console: models, sessions, sandboxes, GPU and traces"
+    )
     add_client_args(p)
     p.set_defaults(func=run)
 

@@ -70,8 +70,9 @@ class ApplianceClient:
         backoff_max_s: float = 8.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(token), timeout=timeout_s,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=auth_headers(token), timeout=timeout_s, transport=transport
+        )
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.state = ConnectionState("connecting", self.url)
@@ -108,18 +109,26 @@ class ApplianceClient:
 
     async def call(self, c: Call[T]) -> T:
         try:
-            resp = await self._http.request(c.method, c.path, json=c.body, params=c.params,
-                                            timeout=NO_READ_LIMIT if c.slow else httpx.USE_CLIENT_DEFAULT)
+            resp = await self._http.request(
+                c.method,
+                c.path,
+                json=c.body,
+                params=c.params,
+                timeout=NO_READ_LIMIT if c.slow else httpx.USE_CLIENT_DEFAULT,
+            )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         self._check(resp)
         return c.parse(resp.json() if resp.content else None)
 
     @asynccontextmanager
-    async def _events(self, method: str, path: str, *, body: Any = None,
-                      headers: dict[str, str] | None = None) -> AsyncIterator[EventSource]:
+    async def _events(
+        self, method: str, path: str, *, body: Any = None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[EventSource]:
         try:
-            async with self._http.stream(method, path, json=body, headers=headers, timeout=NO_READ_LIMIT) as resp:
+            async with self._http.stream(
+                method, path, json=body, headers=headers, timeout=NO_READ_LIMIT
+            ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                 self._check(resp)
@@ -158,11 +167,14 @@ class ApplianceClient:
     async def pin_model(self, model_id: str, pinned: bool) -> ModelInfo:
         return await self.call(calls.pin_model(model_id, pinned))
 
-    async def add_model(self, path: str, model_id: str | None = None, kind: str = "chat") -> ModelInfo:
+    async def add_model(
+        self, path: str, model_id: str | None = None, kind: str = "chat"
+    ) -> ModelInfo:
         return await self.call(calls.add_model(path, model_id, kind))
 
-    async def chat_stream(self, model: str, messages: list[dict[str, Any]], *,
-                          max_tokens: int | None = None) -> AsyncIterator[str]:
+    async def chat_stream(
+        self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
         """The reply of `POST /v1/chat/completions` (streamed), piece by piece."""
         body = calls.chat_body(model, messages, max_tokens)
         async with self._events("POST", "/v1/chat/completions", body=body) as source:
@@ -181,15 +193,17 @@ class ApplianceClient:
     async def sessions(self, agent: str | None = None, *, limit: int = 200) -> list[Session]:
         return await self.call(calls.sessions(agent, limit=limit))
 
-    async def create_session(self, *, agent: str | None = None, model: str | None = None,
-                             title: str | None = None) -> Session:
+    async def create_session(
+        self, *, agent: str | None = None, model: str | None = None, title: str | None = None
+    ) -> Session:
         return await self.call(calls.create_session(agent=agent, model=model, title=title))
 
     async def transcript(self, session_id: str) -> list[TranscriptEntry]:
         return await self.call(calls.transcript(session_id))
 
-    async def send_message(self, session_id: str, content: str, *,
-                           max_tokens: int | None = None) -> AsyncIterator[TurnEvent]:
+    async def send_message(
+        self, session_id: str, content: str, *, max_tokens: int | None = None
+    ) -> AsyncIterator[TurnEvent]:
         """One turn of a session: its events (token, tool_call, tool_result, message, done, error)."""
         body = calls.turn_body(content, max_tokens)
         async with self._events("POST", calls.turn_path(session_id), body=body) as source:
@@ -218,7 +232,9 @@ class ApplianceClient:
     async def create_sandbox(self, language: str) -> Sandbox:
         return await self.call(calls.create_sandbox(language))
 
-    async def exec_in_sandbox(self, sandbox_id: str, code: str, stdin: str | None = None) -> RunResult:
+    async def exec_in_sandbox(
+        self, sandbox_id: str, code: str, stdin: str | None = None
+    ) -> RunResult:
         return await self.call(calls.exec_in_sandbox(sandbox_id, code, stdin))
 
     async def run(self, language: str, code: str, stdin: str | None = None) -> RunResult:
@@ -229,8 +245,9 @@ class ApplianceClient:
 
     # --- traces --------------------------------------------------------------------------------
 
-    async def traces(self, *, model: str | None = None, session_id: str | None = None,
-                     limit: int = 100) -> list[Trace]:
+    async def traces(
+        self, *, model: str | None = None, session_id: str | None = None, limit: int = 100
+    ) -> list[Trace]:
         return await self.call(calls.traces(model=model, session_id=session_id, limit=limit))
 
     async def trace(self, trace_id: str) -> Trace:

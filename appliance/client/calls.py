@@ -72,6 +72,7 @@ def _transcript(payload: Any) -> list[TranscriptEntry]:
 
 # --- the daemon -------------------------------------------------------------------------------
 
+
 def health() -> Call[Health]:
     return Call("GET", "/api/health", Health.from_json)
 
@@ -90,6 +91,7 @@ def usage() -> Call[UsageTotals]:
 
 # --- models -----------------------------------------------------------------------------------
 
+
 def models() -> Call[list[ModelInfo]]:
     return Call("GET", "/api/models", _listing(ModelInfo.from_json))
 
@@ -107,8 +109,12 @@ def unload_model(model_id: str) -> Call[ModelInfo]:
 
 
 def pin_model(model_id: str, pinned: bool) -> Call[ModelInfo]:
-    return Call("POST", f"/api/models/{segment(model_id)}/pin", ModelInfo.from_json,
-                params={"pinned": str(pinned).lower()})
+    return Call(
+        "POST",
+        f"/api/models/{segment(model_id)}/pin",
+        ModelInfo.from_json,
+        params={"pinned": str(pinned).lower()},
+    )
 
 
 def add_model(path: str, model_id: str | None = None, kind: str = "chat") -> Call[ModelInfo]:
@@ -119,6 +125,7 @@ def add_model(path: str, model_id: str | None = None, kind: str = "chat") -> Cal
 
 
 # --- agents and sessions ----------------------------------------------------------------------
+
 
 def agents() -> Call[list[Agent]]:
     return Call("GET", "/api/agents", _listing(Agent.from_json))
@@ -131,8 +138,9 @@ def sessions(agent: str | None = None, *, limit: int = 200) -> Call[list[Session
     return Call("GET", "/api/sessions", _listing(Session.from_json), params=params)
 
 
-def create_session(*, agent: str | None = None, model: str | None = None,
-                   title: str | None = None) -> Call[Session]:
+def create_session(
+    *, agent: str | None = None, model: str | None = None, title: str | None = None
+) -> Call[Session]:
     """A session with an agent (name or id), or with a bare model."""
     body = {k: v for k, v in (("agent", agent), ("model", model), ("title", title)) if v}
     return Call("POST", "/api/sessions", Session.from_json, body=body)
@@ -153,6 +161,7 @@ def delete_session(session_id: str) -> Call[None]:
 
 # --- sandboxes --------------------------------------------------------------------------------
 
+
 def sandboxes() -> Call[list[Sandbox]]:
     return Call("GET", "/api/sandboxes", _listing(Sandbox.from_json))
 
@@ -169,7 +178,13 @@ def exec_in_sandbox(sandbox_id: str, code: str, stdin: str | None = None) -> Cal
     body: dict[str, Any] = {"code": code}
     if stdin:
         body["stdin"] = stdin
-    return Call("POST", f"/api/sandboxes/{segment(sandbox_id)}/exec", RunResult.from_json, body=body, slow=True)
+    return Call(
+        "POST",
+        f"/api/sandboxes/{segment(sandbox_id)}/exec",
+        RunResult.from_json,
+        body=body,
+        slow=True,
+    )
 
 
 def run(language: str, code: str, stdin: str | None = None) -> Call[RunResult]:
@@ -186,7 +201,10 @@ def destroy_sandbox(sandbox_id: str) -> Call[None]:
 
 # --- traces -----------------------------------------------------------------------------------
 
-def traces(*, model: str | None = None, session_id: str | None = None, limit: int = 100) -> Call[list[Trace]]:
+
+def traces(
+    *, model: str | None = None, session_id: str | None = None, limit: int = 100
+) -> Call[list[Trace]]:
     params: dict[str, Any] = {"limit": limit}
     if model:
         params["model"] = model
@@ -201,7 +219,10 @@ def trace(trace_id: str) -> Call[Trace]:
 
 # --- streams: the body of each, the events read by appliance.client.sse -----------------------
 
-def chat_body(model: str, messages: list[dict[str, Any]], max_tokens: int | None = None) -> dict[str, Any]:
+
+def chat_body(
+    model: str, messages: list[dict[str, Any]], max_tokens: int | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens

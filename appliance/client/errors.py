@@ -50,7 +50,10 @@ def error_text(resp: httpx.Response) -> tuple[str, str | None]:
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
         code = err.get("code")
-        return (str(err.get("message") or resp.reason_phrase), str(code) if code is not None else None)
+        return (
+            str(err.get("message") or resp.reason_phrase),
+            str(code) if code is not None else None,
+        )
     if isinstance(body, dict) and "detail" in body:
         return (str(body["detail"]), None)
     return (resp.text.strip() or resp.reason_phrase, None)
@@ -65,15 +68,22 @@ def error_for(resp: httpx.Response, url: str) -> ClientError | None:
         return DaemonUnauthorized(
             f"the appliance at {url} refused the token ({text}). Pass a valid one with --token or "
             "APPLIANCE_TOKEN (`appliance token create NAME` makes one).",
-            status=resp.status_code, code=code)
+            status=resp.status_code,
+            code=code,
+        )
     if resp.status_code in (404, 405) and code in (None, "404", "405"):
         route = f"{resp.request.method} {resp.request.url.path}"
-        return NotAvailable(f"{route} is not available on this daemon (an older or partial build).",
-                            status=resp.status_code, code=code)
+        return NotAvailable(
+            f"{route} is not available on this daemon (an older or partial build).",
+            status=resp.status_code,
+            code=code,
+        )
     return ClientError(text, status=resp.status_code, code=code)
 
 
 def unreachable(url: str, exc: Exception) -> DaemonUnreachable:
     reason = str(exc) or type(exc).__name__
-    return DaemonUnreachable(f"cannot reach the appliance at {url} ({reason}). Start it with "
-                             "`appliance serve`, or pass --url.")
+    return DaemonUnreachable(
+        f"cannot reach the appliance at {url} ({reason}). Start it with "
+        "`appliance serve`, or pass --url."
+    )

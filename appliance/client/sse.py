@@ -27,7 +27,9 @@ def chat_piece(sse: ServerSentEvent) -> str | None:
     err = chunk.get("error")
     if isinstance(err, dict):
         raise ClientError(str(err.get("message")), code=err.get("code"))
-    return "".join((choice.get("delta") or {}).get("content") or "" for choice in chunk.get("choices") or [])
+    return "".join(
+        (choice.get("delta") or {}).get("content") or "" for choice in chunk.get("choices") or []
+    )
 
 
 def turn_event(sse: ServerSentEvent) -> TurnEvent | None:

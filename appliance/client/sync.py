@@ -30,19 +30,31 @@ def _json(payload: Any) -> Any:
 class DaemonClient:
     """Blocking access to one appliance daemon; each method is one request."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0,
-                 *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 600.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=auth_headers(token), timeout=timeout,
-                                 transport=transport)
+        self.http = httpx.Client(
+            base_url=self.url, headers=auth_headers(token), timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self.http.close()
 
     def call(self, c: Call[T]) -> T:
         try:
-            resp = self.http.request(c.method, c.path, json=c.body, params=c.params,
-                                     timeout=NO_READ_LIMIT if c.slow else httpx.USE_CLIENT_DEFAULT)
+            resp = self.http.request(
+                c.method,
+                c.path,
+                json=c.body,
+                params=c.params,
+                timeout=NO_READ_LIMIT if c.slow else httpx.USE_CLIENT_DEFAULT,
+            )
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from exc
         err = error_for(resp, self.url)
@@ -50,7 +62,9 @@ class DaemonClient:
             raise err
         return c.parse(resp.json() if resp.content else None)
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+    def request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
+    ) -> Any:
         """The answer's JSON (None for an empty answer)."""
         return self.call(Call(method, path, _json, params=params, body=json))
 
@@ -63,11 +77,17 @@ class DaemonClient:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
-    def turn(self, session_id: str, content: str, *, max_tokens: int | None = None) -> Iterator[TurnEvent]:
+    def turn(
+        self, session_id: str, content: str, *, max_tokens: int | None = None
+    ) -> Iterator[TurnEvent]:
         """One turn of a session: its events as they come, up to `done` or `error`."""
         try:
-            with self.http.stream("POST", calls.turn_path(session_id), json=calls.turn_body(content, max_tokens),
-                                  timeout=NO_READ_LIMIT) as resp:
+            with self.http.stream(
+                "POST",
+                calls.turn_path(session_id),
+                json=calls.turn_body(content, max_tokens),
+                timeout=NO_READ_LIMIT,
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                 err = error_for(resp, self.url)

@@ -35,7 +35,9 @@ def _id_from_filename(path: Path) -> str:
 
 
 class ModelCatalog:
-    def __init__(self, profiles: dict[str, ModelProfile], fetcher: ModelFetcher, user_dir: Path) -> None:
+    def __init__(
+        self, profiles: dict[str, ModelProfile], fetcher: ModelFetcher, user_dir: Path
+    ) -> None:
         self._profiles = dict(profiles)
         self.fetcher = fetcher
         self.user_dir = user_dir
@@ -62,7 +64,9 @@ class ModelCatalog:
                 continue
             for f in sorted(root.rglob("*.gguf")):
                 mid = _id_from_filename(f)
-                profiles.setdefault(mid, ModelProfile(id=mid, source=str(f), description=f"found in {root}"))
+                profiles.setdefault(
+                    mid, ModelProfile(id=mid, source=str(f), description=f"found in {root}")
+                )
         fetcher = ModelFetcher(Path(config.state_dir) / "models")
         return cls(profiles, fetcher, user_dir)
 
@@ -103,7 +107,9 @@ class ModelCatalog:
             except (ModelUnavailable, ConfigError, InvalidRequest):
                 raise
             except Exception as exc:
-                raise ModelUnavailable(f"fetching model {model_id!r} from {prof.source} failed: {exc}") from exc
+                raise ModelUnavailable(
+                    f"fetching model {model_id!r} from {prof.source} failed: {exc}"
+                ) from exc
 
     # --- changes ---------------------------------------------------------------------------
 
@@ -117,8 +123,15 @@ class ModelCatalog:
             self._profiles[profile.id] = profile
         return target
 
-    def add_path(self, path: Path, *, model_id: str | None = None, kind: str = "chat", replace: bool = False,
-                 policy: RegistrationPolicy | None = None) -> ModelProfile:
+    def add_path(
+        self,
+        path: Path,
+        *,
+        model_id: str | None = None,
+        kind: str = "chat",
+        replace: bool = False,
+        policy: RegistrationPolicy | None = None,
+    ) -> ModelProfile:
         """Register a GGUF file under `model_id` (default: from the file name).
 
         An existing id is replaced only with `replace`. With a `policy` (the API's) the file must
@@ -129,7 +142,9 @@ class ModelCatalog:
         else:
             path = path.expanduser().resolve()
             if not path.is_file() or path.suffix != ".gguf":
-                raise InvalidRequest(f"{path} is not a .gguf file; give the path of a GGUF model file")
+                raise InvalidRequest(
+                    f"{path} is not a .gguf file; give the path of a GGUF model file"
+                )
         mid = model_id or _id_from_filename(path)
         try:
             prof = ModelProfile(id=mid, source=str(path), kind=kind)  # type: ignore[arg-type]

@@ -39,7 +39,6 @@ CHATML_TEMPLATE = (
 )
 
 
-
 class _GenerationTag(jinja2.ext.Extension):
     """Transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant's tokens for
     training masks): rendered as its body, as llama-cpp-python's IgnoreGenerationTags does."""
@@ -64,10 +63,16 @@ def _raise(message: str) -> None:
     raise InvalidRequest(f"the chat template refused the messages: {message}")
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 _env.globals["raise_exception"] = _raise
@@ -97,7 +102,11 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text", "output_text"):
+            if isinstance(part, Mapping) and part.get("type") in (
+                "text",
+                "input_text",
+                "output_text",
+            ):
                 texts.append(str(part.get("text", "")))
             else:
                 kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
@@ -106,7 +115,9 @@ def content_text(content: Any) -> str:
                     param="messages",
                 )
         return "".join(texts)
-    raise InvalidRequest("message content must be a string or a list of text parts", param="messages")
+    raise InvalidRequest(
+        "message content must be a string or a list of text parts", param="messages"
+    )
 
 
 def tool_call_text(name: str, arguments: Any) -> str:
@@ -122,12 +133,16 @@ def tools_system_prompt(tools: Sequence[Mapping[str, Any]], required: bool) -> s
     for t in tools:
         fn = t["function"]
         params = json.dumps(fn.get("parameters") or {"type": "object", "properties": {}})
-        lines.append(f"- {fn['name']}: {fn.get('description', '')} Parameters (JSON schema): {params}")
+        lines.append(
+            f"- {fn['name']}: {fn.get('description', '')} Parameters (JSON schema): {params}"
+        )
     lines.append(
         'To call a tool, reply with JSON only: {"tool_call": {"name": "<tool name>", "arguments": {...}}}.'
     )
     if not required:
-        lines.append('To answer without a tool, reply with JSON only: {"response": "<your answer>"}.')
+        lines.append(
+            'To answer without a tool, reply with JSON only: {"response": "<your answer>"}.'
+        )
     return "\n".join(lines)
 
 
@@ -141,7 +156,9 @@ def normalise_messages(
     for i, m in enumerate(messages):
         role = m.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
-            raise InvalidRequest(f"messages[{i}].role {role!r} is not a chat role", param="messages")
+            raise InvalidRequest(
+                f"messages[{i}].role {role!r} is not a chat role", param="messages"
+            )
         text = content_text(m.get("content"))
         if role == "developer":
             role = "system"
@@ -194,7 +211,9 @@ def select_tools(
         return [], False
     for i, t in enumerate(tools):
         if t.get("type", "function") != "function" or not isinstance(t.get("function"), Mapping):
-            raise InvalidRequest(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", param="tools")
+            raise InvalidRequest(
+                f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", param="tools"
+            )
         if not t["function"].get("name"):
             raise InvalidRequest(f"tools[{i}].function.name is missing", param="tools")
     if tool_choice in (None, "auto"):
@@ -205,9 +224,13 @@ def select_tools(
         name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
         chosen = [t for t in tools if t["function"]["name"] == name]
         if not chosen:
-            raise InvalidRequest(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
+            raise InvalidRequest(
+                f"tool_choice names {name!r}, which is not in tools", param="tool_choice"
+            )
         return chosen, True
-    raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or a function", param="tool_choice")
+    raise InvalidRequest(
+        "tool_choice must be 'none', 'auto', 'required' or a function", param="tool_choice"
+    )
 
 
 def tool_call_schema(tools: Sequence[Mapping[str, Any]], required: bool) -> dict[str, Any]:
@@ -227,7 +250,11 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]], required: bool) -> dict
     with_call = {"type": "object", "properties": {"tool_call": call}, "required": ["tool_call"]}
     if required:
         return with_call
-    answer = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"]}
+    answer = {
+        "type": "object",
+        "properties": {"response": {"type": "string"}},
+        "required": ["response"],
+    }
     return {"oneOf": [with_call, answer]}
 
 
@@ -244,11 +271,15 @@ def response_format_schema(response_format: Mapping[str, Any] | None) -> dict[st
         spec = response_format.get("json_schema") or {}
         schema = spec.get("schema")
         if not isinstance(schema, Mapping):
-            raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object",
-                                 param="response_format")
+            raise InvalidRequest(
+                "response_format.json_schema.schema must be a JSON schema object",
+                param="response_format",
+            )
         return dict(schema)
-    raise InvalidRequest(f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
-                         param="response_format")
+    raise InvalidRequest(
+        f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
+        param="response_format",
+    )
 
 
 def new_call_id() -> str:

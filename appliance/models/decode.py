@@ -125,7 +125,9 @@ def decode(
 
 def sampling_args(params: dict[str, Any]) -> dict[str, Any]:
     """OpenAI request fields -> llama_cpp.Llama.generate keyword arguments."""
-    out: dict[str, Any] = {"temp": 0.8 if params.get("temperature") is None else float(params["temperature"])}
+    out: dict[str, Any] = {
+        "temp": 0.8 if params.get("temperature") is None else float(params["temperature"])
+    }
     for ours, theirs in (
         ("top_p", "top_p"),
         ("top_k", "top_k"),
@@ -145,13 +147,17 @@ def parse_logit_bias(raw: Any, n_vocab: int) -> dict[int, float]:
     if not raw:
         return {}
     if not isinstance(raw, dict):
-        raise InvalidRequest("logit_bias must map token ids to numbers between -100 and 100", param="logit_bias")
+        raise InvalidRequest(
+            "logit_bias must map token ids to numbers between -100 and 100", param="logit_bias"
+        )
     out: dict[int, float] = {}
     for key, value in raw.items():
         try:
             tok, bias = int(key), float(value)
         except (TypeError, ValueError):
-            raise InvalidRequest(f"logit_bias[{key!r}] is not a token id with a number", param="logit_bias") from None
+            raise InvalidRequest(
+                f"logit_bias[{key!r}] is not a token id with a number", param="logit_bias"
+            ) from None
         if not 0 <= tok < n_vocab or not -100 <= bias <= 100:
             raise InvalidRequest(
                 f"logit_bias[{key!r}]: token ids go from 0 to {n_vocab - 1} and biases from -100 to 100",

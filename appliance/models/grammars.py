@@ -149,7 +149,9 @@ class GrammarProver:
         jailed = None
         if self.jail is not None and await self.jail.unusable() is None:
             jailed = self.jail.command(argv, models=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")} | self.env
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")
+        } | self.env
         env.update(CUDA_VISIBLE_DEVICES="", GGML_NO_BACKTRACE="1")  # parsing needs no GPU
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -31,10 +31,17 @@ def token_prefix_hash(tokens: Sequence[int]) -> str:
     return hashlib.sha256(array.array("i", tokens).tobytes()).hexdigest()
 
 
-def write_kv_file(path: str | os.PathLike[str], tokens: list[int], state: memoryview | bytes) -> int:
+def write_kv_file(
+    path: str | os.PathLike[str], tokens: list[int], state: memoryview | bytes
+) -> int:
     """Write atomically; returns the file size in bytes."""
     header = json.dumps(
-        {"n_tokens": len(tokens), "tokens": tokens, "state_bytes": len(state), "crc32": zlib.crc32(state)}
+        {
+            "n_tokens": len(tokens),
+            "tokens": tokens,
+            "state_bytes": len(state),
+            "crc32": zlib.crc32(state),
+        }
     ).encode()
     target = Path(path)
     if not target.parent.is_dir():

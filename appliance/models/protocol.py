@@ -117,8 +117,20 @@ class Ping(msgspec.Struct, tag="ping"):
     requests are doing, so a worker that stays silent is stopped or hung, not busy."""
 
 
-Command = (Load | Generate | Embed | Tokenize | SaveSlot | RestoreSlot | Cancel | Credit | Shutdown | Prewarm | Ping
-           | Unload)
+Command = (
+    Load
+    | Generate
+    | Embed
+    | Tokenize
+    | SaveSlot
+    | RestoreSlot
+    | Cancel
+    | Credit
+    | Shutdown
+    | Prewarm
+    | Ping
+    | Unload
+)
 
 
 # --- worker -> daemon ----------------------------------------------------------------------
@@ -192,7 +204,9 @@ def frame_size(header: bytes) -> int:
     peer is broken: the stream cannot be trusted past it)."""
     (size,) = HEADER.unpack(header)
     if size > MAX_FRAME:
-        raise PayloadTooLarge(f"a worker frame announces {size} bytes, over MAX_FRAME ({MAX_FRAME})")
+        raise PayloadTooLarge(
+            f"a worker frame announces {size} bytes, over MAX_FRAME ({MAX_FRAME})"
+        )
     return int(size)
 
 

@@ -83,11 +83,23 @@ class Runner:
     load_ms_by_tier: dict[str, float] = field(default_factory=dict)
     """The last load's milliseconds by where the file was: warm (page cache) or cold (disk)."""
     counters: dict[str, int] = field(
-        default_factory=lambda: {"requests": 0, "evictions": 0, "crashes": 0, "swaps": 0, "thrash": 0})
+        default_factory=lambda: {
+            "requests": 0,
+            "evictions": 0,
+            "crashes": 0,
+            "swaps": 0,
+            "thrash": 0,
+        }
+    )
 
     @property
     def resident(self) -> bool:
-        return (self.worker is not None or self.reserved) and self.state in ("loading", "ready", "busy", "unloading")
+        return (self.worker is not None or self.reserved) and self.state in (
+            "loading",
+            "ready",
+            "busy",
+            "unloading",
+        )
 
     @property
     def memory_bytes(self) -> int:

@@ -32,7 +32,16 @@ from appliance.models.memory import MemoryProbe
 from appliance.models.runner import Clock, ModelStatus, Runner, Spawner, SystemClock, Worker
 from appliance.telemetry.events import EventBus
 
-__all__ = ["Clock", "Lease", "ModelScheduler", "ModelStatus", "Runner", "Spawner", "SystemClock", "Worker"]
+__all__ = [
+    "Clock",
+    "Lease",
+    "ModelScheduler",
+    "ModelStatus",
+    "Runner",
+    "Spawner",
+    "SystemClock",
+    "Worker",
+]
 
 log = logging.getLogger("appliance.scheduler")
 
@@ -219,7 +228,11 @@ class ModelScheduler:
     async def reap_expired(self) -> list[str]:
         """Unload every idle model whose deadline has passed; returns their ids."""
         now = self.clock.monotonic()
-        expired = [r for r in self.runners.values() if r.idle and r.expires_at is not None and r.expires_at <= now]
+        expired = [
+            r
+            for r in self.runners.values()
+            if r.idle and r.expires_at is not None and r.expires_at <= now
+        ]
         for r in expired:
             await self._unload(r, "idle")
         self.trim_spares()
@@ -227,7 +240,9 @@ class ModelScheduler:
 
     async def _reap_loop(self) -> None:
         while True:
-            deadlines = [r.expires_at for r in self.runners.values() if r.expires_at is not None and r.idle]
+            deadlines = [
+                r.expires_at for r in self.runners.values() if r.expires_at is not None and r.idle
+            ]
             trim_at = self._next_trim()
             if trim_at is not None:
                 deadlines.append(trim_at)
@@ -261,17 +276,23 @@ class ModelScheduler:
             r.last_error = None
             # a fetch or a slow disk delays this model only: nothing below holds the admission lock
             path, info, tier = await asyncio.to_thread(self._prepare, prof.id)
-            r.memory_estimate = info.estimate_bytes(prof.context_size, prof.parallel, gpu=self.memory.kind == "gpu")
+            r.memory_estimate = info.estimate_bytes(
+                prof.context_size, prof.parallel, gpu=self.memory.kind == "gpu"
+            )
             loop = asyncio.get_running_loop()  # a real wait, whatever clock the scheduler is given
             wait_until = loop.time() + self.config.evict_wait_s
             while True:
                 async with self._load_lock:  # admission only: room is made and reserved atomically
                     worker = self._pop_spare(str(path))
                     try:
-                        await self._make_room(r, r.memory_estimate, may_wait=loop.time() < wait_until)
+                        await self._make_room(
+                            r, r.memory_estimate, may_wait=loop.time() < wait_until
+                        )
                     except BaseException as exc:
                         if worker is not None:
-                            self._spares.insert(0, _Spare(worker, self._spare_rss(worker), self.clock.monotonic()))
+                            self._spares.insert(
+                                0, _Spare(worker, self._spare_rss(worker), self.clock.monotonic())
+                            )
                             worker = None
                         if not isinstance(exc, _WaitForIdle):
                             raise
@@ -281,7 +302,9 @@ class ModelScheduler:
                 # the room is held by busy models: wait (outside the lock) for one to go idle
                 self._idle_event.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle_event.wait(), max(0.01, wait_until - loop.time()))
+                    await asyncio.wait_for(
+                        self._idle_event.wait(), max(0.01, wait_until - loop.time())
+                    )
             t_admitted = t0 = self.clock.monotonic()
             if worker is None:
                 worker = await self._take_worker(str(path))
@@ -312,12 +335,21 @@ class ModelScheduler:
                 r.load_ms_by_tier[tier] = r.last_load_ms
             r.memory_measured = self._measured(worker.pid, loaded, r.memory_estimate)
             swap = self._note_swap(r)
-            phases = {"admit_ms": round((t_admitted - t_start) * 1000.0, 1),
-                      "worker_ms": round((t_worker - t_admitted) * 1000.0, 1),
-                      "worker_load_ms": round((self.clock.monotonic() - t_worker) * 1000.0, 1)}
+            phases = {
+                "admit_ms": round((t_admitted - t_start) * 1000.0, 1),
+                "worker_ms": round((t_worker - t_admitted) * 1000.0, 1),
+                "worker_load_ms": round((self.clock.monotonic() - t_worker) * 1000.0, 1),
+            }
             log.info("model %s ready (%s, %s)", prof.id, tier, phases)
-            self._set_state(r, "ready", load_ms=r.last_load_ms, memory_bytes=r.memory_measured, tier=tier,
-                            swap=swap, **phases)
+            self._set_state(
+                r,
+                "ready",
+                load_ms=r.last_load_ms,
+                memory_bytes=r.memory_measured,
+                tier=tier,
+                swap=swap,
+                **phases,
+            )
             # the next spare starts once this load is done, not during it: on a small box the
             # process start would take the cores the load is using
             self._refill_spares()
@@ -329,7 +361,9 @@ class ModelScheduler:
                     await worker.close(grace=0.5)
             r.worker = None
             r.memory_measured = 0
-            r.last_error = exc.message if isinstance(exc, ApplianceError) else f"{type(exc).__name__}: {exc}"
+            r.last_error = (
+                exc.message if isinstance(exc, ApplianceError) else f"{type(exc).__name__}: {exc}"
+            )
             if isinstance(exc, asyncio.CancelledError):
                 r.last_error = "load cancelled"
             self._set_state(r, "failed", error=r.last_error)
@@ -363,13 +397,18 @@ class ModelScheduler:
             r.counters["thrash"] += 1
             budget = self.memory.budget_bytes()
             self.events.publish(
-                "model.thrashing", model=r.profile.id, swaps=len(r.swap_loads), window_s=window,
+                "model.thrashing",
+                model=r.profile.id,
+                swaps=len(r.swap_loads),
+                window_s=window,
                 budget_bytes=budget,
                 detail=f"model {r.profile.id!r} was evicted and loaded again {len(r.swap_loads)} times in "
                 f"{window:g}s: the memory budget ({budget // MiB} MiB) is too small for the models in use; "
                 "raise models.memory_budget_mb or pin the model",
             )
-            log.warning("model %s is thrashing: %d swaps in %gs", r.profile.id, len(r.swap_loads), window)
+            log.warning(
+                "model %s is thrashing: %d swaps in %gs", r.profile.id, len(r.swap_loads), window
+            )
         return True
 
     def _measured(self, pid: int, loaded: p.Loaded, estimate: int) -> int:
@@ -382,7 +421,9 @@ class ModelScheduler:
 
     def _progress(self, model_id: str) -> Callable[[str, float | None, str], None]:
         def report(stage: str, fraction: float | None, detail: str) -> None:
-            self.events.publish("model.fetch", model=model_id, stage=stage, fraction=fraction, detail=detail)
+            self.events.publish(
+                "model.fetch", model=model_id, stage=stage, fraction=fraction, detail=detail
+            )
 
         return report
 
@@ -404,18 +445,27 @@ class ModelScheduler:
             if models + spares + need <= budget:
                 return
             victims = sorted(
-                (o for o in self.runners.values() if o is not r and o.idle and not o.pinned and o.worker is not None),
+                (
+                    o
+                    for o in self.runners.values()
+                    if o is not r and o.idle and not o.pinned and o.worker is not None
+                ),
                 key=lambda o: o.last_used_mono,
             )
             if models + need <= budget and self._spares:  # the models fit: spares make the room
                 await self._close_spare(self._spares.pop(0), "to make room")
                 continue
             if not victims:
-                busy = [o for o in self.runners.values() if o is not r and o.resident and not o.pinned]
+                busy = [
+                    o for o in self.runners.values() if o is not r and o.resident and not o.pinned
+                ]
                 if may_wait and busy:
                     raise _WaitForIdle
-                held = [f"{o.profile.id} ({o.memory_bytes // MiB} MiB, {'pinned' if o.pinned else 'busy'})"
-                        for o in self.runners.values() if o is not r and o.resident]
+                held = [
+                    f"{o.profile.id} ({o.memory_bytes // MiB} MiB, {'pinned' if o.pinned else 'busy'})"
+                    for o in self.runners.values()
+                    if o is not r and o.resident
+                ]
                 raise InsufficientMemory(
                     f"model {r.profile.id!r} needs about {need // MiB} MiB; {models // MiB} of "
                     f"{budget // MiB} MiB are held by {', '.join(held)}. Unload or unpin a model, or retry "
@@ -509,7 +559,10 @@ class ModelScheduler:
             return False
         if getattr(spare, "sees", lambda _p: True)(model_path):
             return True
-        log.info("the spare worker cannot see %s (started before it was known); starting a fresh one", model_path)
+        log.info(
+            "the spare worker cannot see %s (started before it was known); starting a fresh one",
+            model_path,
+        )
         self._spawn_task(spare.close())
         return False
 
@@ -561,7 +614,10 @@ class ModelScheduler:
         async def refill() -> None:
             if delay:
                 await asyncio.sleep(delay)
-            while not self._stopping and len([s for s in self._spares if s.worker.alive]) < self.config.spare_workers:
+            while (
+                not self._stopping
+                and len([s for s in self._spares if s.worker.alive]) < self.config.spare_workers
+            ):
                 if not self._spare_room():
                     return
                 try:
@@ -649,7 +705,9 @@ class ModelScheduler:
         out = []
         now_m, now_w = self.clock.monotonic(), self.clock.time()
         for prof in self.catalog.all():
-            r = self.runners.get(prof.id) or Runner(profile=prof, slots=asyncio.Semaphore(prof.parallel), pinned=prof.pinned)
+            r = self.runners.get(prof.id) or Runner(
+                profile=prof, slots=asyncio.Semaphore(prof.parallel), pinned=prof.pinned
+            )
             deadline = None
             if r.expires_at is not None and r.idle:
                 deadline = now_w + max(0.0, r.expires_at - now_m)
@@ -690,8 +748,11 @@ class ModelScheduler:
         return "cold" if tier == "unknown" else tier
 
     def _swap_costs(self, r: Runner) -> dict[str, float | None]:
-        costs: dict[str, float | None] = {"hot": 0.0, "warm": r.load_ms_by_tier.get("warm"),
-                                          "cold": r.load_ms_by_tier.get("cold")}
+        costs: dict[str, float | None] = {
+            "hot": 0.0,
+            "warm": r.load_ms_by_tier.get("warm"),
+            "cold": r.load_ms_by_tier.get("cold"),
+        }
         if not self.spare_ready:
             costs["spawn"] = self._spawn_ms
         return costs

@@ -65,6 +65,7 @@ _FILE_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 GRAMMAR_CACHE = 64
 """Distinct grammars a worker keeps checked against its vocabulary (least recently used out)."""
 
+
 class Slot:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -138,12 +139,18 @@ class Worker:
             self.send(p.Failed(id=0, message=f"llama.cpp could not load {spec.model_path}: {exc}"))
             return
         self.slots[0].llm = llm
-        meta = {k: str(v) for k, v in llm.metadata.items() if len(str(v)) < 4096 or k == "tokenizer.chat_template"}
+        meta = {
+            k: str(v)
+            for k, v in llm.metadata.items()
+            if len(str(v)) < 4096 or k == "tokenizer.chat_template"
+        }
         self.template = spec.chat_template or llm.metadata.get("tokenizer.chat_template")
         self.bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
         self.eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         load_ms = (time.perf_counter() - t) * 1000.0
-        n_ctx_train = int(meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", 0) or 0)
+        n_ctx_train = int(
+            meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", 0) or 0
+        )
         self.send(
             p.Loaded(
                 load_ms=load_ms,
@@ -197,7 +204,9 @@ class Worker:
                         # prefer a slot no session owns, then the least recently used one
                         chosen = min(free, key=lambda s: (s.key is not None, s.last_used))
                 elif free:
-                    chosen = max(free, key=lambda s: (s.key is None, _shared_prefix(s, prompt), -s.last_used))
+                    chosen = max(
+                        free, key=lambda s: (s.key is None, _shared_prefix(s, prompt), -s.last_used)
+                    )
                 if chosen is not None:
                     chosen.busy = True
                     chosen.rebound = key is not None and chosen.key != key
@@ -235,9 +244,13 @@ class Worker:
                 return g
             llm = self.slots[0].llm
             assert llm is not None
-            sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+            sampler = llama_cpp.llama_sampler_init_grammar(
+                llm._model.vocab, gbnf.encode("utf-8"), b"root"
+            )
             if not sampler:
-                raise InvalidRequest("llama.cpp cannot parse the grammar of this request; simplify its schema")
+                raise InvalidRequest(
+                    "llama.cpp cannot parse the grammar of this request; simplify its schema"
+                )
             llama_cpp.llama_sampler_free(sampler)
             g = LlamaGrammar.from_string(gbnf, verbose=False)
             self._grammars[gbnf] = g
@@ -250,7 +263,9 @@ class Worker:
             result = self._generate(cmd)
             self.send(p.Done(id=cmd.id, result=result))
         except ApplianceError as exc:
-            kind = "context_overflow" if exc.code == "context_length_exceeded" else "invalid_request"
+            kind = (
+                "context_overflow" if exc.code == "context_length_exceeded" else "invalid_request"
+            )
             self.send(p.Failed(id=cmd.id, message=exc.message, kind=kind))
         except Exception as exc:
             self.send(p.Failed(id=cmd.id, message=f"{type(exc).__name__}: {exc}"))
@@ -268,14 +283,18 @@ class Worker:
             tools, required = cf.select_tools(params.get("tools"), params.get("tool_choice"))
             tools_prompt = cf.tools_system_prompt(tools, required) if tools else None
             messages = cf.normalise_messages(params.get("messages") or [], tools_prompt)
-            prompt = cf.render_prompt(self.template, messages, bos_token=self.bos, eos_token=self.eos)
+            prompt = cf.render_prompt(
+                self.template, messages, bos_token=self.bos, eos_token=self.eos
+            )
             if cmd.grammar is not None:
                 grammar = self.grammar(cmd.grammar)
         else:
             prompt_param: Any = params.get("prompt")
             if isinstance(prompt_param, list):
                 if len(prompt_param) != 1 or not isinstance(prompt_param[0], str):
-                    raise InvalidRequest("prompt must be a string (or a list of one string)", param="prompt")
+                    raise InvalidRequest(
+                        "prompt must be a string (or a list of one string)", param="prompt"
+                    )
                 prompt_param = prompt_param[0]
             if not isinstance(prompt_param, str):
                 raise InvalidRequest("prompt must be a string", param="prompt")
@@ -387,7 +406,9 @@ class Worker:
             llm = self.slots[0].llm
             assert llm is not None
             if self.spec is None or self.spec.kind != "embedding":
-                raise InvalidRequest("this model is a chat model; use an embedding model for /v1/embeddings")
+                raise InvalidRequest(
+                    "this model is a chat model; use an embedding model for /v1/embeddings"
+                )
             slot = self.acquire_slot(None, None)
             try:
                 vectors, n_tokens = llm.embed(cmd.inputs, normalize=True, return_count=True)
@@ -418,7 +439,9 @@ class Worker:
         nbytes = write_kv_file(path, tokens, memoryview(buf)[:n])
         return {"bytes": nbytes, "n_tokens": len(tokens), "prefix_hash": token_prefix_hash(tokens)}
 
-    def _load_state(self, llm: llama_cpp.Llama, tokens: list[int], data: bytes | memoryview) -> None:
+    def _load_state(
+        self, llm: llama_cpp.Llama, tokens: list[int], data: bytes | memoryview
+    ) -> None:
         llm.reset()
         ctx = llm._ctx.ctx
         mem = llama_cpp.llama_get_memory(ctx)
@@ -448,7 +471,9 @@ class Worker:
             llm._ctx.kv_cache_seq_rm(-1, n, -1)
             llm.n_tokens = n
 
-    def _prepare_slot(self, cmd: p.Generate, slot: Slot, llm: llama_cpp.Llama, prompt: list[int]) -> dict[str, Any]:
+    def _prepare_slot(
+        self, cmd: p.Generate, slot: Slot, llm: llama_cpp.Llama, prompt: list[int]
+    ) -> dict[str, Any]:
         """Before a request runs in `slot`: when the slot held another session, park that state
         (prompt-evaluated tokens only) into cmd.park_evicted_to, for a session's request and for a
         keyless one alike; when the slot was just given to cmd.slot_key, restore the key's own
@@ -465,11 +490,14 @@ class Worker:
             except Exception as exc:
                 out["parked"] = [{"slot_key": old, "error": f"saving KV state failed: {exc}"}]
         if slot.rebound and cmd.restore_from:
-            out["restore"] = self._restore_for_prompt(llm, cmd.restore_from, cmd.restore_prefix_hash, prompt)
+            out["restore"] = self._restore_for_prompt(
+                llm, cmd.restore_from, cmd.restore_prefix_hash, prompt
+            )
         return out
 
-    def _restore_for_prompt(self, llm: llama_cpp.Llama, path: str, expect_hash: str | None,
-                            prompt: list[int]) -> dict[str, Any]:
+    def _restore_for_prompt(
+        self, llm: llama_cpp.Llama, path: str, expect_hash: str | None, prompt: list[int]
+    ) -> dict[str, Any]:
         t = time.perf_counter()
         try:
             saved, data = map_kv_file(path)
@@ -477,22 +505,34 @@ class Worker:
             return {"restored": False, "error": f"the parked state cannot be used: {exc}"}
         if expect_hash is not None and token_prefix_hash(saved) != expect_hash:
             # not damage: the file was parked again after the daemon looked its entry up
-            return {"restored": False, "reason": "the parked state covers other tokens than its index entry"}
+            return {
+                "restored": False,
+                "reason": "the parked state covers other tokens than its index entry",
+            }
         shared = 0
         for a, b in zip(saved, prompt, strict=False):
             if a != b:
                 break
             shared += 1
         if shared <= _prefix_len(llm, prompt) or 2 * shared < len(saved):
-            return {"restored": False, "n_tokens": len(saved), "shared_tokens": shared,
-                    "reason": "the parked state covers a different prompt prefix"}
+            return {
+                "restored": False,
+                "n_tokens": len(saved),
+                "shared_tokens": shared,
+                "reason": "the parked state covers a different prompt prefix",
+            }
         try:
             self._load_state(llm, saved, data)
         except Exception as exc:
             llm.reset()
             return {"restored": False, "error": f"restoring KV state failed: {exc}"}
-        return {"restored": True, "n_tokens": len(saved), "shared_tokens": shared, "bytes": len(data),
-                "ms": (time.perf_counter() - t) * 1000.0}
+        return {
+            "restored": True,
+            "n_tokens": len(saved),
+            "shared_tokens": shared,
+            "bytes": len(data),
+            "ms": (time.perf_counter() - t) * 1000.0,
+        }
 
     def save_slot(self, cmd: p.SaveSlot) -> None:
         try:
@@ -527,7 +567,17 @@ class Worker:
             self._load_state(self.slot_llm(slot), tokens, data)
             slot.clean_len = len(tokens)
             ms = (time.perf_counter() - t) * 1000.0
-            self.send(p.Done(id=cmd.id, result={"restored": True, "n_tokens": len(tokens), "bytes": len(data), "ms": ms}))
+            self.send(
+                p.Done(
+                    id=cmd.id,
+                    result={
+                        "restored": True,
+                        "n_tokens": len(tokens),
+                        "bytes": len(data),
+                        "ms": ms,
+                    },
+                )
+            )
         except Exception as exc:
             if slot.llm is not None:
                 slot.llm.reset()
@@ -614,9 +664,18 @@ def main() -> int:
     sys.stdout = sys.stderr
     worker = Worker(out)
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    worker.send(p.Hello(pid=os.getpid(), llama_cpp_version=llama_cpp.__version__, gpu_offload=gpu, import_ms=IMPORT_MS))
+    worker.send(
+        p.Hello(
+            pid=os.getpid(),
+            llama_cpp_version=llama_cpp.__version__,
+            gpu_offload=gpu,
+            import_ms=IMPORT_MS,
+        )
+    )
     jobs: queue.Queue[p.Command | None] = queue.Queue()
-    threading.Thread(target=_read_frames, args=(sys.stdin.buffer, worker, jobs), daemon=True).start()
+    threading.Thread(
+        target=_read_frames, args=(sys.stdin.buffer, worker, jobs), daemon=True
+    ).start()
     while True:
         cmd = jobs.get()
         if cmd is None or isinstance(cmd, p.Shutdown):

@@ -102,8 +102,13 @@ class RequestStream:
 
 
 class WorkerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, hello: p.Hello, jailed: JailedCommand | None = None,
-                 answer_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        hello: p.Hello,
+        jailed: JailedCommand | None = None,
+        answer_timeout: float | None = None,
+    ) -> None:
         self.proc = proc
         self.hello = hello
         self.jailed = jailed
@@ -140,7 +145,9 @@ class WorkerProcess:
 
     def _gone(self, detail: str = "") -> ApplianceError:
         if self.hung:
-            return WorkerTimeout(self.exit_message or "the worker process stopped answering and was killed")
+            return WorkerTimeout(
+                self.exit_message or "the worker process stopped answering and was killed"
+            )
         return WorkerCrashed(self.exit_message or ("the worker process is gone" + detail))
 
     async def send(self, cmd: p.Command) -> None:
@@ -161,7 +168,9 @@ class WorkerProcess:
             return await asyncio.wait_for(asyncio.shield(self._load_future), timeout)
         except TimeoutError:
             await self.kill()
-            raise ModelUnavailable(f"loading took longer than {timeout:.0f}s; the worker was stopped") from None
+            raise ModelUnavailable(
+                f"loading took longer than {timeout:.0f}s; the worker was stopped"
+            ) from None
 
     async def unload(self, timeout: float = 10.0) -> int:
         """Drop the model and become a spare again; returns the process's resident bytes after.
@@ -175,7 +184,9 @@ class WorkerProcess:
             done = await asyncio.wait_for(asyncio.shield(self._unload_future), timeout)
         except (TimeoutError, ApplianceError):
             await self.kill()
-            raise WorkerCrashed("the worker did not drop its model in time; it was stopped") from None
+            raise WorkerCrashed(
+                "the worker did not drop its model in time; it was stopped"
+            ) from None
         self.model_id = None
         self.on_exit = None
         self.recycled += 1
@@ -230,12 +241,21 @@ class WorkerProcess:
             silent = time.monotonic() - self._last_heard
             if silent >= self.answer_timeout:
                 self.hung = True
-                log.warning("worker %d (%s) sent nothing for %.1fs with %d requests pending; killing it",
-                            self.pid, self.model_id, silent, len(self.pending))
+                log.warning(
+                    "worker %d (%s) sent nothing for %.1fs with %d requests pending; killing it",
+                    self.pid,
+                    self.model_id,
+                    silent,
+                    len(self.pending),
+                )
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 return
-            if silent >= interval and self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            if (
+                silent >= interval
+                and self.proc.stdin is not None
+                and not self.proc.stdin.is_closing()
+            ):
                 # a plain write, never a drain: it must not wait behind a request stuck on a full pipe
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     self.proc.stdin.write(p.encode(p.Ping()))
@@ -281,7 +301,11 @@ class WorkerProcess:
             return
         if isinstance(ev, p.Failed):
             self.pending.pop(ev.id, None)
-            err: ApplianceError = InvalidRequest(ev.message) if ev.kind == "invalid_request" else ApplianceError(ev.message)
+            err: ApplianceError = (
+                InvalidRequest(ev.message)
+                if ev.kind == "invalid_request"
+                else ApplianceError(ev.message)
+            )
             if ev.kind == "context_overflow" or "context_length_exceeded" in ev.message:
                 err = InvalidRequest(ev.message, code="context_length_exceeded")
             stream.queue.put_nowait(err)
@@ -319,8 +343,10 @@ class WorkerProcess:
         elif rc == -9:
             how += " (killed: out of memory, or stopped by hand)"
         if self.hung:
-            how = (f"stopped answering for {self.answer_timeout:g}s (models.worker_timeout_s) and was killed; "
-                   "the model loads afresh on the next request")
+            how = (
+                f"stopped answering for {self.answer_timeout:g}s (models.worker_timeout_s) and was killed; "
+                "the model loads afresh on the next request"
+            )
         tail = [ln for ln in self.stderr_tail if ln.strip()][-3:]
         model = f"model {self.model_id!r}" if self.model_id else "a spare worker"
         msg = f"the worker process of {model} {how}"
@@ -331,7 +357,9 @@ class WorkerProcess:
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._load_future and not self._load_future.done():
-            self._load_future.set_exception(ModelUnavailable(msg + ". Check the model file, then retry."))
+            self._load_future.set_exception(
+                ModelUnavailable(msg + ". Check the model file, then retry.")
+            )
         if self._unload_future and not self._unload_future.done():
             self._unload_future.set_exception(WorkerCrashed(msg))
         failure = WorkerTimeout if self.hung else WorkerCrashed
@@ -357,9 +385,14 @@ wins."""
 class ProcessSpawner:
     """Starts real worker processes."""
 
-    def __init__(self, python: str | None = None, hello_timeout: float = 120.0,
-                 env: dict[str, str] | None = None, answer_timeout: float | None = None,
-                 jail: Jail | None = None) -> None:
+    def __init__(
+        self,
+        python: str | None = None,
+        hello_timeout: float = 120.0,
+        env: dict[str, str] | None = None,
+        answer_timeout: float | None = None,
+        jail: Jail | None = None,
+    ) -> None:
         self.python = python or sys.executable
         self.hello_timeout = hello_timeout
         self.answer_timeout = answer_timeout
@@ -373,7 +406,9 @@ class ProcessSpawner:
         # Spawned from the event loop's thread, like sandboxes: the worker's death signal (armed
         # in the worker) fires when the thread that forked it ends, and the loop's lives as long
         # as the daemon.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")} | self.env
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")
+        } | self.env
         env.setdefault("GGML_NO_BACKTRACE", "1")  # an abort should end the worker, not attach gdb
         env.setdefault("GOMP_SPINCOUNT", WORKER_SPINCOUNT)
         argv = [self.python, "-m", "appliance.models.worker"]
@@ -395,7 +430,9 @@ class ProcessSpawner:
                 jailed.close_child_fds()
         assert proc.stdout is not None
         try:
-            header = await asyncio.wait_for(proc.stdout.readexactly(p.HEADER.size), self.hello_timeout)
+            header = await asyncio.wait_for(
+                proc.stdout.readexactly(p.HEADER.size), self.hello_timeout
+            )
             (size,) = p.HEADER.unpack(header)
             hello = p.decode_event(await proc.stdout.readexactly(size))
         except (TimeoutError, asyncio.IncompleteReadError) as exc:

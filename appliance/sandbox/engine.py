@@ -90,7 +90,9 @@ class SandboxEngine:
             return
         try:
             self.mounts = await WorkspaceMounts.start(
-                self.bwrap, self.identity, self.root / ".quota-probe",
+                self.bwrap,
+                self.identity,
+                self.root / ".quota-probe",
                 env={STATE_DIR_ENV: os.path.realpath(self.root.parent)},
             )
         except QuotaUnavailable as exc:

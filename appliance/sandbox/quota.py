@@ -127,7 +127,10 @@ class WorkspaceMounts:
 
     @classmethod
     async def start(
-        cls, bwrap: Path, identity: SandboxIdentity, probe_dir: Path,
+        cls,
+        bwrap: Path,
+        identity: SandboxIdentity,
+        probe_dir: Path,
         env: dict[str, str] | None = None,
     ) -> WorkspaceMounts:
         """Start the holder (on the event loop's thread: --die-with-parent follows the thread

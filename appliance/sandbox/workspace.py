@@ -254,7 +254,9 @@ class Workspace:
         """The workspace path the last symlink of `rel` leads to; refused past MAX_SYMLINKS hops
         (a loop) or when it names the workspace itself."""
         if depth >= MAX_SYMLINKS:
-            raise WorkspacePathRefused(f"{rel!r}: too many symlinks (a symlink loop?)", param="path")
+            raise WorkspacePathRefused(
+                f"{rel!r}: too many symlinks (a symlink loop?)", param="path"
+            )
         target = "/".join(self._resolve_link(walked, name, dir_fd, rel))
         if not target:
             raise WorkspacePathRefused(

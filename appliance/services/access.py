@@ -30,8 +30,9 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback
-                       for a in socket.getaddrinfo(host, None))
+            return all(
+                ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None)
+            )
         except OSError:
             return False
 
@@ -65,7 +66,8 @@ class ApiAccess:
         if not authorization:
             return _refusal(
                 "this appliance requires an API token: send `Authorization: Bearer <token>` "
-                "(create one on the box with `appliance token create NAME`)")
+                "(create one on the box with `appliance token create NAME`)"
+            )
         scheme, _, plain = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not plain.strip():
             return _refusal("the Authorization header must be `Bearer <token>`")
@@ -73,4 +75,5 @@ class ApiAccess:
             return None
         return _refusal(
             "the API token is not valid (unknown or revoked); see `appliance token list` "
-            "and create a new one with `appliance token create NAME`")
+            "and create a new one with `appliance token create NAME`"
+        )

@@ -76,8 +76,14 @@ def model_messages(persona: str | None, messages: Sequence[Message]) -> list[dic
 
     def close_pending() -> None:
         for call in pending:
-            out.append({"role": "tool", "tool_call_id": call.get("id"), "name": call["function"]["name"],
-                        "content": "(no result: the turn was interrupted before this tool finished)"})
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.get("id"),
+                    "name": call["function"]["name"],
+                    "content": "(no result: the turn was interrupted before this tool finished)",
+                }
+            )
         pending.clear()
 
     for m in messages:
@@ -117,8 +123,9 @@ class Fit:
     """History tokens of the window after the move."""
 
 
-def fit_window(messages: Sequence[Message], costs: Sequence[int], budget: int, *,
-               shrink: bool = False) -> Fit:
+def fit_window(
+    messages: Sequence[Message], costs: Sequence[int], budget: int, *, shrink: bool = False
+) -> Fit:
     """Where the window must start so that the history fits `budget` tokens.
 
     `messages` are the visible ones (oldest first) and `costs` their token counts. Nothing moves
@@ -151,8 +158,10 @@ def fit_window(messages: Sequence[Message], costs: Sequence[int], budget: int, *
 
 
 def marker_text(dropped: int, n_ctx: int) -> str:
-    return (f"[{dropped} earlier message{'s' if dropped != 1 else ''} no longer fit the model's "
-            f"{n_ctx}-token context and were dropped; the agent does not see them from here on]")
+    return (
+        f"[{dropped} earlier message{'s' if dropped != 1 else ''} no longer fit the model's "
+        f"{n_ctx}-token context and were dropped; the agent does not see them from here on]"
+    )
 
 
 Tokenize = Callable[[str, Sequence[str]], Awaitable[list[int]]]
@@ -167,10 +176,14 @@ class TokenCounter:
         self._capacity = capacity
         self._cache: OrderedDict[tuple[str, bytes], int] = OrderedDict()
 
-    async def count(self, model_id: str, texts: Sequence[str], *, tokenize: Tokenize | None = None) -> list[int]:
+    async def count(
+        self, model_id: str, texts: Sequence[str], *, tokenize: Tokenize | None = None
+    ) -> list[int]:
         """Counts of `texts`; the ones not remembered are asked of `tokenize` (default: the
         counter's own)."""
-        keys = [(model_id, hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()) for t in texts]
+        keys = [
+            (model_id, hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()) for t in texts
+        ]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
             counts = await (tokenize or self._tokenize)(model_id, [texts[i] for i in missing])

@@ -60,7 +60,9 @@ def message_view(m: Message) -> dict[str, Any]:
 
 
 def error_data(exc: ApplianceError) -> dict[str, Any]:
-    return {"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param}}
+    return {
+        "error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param}
+    }
 
 
 @dataclass
@@ -96,15 +98,24 @@ class _Totals:
         self.decode_ms += float(call.timings.get("decode_ms", 0.0))
         self.context_dropped += call.context_dropped
         if not self.first_step:
-            self.first_step = {**call.timings, "cached_tokens": int(usage.get("cached_tokens", 0)),
-                               "prompt_tokens": int(usage.get("prompt_tokens", 0))}
+            self.first_step = {
+                **call.timings,
+                "cached_tokens": int(usage.get("cached_tokens", 0)),
+                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+            }
 
 
 class Turn:
     """A running turn: its events, in order, and a way to stop it."""
 
-    def __init__(self, spec: TurnSpec, user_message: Message, *, window: int = TURN_WINDOW,
-                 stall_s: float = READER_STALL_S) -> None:
+    def __init__(
+        self,
+        spec: TurnSpec,
+        user_message: Message,
+        *,
+        window: int = TURN_WINDOW,
+        stall_s: float = READER_STALL_S,
+    ) -> None:
         self.spec = spec
         self.user_message = user_message
         self.queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue(maxsize=window)
@@ -156,8 +167,14 @@ class Turn:
 
 
 class AgentLoop:
-    def __init__(self, store: Store, model: SessionModel, tools: ToolBox, kv: KvParking,
-                 telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        model: SessionModel,
+        tools: ToolBox,
+        kv: KvParking,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.store = store
         self.model = model
         self.tools = tools
@@ -181,8 +198,13 @@ class AgentLoop:
     async def _run(self, turn: Turn) -> None:
         state = _TurnState(turn)
         agent = turn.spec.agent.name if turn.spec.agent else None
-        current_trace().tag(kind="turn", name=f"turn of {agent or turn.spec.model_id}", model=turn.spec.model_id,
-                            session_id=turn.spec.session_id, agent=agent)
+        current_trace().tag(
+            kind="turn",
+            name=f"turn of {agent or turn.spec.model_id}",
+            model=turn.spec.model_id,
+            session_id=turn.spec.session_id,
+            agent=agent,
+        )
         outcome = "error"
         try:
             await self._steps(turn, state)
@@ -205,7 +227,9 @@ class AgentLoop:
                 self.telemetry.turn_finished(outcome)
 
     async def _append(self, turn: Turn, role: Role, content: str | None, **kw: Any) -> Message:
-        m = await self.store.run(self.store.messages.append, turn.spec.session_id, role, content, **kw)
+        m = await self.store.run(
+            self.store.messages.append, turn.spec.session_id, role, content, **kw
+        )
         await turn.emit("message", {"message": message_view(m)})
         return m
 
@@ -232,9 +256,16 @@ class AgentLoop:
         for step in range(1, spec.max_steps + 1):
             choice = spec.tool_choice if step == 1 else "auto"
             offer = specs if specs and step < spec.max_steps and choice != "none" else None
-            call = await self.model.call(spec.session_id, spec.model_id, persona=persona, params=spec.params,
-                                         tools=offer, tool_choice=choice if offer else None,
-                                         on_delta=on_delta, on_marker=on_marker)
+            call = await self.model.call(
+                spec.session_id,
+                spec.model_id,
+                persona=persona,
+                params=spec.params,
+                tools=offer,
+                tool_choice=choice if offer else None,
+                on_delta=on_delta,
+                on_marker=on_marker,
+            )
             totals.add(call)
             result = call.result
             usage = result.get("usage") or {}
@@ -249,61 +280,119 @@ class AgentLoop:
             text = result.get("content") if offer else result.get("text")
             text = text if text is not None else result.get("text", "")
             if offer and text:
-                await on_delta(text)  # a tool-enabled step is parsed whole: hand its answer over now
-            final = await self._append(turn, "assistant", text, tokens=int(usage.get("completion_tokens", 0)), meta=meta)
+                await on_delta(
+                    text
+                )  # a tool-enabled step is parsed whole: hand its answer over now
+            final = await self._append(
+                turn, "assistant", text, tokens=int(usage.get("completion_tokens", 0)), meta=meta
+            )
             finish = str(result.get("finish_reason") or "stop")
             break
-        await turn.emit("done", {
-            "message_id": final.id if final else None,
-            "finish_reason": finish,
-            "steps": step,
-            "usage": {"prompt_tokens": totals.prompt_tokens, "completion_tokens": totals.completion_tokens,
-                      "total_tokens": totals.prompt_tokens + totals.completion_tokens,
-                      "cached_tokens": totals.cached_tokens},
-            "timings": {
-                **{k: v for k, v in totals.first_step.items() if k.startswith("kv_")},
-                "kv_restored": bool(totals.first_step.get("kv_restored")),
-                "cached_tokens": totals.first_step.get("cached_tokens", 0),
-                "prompt_tokens": totals.first_step.get("prompt_tokens", 0),
-                "queue_ms": totals.first_step.get("queue_ms"),
-                "load_ms": totals.first_step.get("load_ms"),
-                "first_token_ms": first_token[0] if first_token else None,
-                "prefill_ms": totals.prefill_ms,
-                "decode_ms": totals.decode_ms,
-                "total_ms": (time.perf_counter() - t0) * 1000.0,
-                "context_dropped": totals.context_dropped,
+        await turn.emit(
+            "done",
+            {
+                "message_id": final.id if final else None,
+                "finish_reason": finish,
+                "steps": step,
+                "usage": {
+                    "prompt_tokens": totals.prompt_tokens,
+                    "completion_tokens": totals.completion_tokens,
+                    "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+                    "cached_tokens": totals.cached_tokens,
+                },
+                "timings": {
+                    **{k: v for k, v in totals.first_step.items() if k.startswith("kv_")},
+                    "kv_restored": bool(totals.first_step.get("kv_restored")),
+                    "cached_tokens": totals.first_step.get("cached_tokens", 0),
+                    "prompt_tokens": totals.first_step.get("prompt_tokens", 0),
+                    "queue_ms": totals.first_step.get("queue_ms"),
+                    "load_ms": totals.first_step.get("load_ms"),
+                    "first_token_ms": first_token[0] if first_token else None,
+                    "prefill_ms": totals.prefill_ms,
+                    "decode_ms": totals.decode_ms,
+                    "total_ms": (time.perf_counter() - t0) * 1000.0,
+                    "context_dropped": totals.context_dropped,
+                },
             },
-        })
+        )
 
-    async def _run_tool(self, turn: Turn, state: _TurnState, allowed: list[str], asked: Message,
-                        call: dict[str, Any]) -> None:
+    async def _run_tool(
+        self,
+        turn: Turn,
+        state: _TurnState,
+        allowed: list[str],
+        asked: Message,
+        call: dict[str, Any],
+    ) -> None:
         spec = turn.spec
         fn = call.get("function") or {}
-        await turn.emit("tool_call", {"id": call["id"], "name": fn.get("name"), "arguments": fn.get("arguments"),
-                                "message_id": asked.id})
+        await turn.emit(
+            "tool_call",
+            {
+                "id": call["id"],
+                "name": fn.get("name"),
+                "arguments": fn.get("arguments"),
+                "message_id": asked.id,
+            },
+        )
         try:
             name, args = self.tools.check(allowed, call)
         except ToolCallError as exc:
-            name, args, outcome = str(fn.get("name")), {}, ToolOutcome(status="error", content=f"error: {exc}")
-            run = await self.store.run(self.store.tool_runs.start, spec.session_id, name or "?", args,
-                                       message_id=asked.id, call_id=call["id"])
+            name, args, outcome = (
+                str(fn.get("name")),
+                {},
+                ToolOutcome(status="error", content=f"error: {exc}"),
+            )
+            run = await self.store.run(
+                self.store.tool_runs.start,
+                spec.session_id,
+                name or "?",
+                args,
+                message_id=asked.id,
+                call_id=call["id"],
+            )
         else:
-            run = await self.store.run(self.store.tool_runs.start, spec.session_id, name, args,
-                                       message_id=asked.id, call_id=call["id"])
+            run = await self.store.run(
+                self.store.tool_runs.start,
+                spec.session_id,
+                name,
+                args,
+                message_id=asked.id,
+                call_id=call["id"],
+            )
             state.running = run.id
-            ctx = ToolContext(session_id=spec.session_id,
-                              sandbox_language=spec.agent.sandbox if spec.agent else None)
+            ctx = ToolContext(
+                session_id=spec.session_id,
+                sandbox_language=spec.agent.sandbox if spec.agent else None,
+            )
             with span("tool.run", tool=name) as timed:
                 outcome = await self.tools.run(ctx, name, args)
                 timed.set(status=outcome.status)
         state.running = None
-        finished = await self.store.run(self.store.tool_runs.finish, run.id, outcome.status, outcome.content)
-        await turn.emit("tool_result", {"id": call["id"], "name": name, "status": outcome.status,
-                                  "content": outcome.content, "run_id": run.id,
-                                  "duration_ms": finished.duration_ms, **outcome.detail})
+        finished = await self.store.run(
+            self.store.tool_runs.finish, run.id, outcome.status, outcome.content
+        )
+        await turn.emit(
+            "tool_result",
+            {
+                "id": call["id"],
+                "name": name,
+                "status": outcome.status,
+                "content": outcome.content,
+                "run_id": run.id,
+                "duration_ms": finished.duration_ms,
+                **outcome.detail,
+            },
+        )
         state.pending.pop(call["id"], None)
-        await self._append(turn, "tool", outcome.content, tool_call_id=call["id"], name=name,
-                           meta={"status": outcome.status, "run_id": run.id})
+        await self._append(
+            turn,
+            "tool",
+            outcome.content,
+            tool_call_id=call["id"],
+            name=name,
+            meta={"status": outcome.status, "run_id": run.id},
+        )
 
     async def _settle(self, state: _TurnState, why: str) -> None:
         """Answer the stored tool calls that have no result yet, so the transcript stays whole."""
@@ -311,9 +400,15 @@ class AgentLoop:
             if state.running is not None:
                 await self.store.run(self.store.tool_runs.finish, state.running, "cancelled", why)
             for call_id, (_, call) in list(state.pending.items()):
-                await self.store.run(self.store.messages.append, state.turn.spec.session_id, "tool",
-                                     f"({why})", tool_call_id=call_id, name=call["function"]["name"],
-                                     meta={"status": "cancelled"})
+                await self.store.run(
+                    self.store.messages.append,
+                    state.turn.spec.session_id,
+                    "tool",
+                    f"({why})",
+                    tool_call_id=call_id,
+                    name=call["function"]["name"],
+                    meta={"status": "cancelled"},
+                )
         except ApplianceError as exc:  # the session may have been deleted under the turn
             log.info("could not settle session %s: %s", state.turn.spec.session_id, exc.message)
 

@@ -68,23 +68,31 @@ class Tool(Protocol):
 def _clip(text: str, limit: int = OUTPUT_CHARS) -> str:
     if len(text) <= limit:
         return text
-    return text[: limit // 2] + f"\n...[{len(text) - limit} characters cut]...\n" + text[-limit // 2:]
+    return (
+        text[: limit // 2] + f"\n...[{len(text) - limit} characters cut]...\n" + text[-limit // 2 :]
+    )
 
 
 class RunCode:
     """Run a program or a cell in the session's stateful sandbox."""
 
     name = "run_code"
-    description = ("Run code in a sandbox and get what it prints. Variables and files persist "
-                   "between calls in this conversation.")
+    description = (
+        "Run code in a sandbox and get what it prints. Variables and files persist "
+        "between calls in this conversation."
+    )
     parameters: dict[str, Any] = {
         "type": "object",
-        "properties": {"code": {"type": "string", "minLength": 1, "description": "the program to run"}},
+        "properties": {
+            "code": {"type": "string", "minLength": 1, "description": "the program to run"}
+        },
         "required": ["code"],
         "additionalProperties": False,
     }
 
-    def __init__(self, sandboxes: SandboxService, store: Store, default_language: str = "python") -> None:
+    def __init__(
+        self, sandboxes: SandboxService, store: Store, default_language: str = "python"
+    ) -> None:
         self.sandboxes = sandboxes
         self.store = store
         self.default_language = default_language
@@ -99,7 +107,9 @@ class RunCode:
             except NotFound:
                 pass
         info = await self.sandboxes.create(  # from the share kept for agents
-            CreateSandboxRequest(language=ctx.sandbox_language or self.default_language), owner="agent")
+            CreateSandboxRequest(language=ctx.sandbox_language or self.default_language),
+            owner="agent",
+        )
         try:
             await self.store.run(self.store.sessions.update, ctx.session_id, sandbox_id=info.id)
         except NotFound:
@@ -116,26 +126,40 @@ class RunCode:
     def outcome(result: RunResult, sandbox_id: str, replaced: bool) -> ToolOutcome:
         parts = []
         if replaced:
-            parts.append("(the earlier sandbox had expired: this ran in a new one, earlier variables "
-                         "and files are gone)")
+            parts.append(
+                "(the earlier sandbox had expired: this ran in a new one, earlier variables "
+                "and files are gone)"
+            )
         if result.stdout:
             parts.append(_clip(result.stdout.rstrip("\n")))
         if result.result is not None and result.result != "None":
             parts.append(_clip(result.result))
         if result.status != "ok":
-            why = result.reason or (f"exit code {result.exit_code}" if result.exit_code is not None else "")
+            why = result.reason or (
+                f"exit code {result.exit_code}" if result.exit_code is not None else ""
+            )
             parts.append(f"{result.status}{': ' + why if why else ''}")
         if result.stderr and result.status != "ok":
             parts.append(_clip(result.stderr.rstrip("\n")))
         if result.restarted:
-            parts.append("(the interpreter had stopped and was restarted: earlier variables are gone)")
-        status: ToolStatus = "ok" if result.status == "ok" else "timeout" if result.status == "timeout" else "error"
+            parts.append(
+                "(the interpreter had stopped and was restarted: earlier variables are gone)"
+            )
+        status: ToolStatus = (
+            "ok" if result.status == "ok" else "timeout" if result.status == "timeout" else "error"
+        )
         return ToolOutcome(
             status=status,
             content="\n".join(parts) or "(no output)",
-            detail={"sandbox_id": sandbox_id, "status": result.status, "exit_code": result.exit_code,
-                    "stdout": result.stdout, "stderr": result.stderr, "result": result.result,
-                    "duration_ms": result.duration_ms},
+            detail={
+                "sandbox_id": sandbox_id,
+                "status": result.status,
+                "exit_code": result.exit_code,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "result": result.result,
+                "duration_ms": result.duration_ms,
+            },
         )
 
 
@@ -163,8 +187,16 @@ class ToolBox:
         out = []
         for n in names:
             t = self.tools[n]
-            out.append({"type": "function",
-                        "function": {"name": t.name, "description": t.description, "parameters": t.parameters}})
+            out.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+            )
         return out
 
     def check(self, allowed: Iterable[str], call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -173,12 +205,16 @@ class ToolBox:
         name = str(fn.get("name") or "")
         allowed = list(allowed)
         if name not in allowed or name not in self.tools:
-            raise ToolCallError(f"there is no tool named {name!r}; call one of: {', '.join(allowed)}")
+            raise ToolCallError(
+                f"there is no tool named {name!r}; call one of: {', '.join(allowed)}"
+            )
         raw = fn.get("arguments", "{}")
         try:
             args = json.loads(raw) if isinstance(raw, str) else raw
         except ValueError as exc:
-            raise ToolCallError(f"the arguments are not valid JSON ({exc.args[0]}); send a JSON object") from None
+            raise ToolCallError(
+                f"the arguments are not valid JSON ({exc.args[0]}); send a JSON object"
+            ) from None
         if not isinstance(args, dict):
             raise ToolCallError("the arguments must be a JSON object")
         validator = jsonschema.Draft202012Validator(self.tools[name].parameters)
@@ -194,4 +230,6 @@ class ToolBox:
             return await self.tools[name].run(ctx, args)
         except ApplianceError as exc:
             log.info("tool %s failed in session %s: %s", name, ctx.session_id, exc.message)
-            return ToolOutcome(status="error", content=f"error: {exc.message}", detail={"code": exc.code})
+            return ToolOutcome(
+                status="error", content=f"error: {exc.message}", detail={"code": exc.code}
+            )

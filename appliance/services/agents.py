@@ -34,8 +34,16 @@ log = logging.getLogger("appliance.agents")
 
 
 class AgentService:
-    def __init__(self, config: Config, *, store: Store, catalog: ModelCatalog, tools: ToolBox,
-                 sandboxes: SandboxService, cleanup: Callable[[SessionCleanup], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        catalog: ModelCatalog,
+        tools: ToolBox,
+        sandboxes: SandboxService,
+        cleanup: Callable[[SessionCleanup], Awaitable[None]],
+    ) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
@@ -46,12 +54,16 @@ class AgentService:
     async def sync_profiles(self) -> list[Agent]:
         """Upsert the agents of every profile directory; ConfigError names a bad file and key."""
         profiles = await asyncio.to_thread(load_agent_profiles, agent_profile_dirs(self.config))
-        agents = await self.store.run(sync_agent_profiles, self.store.agents, list(profiles.values()))
+        agents = await self.store.run(
+            sync_agent_profiles, self.store.agents, list(profiles.values())
+        )
         for agent in agents:
             try:
                 self.check(agent.spec())
             except ApplianceError as exc:
-                log.warning("agent %r (%s) cannot run yet: %s", agent.name, agent.source_path, exc.message)
+                log.warning(
+                    "agent %r (%s) cannot run yet: %s", agent.name, agent.source_path, exc.message
+                )
         return agents
 
     def check(self, spec: AgentSpec) -> None:
@@ -63,8 +75,10 @@ class AgentService:
 
     def _check_model(self, model_id: str) -> None:
         if self.catalog.get(model_id).kind != "chat":
-            raise InvalidRequest(f"model {model_id!r} is an embedding model; an agent needs a chat model",
-                                 param="model")
+            raise InvalidRequest(
+                f"model {model_id!r} is an embedding model; an agent needs a chat model",
+                param="model",
+            )
 
     async def create(self, spec: AgentSpec) -> Agent:
         self.check(spec)

@@ -42,12 +42,18 @@ def _keep_alive(value: Any) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InvalidRequest("keep_alive must be a number of seconds (0 unloads now, -1 never)", param="keep_alive") from None
+        raise InvalidRequest(
+            "keep_alive must be a number of seconds (0 unloads now, -1 never)", param="keep_alive"
+        ) from None
     if not math.isfinite(v) or v > KEEP_ALIVE_MAX:
-        raise InvalidRequest(f"keep_alive must be at most {KEEP_ALIVE_MAX:g} seconds (-1 never unloads)",
-                             param="keep_alive")
+        raise InvalidRequest(
+            f"keep_alive must be at most {KEEP_ALIVE_MAX:g} seconds (-1 never unloads)",
+            param="keep_alive",
+        )
     if v < 0 and v != -1:
-        raise InvalidRequest("keep_alive must be -1 (never unload), 0 (unload now) or positive", param="keep_alive")
+        raise InvalidRequest(
+            "keep_alive must be -1 (never unload), 0 (unload now) or positive", param="keep_alive"
+        )
     return v
 
 
@@ -58,8 +64,9 @@ class SlotKeeper(Protocol):
         """The p.Generate fields of a request without a session (where a displaced state goes)."""
         ...
 
-    async def plain_settled(self, model_id: str, fields: dict[str, str | None], worker_pid: int,
-                            result: dict[str, Any]) -> None:
+    async def plain_settled(
+        self, model_id: str, fields: dict[str, str | None], worker_pid: int, result: dict[str, Any]
+    ) -> None:
         """Index what such a request parked (`result["parked"]`)."""
         ...
 
@@ -67,9 +74,16 @@ class SlotKeeper(Protocol):
 class Generation:
     """A running generation: the lease, the worker stream and the metadata of the response."""
 
-    def __init__(self, lease: Lease, stream: RequestStream, model: str, kind: str,
-                 telemetry: Telemetry | None = None, keeper: SlotKeeper | None = None,
-                 slot_fields: dict[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        stream: RequestStream,
+        model: str,
+        kind: str,
+        telemetry: Telemetry | None = None,
+        keeper: SlotKeeper | None = None,
+        slot_fields: dict[str, str | None] | None = None,
+    ) -> None:
         self.telemetry = telemetry
         self.keeper = keeper
         self.slot_fields = slot_fields or {}
@@ -107,11 +121,14 @@ class Generation:
         """A request without a session displaced one: index its parked state in the background."""
         assert self.keeper is not None
         task = asyncio.ensure_future(
-            self.keeper.plain_settled(self.model, self.slot_fields, self.lease.worker.pid, result))
+            self.keeper.plain_settled(self.model, self.slot_fields, self.lease.worker.pid, result)
+        )
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    async def result(self, on_delta: Callable[[str], Awaitable[None]] | None = None) -> dict[str, Any]:
+    async def result(
+        self, on_delta: Callable[[str], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
         """Run the generation to its end and return the worker's result; each text delta goes to
         `on_delta` on the way, when given."""
         final: dict[str, Any] = {}
@@ -151,8 +168,13 @@ class Generation:
 
 
 class ChatService:
-    def __init__(self, scheduler: ModelScheduler, catalog: ModelCatalog,
-                 telemetry: Telemetry | None = None, grammars: GrammarCompiler | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: ModelScheduler,
+        catalog: ModelCatalog,
+        telemetry: Telemetry | None = None,
+        grammars: GrammarCompiler | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.grammars = grammars
         """Builds and proves the grammar of tools/response_format before a lease is taken."""
@@ -161,13 +183,23 @@ class ChatService:
         self.slot_keeper: SlotKeeper | None = None
         """Set by the session service: sessions' KV state survives a plain request taking its slot."""
 
-    async def _start(self, model: Any, kind: str, make: Any, keep_alive: Any) -> tuple[Lease, RequestStream]:
+    async def _start(
+        self, model: Any, kind: str, make: Any, keep_alive: Any
+    ) -> tuple[Lease, RequestStream]:
         if not isinstance(model, str) or not model:
-            raise InvalidRequest("`model` is required: the id of a model from GET /v1/models", param="model")
+            raise InvalidRequest(
+                "`model` is required: the id of a model from GET /v1/models", param="model"
+            )
         prof = self.catalog.get(model)
         if prof.kind != kind:
-            other = "/v1/embeddings" if prof.kind == "embedding" else "/v1/chat/completions or /v1/completions"
-            raise InvalidRequest(f"model {model!r} is a {prof.kind} model; use it with {other}", param="model")
+            other = (
+                "/v1/embeddings"
+                if prof.kind == "embedding"
+                else "/v1/chat/completions or /v1/completions"
+            )
+            raise InvalidRequest(
+                f"model {model!r} is a {prof.kind} model; use it with {other}", param="model"
+            )
         lease = await self.scheduler.acquire(model, keep_alive=_keep_alive(keep_alive))
         try:
             stream = await lease.worker.request(make)
@@ -176,8 +208,9 @@ class ChatService:
             raise
         return lease, stream
 
-    async def generate(self, op: str, params: dict[str, Any], *, slot_key: str | None = None,
-                       **slot: str | None) -> Generation:
+    async def generate(
+        self, op: str, params: dict[str, Any], *, slot_key: str | None = None, **slot: str | None
+    ) -> Generation:
         """Start a chat ("chat") or completion ("completion") generation.
 
         `slot` passes the session fields of p.Generate (park_evicted_to, restore_from,
@@ -187,26 +220,52 @@ class ChatService:
         model = params.get("model")
         if isinstance(model, str) and model:
             params = bounded(params, self.catalog.get(model))
-        grammar = await self.grammars.for_chat(params) if self.grammars is not None and op == "chat" else None
+        grammar = (
+            await self.grammars.for_chat(params)
+            if self.grammars is not None and op == "chat"
+            else None
+        )
         keeper = self.slot_keeper if slot_key is None and not slot else None
-        if keeper is not None and isinstance(model, str) and model and self.catalog.get(model).kind == "chat":
+        if (
+            keeper is not None
+            and isinstance(model, str)
+            and model
+            and self.catalog.get(model).kind == "chat"
+        ):
             slot = await keeper.plain_fields(model)
         lease, stream = await self._start(
             model,
             "chat",
-            lambda i: p.Generate(id=i, op=op, params=params, slot_key=slot_key, window=FLOW_WINDOW,
-                                 grammar=grammar, **slot),
+            lambda i: p.Generate(
+                id=i,
+                op=op,
+                params=params,
+                slot_key=slot_key,
+                window=FLOW_WINDOW,
+                grammar=grammar,
+                **slot,
+            ),
             params.get("keep_alive"),
         )
-        return Generation(lease, stream, str(model), "chat" if op == "chat" else "completion",
-                          self.telemetry, keeper if slot else None, slot)
+        return Generation(
+            lease,
+            stream,
+            str(model),
+            "chat" if op == "chat" else "completion",
+            self.telemetry,
+            keeper if slot else None,
+            slot,
+        )
 
     # --- OpenAI shapes ------------------------------------------------------------------------
 
     async def chat_completion(self, params: dict[str, Any]) -> dict[str, Any]:
         gen = await self.generate("chat", params)
         r = await gen.result()
-        message: dict[str, Any] = {"role": "assistant", "content": r.get("content", r.get("text", ""))}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": r.get("content", r.get("text", "")),
+        }
         if r.get("tool_calls"):
             message["tool_calls"] = r["tool_calls"]
             message["content"] = None
@@ -215,7 +274,14 @@ class ChatService:
             "object": "chat.completion",
             "created": gen.created,
             "model": gen.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": r.get("finish_reason", "stop"), "logprobs": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": r.get("finish_reason", "stop"),
+                    "logprobs": None,
+                }
+            ],
             "usage": _usage(r),
             "timings": gen.extra(r),
         }
@@ -225,14 +291,18 @@ class ChatService:
         include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
         return self._chat_chunks(gen, include_usage)
 
-    async def _chat_chunks(self, gen: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _chat_chunks(
+        self, gen: Generation, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {
                 "id": gen.id,
                 "object": "chat.completion.chunk",
                 "created": gen.created,
                 "model": gen.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
             }
 
         yield chunk({"role": "assistant", "content": ""})
@@ -260,7 +330,14 @@ class ChatService:
             "object": "text_completion",
             "created": gen.created,
             "model": gen.model,
-            "choices": [{"index": 0, "text": r.get("text", ""), "finish_reason": r.get("finish_reason", "stop"), "logprobs": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "text": r.get("text", ""),
+                    "finish_reason": r.get("finish_reason", "stop"),
+                    "logprobs": None,
+                }
+            ],
             "usage": _usage(r),
             "timings": gen.extra(r),
         }
@@ -270,7 +347,9 @@ class ChatService:
         include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
         return self._completion_chunks(gen, include_usage)
 
-    async def _completion_chunks(self, gen: Generation, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _completion_chunks(
+        self, gen: Generation, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
         def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
             return {
                 "id": gen.id,
@@ -292,17 +371,28 @@ class ChatService:
         inputs = params.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
-            raise InvalidRequest("input must be a string or a non-empty list of strings (token arrays are not supported)",
-                                 param="input")
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(x, str) for x in inputs)
+        ):
+            raise InvalidRequest(
+                "input must be a string or a non-empty list of strings (token arrays are not supported)",
+                param="input",
+            )
         if any(not x for x in inputs):
             raise InvalidRequest("input strings must not be empty", param="input")
         fmt = params.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
-            raise InvalidRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+            raise InvalidRequest(
+                "encoding_format must be 'float' or 'base64'", param="encoding_format"
+            )
         model = params.get("model")
         lease, stream = await self._start(
-            model, "embedding", lambda i: p.Embed(id=i, inputs=list(inputs)), params.get("keep_alive")
+            model,
+            "embedding",
+            lambda i: p.Embed(id=i, inputs=list(inputs)),
+            params.get("keep_alive"),
         )
         t0 = time.perf_counter()
         try:
@@ -313,8 +403,11 @@ class ChatService:
             self.telemetry.embedding_finished(str(model), lease, r, t0)
         if any(vec and isinstance(vec[0], list) for vec in r["embeddings"]):
             # as llama-server does: a model without pooling gives one vector per token
-            raise InvalidRequest(f"model {model!r} gives one vector per token (its GGUF sets no pooling), not one "
-                                 "per input as /v1/embeddings returns; use a sentence-embedding model", param="model")
+            raise InvalidRequest(
+                f"model {model!r} gives one vector per token (its GGUF sets no pooling), not one "
+                "per input as /v1/embeddings returns; use a sentence-embedding model",
+                param="model",
+            )
         data = []
         for i, vec in enumerate(r["embeddings"]):
             dims = params.get("dimensions")
@@ -325,7 +418,12 @@ class ChatService:
                 emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = int(r.get("prompt_tokens", 0))
-        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
 
 
 def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
@@ -343,7 +441,9 @@ def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
         if value > prof.context_size:
             raise InvalidRequest(
                 f"{key} is {value}, but model {prof.id!r} holds {prof.context_size} tokens of context "
-                "(prompt and reply together); ask for fewer tokens", param=key)
+                "(prompt and reply together); ask for fewer tokens",
+                param=key,
+            )
         return {**params, "max_tokens": value}
     return {**params, "max_tokens": prof.default_max_tokens}
 

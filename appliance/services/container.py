@@ -65,20 +65,43 @@ class Appliance:
         self.store = store
         self.events = events
         self.telemetry = telemetry or Telemetry(events)
-        self.operations = Operations(config, store=store, scheduler=scheduler, telemetry=self.telemetry)
+        self.operations = Operations(
+            config, store=store, scheduler=scheduler, telemetry=self.telemetry
+        )
         self.access = ApiAccess(store.tokens, host=config.server.host)
         self.models = ModelService(catalog, scheduler, RegistrationPolicy.for_config(config))
-        self.grammars = grammars or GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models)))
-        self.chat = ChatService(scheduler, catalog, telemetry=self.telemetry, grammars=self.grammars)
+        self.grammars = grammars or GrammarCompiler(
+            GrammarProver(GrammarSettings.from_config(config.models))
+        )
+        self.chat = ChatService(
+            scheduler, catalog, telemetry=self.telemetry, grammars=self.grammars
+        )
         self._extra_stops: list[Any] = []
         self._started: list[Callable[[], Awaitable[None]]] = []
         """The stops of the parts started so far, in start order."""
-        self.sandboxes = sandboxes if sandboxes is not None else SandboxService.from_config(config, self.telemetry)
-        self.sessions = SessionService(config, store=store, chat=self.chat, scheduler=scheduler,
-                                       catalog=catalog, sandboxes=self.sandboxes, events=events,
-                                       telemetry=self.telemetry)
-        self.agents = AgentService(config, store=store, catalog=catalog, tools=self.sessions.tools,
-                                   sandboxes=self.sandboxes, cleanup=self.sessions.cleanup)
+        self.sandboxes = (
+            sandboxes
+            if sandboxes is not None
+            else SandboxService.from_config(config, self.telemetry)
+        )
+        self.sessions = SessionService(
+            config,
+            store=store,
+            chat=self.chat,
+            scheduler=scheduler,
+            catalog=catalog,
+            sandboxes=self.sandboxes,
+            events=events,
+            telemetry=self.telemetry,
+        )
+        self.agents = AgentService(
+            config,
+            store=store,
+            catalog=catalog,
+            tools=self.sessions.tools,
+            sandboxes=self.sandboxes,
+            cleanup=self.sessions.cleanup,
+        )
         self.responses = ResponseService(store, catalog, self.chat, self.sessions)
 
     @classmethod
@@ -91,20 +114,37 @@ class Appliance:
         jail = worker_jail_for(config, catalog)
         scheduler = ModelScheduler(
             catalog,
-            spawner=ProcessSpawner(env={STATE_DIR_ENV: str(state.resolve())},
-                                   answer_timeout=config.models.worker_timeout_s or None, jail=jail),
+            spawner=ProcessSpawner(
+                env={STATE_DIR_ENV: str(state.resolve())},
+                answer_timeout=config.models.worker_timeout_s or None,
+                jail=jail,
+            ),
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,
         )
         store = Store(state)
-        grammars = GrammarCompiler(GrammarProver(GrammarSettings.from_config(config.models), jail=jail,
-                                               env={STATE_DIR_ENV: str(state.resolve())}))
-        return cls(config, scheduler=scheduler, catalog=catalog, store=store, events=events,
-                   telemetry=Telemetry(events, nvml=Nvml.open()), janitor=Janitor(state.resolve()),
-                   grammars=grammars)
+        grammars = GrammarCompiler(
+            GrammarProver(
+                GrammarSettings.from_config(config.models),
+                jail=jail,
+                env={STATE_DIR_ENV: str(state.resolve())},
+            )
+        )
+        return cls(
+            config,
+            scheduler=scheduler,
+            catalog=catalog,
+            store=store,
+            events=events,
+            telemetry=Telemetry(events, nvml=Nvml.open()),
+            janitor=Janitor(state.resolve()),
+            grammars=grammars,
+        )
 
-    def _parts(self) -> list[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]] | None]]:
+    def _parts(
+        self,
+    ) -> list[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]] | None]]:
         """(start, stop) of each part, in start order; stop runs them the other way round."""
         janitor = [(self.janitor.start, self.janitor.stop)] if self.janitor is not None else []
         return [
@@ -124,11 +164,18 @@ class Appliance:
                     self._started.append(stop)  # before start: a half-started part is stopped too
                 await start()
         except BaseException as exc:
-            log.error("start-up failed; stopping what had started",
-                      extra={"fields": {"error": getattr(exc, "message", None) or repr(exc)}})
+            log.error(
+                "start-up failed; stopping what had started",
+                extra={"fields": {"error": getattr(exc, "message", None) or repr(exc)}},
+            )
             await self.stop()
             raise
-        log.info("appliance %s started (pid %d, state %s)", __version__, os.getpid(), self.config.state_dir)
+        log.info(
+            "appliance %s started (pid %d, state %s)",
+            __version__,
+            os.getpid(),
+            self.config.state_dir,
+        )
 
     async def stop(self) -> None:
         """Stop what started, newest first; a second call (or one before start) only closes the store."""
@@ -156,5 +203,3 @@ class Appliance:
     def on_stop(self, fn: Any) -> None:
         """Register an async callable to run at stop (in reverse order of registration)."""
         self._extra_stops.append(fn)
-
-

@@ -76,8 +76,11 @@ def probe_llama() -> LlamaBuild | str:
         return f"{type(exc).__name__}: {exc}"
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     cuda = any(lib_dir.glob("libggml-cuda*")) if lib_dir.is_dir() else False
-    return LlamaBuild(version=str(getattr(llama_cpp, "__version__", "?")), cuda=cuda,
-                      gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
+    return LlamaBuild(
+        version=str(getattr(llama_cpp, "__version__", "?")),
+        cuda=cuda,
+        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+    )
 
 
 def probe_gpus() -> GpuInfo:
@@ -99,7 +102,8 @@ def probe_cgroup(mount: Path = Path("/sys/fs/cgroup")) -> CgroupInfo:
     except OSError:
         controllers = frozenset()
     writable = os.access(base / "cgroup.subtree_control", os.W_OK) and os.access(
-        base / "cgroup.procs", os.W_OK)
+        base / "cgroup.procs", os.W_OK
+    )
     return CgroupInfo(version=2, path=str(base), controllers=controllers, writable=writable)
 
 
@@ -198,7 +202,11 @@ def probe_worker_jail(cfg: Config) -> str | None:
     except ApplianceError as exc:
         return exc.message
     state = Path(cfg.state_dir)
-    return WorkerJail(bwrap, state_dir=state, kv_dir=state / "kv", model_dirs=model_directories(cfg)).probe()
+    return WorkerJail(
+        bwrap, state_dir=state, kv_dir=state / "kv", model_dirs=model_directories(cfg)
+    ).probe()
+
+
 def probe_workspace_quota(cfg: Config) -> str | None:
     """None when workspaces can be size-limited tmpfs mounts (appliance.sandbox.quota): a real
     mount holder is started and mounts a tiny tmpfs in a temporary directory; else why not."""
@@ -227,7 +235,10 @@ def probe_workspace_quota(cfg: Config) -> str | None:
 @dataclass
 class DoctorProbes:
     python_version: Callable[[], tuple[int, int, int]] = lambda: (
-        sys.version_info.major, sys.version_info.minor, sys.version_info.micro)
+        sys.version_info.major,
+        sys.version_info.minor,
+        sys.version_info.micro,
+    )
     llama: Callable[[], LlamaBuild | str] = probe_llama
     gpus: Callable[[], GpuInfo] = probe_gpus
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -240,7 +251,8 @@ class DoctorProbes:
     leftovers: Callable[[Path], LeftoverInfo] = probe_leftovers
     valid_tokens: Callable[[Path], int] = probe_valid_tokens
     load_config: Callable[[Path | None, str | None], Config] = lambda path, state: load_config(
-        path, state_dir=state)
+        path, state_dir=state
+    )
     default_models: Callable[[Config], dict[str, bool | str]] = probe_default_models
     worker_jail: Callable[[Config], str | None] = probe_worker_jail
     workspace_quota: Callable[[Config], str | None] = probe_workspace_quota

@@ -88,9 +88,18 @@ class SlotPlan:
 
 
 class KvParking:
-    def __init__(self, store: Store, scheduler: ModelScheduler, catalog: ModelCatalog, *,
-                 kv_dir: Path, budget_bytes: int, idle_s: float, events: EventBus | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Store,
+        scheduler: ModelScheduler,
+        catalog: ModelCatalog,
+        *,
+        kv_dir: Path,
+        budget_bytes: int,
+        idle_s: float,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.catalog = catalog
@@ -110,7 +119,9 @@ class KvParking:
 
     async def start(self) -> None:
         self.kv_dir.mkdir(parents=True, exist_ok=True)
-        removed = await asyncio.to_thread(self._remove_orphans, {e.path for e in await self.store.run(self.store.kv.entries)})
+        removed = await asyncio.to_thread(
+            self._remove_orphans, {e.path for e in await self.store.run(self.store.kv.entries)}
+        )
         if removed:
             log.info("removed %d parked KV files no session refers to", removed)
         self.scheduler.before_unload.append(self.before_unload)
@@ -152,7 +163,9 @@ class KvParking:
         path_s = runner.model_path if runner is not None else None
         if path_s is None:
             prof = self.catalog.get(model_id)
-            local = await asyncio.to_thread(self.catalog.fetcher.local_path, prof.id, prof.source, prof.convert)
+            local = await asyncio.to_thread(
+                self.catalog.fetcher.local_path, prof.id, prof.source, prof.convert
+            )
             if local is None:
                 return None
             path_s = str(local)
@@ -183,8 +196,9 @@ class KvParking:
         fp = await self.fingerprint(model_id)
         return {"park_evicted_to": str(self.park_dir(fp))} if fp is not None else {}
 
-    async def plain_settled(self, model_id: str, fields: dict[str, str | None], worker_pid: int,
-                            result: dict[str, Any]) -> None:
+    async def plain_settled(
+        self, model_id: str, fields: dict[str, str | None], worker_pid: int, result: dict[str, Any]
+    ) -> None:
         """Index the states a request without a session displaced (runs in the background)."""
         fp = await self.fingerprint(model_id)
         plan = SlotPlan(fingerprint=fp, park_dir=fields.get("park_evicted_to"), entry=None)
@@ -192,7 +206,9 @@ class KvParking:
             try:
                 await self._displaced(parked, plan, worker_pid)
             except Exception:  # a background task: log, the session falls back to a prefill
-                log.exception("indexing the parked state of session %s failed", parked.get("slot_key"))
+                log.exception(
+                    "indexing the parked state of session %s failed", parked.get("slot_key")
+                )
 
     def turn_started(self, session_id: str) -> None:
         self._turning.add(session_id)
@@ -202,8 +218,14 @@ class KvParking:
         if session_id in self.hot:
             self.hot[session_id].last_turn = self.clock()
 
-    async def settle(self, session_id: str, model_id: str, plan: SlotPlan, worker_pid: int,
-                     result: dict[str, Any]) -> dict[str, Any]:
+    async def settle(
+        self,
+        session_id: str,
+        model_id: str,
+        plan: SlotPlan,
+        worker_pid: int,
+        result: dict[str, Any],
+    ) -> dict[str, Any]:
         """Record what a model call did to the slots; returns the KV timings of the call."""
         for parked in result.get("parked") or []:
             await self._displaced(parked, plan, worker_pid)
@@ -211,20 +233,36 @@ class KvParking:
         restore = result.get("restore")
         if restore and plan.entry is not None:
             if restore.get("restored"):
-                report.update(kv_restored=True, kv_restore_ms=restore.get("ms"),
-                              kv_restored_tokens=restore.get("n_tokens"), kv_restore_bytes=restore.get("bytes"))
+                report.update(
+                    kv_restored=True,
+                    kv_restore_ms=restore.get("ms"),
+                    kv_restored_tokens=restore.get("n_tokens"),
+                    kv_restore_bytes=restore.get("bytes"),
+                )
                 await self.store.run(self.store.kv.touch, plan.entry.id)
-                self.events.publish("session.restored", session=session_id, model=model_id,
-                                    n_tokens=restore.get("n_tokens"), bytes=restore.get("bytes"), ms=restore.get("ms"))
+                self.events.publish(
+                    "session.restored",
+                    session=session_id,
+                    model=model_id,
+                    n_tokens=restore.get("n_tokens"),
+                    bytes=restore.get("bytes"),
+                    ms=restore.get("ms"),
+                )
             elif restore.get("error"):
                 report["kv_restore_error"] = restore["error"]
-                log.warning("session %s: parked KV state not used: %s", session_id, restore["error"])
+                log.warning(
+                    "session %s: parked KV state not used: %s", session_id, restore["error"]
+                )
                 await self._drop_entry(plan.entry)
             else:
                 report["kv_restore_skipped"] = restore.get("reason")
         if plan.fingerprint is not None:
-            self.hot[session_id] = HotSession(model_id=model_id, worker_pid=worker_pid,
-                                              fingerprint=plan.fingerprint, last_turn=self.clock())
+            self.hot[session_id] = HotSession(
+                model_id=model_id,
+                worker_pid=worker_pid,
+                fingerprint=plan.fingerprint,
+                last_turn=self.clock(),
+            )
         return report
 
     async def _displaced(self, parked: dict[str, Any], plan: SlotPlan, worker_pid: int) -> None:
@@ -233,7 +271,9 @@ class KvParking:
         if hot is not None and hot.worker_pid == worker_pid:
             del self.hot[sid]
         if parked.get("error") or plan.fingerprint is None:
-            log.warning("session %s left its slot without being parked: %s", sid, parked.get("error"))
+            log.warning(
+                "session %s left its slot without being parked: %s", sid, parked.get("error")
+            )
             return
         async with self._lock(sid):
             await self._index(sid, plan.fingerprint, parked, Path(parked["path"]), "evicted")
@@ -263,9 +303,15 @@ class KvParking:
             path = self.park_dir(hot.fingerprint) / f"{session_id}.kv"
             try:
                 info = await asyncio.wait_for(
-                    worker.call(lambda i: p.SaveSlot(id=i, slot_key=session_id, path=str(path))), SAVE_TIMEOUT_S)
+                    worker.call(lambda i: p.SaveSlot(id=i, slot_key=session_id, path=str(path))),
+                    SAVE_TIMEOUT_S,
+                )
             except (ApplianceError, TimeoutError) as exc:
-                log.warning("parking session %s failed: %s", session_id, getattr(exc, "message", exc) or "timeout")
+                log.warning(
+                    "parking session %s failed: %s",
+                    session_id,
+                    getattr(exc, "message", exc) or "timeout",
+                )
                 return False
             if not info.get("saved"):
                 self.hot.pop(session_id, None)  # the worker gave its slot away meanwhile
@@ -274,11 +320,19 @@ class KvParking:
             await self._index(session_id, hot.fingerprint, info, path, reason)
             return True
 
-    async def _index(self, session_id: str, fingerprint: str, info: dict[str, Any], path: Path, reason: str) -> None:
+    async def _index(
+        self, session_id: str, fingerprint: str, info: dict[str, Any], path: Path, reason: str
+    ) -> None:
         try:
             res = await self.store.run(
-                self.store.kv.park, session_id, model_fingerprint=fingerprint, prefix_hash=info["prefix_hash"],
-                n_tokens=int(info["n_tokens"]), bytes=int(info["bytes"]), path=str(path))
+                self.store.kv.park,
+                session_id,
+                model_fingerprint=fingerprint,
+                prefix_hash=info["prefix_hash"],
+                n_tokens=int(info["n_tokens"]),
+                bytes=int(info["bytes"]),
+                path=str(path),
+            )
         except NotFound:  # the session was deleted while its state was being written
             await asyncio.to_thread(_unlink, str(path))
             return
@@ -292,8 +346,14 @@ class KvParking:
             await asyncio.to_thread(_unlink, v.path)
             if v.session_id in self.hot:
                 self.hot[v.session_id].dirty = True
-        self.events.publish("session.parked", session=session_id, reason=reason, bytes=int(info["bytes"]),
-                            n_tokens=int(info["n_tokens"]), evicted=len(victims))
+        self.events.publish(
+            "session.parked",
+            session=session_id,
+            reason=reason,
+            bytes=int(info["bytes"]),
+            n_tokens=int(info["n_tokens"]),
+            evicted=len(victims),
+        )
 
     async def _drop_entry(self, entry: KvEntry) -> None:
         path = await self.store.run(self.store.kv.remove, entry.id)
@@ -328,8 +388,11 @@ class KvParking:
     async def park_idle(self) -> list[str]:
         """Park every dirty session idle for `idle_s` and not in a turn; the ids it tried."""
         now = self.clock()
-        due = [sid for sid, h in self.hot.items()
-               if h.dirty and sid not in self._turning and now - h.last_turn >= self.idle_s]
+        due = [
+            sid
+            for sid, h in self.hot.items()
+            if h.dirty and sid not in self._turning and now - h.last_turn >= self.idle_s
+        ]
         for sid in due:
             try:
                 await self.park(sid, "idle")
@@ -348,8 +411,11 @@ class KvParking:
             await asyncio.to_thread(_unlink, path)
 
     def stats(self) -> dict[str, Any]:
-        return {"hot_sessions": len(self.hot), "dirty": sum(1 for h in self.hot.values() if h.dirty),
-                "budget_bytes": self.budget_bytes}
+        return {
+            "hot_sessions": len(self.hot),
+            "dirty": sum(1 for h in self.hot.values() if h.dirty),
+            "budget_bytes": self.budget_bytes,
+        }
 
 
 def _unlink(path: str) -> None:

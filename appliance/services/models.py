@@ -14,7 +14,9 @@ from appliance.sampling import KEEP_ALIVE_MAX
 
 
 class ModelService:
-    def __init__(self, catalog: ModelCatalog, scheduler: ModelScheduler, registration: RegistrationPolicy) -> None:
+    def __init__(
+        self, catalog: ModelCatalog, scheduler: ModelScheduler, registration: RegistrationPolicy
+    ) -> None:
         self.catalog = catalog
         self.scheduler = scheduler
         self.registration = registration
@@ -24,7 +26,14 @@ class ModelService:
         return {
             "object": "list",
             "data": [
-                {"id": m.id, "object": "model", "created": 0, "owned_by": "appliance", "kind": m.kind, "state": m.state}
+                {
+                    "id": m.id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "appliance",
+                    "kind": m.kind,
+                    "state": m.state,
+                }
                 for m in self.scheduler.snapshot()
             ],
         }
@@ -42,11 +51,16 @@ class ModelService:
         return next(m for m in self.list() if m["id"] == model_id)
 
     async def load(self, model_id: str, keep_alive: float | None = None) -> dict[str, Any]:
-        if keep_alive is not None and (not math.isfinite(keep_alive) or keep_alive > KEEP_ALIVE_MAX
-                                       or (keep_alive < 0 and keep_alive != -1)):
+        if keep_alive is not None and (
+            not math.isfinite(keep_alive)
+            or keep_alive > KEEP_ALIVE_MAX
+            or (keep_alive < 0 and keep_alive != -1)
+        ):
             # nan would make the idle reaper spin: no deadline compares as passed
-            raise InvalidRequest(f"keep_alive must be -1 (never unload), 0 or positive seconds up to {KEEP_ALIVE_MAX:g}",
-                                 param="keep_alive")
+            raise InvalidRequest(
+                f"keep_alive must be -1 (never unload), 0 or positive seconds up to {KEEP_ALIVE_MAX:g}",
+                param="keep_alive",
+            )
         await self.scheduler.load(model_id, keep_alive=keep_alive)
         return self.get(model_id)
 
@@ -58,13 +72,16 @@ class ModelService:
         await self.scheduler.pin(model_id, pinned)
         return self.get(model_id)
 
-    async def add(self, path: str, model_id: str | None, kind: str, replace: bool = False) -> dict[str, Any]:
+    async def add(
+        self, path: str, model_id: str | None, kind: str, replace: bool = False
+    ) -> dict[str, Any]:
         """Register a model file (the rules: appliance.models.registration). A replaced model that
         is loaded is unloaded, so its next request loads the new file."""
         if kind not in ("chat", "embedding"):
             raise InvalidRequest("kind must be 'chat' or 'embedding'", param="kind")
-        prof = self.catalog.add_path(Path(path), model_id=model_id, kind=kind, replace=replace,
-                                     policy=self.registration)
+        prof = self.catalog.add_path(
+            Path(path), model_id=model_id, kind=kind, replace=replace, policy=self.registration
+        )
         if replace:
             await self.scheduler.unload(prof.id)
         return self.get(prof.id)

@@ -51,14 +51,27 @@ def _plain(value: Any) -> Any:
 def trace_record(t: ActiveTrace) -> Trace:
     """The stored form of a finished trace: span times in ms after the trace's start."""
     return Trace(
-        id=t.id, kind=t.kind, name=t.name, started=t.started,
-        duration_ms=round(t.duration_s * 1000.0, 3), status=t.status, attrs=_plain(t.attrs),
-        model=t.model, session_id=t.session_id, agent=t.agent,
+        id=t.id,
+        kind=t.kind,
+        name=t.name,
+        started=t.started,
+        duration_ms=round(t.duration_s * 1000.0, 3),
+        status=t.status,
+        attrs=_plain(t.attrs),
+        model=t.model,
+        session_id=t.session_id,
+        agent=t.agent,
         spans=[
-            Span(id=s.id, name=s.name, parent=s.parent,
-                 start_ms=round((s.start - t.t0) * 1000.0, 3),
-                 duration_ms=round(((s.end if s.end is not None else s.start) - s.start) * 1000.0, 3),
-                 attrs=_plain(s.attrs))
+            Span(
+                id=s.id,
+                name=s.name,
+                parent=s.parent,
+                start_ms=round((s.start - t.t0) * 1000.0, 3),
+                duration_ms=round(
+                    ((s.end if s.end is not None else s.start) - s.start) * 1000.0, 3
+                ),
+                attrs=_plain(s.attrs),
+            )
             for s in t.spans
         ],
     )
@@ -66,9 +79,18 @@ def trace_record(t: ActiveTrace) -> Trace:
 
 def usage_record(f: UsageFact) -> UsageRecord:
     return UsageRecord(
-        ts=f.ts, model=f.model, agent=f.agent, session_id=f.session_id, tokens_in=f.tokens_in,
-        tokens_out=f.tokens_out, requests=f.requests, gpu_seconds=f.gpu_seconds,
-        busy_seconds=f.busy_seconds, energy_j=f.energy_j, sandbox_cpu_s=f.sandbox_cpu_s)
+        ts=f.ts,
+        model=f.model,
+        agent=f.agent,
+        session_id=f.session_id,
+        tokens_in=f.tokens_in,
+        tokens_out=f.tokens_out,
+        requests=f.requests,
+        gpu_seconds=f.gpu_seconds,
+        busy_seconds=f.busy_seconds,
+        energy_j=f.energy_j,
+        sandbox_cpu_s=f.sandbox_cpu_s,
+    )
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
@@ -92,15 +114,18 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
     except ValueError:
         raise InvalidRequest(
             f"since={value!r} is not a time: give unix seconds, an ISO 8601 time "
-            "(2025-01-31T12:00:00Z) or an age such as 15m, 24h or 7d", param="since") from None
+            "(2025-01-31T12:00:00Z) or an age such as 15m, 24h or 7d",
+            param="since",
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
 class Operations:
-    def __init__(self, config: Config, *, store: Store, scheduler: ModelScheduler,
-                 telemetry: Telemetry) -> None:
+    def __init__(
+        self, config: Config, *, store: Store, scheduler: ModelScheduler, telemetry: Telemetry
+    ) -> None:
         self.config = config.telemetry
         self.store = store
         self.scheduler = scheduler
@@ -186,13 +211,17 @@ class Operations:
         older = now - cfg.trace_max_age_days * 86400 if cfg.trace_max_age_days > 0 else None
         await self.store.run(self.store.traces.prune, keep=cfg.trace_retention, older_than=older)
         if cfg.usage_retention_days > 0:
-            await self.store.run(self.store.usage.prune,
-                                 older_than=now - cfg.usage_retention_days * 86400)
+            await self.store.run(
+                self.store.usage.prune, older_than=now - cfg.usage_retention_days * 86400
+            )
 
-    async def traces(self, *, limit: int = 50, since: str | None = None, **filters: Any) -> list[Trace]:
+    async def traces(
+        self, *, limit: int = 50, since: str | None = None, **filters: Any
+    ) -> list[Trace]:
         await self.flush_traces()
-        return await self.store.run(self.store.traces.recent, limit=limit,
-                                    since=parse_since(since), **filters)
+        return await self.store.run(
+            self.store.traces.recent, limit=limit, since=parse_since(since), **filters
+        )
 
     async def trace(self, trace_id: str) -> Trace:
         await self.flush_traces()
@@ -218,8 +247,13 @@ class Operations:
         await self.flush_usage()
         rows = await self.store.run(self.store.usage.aggregate, group, since=start)
         total = await self.store.run(self.store.usage.total, since=start)
-        return {"by": by, "since": start, "energy_measured": self.nvml is not None,
-                "rows": rows, "total": total}
+        return {
+            "by": by,
+            "since": start,
+            "energy_measured": self.nvml is not None,
+            "rows": rows,
+            "total": total,
+        }
 
     # --- GPU and host ------------------------------------------------------------------------
 
@@ -235,7 +269,8 @@ class Operations:
             out["message"] = f"{len(gpus)} NVIDIA GPU(s) through NVML"
         else:
             out["message"] = (await asyncio.to_thread(Nvml.why_unavailable)) + (
-                "; models run on the CPU. The figures below are the host's CPU and RAM (psutil).")
+                "; models run on the CPU. The figures below are the host's CPU and RAM (psutil)."
+            )
         out["gpus"] = [g.to_dict() for g in gpus]
         gpu_mem: dict[int, int] = {}
         for g in gpus:
@@ -244,9 +279,15 @@ class Operations:
         rows = []
         for model, pid in workers:
             ps = await asyncio.to_thread(process_status, pid)
-            rows.append({"model": model, "pid": pid, "gpu_memory_bytes": gpu_mem.get(pid),
-                         "rss_bytes": ps.rss_bytes if ps else None,
-                         "cpu_seconds": ps.cpu_seconds if ps else None})
+            rows.append(
+                {
+                    "model": model,
+                    "pid": pid,
+                    "gpu_memory_bytes": gpu_mem.get(pid),
+                    "rss_bytes": ps.rss_bytes if ps else None,
+                    "cpu_seconds": ps.cpu_seconds if ps else None,
+                }
+            )
         out["workers"] = rows
         return out
 
@@ -279,8 +320,10 @@ class Operations:
 
     def _session_counts(self) -> tuple[dict[str, int], int]:
         con = self.store.db.connection()
-        counts = {str(s): int(n) for s, n in con.execute(
-            "SELECT status, count(*) FROM sessions GROUP BY status")}
+        counts = {
+            str(s): int(n)
+            for s, n in con.execute("SELECT status, count(*) FROM sessions GROUP BY status")
+        }
         return counts, int(self.store.kv.total_bytes())
 
     def _hardware_gauges(self) -> None:
@@ -295,12 +338,14 @@ class Operations:
             gauge.clear()
         for g in gpus:
             idx = str(g.index)
-            for gauge, value in ((m.gpu_memory_used, g.memory_used_bytes),
-                                 (m.gpu_memory_total, g.memory_total_bytes),
-                                 (m.gpu_power, g.power_watts),
-                                 (m.gpu_power_limit, g.power_limit_watts),
-                                 (m.gpu_temperature, g.temperature_c),
-                                 (m.gpu_energy, g.energy_joules)):
+            for gauge, value in (
+                (m.gpu_memory_used, g.memory_used_bytes),
+                (m.gpu_memory_total, g.memory_total_bytes),
+                (m.gpu_power, g.power_watts),
+                (m.gpu_power_limit, g.power_limit_watts),
+                (m.gpu_temperature, g.temperature_c),
+                (m.gpu_energy, g.energy_joules),
+            ):
                 if value is not None:
                     gauge.labels(idx).set(value)
             if g.utilization_percent is not None:
@@ -310,9 +355,13 @@ class Operations:
 
     # --- live events -------------------------------------------------------------------------
 
-    async def event_stream(self, *, since: int | None = None,
-                           types: list[str] | None = None,
-                           heartbeat_s: float = HEARTBEAT_S) -> AsyncIterator[dict[str, Any] | None]:
+    async def event_stream(
+        self,
+        *,
+        since: int | None = None,
+        types: list[str] | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> AsyncIterator[dict[str, Any] | None]:
         """Events for one client: those after `since` that are still kept, then live ones, whose
         type starts with one of `types` (all when empty). None is a heartbeat (no event for a
         while). Ends when the daemon stops."""
@@ -339,8 +388,12 @@ class Operations:
                 if ev is None:
                     return
                 if sub.dropped > dropped:
-                    yield {"type": "events.dropped", "count": sub.dropped - dropped,
-                           "seq": ev["seq"] - 1, "ts": time.time()}
+                    yield {
+                        "type": "events.dropped",
+                        "count": sub.dropped - dropped,
+                        "seq": ev["seq"] - 1,
+                        "ts": time.time(),
+                    }
                     dropped = sub.dropped
                 if ev["seq"] > last and match(ev):
                     yield ev

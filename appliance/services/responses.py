@@ -38,7 +38,12 @@ from appliance.store import Message, MessageDraft, Store
 from appliance.store.messages import Role
 from appliance.telemetry.tracing import current_trace
 
-SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens", "seed": "seed"}
+SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_output_tokens": "max_tokens",
+    "seed": "seed",
+}
 
 
 def _text(content: Any, where: str) -> str:
@@ -62,37 +67,68 @@ def input_drafts(value: Any) -> list[MessageDraft]:
             raise InvalidRequest(f"input[{i}] must be an object", param=f"input[{i}]")
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
-            roles: dict[Any, Role] = {"user": "user", "assistant": "assistant", "system": "system",
-                                      "developer": "system"}
+            roles: dict[Any, Role] = {
+                "user": "user",
+                "assistant": "assistant",
+                "system": "system",
+                "developer": "system",
+            }
             role = roles.get(item["role"]) if isinstance(item.get("role"), str) else None
             if role is None:
-                raise InvalidRequest(f"input[{i}].role must be user, assistant, system or developer",
-                                     param=f"input[{i}].role")
-            drafts.append(MessageDraft(role=role, content=_text(item.get("content"), f"input[{i}].content")))
+                raise InvalidRequest(
+                    f"input[{i}].role must be user, assistant, system or developer",
+                    param=f"input[{i}].role",
+                )
+            drafts.append(
+                MessageDraft(role=role, content=_text(item.get("content"), f"input[{i}].content"))
+            )
         elif kind == "function_call_output":
             if not item.get("call_id"):
-                raise InvalidRequest(f"input[{i}] needs the call_id of the function_call it answers",
-                                     param=f"input[{i}].call_id")
+                raise InvalidRequest(
+                    f"input[{i}] needs the call_id of the function_call it answers",
+                    param=f"input[{i}].call_id",
+                )
             out = item.get("output")
-            drafts.append(MessageDraft(role="tool", tool_call_id=str(item["call_id"]),
-                                       content=out if isinstance(out, str) else _text(out, f"input[{i}].output")))
+            drafts.append(
+                MessageDraft(
+                    role="tool",
+                    tool_call_id=str(item["call_id"]),
+                    content=out if isinstance(out, str) else _text(out, f"input[{i}].output"),
+                )
+            )
         elif kind == "function_call":
             name, arguments = item.get("name"), item.get("arguments")
             if not isinstance(name, str) or not name:
-                raise InvalidRequest(f"input[{i}].name must be the name of the function called", param=f"input[{i}].name")
+                raise InvalidRequest(
+                    f"input[{i}].name must be the name of the function called",
+                    param=f"input[{i}].name",
+                )
             if arguments is not None and not isinstance(arguments, str):
-                raise InvalidRequest(f"input[{i}].arguments must be the arguments as a JSON text",
-                                     param=f"input[{i}].arguments")
-            call = {"id": str(item.get("call_id") or cf.new_call_id()), "type": "function",
-                    "function": {"name": name, "arguments": arguments or "{}"}}
+                raise InvalidRequest(
+                    f"input[{i}].arguments must be the arguments as a JSON text",
+                    param=f"input[{i}].arguments",
+                )
+            call = {
+                "id": str(item.get("call_id") or cf.new_call_id()),
+                "type": "function",
+                "function": {"name": name, "arguments": arguments or "{}"},
+            }
             last = drafts[-1] if drafts else None
-            if last is not None and last.role == "assistant" and last.content is None and last.tool_calls:
+            if (
+                last is not None
+                and last.role == "assistant"
+                and last.content is None
+                and last.tool_calls
+            ):
                 last.tool_calls.append(call)
             else:
                 drafts.append(MessageDraft(role="assistant", tool_calls=[call]))
         else:
-            raise InvalidRequest(f"input[{i}] of type {kind!r} is not supported; send message, function_call "
-                                 "or function_call_output items", param=f"input[{i}].type")
+            raise InvalidRequest(
+                f"input[{i}] of type {kind!r} is not supported; send message, function_call "
+                "or function_call_output items",
+                param=f"input[{i}].type",
+            )
     return drafts
 
 
@@ -105,15 +141,28 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
     for i, t in enumerate(tools):
         if not isinstance(t, dict) or t.get("type") != "function" or not t.get("name"):
             kind = t.get("type") if isinstance(t, dict) else type(t).__name__
-            raise InvalidRequest(f"tools[{i}] of type {kind!r} is not supported; only function tools "
-                                 "({type: function, name, parameters}) are", param=f"tools[{i}]")
-        for key, kind, what in (("name", str, "a string"), ("description", str, "a string"),
-                                ("parameters", dict, "a JSON schema object")):
+            raise InvalidRequest(
+                f"tools[{i}] of type {kind!r} is not supported; only function tools "
+                "({type: function, name, parameters}) are",
+                param=f"tools[{i}]",
+            )
+        for key, kind, what in (
+            ("name", str, "a string"),
+            ("description", str, "a string"),
+            ("parameters", dict, "a JSON schema object"),
+        ):
             if t.get(key) is not None and not isinstance(t[key], kind):
                 raise InvalidRequest(f"tools[{i}].{key} must be {what}", param=f"tools[{i}].{key}")
-        out.append({"type": "function", "function": {
-            "name": t["name"], "description": t.get("description") or "",
-            "parameters": t.get("parameters") or {"type": "object", "properties": {}}}})
+        out.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description") or "",
+                    "parameters": t.get("parameters") or {"type": "object", "properties": {}},
+                },
+            }
+        )
     return out
 
 
@@ -125,16 +174,25 @@ def chat_response_format(text: Any) -> dict[str, Any] | None:
     if fmt is None and isinstance(text, dict):
         return None
     if not isinstance(fmt, dict):
-        raise InvalidRequest('text must be an object like {"format": {"type": "json_schema", ...}}', param="text")
+        raise InvalidRequest(
+            'text must be an object like {"format": {"type": "json_schema", ...}}', param="text"
+        )
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
     if kind == "json_schema":
         if not isinstance(fmt.get("schema"), dict):
-            raise InvalidRequest("text.format.schema must be a JSON schema object", param="text.format.schema")
-        return {"type": "json_schema", "json_schema": {"name": fmt.get("name"), "schema": fmt["schema"]}}
-    raise InvalidRequest(f"text.format type {kind!r} is not supported; use text, json_object or json_schema",
-                         param="text.format.type")
+            raise InvalidRequest(
+                "text.format.schema must be a JSON schema object", param="text.format.schema"
+            )
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": fmt.get("name"), "schema": fmt["schema"]},
+        }
+    raise InvalidRequest(
+        f"text.format type {kind!r} is not supported; use text, json_object or json_schema",
+        param="text.format.type",
+    )
 
 
 def chat_tool_choice(choice: Any) -> Any:
@@ -150,34 +208,84 @@ def output_items(messages: list[Message]) -> list[dict[str, Any]]:
         if m.role != "assistant":
             continue
         for c in m.tool_calls or []:
-            items.append({"type": "function_call", "id": "fc_" + c["id"].removeprefix("call_"), "call_id": c["id"],
-                          "name": c["function"]["name"], "arguments": c["function"]["arguments"],
-                          "status": "completed"})
+            items.append(
+                {
+                    "type": "function_call",
+                    "id": "fc_" + c["id"].removeprefix("call_"),
+                    "call_id": c["id"],
+                    "name": c["function"]["name"],
+                    "arguments": c["function"]["arguments"],
+                    "status": "completed",
+                }
+            )
         if m.content is not None:
-            items.append({"type": "message", "id": m.id, "role": "assistant", "status": "completed",
-                          "content": [{"type": "output_text", "text": m.content, "annotations": [], "logprobs": []}]})
+            items.append(
+                {
+                    "type": "message",
+                    "id": m.id,
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [
+                        {
+                            "type": "output_text",
+                            "text": m.content,
+                            "annotations": [],
+                            "logprobs": [],
+                        }
+                    ],
+                }
+            )
     return items
 
 
-def response_object(rid: str, *, created: float, model: str, body: dict[str, Any], output: list[dict[str, Any]],
-                    usage: dict[str, Any], finish_reason: str, stored: bool, timings: dict[str, Any] | None = None,
-                    previous: str | None = None) -> dict[str, Any]:
+def response_object(
+    rid: str,
+    *,
+    created: float,
+    model: str,
+    body: dict[str, Any],
+    output: list[dict[str, Any]],
+    usage: dict[str, Any],
+    finish_reason: str,
+    stored: bool,
+    timings: dict[str, Any] | None = None,
+    previous: str | None = None,
+) -> dict[str, Any]:
     prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     return {
-        "id": rid, "object": "response", "created_at": created, "completed_at": time.time(),
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "completed_at": time.time(),
         "status": "incomplete" if finish_reason == "length" else "completed",
-        "incomplete_details": {"reason": "max_output_tokens"} if finish_reason == "length" else None,
-        "error": None, "model": model, "output": output,
-        "instructions": body.get("instructions"), "previous_response_id": previous,
+        "incomplete_details": {"reason": "max_output_tokens"}
+        if finish_reason == "length"
+        else None,
+        "error": None,
+        "model": model,
+        "output": output,
+        "instructions": body.get("instructions"),
+        "previous_response_id": previous,
         "parallel_tool_calls": bool(body.get("parallel_tool_calls", True)),
-        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
-        "temperature": body.get("temperature"), "top_p": body.get("top_p"),
-        "max_output_tokens": body.get("max_output_tokens"), "metadata": body.get("metadata") or {},
-        "store": stored, "text": {"format": (body.get("text") or {}).get("format") or {"type": "text"}},
+        "tool_choice": body.get("tool_choice") or "auto",
+        "tools": body.get("tools") or [],
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "metadata": body.get("metadata") or {},
+        "store": stored,
+        "text": {"format": (body.get("text") or {}).get("format") or {"type": "text"}},
         "truncation": "disabled",
-        "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
-                  "input_tokens_details": {"cached_tokens": int(usage.get("cached_tokens", 0)), "cache_write_tokens": 0},
-                  "output_tokens_details": {"reasoning_tokens": 0}},
+        "usage": {
+            "input_tokens": prompt,
+            "output_tokens": completion,
+            "total_tokens": prompt + completion,
+            "input_tokens_details": {
+                "cached_tokens": int(usage.get("cached_tokens", 0)),
+                "cache_write_tokens": 0,
+            },
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
         "timings": timings or {},
     }
 
@@ -208,7 +316,9 @@ class _Request:
 
 
 class ResponseService:
-    def __init__(self, store: Store, catalog: ModelCatalog, chat: ChatService, sessions: SessionService) -> None:
+    def __init__(
+        self, store: Store, catalog: ModelCatalog, chat: ChatService, sessions: SessionService
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.chat = chat
@@ -225,31 +335,55 @@ class ResponseService:
         """Everything that can be refused before any work starts (a 4xx, never a broken stream)."""
         prev_id = body.get("previous_response_id")
         if prev_id is not None and not isinstance(prev_id, str):
-            raise InvalidRequest("previous_response_id must be the id of a stored response", param="previous_response_id")
+            raise InvalidRequest(
+                "previous_response_id must be the id of a stored response",
+                param="previous_response_id",
+            )
         link = await self.store.run(self.store.responses.get, prev_id) if prev_id else None
         model = body.get("model") or (link.model if link else None)
         if not isinstance(model, str) or not model:
-            raise InvalidRequest("`model` is required: the id of a model from GET /v1/models", param="model")
+            raise InvalidRequest(
+                "`model` is required: the id of a model from GET /v1/models", param="model"
+            )
         prof = self.catalog.get(model)
         if prof.kind != "chat":
-            raise InvalidRequest(f"model {model!r} is an embedding model; use a chat model", param="model")
+            raise InvalidRequest(
+                f"model {model!r} is an embedding model; use a chat model", param="model"
+            )
         try:
             bounded(self._params(body), prof)
         except InvalidRequest as exc:
-            raise InvalidRequest(exc.message.replace("max_tokens", "max_output_tokens"),
-                                 param="max_output_tokens") from None
+            raise InvalidRequest(
+                exc.message.replace("max_tokens", "max_output_tokens"), param="max_output_tokens"
+            ) from None
         drafts = input_drafts(body.get("input"))
         tools, choice = chat_tools(body.get("tools")), chat_tool_choice(body.get("tool_choice"))
         if tools:
             cf.select_tools(tools, choice)  # a bad tool_choice fails now, before anything is stored
-        if self.chat.grammars is not None:  # a bad schema is refused here, before the input is stored
+        if (
+            self.chat.grammars is not None
+        ):  # a bad schema is refused here, before the input is stored
             await self.chat.grammars.for_chat(
-                {"tools": tools, "tool_choice": choice, "response_format": chat_response_format(body.get("text"))},
-                tool_param="tools[{i}].parameters", format_param="text.format.schema")
-        return _Request(body=body, model=model, drafts=drafts, tools=tools,
-                        choice=choice, link=link, previous=prev_id or None,
-                        response_id="resp_" + uuid.uuid4().hex[:24], message_id="msg_" + uuid.uuid4().hex[:20],
-                        created=time.time())
+                {
+                    "tools": tools,
+                    "tool_choice": choice,
+                    "response_format": chat_response_format(body.get("text")),
+                },
+                tool_param="tools[{i}].parameters",
+                format_param="text.format.schema",
+            )
+        return _Request(
+            body=body,
+            model=model,
+            drafts=drafts,
+            tools=tools,
+            choice=choice,
+            link=link,
+            previous=prev_id or None,
+            response_id="resp_" + uuid.uuid4().hex[:24],
+            message_id="msg_" + uuid.uuid4().hex[:20],
+            created=time.time(),
+        )
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         req = await self._check(body)
@@ -270,19 +404,41 @@ class ResponseService:
         async def on_delta(text: str) -> None:
             await deltas.put(text)
 
-        work = asyncio.create_task(self._stored(req, on_delta) if req.stored else self._unstored(req, on_delta))
-        pending = response_object(req.response_id, created=req.created, model=req.model, body=req.body, output=[],
-                                  usage={}, finish_reason="", stored=req.stored, previous=req.previous)
+        work = asyncio.create_task(
+            self._stored(req, on_delta) if req.stored else self._unstored(req, on_delta)
+        )
+        pending = response_object(
+            req.response_id,
+            created=req.created,
+            model=req.model,
+            body=req.body,
+            output=[],
+            usage={},
+            finish_reason="",
+            stored=req.stored,
+            previous=req.previous,
+        )
         pending.update(status="in_progress", completed_at=None, incomplete_details=None)
-        text_item = {"type": "message", "id": req.message_id, "role": "assistant", "status": "in_progress", "content": []}
+        text_item = {
+            "type": "message",
+            "id": req.message_id,
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
 
         def text_at(index: int) -> dict[str, Any]:
             return {"item_id": req.message_id, "output_index": index, "content_index": 0}
 
         def text_opened(index: int) -> list[dict[str, Any]]:
-            return [event("response.output_item.added", output_index=index, item=text_item),
-                    event("response.content_part.added", **text_at(index),
-                          part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})]
+            return [
+                event("response.output_item.added", output_index=index, item=text_item),
+                event(
+                    "response.content_part.added",
+                    **text_at(index),
+                    part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                ),
+            ]
 
         streamed = False
         try:
@@ -309,22 +465,45 @@ class ResponseService:
             for index, item in enumerate(final["output"]):
                 if item["type"] == "message":
                     part = item["content"][0]
-                    if not streamed:  # a tool-enabled call is parsed whole: its text arrives at the end
+                    if (
+                        not streamed
+                    ):  # a tool-enabled call is parsed whole: its text arrives at the end
                         for opened in text_opened(index):
                             yield opened
                         if part["text"]:
-                            yield event("response.output_text.delta", **text_at(index), delta=part["text"], logprobs=[])
-                    yield event("response.output_text.done", **text_at(index), text=part["text"], logprobs=[])
+                            yield event(
+                                "response.output_text.delta",
+                                **text_at(index),
+                                delta=part["text"],
+                                logprobs=[],
+                            )
+                    yield event(
+                        "response.output_text.done",
+                        **text_at(index),
+                        text=part["text"],
+                        logprobs=[],
+                    )
                     yield event("response.content_part.done", **text_at(index), part=part)
                 else:
                     call = {**item, "arguments": "", "status": "in_progress"}
                     yield event("response.output_item.added", output_index=index, item=call)
-                    yield event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                                delta=item["arguments"])
-                    yield event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                name=item["name"], arguments=item["arguments"])
+                    yield event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=index,
+                        delta=item["arguments"],
+                    )
+                    yield event(
+                        "response.function_call_arguments.done",
+                        item_id=item["id"],
+                        output_index=index,
+                        name=item["name"],
+                        arguments=item["arguments"],
+                    )
                 yield event("response.output_item.done", output_index=index, item=item)
-            kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+            kind = (
+                "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+            )
             yield event(kind, response=final)
         finally:
             if not work.done():  # the client went away: stop the generation, store nothing more
@@ -335,36 +514,69 @@ class ResponseService:
     async def _stored(self, req: _Request, on_delta: OnDelta | None = None) -> dict[str, Any]:
         body, model, prev_id = req.body, req.model, req.previous
         if req.link is None or prev_id is None:
-            session = await self.store.run(self.store.sessions.create, None, title="responses", model=model)
+            session = await self.store.run(
+                self.store.sessions.create, None, title="responses", model=model
+            )
             session_id = session.id
             lock = await self.sessions.acquire(session_id)
         else:
-            session_id, lock = await self._continue_from(req.link.session_id, req.link.last_seq, prev_id)
+            session_id, lock = await self._continue_from(
+                req.link.session_id, req.link.last_seq, prev_id
+            )
         current_trace().tag(kind="response", model=model, session_id=session_id)
         try:
             inputs = await self.store.run(self.store.messages.append_many, session_id, req.drafts)
             await self.store.run(self.store.sessions.update, session_id, status="active")
-            call = await self.sessions.model.call(session_id, model, persona=body.get("instructions"),
-                                                  params=self._params(body), tools=req.tools, tool_choice=req.choice,
-                                                  on_delta=on_delta)
+            call = await self.sessions.model.call(
+                session_id,
+                model,
+                persona=body.get("instructions"),
+                params=self._params(body),
+                tools=req.tools,
+                tool_choice=req.choice,
+                on_delta=on_delta,
+            )
             r = call.result
             usage = r.get("usage") or {}
-            meta = {"usage": usage, "finish_reason": r.get("finish_reason"), "timings": call.timings}
+            meta = {
+                "usage": usage,
+                "finish_reason": r.get("finish_reason"),
+                "timings": call.timings,
+            }
             if r.get("tool_calls"):
                 answer = MessageDraft(role="assistant", tool_calls=r["tool_calls"], meta=meta)
             else:
                 text = r.get("content") if req.tools else r.get("text")
-                answer = MessageDraft(role="assistant", content=text if text is not None else r.get("text", ""),
-                                      meta=meta, id=req.message_id)
+                answer = MessageDraft(
+                    role="assistant",
+                    content=text if text is not None else r.get("text", ""),
+                    meta=meta,
+                    id=req.message_id,
+                )
             (out,) = await self.store.run(self.store.messages.append_many, session_id, [answer])
-            stored = await self.store.run(self.store.responses.record, session_id, first_seq=inputs[0].seq,
-                                          last_seq=out.seq, previous_response_id=prev_id, model=model,
-                                          response_id=req.response_id)
+            stored = await self.store.run(
+                self.store.responses.record,
+                session_id,
+                first_seq=inputs[0].seq,
+                last_seq=out.seq,
+                previous_response_id=prev_id,
+                model=model,
+                response_id=req.response_id,
+            )
         finally:
             lock.release()
-        return response_object(stored.id, created=stored.created, model=model, body=body, output=output_items([out]),
-                               usage=usage, finish_reason=str(r.get("finish_reason")), stored=True,
-                               timings=call.timings, previous=prev_id)
+        return response_object(
+            stored.id,
+            created=stored.created,
+            model=model,
+            body=body,
+            output=output_items([out]),
+            usage=usage,
+            finish_reason=str(r.get("finish_reason")),
+            stored=True,
+            timings=call.timings,
+            previous=prev_id,
+        )
 
     async def _continue_from(self, session_id: str, last_seq: int, prev_id: str) -> tuple[str, Any]:
         """The session (locked) a response continuing `prev_id` goes into: the same one when that
@@ -375,9 +587,15 @@ class ResponseService:
             newest = await self.store.run(self.store.messages.last_seq, session_id)
             if session.last_response_id == prev_id and newest == last_seq:
                 return session_id, lock
-            (at,) = await self.store.run(self.store.messages.transcript, session_id, after_seq=last_seq - 1,
-                                         upto_seq=last_seq)
-            fork = await self.store.run(self.store.sessions.fork, session_id, at_message=at.id, title="responses")
+            (at,) = await self.store.run(
+                self.store.messages.transcript,
+                session_id,
+                after_seq=last_seq - 1,
+                upto_seq=last_seq,
+            )
+            fork = await self.store.run(
+                self.store.sessions.fork, session_id, at_message=at.id, title="responses"
+            )
         except BaseException:
             lock.release()
             raise
@@ -388,36 +606,82 @@ class ResponseService:
         body, link = req.body, req.link
         history: list[Message] = []
         if link is not None:
-            transcript = await self.store.run(self.store.messages.transcript, link.session_id, upto_seq=link.last_seq)
+            transcript = await self.store.run(
+                self.store.messages.transcript, link.session_id, upto_seq=link.last_seq
+            )
             history = visible(transcript, window_start(transcript))
         messages = model_messages(body.get("instructions"), history)
-        messages += [{k: v for k, v in (("role", d.role), ("content", d.content), ("tool_calls", d.tool_calls),
-                                         ("tool_call_id", d.tool_call_id)) if v is not None} for d in req.drafts]
+        messages += [
+            {
+                k: v
+                for k, v in (
+                    ("role", d.role),
+                    ("content", d.content),
+                    ("tool_calls", d.tool_calls),
+                    ("tool_call_id", d.tool_call_id),
+                )
+                if v is not None
+            }
+            for d in req.drafts
+        ]
         params = {**self._params(body), "model": req.model, "messages": messages}
         if req.tools:
             params.update(tools=req.tools, tool_choice=req.choice or "auto")
         gen = await self.chat.generate("chat", params)
         r = await gen.result(on_delta)
-        out = Message(id=req.message_id, session_id="", seq=0, role="assistant",
-                      content=None if r.get("tool_calls") else (r.get("content") if req.tools else r.get("text")),
-                      tool_calls=r.get("tool_calls"), tool_call_id=None, name=None, created=req.created,
-                      tokens=None, meta={})
-        return response_object(req.response_id, created=req.created, model=req.model, body=body,
-                               output=output_items([out]), usage=r.get("usage") or {},
-                               finish_reason=str(r.get("finish_reason")), stored=False, timings=gen.extra(r),
-                               previous=link.id if link else None)
+        out = Message(
+            id=req.message_id,
+            session_id="",
+            seq=0,
+            role="assistant",
+            content=None
+            if r.get("tool_calls")
+            else (r.get("content") if req.tools else r.get("text")),
+            tool_calls=r.get("tool_calls"),
+            tool_call_id=None,
+            name=None,
+            created=req.created,
+            tokens=None,
+            meta={},
+        )
+        return response_object(
+            req.response_id,
+            created=req.created,
+            model=req.model,
+            body=body,
+            output=output_items([out]),
+            usage=r.get("usage") or {},
+            finish_reason=str(r.get("finish_reason")),
+            stored=False,
+            timings=gen.extra(r),
+            previous=link.id if link else None,
+        )
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
         link = await self.store.run(self.store.responses.get, response_id)
         try:
-            messages = await self.store.run(self.store.messages.transcript, link.session_id,
-                                            after_seq=link.first_seq - 1, upto_seq=link.last_seq)
+            messages = await self.store.run(
+                self.store.messages.transcript,
+                link.session_id,
+                after_seq=link.first_seq - 1,
+                upto_seq=link.last_seq,
+            )
         except NotFound:
-            raise NotFound(f"response {response_id!r} belonged to a session that was deleted",
-                           param="response_id") from None
+            raise NotFound(
+                f"response {response_id!r} belonged to a session that was deleted",
+                param="response_id",
+            ) from None
         answer = next((m for m in reversed(messages) if m.role == "assistant"), None)
         meta = answer.meta if answer else {}
-        return response_object(link.id, created=link.created, model=link.model or "", body={},
-                               output=output_items([m for m in messages if m.role == "assistant"]),
-                               usage=meta.get("usage") or {}, finish_reason=str(meta.get("finish_reason")),
-                               stored=True, timings=meta.get("timings"), previous=link.previous_response_id)
+        return response_object(
+            link.id,
+            created=link.created,
+            model=link.model or "",
+            body={},
+            output=output_items([m for m in messages if m.role == "assistant"]),
+            usage=meta.get("usage") or {},
+            finish_reason=str(meta.get("finish_reason")),
+            stored=True,
+            timings=meta.get("timings"),
+            previous=link.previous_response_id,
+        )

@@ -44,8 +44,9 @@ def shipped_unit_path() -> Path:
     raise ConfigError(f"the shipped {UNIT} was not found next to {here}; reinstall the appliance")
 
 
-def render_unit(template: str, *, python: str, user: str, config: Path,
-                protect_home: str = "yes") -> str:
+def render_unit(
+    template: str, *, python: str, user: str, config: Path, protect_home: str = "yes"
+) -> str:
     """The shipped unit with this install's interpreter, user and config path."""
     out = []
     for line in template.splitlines():
@@ -109,14 +110,18 @@ class ServiceInstaller:
 
     def _need_root(self, action: str) -> None:
         if not self.is_root:
-            raise ApplianceError(f"`appliance service {action}` changes system files; run it with sudo")
+            raise ApplianceError(
+                f"`appliance service {action}` changes system files; run it with sudo"
+            )
 
     def _cmd(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         self.log.append("$ " + " ".join(argv))
         done = self.run(argv)
         if check and done.returncode != 0:
-            raise ApplianceError(f"`{' '.join(argv)}` failed ({done.returncode}): "
-                                 f"{(done.stderr or done.stdout).strip()}")
+            raise ApplianceError(
+                f"`{' '.join(argv)}` failed ({done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()}"
+            )
         return done
 
     def _user_exists(self) -> bool:
@@ -126,20 +131,36 @@ class ServiceInstaller:
         except KeyError:
             return False
 
-    def install(self, *, host: str = "127.0.0.1", port: int = 8420, start: bool = True,
-                token: str | None = None) -> list[str]:
+    def install(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8420,
+        start: bool = True,
+        token: str | None = None,
+    ) -> list[str]:
         """Install (or update) the service; returns what was done, line by line."""
         self._need_root("install")
         p = self.paths
         if not is_loopback(host) and token is None:
             raise ConfigError(
                 f"binding {host} (not loopback) needs an API token before the daemon will start; "
-                "add --token NAME to create one now")
+                "add --token NAME to create one now"
+            )
         if self._user_exists():
             self.log.append(f"user {self.user} exists")
         else:
-            self._cmd("useradd", "--system", "--user-group", "--home-dir", str(p.state_dir),
-                      "--no-create-home", "--shell", "/usr/sbin/nologin", self.user)
+            self._cmd(
+                "useradd",
+                "--system",
+                "--user-group",
+                "--home-dir",
+                str(p.state_dir),
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                self.user,
+            )
         p.state_dir.mkdir(parents=True, exist_ok=True)
         p.state_dir.chmod(0o700)
         self.chown(p.state_dir, self.user)
@@ -153,22 +174,32 @@ class ServiceInstaller:
         home = ("/home/", "/root/")
         protect = "read-only" if self.python.startswith(home) else "yes"
         if protect != "yes":
-            self.log.append(f"note: {self.python} is under /home or /root, so the unit sets "
-                            f"ProtectHome=read-only; the user {self.user} must be able to read it")
-        unit = render_unit(shipped_unit_path().read_text(), python=self.python, user=self.user,
-                           config=p.config, protect_home=protect)
+            self.log.append(
+                f"note: {self.python} is under /home or /root, so the unit sets "
+                f"ProtectHome=read-only; the user {self.user} must be able to read it"
+            )
+        unit = render_unit(
+            shipped_unit_path().read_text(),
+            python=self.python,
+            user=self.user,
+            config=p.config,
+            protect_home=protect,
+        )
         p.unit_dir.mkdir(parents=True, exist_ok=True)
         p.unit.write_text(unit)
         p.unit.chmod(0o644)
         self.log.append(f"wrote {p.unit}")
         if token is not None:
-            done = self._cmd(self.python, "-m", "appliance", "token", "create", token,
-                             "--config", str(p.config))
+            done = self._cmd(
+                self.python, "-m", "appliance", "token", "create", token, "--config", str(p.config)
+            )
             self.log.append(done.stdout.strip())
         self._cmd("systemctl", "daemon-reload")
         self._cmd("systemctl", "enable", *(["--now"] if start else []), UNIT)
-        self.log.append(f"{'enabled and started' if start else 'enabled'} {UNIT}; "
-                        "follow it with `journalctl -u appliance -f`")
+        self.log.append(
+            f"{'enabled and started' if start else 'enabled'} {UNIT}; "
+            "follow it with `journalctl -u appliance -f`"
+        )
         return self.log
 
     def uninstall(self, *, purge: bool = False) -> list[str]:
@@ -193,6 +224,7 @@ class ServiceInstaller:
 
     def status(self) -> dict[str, str]:
         """Whether the unit is installed, enabled and running (no root needed)."""
+
         def state(*argv: str) -> str:
             done = self.run(argv)
             text = (done.stdout or done.stderr).strip()

@@ -55,8 +55,14 @@ class CallResult:
 
 
 class SessionModel:
-    def __init__(self, store: Store, chat: ChatService, scheduler: ModelScheduler,
-                 catalog: ModelCatalog, kv: KvParking) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chat: ChatService,
+        scheduler: ModelScheduler,
+        catalog: ModelCatalog,
+        kv: KvParking,
+    ) -> None:
         self.store = store
         self.chat = chat
         self.scheduler = scheduler
@@ -64,10 +70,14 @@ class SessionModel:
         self.kv = kv
         self.counter = TokenCounter(self._tokenize)
 
-    async def _tokenize(self, model_id: str, texts: Sequence[str], timings: dict[str, Any] | None = None) -> list[int]:
+    async def _tokenize(
+        self, model_id: str, texts: Sequence[str], timings: dict[str, Any] | None = None
+    ) -> list[int]:
         lease = await self.scheduler.acquire(model_id)
         if timings is not None and lease.load_ms is not None:
-            timings["load_ms"] = lease.load_ms  # the model woke up for the count, not the generation
+            timings["load_ms"] = (
+                lease.load_ms
+            )  # the model woke up for the count, not the generation
         try:
             out = []
             for text in texts:
@@ -77,22 +87,37 @@ class SessionModel:
         finally:
             lease.release()
 
-    async def window(self, session_id: str, model_id: str, persona: str | None,
-                     tools: list[dict[str, Any]] | None, tool_choice: Any, max_tokens: int | None,
-                     *, shrink: bool = False, timings: dict[str, Any] | None = None,
-                     ) -> tuple[list[dict[str, Any]], Message | None, int]:
+    async def window(
+        self,
+        session_id: str,
+        model_id: str,
+        persona: str | None,
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        max_tokens: int | None,
+        *,
+        shrink: bool = False,
+        timings: dict[str, Any] | None = None,
+    ) -> tuple[list[dict[str, Any]], Message | None, int]:
         """The messages the model sees, the overflow marker stored for this call (if any) and how
         many messages it dropped. A model load caused by counting tokens goes into `timings`."""
         transcript = await self.store.run(self.store.messages.transcript, session_id)
         shown = visible(transcript, window_start(transcript))
         n_ctx = self.catalog.get(model_id).context_size
         offered, required = cf.select_tools(tools, tool_choice)
-        head = (persona or "") + ("\n\n" + cf.tools_system_prompt(offered, required) if offered else "")
+        head = (persona or "") + (
+            "\n\n" + cf.tools_system_prompt(offered, required) if offered else ""
+        )
         texts = [message_text(openai_message(m)) for m in shown]
         reserve = reply_reserve(n_ctx, max_tokens)
-        bound = sum(upper_bound(t) + MESSAGE_OVERHEAD for t in texts) + upper_bound(head) + MESSAGE_OVERHEAD
+        bound = (
+            sum(upper_bound(t) + MESSAGE_OVERHEAD for t in texts)
+            + upper_bound(head)
+            + MESSAGE_OVERHEAD
+        )
         if not shrink and bound + PROMPT_MARGIN + reserve <= n_ctx:
             return model_messages(persona, shown), None, 0
+
         async def tokenize(model: str, batch: Sequence[str]) -> list[int]:
             return await self._tokenize(model, batch, timings)
 
@@ -103,20 +128,44 @@ class SessionModel:
         if fit.dropped == 0:
             return model_messages(persona, shown), None, 0
         marker = await self.store.run(
-            self.store.messages.append, session_id, "system", marker_text(fit.dropped, n_ctx),
-            meta={MARKER_KEY: True, "context_dropped": fit.dropped, "context_start_seq": fit.start_seq},
+            self.store.messages.append,
+            session_id,
+            "system",
+            marker_text(fit.dropped, n_ctx),
+            meta={
+                MARKER_KEY: True,
+                "context_dropped": fit.dropped,
+                "context_start_seq": fit.start_seq,
+            },
         )
         kept = [m for m in shown if m.seq >= fit.start_seq]
         return model_messages(persona, kept), marker, fit.dropped
 
-    async def call(self, session_id: str, model_id: str, *, persona: str | None, params: dict[str, Any],
-                   tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
-                   on_delta: OnDelta | None = None, on_marker: OnMarker | None = None) -> CallResult:
+    async def call(
+        self,
+        session_id: str,
+        model_id: str,
+        *,
+        persona: str | None,
+        params: dict[str, Any],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        on_delta: OnDelta | None = None,
+        on_marker: OnMarker | None = None,
+    ) -> CallResult:
         dropped = 0
         woke: dict[str, Any] = {}
         for attempt in range(2):
-            messages, marker, n = await self.window(session_id, model_id, persona, tools, tool_choice,
-                                                    params.get("max_tokens"), shrink=attempt > 0, timings=woke)
+            messages, marker, n = await self.window(
+                session_id,
+                model_id,
+                persona,
+                tools,
+                tool_choice,
+                params.get("max_tokens"),
+                shrink=attempt > 0,
+                timings=woke,
+            )
             dropped += n
             if marker is not None and on_marker is not None:
                 await on_marker(marker)
@@ -126,7 +175,9 @@ class SessionModel:
                 request["tools"] = tools
                 request["tool_choice"] = tool_choice or "auto"
             try:
-                gen = await self.chat.generate("chat", request, slot_key=session_id, **plan.fields())
+                gen = await self.chat.generate(
+                    "chat", request, slot_key=session_id, **plan.fields()
+                )
             except InvalidRequest as exc:
                 if exc.code == "context_length_exceeded" and attempt == 0:
                     continue
@@ -144,8 +195,13 @@ class SessionModel:
                 raise
             kv_report = await self.kv.settle(session_id, model_id, plan, pid, result)
             if kv_report.get("kv_restored"):
-                current_trace().add_span("kv.restore", start=gen.t0, duration_s=float(kv_report["kv_restore_ms"]) / 1000.0,
-                                         tokens=kv_report["kv_restored_tokens"], bytes=kv_report["kv_restore_bytes"])
+                current_trace().add_span(
+                    "kv.restore",
+                    start=gen.t0,
+                    duration_s=float(kv_report["kv_restore_ms"]) / 1000.0,
+                    tokens=kv_report["kv_restored_tokens"],
+                    bytes=kv_report["kv_restore_bytes"],
+                )
             timings = {**gen.extra(result), **kv_report}
             if timings.get("load_ms") is None and "load_ms" in woke:
                 timings["load_ms"] = woke["load_ms"]

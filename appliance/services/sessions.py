@@ -89,16 +89,31 @@ def agent_params(agent: Agent | None) -> dict[str, Any]:
 
 
 class SessionService:
-    def __init__(self, config: Config, *, store: Store, chat: ChatService, scheduler: ModelScheduler,
-                 catalog: ModelCatalog, sandboxes: SandboxService, events: EventBus,
-                 telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        chat: ChatService,
+        scheduler: ModelScheduler,
+        catalog: ModelCatalog,
+        sandboxes: SandboxService,
+        events: EventBus,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
         self.sandboxes = sandboxes
-        self.kv = KvParking(store, scheduler, catalog, kv_dir=Path(config.state_dir) / "kv",
-                            budget_bytes=config.agents.kv_disk_budget_mb * 2**20,
-                            idle_s=config.agents.park_idle_s, events=events)
+        self.kv = KvParking(
+            store,
+            scheduler,
+            catalog,
+            kv_dir=Path(config.state_dir) / "kv",
+            budget_bytes=config.agents.kv_disk_budget_mb * 2**20,
+            idle_s=config.agents.park_idle_s,
+            events=events,
+        )
         chat.slot_keeper = self.kv  # a plain request that takes a session's slot parks it first
         self.tools = ToolBox([RunCode(sandboxes, store)])
         self.model = SessionModel(store, chat, scheduler, catalog, self.kv)
@@ -112,7 +127,9 @@ class SessionService:
     async def stop(self) -> None:
         for turn in list(self._turns.values()):
             turn.cancel()
-        await asyncio.gather(*(t.wait() for t in list(self._turns.values())), return_exceptions=True)
+        await asyncio.gather(
+            *(t.wait() for t in list(self._turns.values())), return_exceptions=True
+        )
         await self.kv.stop()
 
     def lock(self, session_id: str) -> asyncio.Lock:
@@ -124,8 +141,11 @@ class SessionService:
         try:
             await asyncio.wait_for(lock.acquire(), TURN_LOCK_WAIT_S)
         except TimeoutError:
-            raise Conflict(f"a turn is already running in session {session_id!r}; wait for its done "
-                           "event, then send the next message", param="session_id") from None
+            raise Conflict(
+                f"a turn is already running in session {session_id!r}; wait for its done "
+                "event, then send the next message",
+                param="session_id",
+            ) from None
         return lock
 
     # --- sessions ---------------------------------------------------------------------------
@@ -133,27 +153,45 @@ class SessionService:
     async def create(self, req: CreateSessionRequest) -> Session:
         if req.model is not None:
             self.catalog.get(req.model)
-        return await self.store.run(self.store.sessions.create, req.agent, title=req.title, model=req.model)
+        return await self.store.run(
+            self.store.sessions.create, req.agent, title=req.title, model=req.model
+        )
 
-    async def list(self, *, agent: str | None = None, status: str | None = None, limit: int = 50,
-                   after: str | None = None) -> Page[Session]:
+    async def list(
+        self,
+        *,
+        agent: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> Page[Session]:
         if status is not None and status not in ("created", "active", "parked"):
             raise InvalidRequest("status must be created, active or parked", param="status")
-        return await self.store.run(self.store.sessions.list, agent=agent, status=status,  # type: ignore[arg-type]
-                                    limit=limit, after=after)
+        return await self.store.run(
+            self.store.sessions.list,
+            agent=agent,
+            status=status,  # type: ignore[arg-type]
+            limit=limit,
+            after=after,
+        )
 
     async def get(self, session_id: str) -> SessionDetail:
         def read() -> SessionDetail:
             s = self.store.sessions.get(session_id)
-            return SessionDetail(**msgspec.structs.asdict(s), messages=self.store.messages.transcript(session_id),
-                                 tool_runs=self.store.tool_runs.for_session(session_id),
-                                 parked=self.store.kv.entries(session_id), hot=session_id in self.kv.hot)
+            return SessionDetail(
+                **msgspec.structs.asdict(s),
+                messages=self.store.messages.transcript(session_id),
+                tool_runs=self.store.tool_runs.for_session(session_id),
+                parked=self.store.kv.entries(session_id),
+                hot=session_id in self.kv.hot,
+            )
 
         return await self.store.run(read)
 
     async def fork(self, session_id: str, req: ForkRequest) -> Session:
-        return await self.store.run(self.store.sessions.fork, session_id, at_message=req.at_message,
-                                    title=req.title)
+        return await self.store.run(
+            self.store.sessions.fork, session_id, at_message=req.at_message, title=req.title
+        )
 
     async def delete(self, session_id: str) -> None:
         turn = self._turns.get(session_id)
@@ -180,22 +218,33 @@ class SessionService:
         """Check the request, commit the user's message and start the turn; its events begin with
         that message. Errors before the commit are raised here (and become HTTP errors)."""
         if not req.content.strip():
-            raise InvalidRequest("content must not be empty: send the user's message", param="content")
+            raise InvalidRequest(
+                "content must not be empty: send the user's message", param="content"
+            )
         session = await self.store.run(self.store.sessions.get, session_id)
-        agent = await self.store.run(self.store.agents.get, session.agent_id) if session.agent_id else None
+        agent = (
+            await self.store.run(self.store.agents.get, session.agent_id)
+            if session.agent_id
+            else None
+        )
         model_id = session.model or (agent.model if agent else None)
         if not model_id:
-            raise InvalidRequest(f"session {session_id!r} has neither a model nor an agent", param="model")
+            raise InvalidRequest(
+                f"session {session_id!r} has neither a model nor an agent", param="model"
+            )
         prof = self.catalog.get(model_id)
         if prof.kind != "chat":
-            raise InvalidRequest(f"model {model_id!r} is an embedding model; agents need a chat model",
-                                 param="model")
+            raise InvalidRequest(
+                f"model {model_id!r} is an embedding model; agents need a chat model", param="model"
+            )
         if agent is not None:
             self.tools.require(agent.tools)
         if req.tool_choice not in (None, "auto", "none") and not (agent and agent.tools):
             raise InvalidRequest("tool_choice needs an agent with tools", param="tool_choice")
         if agent is not None and agent.tools:
-            cf.select_tools(self.tools.specs(agent.tools), req.tool_choice)  # a bad choice fails here, not mid-turn
+            cf.select_tools(
+                self.tools.specs(agent.tools), req.tool_choice
+            )  # a bad choice fails here, not mid-turn
         params = agent_params(agent)
         for key in ("temperature", "max_tokens", "seed"):
             if getattr(req, key) is not None:
@@ -214,8 +263,14 @@ class SessionService:
         except BaseException:
             lock.release()
             raise
-        spec = TurnSpec(session_id=session_id, model_id=model_id, agent=agent, params=params,
-                        tool_choice=req.tool_choice, max_steps=max(1, self.config.agents.max_steps))
+        spec = TurnSpec(
+            session_id=session_id,
+            model_id=model_id,
+            agent=agent,
+            params=params,
+            tool_choice=req.tool_choice,
+            max_steps=max(1, self.config.agents.max_steps),
+        )
         turn = Turn(spec, user)
         self._turns[session_id] = turn
 

@@ -46,7 +46,9 @@ class SystemdNotifier:
             return False
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1", f"MAINPID={os.getpid()}", *([f"STATUS={status}"] if status else []))
+        return self.notify(
+            "READY=1", f"MAINPID={os.getpid()}", *([f"STATUS={status}"] if status else [])
+        )
 
     def stopping(self, status: str = "stopping") -> bool:
         return self.notify("STOPPING=1", f"STATUS={status}")

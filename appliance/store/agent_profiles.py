@@ -51,8 +51,12 @@ class AgentProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def spec(self) -> AgentSpec:
         return AgentSpec(
-            name=self.name, model=self.model, persona=self.persona,
-            description=self.description, tools=list(self.tools), sandbox=self.sandbox,
+            name=self.name,
+            model=self.model,
+            persona=self.persona,
+            description=self.description,
+            tools=list(self.tools),
+            sandbox=self.sandbox,
             params=self.params,
         )
 
@@ -98,7 +102,8 @@ def load_agent_profiles(dirs: Sequence[Path]) -> dict[str, LoadedAgentProfile]:
                 raise ConfigError(
                     f"agent {profile.name!r} is also defined in {seen_here[profile.name]}; "
                     "rename one of them",
-                    file=str(path), key="name",
+                    file=str(path),
+                    key="name",
                 )
             seen_here[profile.name] = path
             loaded[profile.name] = LoadedAgentProfile(profile=profile, path=path)

@@ -40,7 +40,9 @@ AgentSource = Literal["profile", "api"]
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class GenerationParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+class GenerationParams(
+    msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
     """Sampling parameters an agent applies to every model call; unset ones use the model's."""
 
     temperature: Annotated[float, Meta(ge=0.0, le=5.0)] | None = None
@@ -104,8 +106,13 @@ class Agent(msgspec.Struct, kw_only=True):
 
     def spec(self) -> AgentSpec:
         return AgentSpec(
-            name=self.name, model=self.model, persona=self.persona, description=self.description,
-            tools=list(self.tools), sandbox=self.sandbox, params=self.params,
+            name=self.name,
+            model=self.model,
+            persona=self.persona,
+            description=self.description,
+            tools=list(self.tools),
+            sandbox=self.sandbox,
+            params=self.params,
         )
 
 
@@ -117,10 +124,18 @@ _COLUMNS = (
 
 def _agent(row: tuple[Any, ...]) -> Agent:
     return Agent(
-        id=row[0], name=row[1], model=row[2], persona=row[3], description=row[4],
-        tools=from_json(row[5], list[str], []), sandbox=row[6],
-        params=from_json(row[7], GenerationParams, GenerationParams()), source=row[8],
-        source_path=row[9], created=row[10], updated=row[11],
+        id=row[0],
+        name=row[1],
+        model=row[2],
+        persona=row[3],
+        description=row[4],
+        tools=from_json(row[5], list[str], []),
+        sandbox=row[6],
+        params=from_json(row[7], GenerationParams, GenerationParams()),
+        source=row[8],
+        source_path=row[9],
+        created=row[10],
+        updated=row[11],
     )
 
 
@@ -162,9 +177,18 @@ def _insert(
             f"an agent named {spec.name!r} exists; choose another name or update it", param="name"
         )
     agent = Agent(
-        id=new_id("agt"), name=spec.name, model=spec.model, persona=spec.persona,
-        description=spec.description, tools=list(spec.tools), sandbox=spec.sandbox,
-        params=spec.params, source=source, source_path=source_path, created=now, updated=now,
+        id=new_id("agt"),
+        name=spec.name,
+        model=spec.model,
+        persona=spec.persona,
+        description=spec.description,
+        tools=list(spec.tools),
+        sandbox=spec.sandbox,
+        params=spec.params,
+        source=source,
+        source_path=source_path,
+        created=now,
+        updated=now,
     )
     _write(con, agent, insert=True)
     return agent
@@ -172,8 +196,18 @@ def _insert(
 
 def _write(con: apsw.Connection, a: Agent, *, insert: bool) -> None:
     values = (
-        a.name, a.model, a.persona, a.description, to_json(a.tools), a.sandbox,
-        to_json(a.params), a.source, a.source_path, a.created, a.updated, a.id,
+        a.name,
+        a.model,
+        a.persona,
+        a.description,
+        to_json(a.tools),
+        a.sandbox,
+        to_json(a.params),
+        a.source,
+        a.source_path,
+        a.created,
+        a.updated,
+        a.id,
     )
     if insert:
         con.execute(
@@ -194,13 +228,18 @@ def _update(con: apsw.Connection, ref: str, patch: AgentPatch, now: float) -> Ag
     changes = {f: v for f in AgentPatch.__struct_fields__ if (v := getattr(patch, f)) is not UNSET}
     spec = msgspec.structs.replace(current.spec(), **changes)
     validate_spec(spec)
-    if spec.name != current.name and con.execute(
-        "SELECT 1 FROM agents WHERE name = ?", (spec.name,)
-    ).fetchone():
+    if (
+        spec.name != current.name
+        and con.execute("SELECT 1 FROM agents WHERE name = ?", (spec.name,)).fetchone()
+    ):
         raise Conflict(f"an agent named {spec.name!r} exists; choose another name", param="name")
     agent = Agent(
-        id=current.id, source=current.source, source_path=current.source_path,
-        created=current.created, updated=now, **msgspec.structs.asdict(spec),
+        id=current.id,
+        source=current.source,
+        source_path=current.source_path,
+        created=current.created,
+        updated=now,
+        **msgspec.structs.asdict(spec),
     )
     _write(con, agent, insert=False)
     return agent
@@ -227,14 +266,19 @@ def _upsert_profile(con: apsw.Connection, spec: AgentSpec, path: str, now: float
     if current.source == "api":
         log.warning(
             "agent %r was created through the API; the profile %s with the same name is ignored",
-            spec.name, path,
+            spec.name,
+            path,
         )
         return current
     validate_spec(spec)
     if current.spec() == spec and current.source_path == path:
         return current
     agent = Agent(
-        id=current.id, source="profile", source_path=path, created=current.created, updated=now,
+        id=current.id,
+        source="profile",
+        source_path=path,
+        created=current.created,
+        updated=now,
         **msgspec.structs.asdict(spec),
     )
     _write(con, agent, insert=False)

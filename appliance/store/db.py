@@ -77,7 +77,8 @@ class StoreFull(StoreError):
             f"the disk holding the database {path} is full ({exc}); nothing more can be saved "
             "until space is freed: delete sessions you no longer need (DELETE /api/sessions/{id}), "
             "unused models (`appliance models`), or lower agents.kv_disk_budget_mb, or free space "
-            "on that filesystem")
+            "on that filesystem"
+        )
 
 
 def _forward_sqlite_log() -> None:
@@ -291,7 +292,9 @@ class Database:
             raise StoreError(f"the database {self.path} is closed; the appliance is shutting down")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
         except apsw.FullError as exc:  # a write outside `transaction()` (or a full temp store)
             raise StoreFull.of(self.path, exc) from exc
 

@@ -49,8 +49,15 @@ _COLUMNS = (
 
 def _entry(row: tuple[Any, ...]) -> KvEntry:
     return KvEntry(
-        id=row[0], session_id=row[1], model_fingerprint=row[2], prefix_hash=row[3],
-        n_tokens=row[4], bytes=row[5], path=row[6], created=row[7], last_used=row[8],
+        id=row[0],
+        session_id=row[1],
+        model_fingerprint=row[2],
+        prefix_hash=row[3],
+        n_tokens=row[4],
+        bytes=row[5],
+        path=row[6],
+        created=row[7],
+        last_used=row[8],
     )
 
 
@@ -76,8 +83,14 @@ def _park(
         (session_id, fingerprint),
     )
     entry = KvEntry(
-        id=new_id("kv"), session_id=session_id, model_fingerprint=fingerprint,
-        prefix_hash=prefix_hash, n_tokens=n_tokens, bytes=size, path=path, created=now,
+        id=new_id("kv"),
+        session_id=session_id,
+        model_fingerprint=fingerprint,
+        prefix_hash=prefix_hash,
+        n_tokens=n_tokens,
+        bytes=size,
+        path=path,
+        created=now,
         last_used=now,
     )
     con.execute(
@@ -128,22 +141,34 @@ class KvIndex:
         when this returns. Write the file first, then call this."""
         with self._db.transaction() as con:
             return _park(
-                con, session_id, model_fingerprint, prefix_hash, n_tokens, bytes, path,
+                con,
+                session_id,
+                model_fingerprint,
+                prefix_hash,
+                n_tokens,
+                bytes,
+                path,
                 self._clock(),
             )
 
     def lookup(self, session_id: str, model_fingerprint: str) -> KvEntry | None:
         """The session's parked state for this model, or None."""
-        row = self._db.connection().execute(
-            f"SELECT {_COLUMNS} FROM kv_entries WHERE session_id = ? AND model_fingerprint = ?",
-            (session_id, model_fingerprint),
-        ).fetchone()
+        row = (
+            self._db.connection()
+            .execute(
+                f"SELECT {_COLUMNS} FROM kv_entries WHERE session_id = ? AND model_fingerprint = ?",
+                (session_id, model_fingerprint),
+            )
+            .fetchone()
+        )
         return _entry(row) if row else None
 
     def touch(self, entry_id: str) -> None:
         """Mark the entry as just used (it becomes the last to be evicted); committed on return."""
         with self._db.transaction() as con:
-            con.execute("UPDATE kv_entries SET last_used = ? WHERE id = ?", (self._clock(), entry_id))
+            con.execute(
+                "UPDATE kv_entries SET last_used = ? WHERE id = ?", (self._clock(), entry_id)
+            )
 
     def remove(self, entry_id: str) -> str | None:
         """Delete one entry (e.g. its file proved damaged); returns its path, None if unknown."""

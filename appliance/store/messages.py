@@ -60,15 +60,24 @@ class Message(msgspec.Struct, kw_only=True):
 
 
 _LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = ?"
-_COLUMNS = "id, session_id, seq, role, content, tool_calls, tool_call_id, name, created, tokens, meta"
+_COLUMNS = (
+    "id, session_id, seq, role, content, tool_calls, tool_call_id, name, created, tokens, meta"
+)
 
 
 def _message(row: tuple[Any, ...]) -> Message:
     return Message(
-        id=row[0], session_id=row[1], seq=row[2], role=row[3], content=row[4],
+        id=row[0],
+        session_id=row[1],
+        seq=row[2],
+        role=row[3],
+        content=row[4],
         tool_calls=None if row[5] is None else from_json(row[5], list[dict[str, Any]], []),
         tool_call_id=row[6],
-        name=row[7], created=row[8], tokens=row[9], meta=from_json(row[10], dict[str, Any], {}),
+        name=row[7],
+        created=row[8],
+        tokens=row[9],
+        meta=from_json(row[10], dict[str, Any], {}),
     )
 
 
@@ -99,15 +108,33 @@ def _append(
     for d in drafts:
         seq += 1
         m = Message(
-            id=d.id or new_id("msg"), session_id=session_id, seq=seq, role=d.role, content=d.content,
-            tool_calls=d.tool_calls, tool_call_id=d.tool_call_id, name=d.name, created=now,
-            tokens=d.tokens, meta=dict(d.meta),
+            id=d.id or new_id("msg"),
+            session_id=session_id,
+            seq=seq,
+            role=d.role,
+            content=d.content,
+            tool_calls=d.tool_calls,
+            tool_call_id=d.tool_call_id,
+            name=d.name,
+            created=now,
+            tokens=d.tokens,
+            meta=dict(d.meta),
         )
         con.execute(
             f"INSERT INTO messages({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (m.id, m.session_id, m.seq, m.role, m.content,
-             None if m.tool_calls is None else to_json(m.tool_calls), m.tool_call_id, m.name,
-             m.created, m.tokens, to_json(m.meta)),
+            (
+                m.id,
+                m.session_id,
+                m.seq,
+                m.role,
+                m.content,
+                None if m.tool_calls is None else to_json(m.tool_calls),
+                m.tool_call_id,
+                m.name,
+                m.created,
+                m.tokens,
+                to_json(m.meta),
+            ),
         )
         out.append(m)
     con.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
@@ -149,8 +176,13 @@ class Messages:
     ) -> Message:
         """Append one message at the end of the transcript; committed (durably) on return."""
         draft = MessageDraft(
-            role=role, content=content, tool_calls=tool_calls, tool_call_id=tool_call_id,
-            name=name, tokens=tokens, meta=meta or {},
+            role=role,
+            content=content,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            name=name,
+            tokens=tokens,
+            meta=meta or {},
         )
         return self.append_many(session_id, [draft])[0]
 
@@ -180,8 +212,12 @@ class Messages:
         rows = con.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ?"
             " ORDER BY seq LIMIT ?",
-            (session_id, after_seq, upto_seq if upto_seq is not None else 2**62,
-             limit if limit is not None else -1),
+            (
+                session_id,
+                after_seq,
+                upto_seq if upto_seq is not None else 2**62,
+                limit if limit is not None else -1,
+            ),
         )
         return [_message(r) for r in rows]
 

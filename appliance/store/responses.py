@@ -42,8 +42,13 @@ _COLUMNS = "id, session_id, previous_response_id, first_seq, last_seq, model, cr
 
 def _link(row: tuple[Any, ...]) -> ResponseLink:
     return ResponseLink(
-        id=row[0], session_id=row[1], previous_response_id=row[2], first_seq=row[3],
-        last_seq=row[4], model=row[5], created=row[6],
+        id=row[0],
+        session_id=row[1],
+        previous_response_id=row[2],
+        first_seq=row[3],
+        last_seq=row[4],
+        model=row[5],
+        created=row[6],
     )
 
 
@@ -81,8 +86,13 @@ def _record(
     if previous_response_id is not None:
         _get(con, previous_response_id)
     link = ResponseLink(
-        id=response_id or new_id("resp"), session_id=session_id, previous_response_id=previous_response_id,
-        first_seq=first_seq, last_seq=last_seq, model=model, created=now,
+        id=response_id or new_id("resp"),
+        session_id=session_id,
+        previous_response_id=previous_response_id,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        model=model,
+        created=now,
     )
     con.execute(
         f"INSERT INTO responses({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
@@ -120,7 +130,13 @@ class ResponseLinks:
         """
         with self._db.transaction() as con:
             return _record(
-                con, session_id, first_seq, last_seq, previous_response_id, model, self._clock(),
+                con,
+                session_id,
+                first_seq,
+                last_seq,
+                previous_response_id,
+                model,
+                self._clock(),
                 response_id,
             )
 
@@ -139,7 +155,12 @@ class ResponseLinks:
             now = self._clock()
             messages = append_messages(con, session_id, drafts, now)
             link = _record(
-                con, session_id, messages[0].seq, messages[-1].seq, previous_response_id, model,
+                con,
+                session_id,
+                messages[0].seq,
+                messages[-1].seq,
+                previous_response_id,
+                model,
                 now,
             )
             return messages, link

@@ -65,9 +65,18 @@ _COLUMNS = (
 
 def _session(row: tuple[Any, ...]) -> Session:
     return Session(
-        id=row[0], agent_id=row[1], title=row[2], model=row[3], status=row[4], parent_id=row[5],
-        forked_at_message=row[6], last_response_id=row[7], sandbox_id=row[8], created=row[9],
-        updated=row[10], message_count=row[11],
+        id=row[0],
+        agent_id=row[1],
+        title=row[2],
+        model=row[3],
+        status=row[4],
+        parent_id=row[5],
+        forked_at_message=row[6],
+        last_response_id=row[7],
+        sandbox_id=row[8],
+        created=row[9],
+        updated=row[10],
+        message_count=row[11],
     )
 
 
@@ -95,8 +104,19 @@ def _insert(con: apsw.Connection, s: Session) -> None:
     con.execute(
         "INSERT INTO sessions(id, agent_id, title, model, status, parent_id, forked_at_message,"
         " last_response_id, sandbox_id, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (s.id, s.agent_id, s.title, s.model, s.status, s.parent_id, s.forked_at_message,
-         s.last_response_id, s.sandbox_id, s.created, s.updated),
+        (
+            s.id,
+            s.agent_id,
+            s.title,
+            s.model,
+            s.status,
+            s.parent_id,
+            s.forked_at_message,
+            s.last_response_id,
+            s.sandbox_id,
+            s.created,
+            s.updated,
+        ),
     )
 
 
@@ -107,9 +127,17 @@ def _create(
     if agent_id is None and not model:
         raise InvalidRequest("a session needs an agent or a model; give one of them", param="agent")
     s = Session(
-        id=new_id("ses"), agent_id=agent_id, title=title, model=model, status="created",
-        parent_id=None, forked_at_message=None, last_response_id=None, sandbox_id=None,
-        created=now, updated=now,
+        id=new_id("ses"),
+        agent_id=agent_id,
+        title=title,
+        model=model,
+        status="created",
+        parent_id=None,
+        forked_at_message=None,
+        last_response_id=None,
+        sandbox_id=None,
+        created=now,
+        updated=now,
     )
     _insert(con, s)
     return s
@@ -185,18 +213,27 @@ def _fork(
             )
         upto = row[0]
     child = Session(
-        id=new_id("ses"), agent_id=parent.agent_id,
+        id=new_id("ses"),
+        agent_id=parent.agent_id,
         title=title if title is not None else (f"{parent.title} (fork)" if parent.title else ""),
-        model=parent.model, status="created", parent_id=parent.id, forked_at_message=at_message,
-        last_response_id=None, sandbox_id=None, created=now, updated=now,
+        model=parent.model,
+        status="created",
+        parent_id=parent.id,
+        forked_at_message=at_message,
+        last_response_id=None,
+        sandbox_id=None,
+        created=now,
+        updated=now,
     )
     _insert(con, child)
     new_ids: dict[str, str] = {}
-    rows = list(con.execute(
-        "SELECT id, seq, role, content, tool_calls, tool_call_id, name, created, tokens, meta"
-        " FROM messages WHERE session_id = ? AND seq <= ? ORDER BY seq",
-        (session_id, upto),
-    ))
+    rows = list(
+        con.execute(
+            "SELECT id, seq, role, content, tool_calls, tool_call_id, name, created, tokens, meta"
+            " FROM messages WHERE session_id = ? AND seq <= ? ORDER BY seq",
+            (session_id, upto),
+        )
+    )
     for row in rows:
         new_ids[row[0]] = new_id("msg")
         con.execute(
@@ -204,12 +241,14 @@ def _fork(
             " name, created, tokens, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (new_ids[row[0]], child.id, *row[1:]),
         )
-    runs = list(con.execute(
-        "SELECT message_id, call_id, tool, arguments, result, status, duration_ms, created,"
-        " finished FROM tool_runs WHERE session_id = ? AND message_id IN"
-        " (SELECT id FROM messages WHERE session_id = ? AND seq <= ?) ORDER BY id",
-        (session_id, session_id, upto),
-    ))
+    runs = list(
+        con.execute(
+            "SELECT message_id, call_id, tool, arguments, result, status, duration_ms, created,"
+            " finished FROM tool_runs WHERE session_id = ? AND message_id IN"
+            " (SELECT id FROM messages WHERE session_id = ? AND seq <= ?) ORDER BY id",
+            (session_id, session_id, upto),
+        )
+    )
     for run in runs:
         con.execute(
             "INSERT INTO tool_runs(id, session_id, message_id, call_id, tool, arguments, result,"
@@ -226,9 +265,7 @@ class Sessions:
         self._db = db
         self._clock = clock
 
-    def create(
-        self, agent: str | None, *, title: str = "", model: str | None = None
-    ) -> Session:
+    def create(self, agent: str | None, *, title: str = "", model: str | None = None) -> Session:
         """Open a new session for the agent (id or name) or a bare model; committed on return.
 
         NotFound when the agent does not exist; InvalidRequest when neither is given.
@@ -285,8 +322,11 @@ class Sessions:
         changes = {
             k: v
             for k, v in (
-                ("title", title), ("status", status), ("model", model),
-                ("last_response_id", last_response_id), ("sandbox_id", sandbox_id),
+                ("title", title),
+                ("status", status),
+                ("model", model),
+                ("last_response_id", last_response_id),
+                ("sandbox_id", sandbox_id),
             )
             if v is not UNSET
         }

@@ -74,8 +74,12 @@ def _create(con: apsw.Connection, name: str, now: float) -> NewApiToken:
         )
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
-        id=new_id("tok"), name=name, prefix=plain[: len(TOKEN_PREFIX) + 6], created=now,
-        last_used=None, revoked=None,
+        id=new_id("tok"),
+        name=name,
+        prefix=plain[: len(TOKEN_PREFIX) + 6],
+        created=now,
+        last_used=None,
+        revoked=None,
     )
     con.execute(
         "INSERT INTO api_tokens(id, name, hash, prefix, created) VALUES (?,?,?,?,?)",

@@ -47,9 +47,17 @@ _COLUMNS = (
 
 def _run(row: tuple[Any, ...]) -> ToolRun:
     return ToolRun(
-        id=row[0], session_id=row[1], message_id=row[2], call_id=row[3], tool=row[4],
-        arguments=from_json(row[5], dict[str, Any], {}), result=row[6], status=row[7],
-        duration_ms=row[8], created=row[9], finished=row[10],
+        id=row[0],
+        session_id=row[1],
+        message_id=row[2],
+        call_id=row[3],
+        tool=row[4],
+        arguments=from_json(row[5], dict[str, Any], {}),
+        result=row[6],
+        status=row[7],
+        duration_ms=row[8],
+        created=row[9],
+        finished=row[10],
     )
 
 
@@ -70,19 +78,41 @@ def _start(
     now: float,
 ) -> ToolRun:
     get_session(con, session_id)
-    if message_id is not None and not con.execute(
-        "SELECT 1 FROM messages WHERE id = ? AND session_id = ?", (message_id, session_id)
-    ).fetchone():
+    if (
+        message_id is not None
+        and not con.execute(
+            "SELECT 1 FROM messages WHERE id = ? AND session_id = ?", (message_id, session_id)
+        ).fetchone()
+    ):
         raise NotFound(f"session {session_id!r} has no message {message_id!r}", param="message_id")
     run = ToolRun(
-        id=new_id("run"), session_id=session_id, message_id=message_id, call_id=call_id,
-        tool=tool, arguments=arguments, result=None, status="running", duration_ms=None,
-        created=now, finished=None,
+        id=new_id("run"),
+        session_id=session_id,
+        message_id=message_id,
+        call_id=call_id,
+        tool=tool,
+        arguments=arguments,
+        result=None,
+        status="running",
+        duration_ms=None,
+        created=now,
+        finished=None,
     )
     con.execute(
         f"INSERT INTO tool_runs({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (run.id, session_id, message_id, call_id, tool, to_json(arguments), None, "running",
-         None, now, None),
+        (
+            run.id,
+            session_id,
+            message_id,
+            call_id,
+            tool,
+            to_json(arguments),
+            None,
+            "running",
+            None,
+            now,
+            None,
+        ),
     )
     return run
 

@@ -57,8 +57,15 @@ _COLUMNS = "id, kind, name, status, started, duration_ms, attrs, model, session_
 
 def _trace(row: tuple[Any, ...]) -> Trace:
     return Trace(
-        id=row[0], kind=row[1], name=row[2], status=row[3], started=row[4], duration_ms=row[5],
-        attrs=from_json(row[6], dict[str, Any], {}), model=row[7], session_id=row[8],
+        id=row[0],
+        kind=row[1],
+        name=row[2],
+        status=row[3],
+        started=row[4],
+        duration_ms=row[5],
+        attrs=from_json(row[6], dict[str, Any], {}),
+        model=row[7],
+        session_id=row[8],
         agent=row[9],
     )
 
@@ -71,14 +78,26 @@ def _insert(con: apsw.Connection, t: Trace) -> None:
         raise InvalidRequest(f"trace {t.id!r} is already stored")
     con.execute(
         f"INSERT INTO traces({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (t.id, t.kind, t.name, t.status, t.started, t.duration_ms, to_json(t.attrs), t.model,
-         t.session_id, t.agent),
+        (
+            t.id,
+            t.kind,
+            t.name,
+            t.status,
+            t.started,
+            t.duration_ms,
+            to_json(t.attrs),
+            t.model,
+            t.session_id,
+            t.agent,
+        ),
     )
     con.executemany(
         "INSERT INTO spans(trace_id, id, parent, name, start_ms, duration_ms, attrs)"
         " VALUES (?,?,?,?,?,?,?)",
-        [(t.id, s.id, s.parent, s.name, s.start_ms, s.duration_ms, to_json(s.attrs))
-         for s in t.spans],
+        [
+            (t.id, s.id, s.parent, s.name, s.start_ms, s.duration_ms, to_json(s.attrs))
+            for s in t.spans
+        ],
     )
 
 
@@ -121,8 +140,14 @@ class TraceLog:
             )
         trace = _trace(row)
         trace.spans = [
-            Span(id=r[0], parent=r[1], name=r[2], start_ms=r[3], duration_ms=r[4],
-                 attrs=from_json(r[5], dict[str, Any], {}))
+            Span(
+                id=r[0],
+                parent=r[1],
+                name=r[2],
+                start_ms=r[3],
+                duration_ms=r[4],
+                attrs=from_json(r[5], dict[str, Any], {}),
+            )
             for r in con.execute(
                 "SELECT id, parent, name, start_ms, duration_ms, attrs FROM spans"
                 " WHERE trace_id = ? ORDER BY start_ms, id",
@@ -147,7 +172,10 @@ class TraceLog:
         where: list[str] = []
         params: list[Any] = []
         for column, value in (
-            ("kind", kind), ("model", model), ("session_id", session_id), ("agent", agent),
+            ("kind", kind),
+            ("model", model),
+            ("session_id", session_id),
+            ("agent", agent),
             ("status", status),
         ):
             if value is not None:

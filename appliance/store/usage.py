@@ -63,24 +63,43 @@ _SUMS = (
 
 def _totals(key: str | None, row: Sequence[float]) -> UsageTotals:
     return UsageTotals(
-        key=key, tokens_in=int(row[0]), tokens_out=int(row[1]), requests=int(row[2]),
-        gpu_seconds=float(row[3]), busy_seconds=float(row[4]), energy_j=float(row[5]),
+        key=key,
+        tokens_in=int(row[0]),
+        tokens_out=int(row[1]),
+        requests=int(row[2]),
+        gpu_seconds=float(row[3]),
+        busy_seconds=float(row[4]),
+        energy_j=float(row[5]),
         sandbox_cpu_s=float(row[6]),
     )
 
 
 def _insert(con: apsw.Connection, records: Sequence[UsageRecord], now: float) -> None:
     for r in records:
-        if min(r.tokens_in, r.tokens_out, r.requests) < 0 or min(
-            r.gpu_seconds, r.busy_seconds, r.energy_j, r.sandbox_cpu_s
-        ) < 0:
+        if (
+            min(r.tokens_in, r.tokens_out, r.requests) < 0
+            or min(r.gpu_seconds, r.busy_seconds, r.energy_j, r.sandbox_cpu_s) < 0
+        ):
             raise InvalidRequest("usage amounts cannot be negative")
     con.executemany(
         "INSERT INTO usage(ts, model, agent, session_id, tokens_in, tokens_out, requests,"
         " gpu_seconds, busy_seconds, energy_j, sandbox_cpu_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        [(r.ts if r.ts is not None else now, r.model, r.agent, r.session_id, r.tokens_in,
-          r.tokens_out, r.requests, r.gpu_seconds, r.busy_seconds, r.energy_j, r.sandbox_cpu_s)
-         for r in records],
+        [
+            (
+                r.ts if r.ts is not None else now,
+                r.model,
+                r.agent,
+                r.session_id,
+                r.tokens_in,
+                r.tokens_out,
+                r.requests,
+                r.gpu_seconds,
+                r.busy_seconds,
+                r.energy_j,
+                r.sandbox_cpu_s,
+            )
+            for r in records
+        ],
     )
 
 
@@ -109,8 +128,10 @@ class UsageLedger:
         rows = self._db.connection().execute(
             f"SELECT {column}, {_SUMS} FROM usage WHERE ts >= ? AND ts < ?"
             f" GROUP BY {column} ORDER BY {column}",
-            (since if since is not None else float("-inf"),
-             until if until is not None else float("inf")),
+            (
+                since if since is not None else float("-inf"),
+                until if until is not None else float("inf"),
+            ),
         )
         return [_totals(r[0], r[1:]) for r in rows]
 

@@ -20,8 +20,13 @@ from typing import Any, TextIO
 
 from appliance.telemetry.tracing import current_trace_id
 
-_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
-             logging.DEBUG: 7}
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
 
 
 def under_journald(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
@@ -33,7 +38,11 @@ def _value(v: Any) -> str:
     s = str(v)
     if s and not any(c in s for c in ' "=\n\t\\'):
         return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    return (
+        '"'
+        + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        + '"'
+    )
 
 
 class TraceIdFilter(logging.Filter):
@@ -55,8 +64,11 @@ class LogfmtFormatter(logging.Formatter):
         if not self.journal:
             t = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
             pairs.append(("ts", f"{t}.{int(record.msecs):03d}"))
-        pairs += [("level", record.levelname.lower()), ("logger", record.name),
-                  ("msg", record.getMessage())]
+        pairs += [
+            ("level", record.levelname.lower()),
+            ("logger", record.name),
+            ("msg", record.getMessage()),
+        ]
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             pairs += list(fields.items())
@@ -72,8 +84,9 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(*, verbose: bool = False, stream: TextIO | None = None,
-                      journal: bool | None = None) -> None:
+def configure_logging(
+    *, verbose: bool = False, stream: TextIO | None = None, journal: bool | None = None
+) -> None:
     """Send every logger (uvicorn's too) to stderr in logfmt; replaces earlier handlers."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(LogfmtFormatter(journal=under_journald() if journal is None else journal))

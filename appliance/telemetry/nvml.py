@@ -167,8 +167,10 @@ class Nvml:
         """The total energy counter of all devices, in joules; None if no device has one."""
         with self._lock:
             readings = [
-                self._optional(self.lib.nvmlDeviceGetTotalEnergyConsumption,
-                               self.lib.nvmlDeviceGetHandleByIndex(i))
+                self._optional(
+                    self.lib.nvmlDeviceGetTotalEnergyConsumption,
+                    self.lib.nvmlDeviceGetHandleByIndex(i),
+                )
                 for i in range(self.lib.nvmlDeviceGetCount())
             ]
         known = [int(r) for r in readings if r is not None]
@@ -186,8 +188,10 @@ class Nvml:
         return [GpuProcess(int(p.pid), int(getattr(p, "usedGpuMemory", None) or 0)) for p in procs]
 
     def _throttle(self, handle: Any) -> list[str]:
-        for name in ("nvmlDeviceGetCurrentClocksEventReasons",
-                     "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        for name in (
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            "nvmlDeviceGetCurrentClocksThrottleReasons",
+        ):
             fn = getattr(self.lib, name, None)
             if fn is not None:
                 mask = self._optional(fn, handle)
@@ -209,7 +213,11 @@ class Nvml:
         energy_mj = opt(lib.nvmlDeviceGetTotalEnergyConsumption, h)
         clocks: dict[str, int] = {}
         max_clocks: dict[str, int] = {}
-        for label, kind in (("graphics", _CLOCK_GRAPHICS), ("sm", _CLOCK_SM), ("memory", _CLOCK_MEM)):
+        for label, kind in (
+            ("graphics", _CLOCK_GRAPHICS),
+            ("sm", _CLOCK_SM),
+            ("memory", _CLOCK_MEM),
+        ):
             now = opt(lib.nvmlDeviceGetClockInfo, h, kind)
             top = opt(lib.nvmlDeviceGetMaxClockInfo, h, kind)
             if now is not None:

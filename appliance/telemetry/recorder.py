@@ -64,8 +64,9 @@ def _name_trace(trace: ActiveTrace | NullTrace, kind: str, model: str | None) ->
 
 
 class Telemetry:
-    def __init__(self, events: EventBus, *, nvml: Nvml | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, events: EventBus, *, nvml: Nvml | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.events = events
         self.nvml = nvml
         self.metrics = metrics or Metrics()
@@ -75,16 +76,23 @@ class Telemetry:
 
     # --- model runtime ---------------------------------------------------------------------
 
-    def _queue_spans(self, trace: ActiveTrace | NullTrace, model: str, t_acquired: float,
-                     lease: LeaseTimes) -> None:
+    def _queue_spans(
+        self, trace: ActiveTrace | NullTrace, model: str, t_acquired: float, lease: LeaseTimes
+    ) -> None:
         queue_s = lease.queue_ms / 1000.0
         q = trace.add_span("queue", start=t_acquired - queue_s, duration_s=queue_s, model=model)
         if lease.load_ms is not None:
-            trace.add_span("model.wake", start=t_acquired - queue_s,
-                           duration_s=lease.load_ms / 1000.0, parent=q, model=model)
+            trace.add_span(
+                "model.wake",
+                start=t_acquired - queue_s,
+                duration_s=lease.load_ms / 1000.0,
+                parent=q,
+                model=model,
+            )
 
-    def generation_finished(self, gen: GenerationTimes, result: dict[str, Any] | None,
-                            outcome: str) -> None:
+    def generation_finished(
+        self, gen: GenerationTimes, result: dict[str, Any] | None, outcome: str
+    ) -> None:
         """A chat or completion generation ended: ok (with the worker's result), error or
         cancelled (the client went away)."""
         try:
@@ -117,18 +125,39 @@ class Telemetry:
         _name_trace(trace, gen.kind, model)
         self._queue_spans(trace, model, gen.t0, gen.lease)
         if timings:
-            trace.add_span("prefill", start=gen.t0, duration_s=prefill_s, model=model,
-                           tokens=tokens_in, cached_tokens=int(usage.get("cached_tokens", 0)))
-            trace.add_span("decode", start=gen.t0 + prefill_s, duration_s=decode_s, model=model,
-                           tokens=tokens_out, finish_reason=result.get("finish_reason"))
+            trace.add_span(
+                "prefill",
+                start=gen.t0,
+                duration_s=prefill_s,
+                model=model,
+                tokens=tokens_in,
+                cached_tokens=int(usage.get("cached_tokens", 0)),
+            )
+            trace.add_span(
+                "decode",
+                start=gen.t0 + prefill_s,
+                duration_s=decode_s,
+                model=model,
+                tokens=tokens_out,
+                finish_reason=result.get("finish_reason"),
+            )
         if outcome == "error":
             trace.fail("error")
-        self.usage.add(UsageFact(
-            model=model, agent=trace.agent, session_id=trace.session_id, tokens_in=tokens_in,
-            tokens_out=tokens_out, requests=1, busy_seconds=prefill_s + decode_s))
+        self.usage.add(
+            UsageFact(
+                model=model,
+                agent=trace.agent,
+                session_id=trace.session_id,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                requests=1,
+                busy_seconds=prefill_s + decode_s,
+            )
+        )
 
-    def embedding_finished(self, model: str, lease: LeaseTimes, result: dict[str, Any],
-                           t0: float) -> None:
+    def embedding_finished(
+        self, model: str, lease: LeaseTimes, result: dict[str, Any], t0: float
+    ) -> None:
         """An embedding request ended; `t0` is perf_counter when the worker got it."""
         try:
             busy_s = time.perf_counter() - t0
@@ -141,16 +170,32 @@ class Telemetry:
             _name_trace(trace, "embedding", model)
             self._queue_spans(trace, model, t0, lease)
             trace.add_span("embed", start=t0, duration_s=busy_s, model=model, tokens=tokens)
-            self.usage.add(UsageFact(model=model, agent=trace.agent, session_id=trace.session_id,
-                                     tokens_in=tokens, requests=1, busy_seconds=busy_s))
+            self.usage.add(
+                UsageFact(
+                    model=model,
+                    agent=trace.agent,
+                    session_id=trace.session_id,
+                    tokens_in=tokens,
+                    requests=1,
+                    busy_seconds=busy_s,
+                )
+            )
         except Exception:
             log.exception("recording an embedding failed")
 
     # --- sandboxes and agents ------------------------------------------------------------------
 
-    def sandbox_run(self, language: str, status: str, *, duration_s: float, cpu_s: float = 0.0,
-                    session_id: str | None = None, agent: str | None = None,
-                    **attrs: Any) -> None:
+    def sandbox_run(
+        self,
+        language: str,
+        status: str,
+        *,
+        duration_s: float,
+        cpu_s: float = 0.0,
+        session_id: str | None = None,
+        agent: str | None = None,
+        **attrs: Any,
+    ) -> None:
         """A sandboxed run ended (status: ok, error, timeout, oom, killed). Records the metrics,
         a `sandbox.run` span ending now on the current trace, the CPU-seconds as usage, and a
         `sandbox.run` event."""
@@ -161,14 +206,30 @@ class Telemetry:
             m.sandbox_cpu.labels(language).inc(cpu_s)
         trace = current_trace()
         _name_trace(trace, "run", None)
-        trace.add_span("sandbox.run", start=time.perf_counter() - duration_s,
-                       duration_s=duration_s, language=language, status=status, **attrs)
-        self.usage.add(UsageFact(
-            agent=agent or trace.agent, session_id=session_id or trace.session_id,
-            sandbox_cpu_s=max(0.0, cpu_s)))
-        self.events.publish("sandbox.run", language=language, status=status,
-                            duration_ms=round(duration_s * 1000.0, 3), cpu_s=round(cpu_s, 4),
-                            session_id=session_id or trace.session_id, **attrs)
+        trace.add_span(
+            "sandbox.run",
+            start=time.perf_counter() - duration_s,
+            duration_s=duration_s,
+            language=language,
+            status=status,
+            **attrs,
+        )
+        self.usage.add(
+            UsageFact(
+                agent=agent or trace.agent,
+                session_id=session_id or trace.session_id,
+                sandbox_cpu_s=max(0.0, cpu_s),
+            )
+        )
+        self.events.publish(
+            "sandbox.run",
+            language=language,
+            status=status,
+            duration_ms=round(duration_s * 1000.0, 3),
+            cpu_s=round(cpu_s, 4),
+            session_id=session_id or trace.session_id,
+            **attrs,
+        )
 
     def turn_finished(self, outcome: str = "ok") -> None:
         """An agent turn ended (ok, error, cancelled)."""

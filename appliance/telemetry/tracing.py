@@ -40,7 +40,6 @@ _open_span: ContextVar[tuple[str, str] | None] = ContextVar("appliance_open_span
 TRACE_HEADER = "X-Trace-Id"
 
 
-
 def new_trace_id() -> str:
     """`trc_` + 12 hex digits of milliseconds + 8 random hex digits, like the store's ids
     (made here so that telemetry does not import the store)."""
@@ -118,7 +117,9 @@ class ActiveTrace:
         self.status = status
         self.attrs.update(attrs)
 
-    def _new_span(self, name: str, start: float, parent: str | None, attrs: dict[str, Any]) -> ActiveSpan:
+    def _new_span(
+        self, name: str, start: float, parent: str | None, attrs: dict[str, Any]
+    ) -> ActiveSpan:
         s = ActiveSpan(id=f"s{next(self._ids)}", name=name, start=start, parent=parent, attrs=attrs)
         if self.finished:
             log.debug("span %s added after trace %s was stored; dropped", name, self.id)
@@ -210,8 +211,14 @@ class Tracer:
         self.sink = sink
 
     def begin(self, kind: str, name: str, *, keep: bool = True, **tags: Any) -> ActiveTrace:
-        t = ActiveTrace(id=new_trace_id(), kind=kind, name=name, started=time.time(),
-                        t0=time.perf_counter(), keep=keep)
+        t = ActiveTrace(
+            id=new_trace_id(),
+            kind=kind,
+            name=name,
+            started=time.time(),
+            t0=time.perf_counter(),
+            keep=keep,
+        )
         if tags:
             t.tag(**tags)
             t.keep = keep
@@ -251,8 +258,10 @@ class Tracer:
         try:
             yield t
         except BaseException as exc:
-            t.fail("cancelled" if isinstance(exc, GeneratorExit | KeyboardInterrupt) else "error",
-                   error=f"{type(exc).__name__}: {exc}"[:500])
+            t.fail(
+                "cancelled" if isinstance(exc, GeneratorExit | KeyboardInterrupt) else "error",
+                error=f"{type(exc).__name__}: {exc}"[:500],
+            )
             raise
         finally:
             self.deactivate(token)

@@ -115,8 +115,9 @@ class UsageMeter:
     MAX_KEYS = 50_000
     """Distinct (model, agent, session) keys held before facts are dropped (and counted)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self.residency = ResidencyMeter(clock)
         self.energy = EnergyMeter()
         self.wall = wall

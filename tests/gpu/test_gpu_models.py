@@ -12,10 +12,17 @@ from tests.integration.daemon import running_daemon
 def test_model_runs_on_the_gpu_and_memory_comes_back(smollm2_path: Path, tmp_path: Path) -> None:
     nvml = Nvml.open()
     assert nvml is not None
-    with running_daemon(tmp_path, models={"m": {"source": str(smollm2_path), "gpu_layers": -1}}) as d, d.http() as c:
+    with (
+        running_daemon(
+            tmp_path, models={"m": {"source": str(smollm2_path), "gpu_layers": -1}}
+        ) as d,
+        d.http() as c,
+    ):
         assert c.get("/api/status").json()["scheduler"]["memory_kind"] == "gpu"
-        r = c.post("/v1/chat/completions", json={"model": "m", "max_tokens": 8,
-                                                 "messages": [{"role": "user", "content": "Hi"}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
+        )
         assert r.status_code == 200
         m = d.model("m")
         pid = m["worker_pid"]

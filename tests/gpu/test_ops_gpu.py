@@ -20,8 +20,14 @@ def test_real_nvml_figures() -> None:
 
 
 def test_gpu_report_metrics_and_energy_usage(tiny_model_path: Path, tmp_path: Path) -> None:
-    with running_daemon(tmp_path, models={"m": {"source": str(tiny_model_path), "gpu_layers": -1}},
-                        config={"telemetry": {"usage_interval_s": 1}}) as d, d.http() as c:
+    with (
+        running_daemon(
+            tmp_path,
+            models={"m": {"source": str(tiny_model_path), "gpu_layers": -1}},
+            config={"telemetry": {"usage_interval_s": 1}},
+        ) as d,
+        d.http() as c,
+    ):
         r = c.post("/v1/completions", json={"model": "m", "prompt": "Once", "max_tokens": 64})
         assert r.status_code == 200
         g = c.get("/api/gpu").json()

@@ -62,7 +62,11 @@ class Daemon:
     def openai(self, **kw: Any) -> Any:
         import openai
 
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.headers.get("Authorization", "Bearer none")[7:], **kw)
+        return openai.OpenAI(
+            base_url=self.url + "/v1",
+            api_key=self.headers.get("Authorization", "Bearer none")[7:],
+            **kw,
+        )
 
     def model(self, model_id: str) -> dict[str, Any]:
         with self.http() as c:
@@ -124,11 +128,29 @@ def start_daemon(
     log_path = root / "daemon.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CONFIG_HOME": str(root / "xdg")}
     full_env.update(env or {})
-    args = [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), "--state-dir", str(root / "state"),
-            "--port", str(port), "--no-fetch", *(extra_args or [])]
+    args = [
+        sys.executable,
+        "-m",
+        "appliance",
+        "serve",
+        "--config",
+        str(cfg),
+        "--state-dir",
+        str(root / "state"),
+        "--port",
+        str(port),
+        "--no-fetch",
+        *(extra_args or []),
+    ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
-                                preexec_fn=preexec_fn)
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=REPO,
+            preexec_fn=preexec_fn,
+        )
     d = Daemon(url=f"http://127.0.0.1:{port}", port=port, proc=proc, root=root, log_path=log_path)
     if wait:
         wait_healthy(d)

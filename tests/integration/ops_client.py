@@ -39,7 +39,9 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 class EventStream:
     """GET /api/events in a background thread; events (dicts) land in `events`."""
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None, params: dict[str, Any] | None = None):
+    def __init__(
+        self, url: str, headers: dict[str, str] | None = None, params: dict[str, Any] | None = None
+    ):
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.connected = threading.Event()
         self.ended = threading.Event()
@@ -49,8 +51,9 @@ class EventStream:
 
     def _read(self) -> None:
         try:
-            with self._client.stream("GET", self._url + "/api/events", headers=self._headers,
-                                     params=self._params) as r:
+            with self._client.stream(
+                "GET", self._url + "/api/events", headers=self._headers, params=self._params
+            ) as r:
                 assert r.status_code == 200, r.read()
                 for line in r.iter_lines():
                     if line.startswith(": connected"):

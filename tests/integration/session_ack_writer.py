@@ -20,16 +20,25 @@ def main(url: str) -> int:
     with httpx.Client(base_url=url, timeout=60) as c:
         agent = c.get("/api/agents/durability")
         if agent.status_code == 404:
-            c.post("/api/agents", json={"name": "durability", "model": "tiny",
-                                        "params": {"max_tokens": 2, "temperature": 0}}).raise_for_status()
+            c.post(
+                "/api/agents",
+                json={
+                    "name": "durability",
+                    "model": "tiny",
+                    "params": {"max_tokens": 2, "temperature": 0},
+                },
+            ).raise_for_status()
         session = c.post("/api/sessions", json={"agent": "durability"}).json()
         print(f"SESSION {session['id']}", flush=True)
         k = 0
         try:
             while True:
                 k += 1
-                with c.stream("POST", f"/api/sessions/{session['id']}/messages",
-                              json={"content": f"durable message {k}"}) as r:
+                with c.stream(
+                    "POST",
+                    f"/api/sessions/{session['id']}/messages",
+                    json={"content": f"durable message {k}"},
+                ) as r:
                     r.raise_for_status()
                     acked = False
                     for line in r.iter_lines():

@@ -27,7 +27,9 @@ class TurnResult:
     @property
     def text(self) -> str:
         """The content of the turn's last assistant message."""
-        answers = [d["message"] for d in self.named("message") if d["message"]["role"] == "assistant"]
+        answers = [
+            d["message"] for d in self.named("message") if d["message"]["role"] == "assistant"
+        ]
         return str(answers[-1]["content"]) if answers else ""
 
     @property
@@ -37,8 +39,9 @@ class TurnResult:
 
 def send_turn(client: httpx.Client, session_id: str, content: str, **fields: Any) -> TurnResult:
     """POST a turn and read its whole SSE stream."""
-    with client.stream("POST", f"/api/sessions/{session_id}/messages",
-                       json={"content": content, **fields}) as r:
+    with client.stream(
+        "POST", f"/api/sessions/{session_id}/messages", json={"content": content, **fields}
+    ) as r:
         if r.status_code != 200:
             return TurnResult(status=r.status_code, body=json.loads(r.read() or b"null"))
         out = TurnResult(status=200)

@@ -19,7 +19,9 @@ EMBED = "all-minilm-l6-v2"
 
 
 @pytest.fixture(scope="module")
-def daemon(smollm2_path: Path, minilm_gguf_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def daemon(
+    smollm2_path: Path, minilm_gguf_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
     # the shipped profiles, pointed at the locally cached files
     with running_daemon(
         tmp_path_factory.mktemp("acceptance"),
@@ -37,19 +39,29 @@ def test_chat_plain_and_streamed(daemon: Daemon) -> None:
     r = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=16, temperature=0)
     answer = r.choices[0].message.content
     assert "Paris" in answer
-    stream = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=16, temperature=0, stream=True)
-    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    stream = client.chat.completions.create(
+        model=CHAT, messages=messages, max_tokens=16, temperature=0, stream=True
+    )
+    pieces = [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ]
     assert "".join(pieces) == answer
     assert len(pieces) > 1
 
 
 def test_completion(daemon: Daemon) -> None:
-    r = daemon.openai().completions.create(model=CHAT, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0)
+    r = daemon.openai().completions.create(
+        model=CHAT, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0
+    )
     assert "5" in r.choices[0].text
 
 
 def test_embeddings_similar_closer_than_unrelated(daemon: Daemon) -> None:
-    texts = ["A man is playing a guitar.", "Someone plays an acoustic guitar.", "The stock market fell sharply today."]
+    texts = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar.",
+        "The stock market fell sharply today.",
+    ]
     r = daemon.openai().embeddings.create(model=EMBED, input=texts)
     vecs = [d.embedding for d in r.data]
     assert all(len(v) == 384 for v in vecs)
@@ -61,18 +73,26 @@ def test_embeddings_similar_closer_than_unrelated(daemon: Daemon) -> None:
     assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2]) + 0.2
     assert r.usage.prompt_tokens > 0
     floats = daemon.openai().embeddings.create(model=EMBED, input=texts[0], encoding_format="float")
-    assert floats.data[0].embedding == pytest.approx(vecs[0], abs=1e-3)  # batched vs alone: f16 rounding
+    assert floats.data[0].embedding == pytest.approx(
+        vecs[0], abs=1e-3
+    )  # batched vs alone: f16 rounding
 
 
 def test_forced_tool_call_parses(daemon: Daemon) -> None:
-    tools = [{
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     r = daemon.openai().chat.completions.create(
         model=CHAT,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
@@ -90,14 +110,31 @@ def test_forced_tool_call_parses(daemon: Daemon) -> None:
 
 
 def test_auto_tool_choice_returns_a_call_or_a_message(daemon: Daemon) -> None:
-    tools = [{"type": "function", "function": {"name": "add", "parameters": {
-        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "add",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                    "required": ["a", "b"],
+                },
+            },
+        }
+    ]
     r = daemon.openai().chat.completions.create(
-        model=CHAT, messages=[{"role": "user", "content": "Use the add tool to add 2 and 3."}],
-        tools=tools, max_tokens=64, temperature=0)
+        model=CHAT,
+        messages=[{"role": "user", "content": "Use the add tool to add 2 and 3."}],
+        tools=tools,
+        max_tokens=64,
+        temperature=0,
+    )
     msg = r.choices[0].message
     if msg.tool_calls:
-        jsonschema.validate(json.loads(msg.tool_calls[0].function.arguments), tools[0]["function"]["parameters"])
+        jsonschema.validate(
+            json.loads(msg.tool_calls[0].function.arguments), tools[0]["function"]["parameters"]
+        )
     else:
         assert msg.content
 
@@ -112,13 +149,22 @@ def test_json_schema_output_validates(daemon: Daemon) -> None:
     r = daemon.openai().chat.completions.create(
         model=CHAT,
         messages=[{"role": "user", "content": "Invent a person. Reply as JSON with name and age."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema, "strict": True},
+        },
         max_tokens=60,
         temperature=0,
     )
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
     r = daemon.openai().chat.completions.create(
-        model=CHAT, messages=[{"role": "user", "content": "Reply with a JSON object with two keys: name and color."}],
-        response_format={"type": "json_object"}, max_tokens=200, temperature=0)
+        model=CHAT,
+        messages=[
+            {"role": "user", "content": "Reply with a JSON object with two keys: name and color."}
+        ],
+        response_format={"type": "json_object"},
+        max_tokens=200,
+        temperature=0,
+    )
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content), dict)

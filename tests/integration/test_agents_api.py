@@ -29,8 +29,10 @@ def daemon(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     root = tmp_path_factory.mktemp("agents")
     with running_daemon(
         root,
-        models={MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 2},
-                SMALL: {"source": str(smollm2_path), "context_size": 512, "parallel": 1}},
+        models={
+            MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 2},
+            SMALL: {"source": str(smollm2_path), "context_size": 512, "parallel": 1},
+        },
         config={"agents": {"park_idle_s": 0, "max_steps": 3}},
     ) as d:
         yield d
@@ -54,7 +56,12 @@ def test_the_shipped_agents_are_there_after_start(http: httpx.Client) -> None:
 
 
 def test_agents_can_be_created_read_updated_and_deleted(http: httpx.Client) -> None:
-    spec = {"name": "pirate", "model": MODEL, "persona": "You talk like a pirate.", "params": {"temperature": 0}}
+    spec = {
+        "name": "pirate",
+        "model": MODEL,
+        "persona": "You talk like a pirate.",
+        "params": {"temperature": 0},
+    }
     created = http.post("/api/agents", json=spec)
     assert created.status_code == 201, created.text
     agent = created.json()
@@ -81,11 +88,15 @@ def test_deleting_an_agent_with_sessions_needs_with_sessions(http: httpx.Client)
     s = new_session(http, agent="short-lived")
     r = http.delete("/api/agents/short-lived")
     assert r.status_code == 409 and "with its sessions" in r.json()["error"]["message"]
-    assert http.delete("/api/agents/short-lived", params={"with_sessions": "true"}).status_code == 204
+    assert (
+        http.delete("/api/agents/short-lived", params={"with_sessions": "true"}).status_code == 204
+    )
     assert http.get(f"/api/sessions/{s['id']}").status_code == 404
 
 
-def test_a_turn_streams_tokens_and_is_stored_and_the_next_turn_reuses_the_slot(http: httpx.Client) -> None:
+def test_a_turn_streams_tokens_and_is_stored_and_the_next_turn_reuses_the_slot(
+    http: httpx.Client,
+) -> None:
     s = new_session(http, agent="assistant")
     assert s["status"] == "created"
     first = send_turn(http, s["id"], "What is the capital of France?", **QUICK)
@@ -100,8 +111,9 @@ def test_a_turn_streams_tokens_and_is_stored_and_the_next_turn_reuses_the_slot(h
     assert done["timings"]["kv_restored"] is False
 
     second = send_turn(http, s["id"], "And of Italy?", **QUICK)
-    assert second.done["timings"]["cached_tokens"] >= first.done["timings"]["prompt_tokens"], \
+    assert second.done["timings"]["cached_tokens"] >= first.done["timings"]["prompt_tokens"], (
         "the session's slot still holds the first turn: only the new tokens are evaluated"
+    )
 
     detail = http.get(f"/api/sessions/{s['id']}").json()
     assert [m["role"] for m in detail["messages"]] == ["user", "assistant", "user", "assistant"]
@@ -114,7 +126,9 @@ def test_a_turn_streams_tokens_and_is_stored_and_the_next_turn_reuses_the_slot(h
 
 def test_a_turn_without_streaming_answers_as_one_object(http: httpx.Client) -> None:
     s = new_session(http, agent="assistant")
-    r = http.post(f"/api/sessions/{s['id']}/messages", json={"content": "Say yes.", "stream": False, **QUICK})
+    r = http.post(
+        f"/api/sessions/{s['id']}/messages", json={"content": "Say yes.", "stream": False, **QUICK}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [m["role"] for m in body["messages"]] == ["user", "assistant"]
@@ -132,7 +146,9 @@ def test_fork_copies_the_transcript_up_to_a_message(http: httpx.Client) -> None:
     assert fork["parent_id"] == s["id"] and fork["forked_at_message"] == messages[1]["id"]
     assert [m["content"] for m in fork["messages"]] == [m["content"] for m in messages[:2]]
     assert send_turn(http, fork["id"], "Name a fruit.", **QUICK).names[-1] == "done"
-    assert len(http.get(f"/api/sessions/{s['id']}").json()["messages"]) == 4, "the parent is unchanged"
+    assert len(http.get(f"/api/sessions/{s['id']}").json()["messages"]) == 4, (
+        "the parent is unchanged"
+    )
     whole = http.post(f"/api/sessions/{s['id']}/fork")
     assert whole.status_code == 201, whole.text
     assert whole.json()["message_count"] == 4
@@ -148,7 +164,9 @@ def test_bad_turn_requests_are_refused_before_anything_is_stored(http: httpx.Cli
     assert tc.status == 400 and tc.body["error"]["param"] == "tool_choice"
     assert send_turn(http, "ses_nope", "hi").status == 404
     coder = new_session(http, agent="coder")
-    wrong = send_turn(http, coder["id"], "hi", tool_choice={"type": "function", "function": {"name": "rm_rf"}})
+    wrong = send_turn(
+        http, coder["id"], "hi", tool_choice={"type": "function", "function": {"name": "rm_rf"}}
+    )
     assert wrong.status == 400 and "rm_rf" in wrong.body["error"]["message"]
     assert http.get(f"/api/sessions/{coder['id']}").json()["messages"] == []
     assert http.get(f"/api/sessions/{s['id']}").json()["messages"] == []
@@ -159,23 +177,40 @@ def test_bad_turn_requests_are_refused_before_anything_is_stored(http: httpx.Cli
 
 def test_a_client_that_disconnects_mid_turn_leaves_the_session_usable(http: httpx.Client) -> None:
     s = new_session(http, agent="assistant")
-    with http.stream("POST", f"/api/sessions/{s['id']}/messages",
-                     json={"content": "Write a long story about a lighthouse.", "max_tokens": 400,
-                           "temperature": 0}) as r:
+    with http.stream(
+        "POST",
+        f"/api/sessions/{s['id']}/messages",
+        json={
+            "content": "Write a long story about a lighthouse.",
+            "max_tokens": 400,
+            "temperature": 0,
+        },
+    ) as r:
         for line in r.iter_lines():
             if line == "event: token":
                 break  # hang up after the first token
     after = send_turn(http, s["id"], "Now just say OK.", **QUICK)
     assert after.status == 200 and after.names[-1] == "done", after.events[-1:]
     roles = [m["role"] for m in http.get(f"/api/sessions/{s['id']}").json()["messages"]]
-    assert roles == ["user", "user", "assistant"], "the cancelled reply is not stored, nothing else is lost"
+    assert roles == ["user", "user", "assistant"], (
+        "the cancelled reply is not stored, nothing else is lost"
+    )
 
 
-def test_the_code_agent_runs_code_in_its_session_sandbox(http: httpx.Client, daemon: Daemon) -> None:
+def test_the_code_agent_runs_code_in_its_session_sandbox(
+    http: httpx.Client, daemon: Daemon
+) -> None:
     require(sandboxes_available(http), "this host cannot run sandboxes")
     s = new_session(http, agent="coder")
-    t = send_turn(http, s["id"], "Compute the sum of the numbers from 1 to 100.", temperature=0, seed=1,
-                  max_tokens=96, tool_choice={"type": "function", "function": {"name": "run_code"}})
+    t = send_turn(
+        http,
+        s["id"],
+        "Compute the sum of the numbers from 1 to 100.",
+        temperature=0,
+        seed=1,
+        max_tokens=96,
+        tool_choice={"type": "function", "function": {"name": "run_code"}},
+    )
     assert t.status == 200 and t.names[-1] == "done", t.events[-3:]
     (call,) = t.named("tool_call")[:1]
     assert call["name"] == "run_code"
@@ -186,7 +221,9 @@ def test_the_code_agent_runs_code_in_its_session_sandbox(http: httpx.Client, dae
     roles = [m["role"] for m in detail["messages"]]
     assert roles[:3] == ["user", "assistant", "tool"] and roles[-1] == "assistant"
     assert detail["messages"][1]["tool_calls"][0]["function"]["name"] == "run_code"
-    assert detail["messages"][2]["content"] == result["content"], "the model read what the sandbox returned"
+    assert detail["messages"][2]["content"] == result["content"], (
+        "the model read what the sandbox returned"
+    )
     assert detail["messages"][-1]["content"] is not None
     run = detail["tool_runs"][0]
     assert run["status"] == result["status"] and run["call_id"] == call["id"]
@@ -199,15 +236,28 @@ def test_the_code_agent_runs_code_in_its_session_sandbox(http: httpx.Client, dae
     kv_files = [Path(e["path"]) for e in http.get(f"/api/sessions/{s['id']}").json()["parked"]]
     assert kv_files and all(p.is_file() for p in kv_files)
     assert http.delete(f"/api/sessions/{s['id']}").status_code == 204
-    assert http.get(f"/api/sandboxes/{sandbox}").status_code == 404, "the sandbox went with the session"
+    assert http.get(f"/api/sandboxes/{sandbox}").status_code == 404, (
+        "the sandbox went with the session"
+    )
     assert not any(p.exists() for p in kv_files), "and so did its parked KV state"
 
 
-def test_history_beyond_the_context_drops_the_oldest_turns_with_a_marker(http: httpx.Client) -> None:
-    http.post("/api/agents", json={"name": "small", "model": SMALL, "persona": "You are brief.",
-                                   "params": {"max_tokens": 8, "temperature": 0}})
+def test_history_beyond_the_context_drops_the_oldest_turns_with_a_marker(
+    http: httpx.Client,
+) -> None:
+    http.post(
+        "/api/agents",
+        json={
+            "name": "small",
+            "model": SMALL,
+            "persona": "You are brief.",
+            "params": {"max_tokens": 8, "temperature": 0},
+        },
+    )
     s = new_session(http, agent="small")
-    filler = "Here is a note about the weather, the sea, the boats and the harbour. " * 5  # ~80 tokens
+    filler = (
+        "Here is a note about the weather, the sea, the boats and the harbour. " * 5
+    )  # ~80 tokens
     dropped_at = None
     for i in range(8):
         t = send_turn(http, s["id"], f"Note {i}: {filler}")
@@ -215,7 +265,9 @@ def test_history_beyond_the_context_drops_the_oldest_turns_with_a_marker(http: h
         if t.done["timings"]["context_dropped"]:
             dropped_at = i
             break
-    assert dropped_at is not None and dropped_at >= 2, "a 512-token context holds a couple of these turns"
+    assert dropped_at is not None and dropped_at >= 2, (
+        "a 512-token context holds a couple of these turns"
+    )
     messages = http.get(f"/api/sessions/{s['id']}").json()["messages"]
     (marker,) = [m for m in messages if m["meta"].get("context_marker")]
     assert marker["role"] == "system" and "dropped" in marker["content"]
@@ -226,18 +278,34 @@ def test_history_beyond_the_context_drops_the_oldest_turns_with_a_marker(http: h
     assert messages[-1]["role"] == "assistant"
 
     steady = send_turn(http, s["id"], "Short question: are you there?")
-    assert steady.done["timings"]["context_dropped"] == 0, "the window moved far enough to leave room"
-    assert steady.done["timings"]["cached_tokens"] > 50, "and its start stayed put, so the KV prefix is reused"
+    assert steady.done["timings"]["context_dropped"] == 0, (
+        "the window moved far enough to leave room"
+    )
+    assert steady.done["timings"]["cached_tokens"] > 50, (
+        "and its start stayed put, so the KV prefix is reused"
+    )
 
     huge = send_turn(http, s["id"], "word " * 700)
     assert huge.status == 200, huge.body
-    assert huge.names[-1] == "error" and huge.named("error")[0]["error"]["code"] == "context_length_exceeded"
-    assert send_turn(http, s["id"], "Still there?").names[-1] == "done", "the session goes on after the error"
+    assert (
+        huge.names[-1] == "error"
+        and huge.named("error")[0]["error"]["code"] == "context_length_exceeded"
+    )
+    assert send_turn(http, s["id"], "Still there?").names[-1] == "done", (
+        "the session goes on after the error"
+    )
 
 
-def run_cli(daemon: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "appliance", *args, "--url", daemon.url], input=stdin,
-                          capture_output=True, text=True, timeout=300)
+def run_cli(
+    daemon: Daemon, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args, "--url", daemon.url],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_appliance_chat_and_the_session_commands(daemon: Daemon) -> None:
@@ -258,4 +326,3 @@ def test_appliance_chat_and_the_session_commands(daemon: Daemon) -> None:
     assert gone.returncode == 1 and "404" in gone.stderr
     bad = run_cli(daemon, "chat", "--agent", "nobody", "-m", "hi")
     assert bad.returncode == 1 and "no agent 'nobody'" in bad.stderr
-

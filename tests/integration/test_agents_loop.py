@@ -25,7 +25,11 @@ from appliance.store import AgentSpec, Store
 class Slow:
     name = "slow"
     description = "takes its time"
-    parameters: dict[str, Any] = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+    }
 
     def __init__(self) -> None:
         self.started = asyncio.Event()
@@ -38,13 +42,24 @@ class Slow:
 
 
 def tool_call(name: str, args: Any, cid: str = "call_1") -> dict[str, Any]:
-    return {"id": cid, "type": "function",
-            "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+    return {
+        "id": cid,
+        "type": "function",
+        "function": {
+            "name": name,
+            "arguments": args if isinstance(args, str) else json.dumps(args),
+        },
+    }
 
 
-def reply(text: str | None = None, calls: list[dict[str, Any]] | None = None, tools: bool = True) -> dict[str, Any]:
-    r: dict[str, Any] = {"text": text or "", "finish_reason": "tool_calls" if calls else "stop",
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 4}}
+def reply(
+    text: str | None = None, calls: list[dict[str, Any]] | None = None, tools: bool = True
+) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "text": text or "",
+        "finish_reason": "tool_calls" if calls else "stop",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 4},
+    }
     if tools:
         r["content"], r["tool_calls"] = (None, calls) if calls else (text, [])
     return r
@@ -55,17 +70,33 @@ class ScriptedModel:
         self.replies = list(replies)
         self.calls: list[dict[str, Any]] = []
 
-    async def call(self, session_id: str, model_id: str, *, persona: str | None, params: dict[str, Any],
-                   tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
-                   on_delta: Any = None, on_marker: Any = None) -> CallResult:
-        self.calls.append({"tools": [t["function"]["name"] for t in tools or []], "tool_choice": tool_choice,
-                           "persona": persona})
+    async def call(
+        self,
+        session_id: str,
+        model_id: str,
+        *,
+        persona: str | None,
+        params: dict[str, Any],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        on_delta: Any = None,
+        on_marker: Any = None,
+    ) -> CallResult:
+        self.calls.append(
+            {
+                "tools": [t["function"]["name"] for t in tools or []],
+                "tool_choice": tool_choice,
+                "persona": persona,
+            }
+        )
         r = self.replies.pop(0)
         if callable(r):
             r = await r()
         if not tools and on_delta is not None:
             await on_delta(r["text"])
-        return CallResult(result=r, timings={"prefill_ms": 1.0, "decode_ms": 1.0, "kv_restored": False})
+        return CallResult(
+            result=r, timings={"prefill_ms": 1.0, "decode_ms": 1.0, "kv_restored": False}
+        )
 
 
 class NoKv:
@@ -80,14 +111,26 @@ def store(tmp_path: Path) -> AsyncIterator[Store]:
         yield s
 
 
-async def start(store: Store, model: ScriptedModel, tool: Slow, *, max_steps: int = 4,
-                tool_choice: Any = None) -> tuple[Turn, asyncio.Event]:
-    agent = await store.run(store.agents.create, AgentSpec(name="calc", model="m", persona="Be exact.", tools=["slow"]))
+async def start(
+    store: Store, model: ScriptedModel, tool: Slow, *, max_steps: int = 4, tool_choice: Any = None
+) -> tuple[Turn, asyncio.Event]:
+    agent = await store.run(
+        store.agents.create, AgentSpec(name="calc", model="m", persona="Be exact.", tools=["slow"])
+    )
     session = await store.run(store.sessions.create, agent.id)
     user = await store.run(store.messages.append, session.id, "user", "double 21")
     released = asyncio.Event()
-    turn = Turn(TurnSpec(session_id=session.id, model_id="m", agent=agent, params={}, tool_choice=tool_choice,
-                         max_steps=max_steps), user)
+    turn = Turn(
+        TurnSpec(
+            session_id=session.id,
+            model_id="m",
+            agent=agent,
+            params={},
+            tool_choice=tool_choice,
+            max_steps=max_steps,
+        ),
+        user,
+    )
     AgentLoop(store, model, ToolBox([tool]), NoKv()).start(turn, released.set)  # type: ignore[arg-type]
     return turn, released
 
@@ -96,12 +139,22 @@ async def events(turn: Turn) -> list[TurnEvent]:
     return [ev async for ev in turn.events()]
 
 
-async def test_a_tool_call_runs_and_its_result_is_fed_back_then_the_turn_ends_with_a_message(store: Store) -> None:
+async def test_a_tool_call_runs_and_its_result_is_fed_back_then_the_turn_ends_with_a_message(
+    store: Store,
+) -> None:
     model = ScriptedModel([reply(calls=[tool_call("slow", {"n": 21})]), reply("It is 42.")])
     turn, released = await start(store, model, Slow(), tool_choice="required")
     evs = await events(turn)
-    assert [e.event for e in evs] == ["message", "message", "tool_call", "tool_result", "message", "token",
-                                      "message", "done"]
+    assert [e.event for e in evs] == [
+        "message",
+        "message",
+        "tool_call",
+        "tool_result",
+        "message",
+        "token",
+        "message",
+        "done",
+    ]
     assert evs[3].data["status"] == "ok" and evs[3].data["content"] == "42"
     assert evs[-1].data["steps"] == 2 and evs[-1].data["usage"]["prompt_tokens"] == 20
     assert [c["tool_choice"] for c in model.calls] == ["required", "auto"]
@@ -114,7 +167,9 @@ async def test_a_tool_call_runs_and_its_result_is_fed_back_then_the_turn_ends_wi
     assert released.is_set()
 
 
-async def test_a_call_with_bad_arguments_is_answered_as_a_tool_error_and_not_run(store: Store) -> None:
+async def test_a_call_with_bad_arguments_is_answered_as_a_tool_error_and_not_run(
+    store: Store,
+) -> None:
     tool = Slow()
     model = ScriptedModel([reply(calls=[tool_call("slow", {"n": "many"})]), reply("Sorry.")])
     turn, _ = await start(store, model, tool)
@@ -127,7 +182,9 @@ async def test_a_call_with_bad_arguments_is_answered_as_a_tool_error_and_not_run
     assert evs[-1].event == "done"
 
 
-async def test_the_last_step_is_offered_no_tools_so_the_turn_ends_with_a_message(store: Store) -> None:
+async def test_the_last_step_is_offered_no_tools_so_the_turn_ends_with_a_message(
+    store: Store,
+) -> None:
     loop_forever = [reply(calls=[tool_call("slow", {"n": i}, f"call_{i}")]) for i in range(2)]
     model = ScriptedModel([*loop_forever, reply("Done.", tools=False)])
     turn, _ = await start(store, model, Slow(), max_steps=3)
@@ -137,7 +194,9 @@ async def test_the_last_step_is_offered_no_tools_so_the_turn_ends_with_a_message
     assert evs[-2].data["message"]["content"] == "Done."
 
 
-async def test_a_cancelled_turn_answers_its_open_tool_call_and_finishes_the_run(store: Store) -> None:
+async def test_a_cancelled_turn_answers_its_open_tool_call_and_finishes_the_run(
+    store: Store,
+) -> None:
     tool = Slow()
     tool.delay = 30.0
     model = ScriptedModel([reply(calls=[tool_call("slow", {"n": 1})])])

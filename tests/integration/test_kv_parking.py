@@ -37,7 +37,12 @@ class FakeWorker:
             return {"saved": False, "bytes": 0, "n_tokens": 0}
         self.saves.append(cmd.slot_key)
         size = write_kv_file(cmd.path, tokens, bytes(len(tokens) * KiB))
-        return {"saved": True, "bytes": size, "n_tokens": len(tokens), "prefix_hash": token_prefix_hash(tokens)}
+        return {
+            "saved": True,
+            "bytes": size,
+            "n_tokens": len(tokens),
+            "prefix_hash": token_prefix_hash(tokens),
+        }
 
 
 class FakeRunner:
@@ -53,15 +58,24 @@ class FakeScheduler:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[KvParking, FakeWorker, Store, list[dict[str, Any]]]]:
+async def setup(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[KvParking, FakeWorker, Store, list[dict[str, Any]]]]:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF" + bytes(4096))
     worker = FakeWorker(pid=100)
     events = EventBus()
     seen: list[dict[str, Any]] = []
     store = await Store.open(tmp_path / "state")
-    kv = KvParking(store, FakeScheduler(FakeRunner(worker, model)), None,  # type: ignore[arg-type]
-                   kv_dir=tmp_path / "state" / "kv", budget_bytes=200 * KiB, idle_s=0, events=events)
+    kv = KvParking(
+        store,
+        FakeScheduler(FakeRunner(worker, model)),
+        None,  # type: ignore[arg-type]
+        kv_dir=tmp_path / "state" / "kv",
+        budget_bytes=200 * KiB,
+        idle_s=0,
+        events=events,
+    )
     orig = events.publish
 
     def publish(type_: str, **data: Any) -> dict[str, Any]:
@@ -138,7 +152,13 @@ async def test_a_displaced_session_reported_by_the_worker_is_indexed(setup: Any)
     plan = await kv.plan(b, "m")
     path = Path(plan.park_dir or "") / f"{a}.kv"
     size = write_kv_file(path, list(range(20)), bytes(100))
-    parked = {"slot_key": a, "path": str(path), "bytes": size, "n_tokens": 20, "prefix_hash": token_prefix_hash(list(range(20)))}
+    parked = {
+        "slot_key": a,
+        "path": str(path),
+        "bytes": size,
+        "n_tokens": 20,
+        "prefix_hash": token_prefix_hash(list(range(20))),
+    }
     await kv.settle(b, "m", plan, worker.pid, {"parked": [parked]})
     assert a not in kv.hot and b in kv.hot
     (entry,) = await store.run(store.kv.entries, a)
@@ -154,11 +174,19 @@ async def test_a_session_displaced_by_a_plain_request_is_indexed(setup: Any) -> 
     assert fields == {"park_evicted_to": (await kv.plan(a, "m")).park_dir}
     path = Path(fields["park_evicted_to"] or "") / f"{a}.kv"
     size = write_kv_file(path, list(range(20)), bytes(100))
-    parked = {"slot_key": a, "path": str(path), "bytes": size, "n_tokens": 20, "prefix_hash": token_prefix_hash(list(range(20)))}
+    parked = {
+        "slot_key": a,
+        "path": str(path),
+        "bytes": size,
+        "n_tokens": 20,
+        "prefix_hash": token_prefix_hash(list(range(20))),
+    }
     await kv.plain_settled("m", fields, worker.pid, {"parked": [parked]})
     assert a not in kv.hot
     assert (await kv.plan(a, "m")).fields()["restore_from"] == str(path)
-    await kv.plain_settled("m", fields, worker.pid, {"parked": [{"slot_key": a, "error": "disk full"}]})  # logged only
+    await kv.plain_settled(
+        "m", fields, worker.pid, {"parked": [{"slot_key": a, "error": "disk full"}]}
+    )  # logged only
 
 
 async def test_a_restore_that_failed_drops_the_entry_and_its_file(setup: Any) -> None:
@@ -168,12 +196,19 @@ async def test_a_restore_that_failed_drops_the_entry_and_its_file(setup: Any) ->
     await kv.park(sid, "unload")
     plan = await kv.plan(sid, "m")
     assert plan.entry is not None
-    report = await kv.settle(sid, "m", plan, worker.pid,
-                             {"restore": {"restored": False, "error": "checksum mismatch"}})
+    report = await kv.settle(
+        sid, "m", plan, worker.pid, {"restore": {"restored": False, "error": "checksum mismatch"}}
+    )
     assert report["kv_restored"] is False and "checksum" in report["kv_restore_error"]
     assert await store.run(store.kv.entries, sid) == []
     assert not Path(plan.entry.path).exists()
-    ok = await kv.settle(sid, "m", plan, worker.pid, {"restore": {"restored": True, "n_tokens": 20, "bytes": 5, "ms": 1.0}})
+    ok = await kv.settle(
+        sid,
+        "m",
+        plan,
+        worker.pid,
+        {"restore": {"restored": True, "n_tokens": 20, "bytes": 5, "ms": 1.0}},
+    )
     assert ok["kv_restored"] is True and ok["kv_restored_tokens"] == 20
     assert any(e["type"] == "session.restored" for e in seen)
 
@@ -209,8 +244,15 @@ async def test_idle_sessions_are_parked_after_a_while(tmp_path: Path) -> None:
     worker = FakeWorker(pid=7)
     store = await Store.open(tmp_path / "state")
     now = [1000.0]
-    kv = KvParking(store, FakeScheduler(FakeRunner(worker, model)), None,  # type: ignore[arg-type]
-                   kv_dir=tmp_path / "kv", budget_bytes=2**30, idle_s=30, clock=lambda: now[0])
+    kv = KvParking(
+        store,
+        FakeScheduler(FakeRunner(worker, model)),
+        None,  # type: ignore[arg-type]
+        kv_dir=tmp_path / "kv",
+        budget_bytes=2**30,
+        idle_s=30,
+        clock=lambda: now[0],
+    )
     await kv.start()
     try:
         sid = await session(store)
@@ -227,7 +269,9 @@ async def test_idle_sessions_are_parked_after_a_while(tmp_path: Path) -> None:
         assert kv.hot[sid].dirty is False
         now[0] += 60
         assert await kv.park_idle() == [], "a clean slot is not parked again"
-        assert (await store.run(store.sessions.get, sid)).status != "parked", "still hot in its slot"
+        assert (await store.run(store.sessions.get, sid)).status != "parked", (
+            "still hot in its slot"
+        )
     finally:
         await kv.stop()
         await store.aclose()

@@ -24,9 +24,11 @@ from tests.integration.sessions_client import TurnResult, new_session, send_turn
 MODEL = "smollm2-135m-instruct"
 HISTORY = (
     "Please read these notes from the harbour master's log and keep them in mind.\n"
-    + "\n".join(f"Day {i}: the ship Aurora-{i} arrived from port {i * 7 % 13} carrying {i * 11} crates of "
-                f"tea; the weather was {'calm' if i % 3 else 'stormy'} and the pilot was number {i % 5}."
-                for i in range(1, 21))
+    + "\n".join(
+        f"Day {i}: the ship Aurora-{i} arrived from port {i * 7 % 13} carrying {i * 11} crates of "
+        f"tea; the weather was {'calm' if i % 3 else 'stormy'} and the pilot was number {i % 5}."
+        for i in range(1, 21)
+    )
 )
 QUESTION = "Which ship arrived on day 3, and what did it carry?"
 
@@ -38,8 +40,10 @@ def daemon(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     shutil.copyfile(smollm2_path, copy)
     with running_daemon(
         root,
-        models={MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 1},
-                "smollm2-copy": {"source": str(copy), "context_size": 2048, "parallel": 1}},
+        models={
+            MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 1},
+            "smollm2-copy": {"source": str(copy), "context_size": 2048, "parallel": 1},
+        },
         config={"agents": {"park_idle_s": 0}},
     ) as d:
         with d.http() as c:
@@ -48,8 +52,15 @@ def daemon(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def add_keeper(http: httpx.Client) -> None:
-    r = http.post("/api/agents", json={"name": "keeper", "model": MODEL, "persona": "You answer briefly.",
-                                       "params": {"temperature": 0, "seed": 7, "max_tokens": 24}})
+    r = http.post(
+        "/api/agents",
+        json={
+            "name": "keeper",
+            "model": MODEL,
+            "persona": "You answer briefly.",
+            "params": {"temperature": 0, "seed": 7, "max_tokens": 24},
+        },
+    )
     assert r.status_code == 201, r.text
 
 
@@ -72,8 +83,9 @@ def long_session(http: httpx.Client) -> dict[str, Any]:
     return s
 
 
-def full_prefill_answer(daemon: Daemon, http: httpx.Client, session_id: str, before_seq: int,
-                        question: str) -> TurnResult:
+def full_prefill_answer(
+    daemon: Daemon, http: httpx.Client, session_id: str, before_seq: int, question: str
+) -> TurnResult:
     """The same turn on a fork with nothing cached: the model is reloaded, the fork has no KV."""
     messages = http.get(f"/api/sessions/{session_id}").json()["messages"]
     at = next(m for m in messages if m["seq"] == before_seq)
@@ -125,7 +137,9 @@ def wait_for_trace(http: httpx.Client, session_id: str, span_name: str) -> dict[
     raise AssertionError(f"no trace of session {session_id} has a {span_name} span")
 
 
-def test_a_session_displaced_from_its_slot_is_restored_without_an_unload(daemon: Daemon, http: httpx.Client) -> None:
+def test_a_session_displaced_from_its_slot_is_restored_without_an_unload(
+    daemon: Daemon, http: httpx.Client
+) -> None:
     a = long_session(http)
     loads = daemon.model(MODEL)["load_count"]
     b = new_session(http, agent="keeper")
@@ -139,10 +153,14 @@ def test_a_session_displaced_from_its_slot_is_restored_without_an_unload(daemon:
     assert reference.text == back.text
 
 
-def test_a_plain_request_that_takes_the_slot_parks_the_session_first(daemon: Daemon, http: httpx.Client) -> None:
+def test_a_plain_request_that_takes_the_slot_parks_the_session_first(
+    daemon: Daemon, http: httpx.Client
+) -> None:
     a = long_session(http)
-    r = http.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
-                                                "messages": [{"role": "user", "content": "Hi."}]})
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi."}]},
+    )
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 30  # the daemon indexes the parked file after answering
     while not parked(http, a["id"]) and time.monotonic() < deadline:
@@ -153,7 +171,9 @@ def test_a_plain_request_that_takes_the_slot_parks_the_session_first(daemon: Dae
     assert back.done["timings"]["kv_restored"] is True, back.done["timings"]
 
 
-def test_a_damaged_parked_file_falls_back_to_a_full_prefill(daemon: Daemon, http: httpx.Client) -> None:
+def test_a_damaged_parked_file_falls_back_to_a_full_prefill(
+    daemon: Daemon, http: httpx.Client
+) -> None:
     s = long_session(http)
     unload(daemon, http)
     (entry,) = parked(http, s["id"])
@@ -179,7 +199,10 @@ def test_another_model_file_never_uses_the_parked_state(daemon: Daemon, http: ht
     http.patch("/api/agents/keeper", json={"model": "smollm2-copy"})
     try:
         t = send_turn(http, s["id"], QUESTION)
-        assert t.done["timings"]["kv_restored"] is False and "kv_restore_error" not in t.done["timings"]
+        assert (
+            t.done["timings"]["kv_restored"] is False
+            and "kv_restore_error" not in t.done["timings"]
+        )
         assert t.done["timings"]["cached_tokens"] <= 2
         unload(daemon, http, "smollm2-copy")
         fingerprints = {e["model_fingerprint"] for e in parked(http, s["id"])}
@@ -188,7 +211,9 @@ def test_another_model_file_never_uses_the_parked_state(daemon: Daemon, http: ht
         http.patch("/api/agents/keeper", json={"model": MODEL})
 
 
-def test_sessions_and_their_parked_state_survive_a_restart(smollm2_path: Path, tmp_path: Path) -> None:
+def test_sessions_and_their_parked_state_survive_a_restart(
+    smollm2_path: Path, tmp_path: Path
+) -> None:
     models = {MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 1}}
     d = start_daemon(tmp_path, models=models, config={"agents": {"park_idle_s": 0}})
     try:

@@ -25,7 +25,9 @@ HISTORY = "The lighthouse keeper wrote in the log every night. " * 8
 @pytest.fixture
 async def worker(tiny_model_path: Path) -> AsyncIterator[WorkerProcess]:
     w = await ProcessSpawner().spawn()
-    await w.load(p.Load(model_path=str(tiny_model_path), n_ctx=512, n_threads=1, parallel=1), timeout=60)
+    await w.load(
+        p.Load(model_path=str(tiny_model_path), n_ctx=512, n_threads=1, parallel=1), timeout=60
+    )
     try:
         yield w
     finally:
@@ -34,7 +36,9 @@ async def worker(tiny_model_path: Path) -> AsyncIterator[WorkerProcess]:
 
 async def complete(w: WorkerProcess, prompt: str, key: str | None, **kv: Any) -> dict[str, Any]:
     params = {"prompt": prompt, "max_tokens": 12, "temperature": 0.0, "seed": 1}
-    return await w.call(lambda i: p.Generate(id=i, op="completion", params=params, slot_key=key, **kv))
+    return await w.call(
+        lambda i: p.Generate(id=i, op="completion", params=params, slot_key=key, **kv)
+    )
 
 
 async def full_prefill(w: WorkerProcess, prompt: str) -> dict[str, Any]:
@@ -51,7 +55,9 @@ async def test_a_displaced_session_is_parked_then_restored_with_the_same_answer(
     first = await complete(worker, HISTORY, "ses_a")
     assert "parked" not in first and "restore" not in first
 
-    other = await complete(worker, "Something else entirely.", "ses_b", park_evicted_to=str(tmp_path))
+    other = await complete(
+        worker, "Something else entirely.", "ses_b", park_evicted_to=str(tmp_path)
+    )
     (parked,) = other["parked"]
     assert parked["slot_key"] == "ses_a" and parked["path"] == str(tmp_path / "ses_a.kv")
     tokens, _ = read_kv_file(parked["path"])
@@ -59,8 +65,14 @@ async def test_a_displaced_session_is_parked_then_restored_with_the_same_answer(
     assert parked["prefix_hash"] == token_prefix_hash(tokens)
 
     follow_up = HISTORY + first["text"] + " Then"
-    restored = await complete(worker, follow_up, "ses_a", park_evicted_to=str(tmp_path),
-                              restore_from=parked["path"], restore_prefix_hash=parked["prefix_hash"])
+    restored = await complete(
+        worker,
+        follow_up,
+        "ses_a",
+        park_evicted_to=str(tmp_path),
+        restore_from=parked["path"],
+        restore_prefix_hash=parked["prefix_hash"],
+    )
     assert restored["restore"]["restored"] is True
     assert restored["usage"]["cached_tokens"] >= restored["restore"]["shared_tokens"] - 1 > 20
     assert restored["parked"][0]["slot_key"] == "ses_b"  # ses_b made room in turn
@@ -72,15 +84,22 @@ async def test_a_request_without_a_session_parks_the_session_it_displaces(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:
     first = await complete(worker, HISTORY, "ses_a")
-    plain = await complete(worker, "A request with no session.", None, park_evicted_to=str(tmp_path))
+    plain = await complete(
+        worker, "A request with no session.", None, park_evicted_to=str(tmp_path)
+    )
     (parked,) = plain["parked"]
     assert parked["slot_key"] == "ses_a" and Path(parked["path"]).exists()
     again = await complete(worker, "Another one.", None, park_evicted_to=str(tmp_path))
     assert "parked" not in again, "the slot belongs to no session any more"
 
     follow_up = HISTORY + first["text"] + " Then"
-    restored = await complete(worker, follow_up, "ses_a", restore_from=parked["path"],
-                              restore_prefix_hash=parked["prefix_hash"])
+    restored = await complete(
+        worker,
+        follow_up,
+        "ses_a",
+        restore_from=parked["path"],
+        restore_prefix_hash=parked["prefix_hash"],
+    )
     assert restored["restore"]["restored"] is True
     assert restored["text"] == (await full_prefill(worker, follow_up))["text"]
 
@@ -90,7 +109,9 @@ async def test_a_hot_slot_is_not_restored_from_disk(worker: WorkerProcess, tmp_p
     await complete(worker, "Other.", "ses_b", park_evicted_to=str(tmp_path))
     back = await complete(worker, HISTORY, "ses_a", restore_from=str(tmp_path / "ses_a.kv"))
     assert back["restore"]["restored"] is True
-    again = await complete(worker, HISTORY + " More", "ses_a", restore_from=str(tmp_path / "ses_a.kv"))
+    again = await complete(
+        worker, HISTORY + " More", "ses_a", restore_from=str(tmp_path / "ses_a.kv")
+    )
     assert "restore" not in again, "the slot still holds the session: nothing is read from disk"
     assert again["usage"]["cached_tokens"] > 20
 
@@ -113,7 +134,9 @@ async def test_a_bad_parked_file_falls_back_to_a_full_prefill(
         path.unlink()
     else:
         expect = token_prefix_hash([1, 2, 3])
-    out = await complete(worker, HISTORY, "ses_a", restore_from=str(path), restore_prefix_hash=expect)
+    out = await complete(
+        worker, HISTORY, "ses_a", restore_from=str(path), restore_prefix_hash=expect
+    )
     assert out["restore"]["restored"] is False
     # damage is an error (the daemon drops the file); a hash mismatch only means "not this one"
     assert out["restore"]["reason" if damage == "hash" else "error"]
@@ -121,18 +144,27 @@ async def test_a_bad_parked_file_falls_back_to_a_full_prefill(
     assert out["text"] == (await full_prefill(worker, HISTORY))["text"]
 
 
-async def test_a_parked_state_of_another_prefix_is_skipped(worker: WorkerProcess, tmp_path: Path) -> None:
+async def test_a_parked_state_of_another_prefix_is_skipped(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
     await complete(worker, HISTORY, "ses_a")
     parked = (await complete(worker, "Other.", "ses_b", park_evicted_to=str(tmp_path)))["parked"][0]
     changed = "A different opening. " + HISTORY
-    out = await complete(worker, changed, "ses_a", restore_from=parked["path"],
-                         restore_prefix_hash=parked["prefix_hash"])
+    out = await complete(
+        worker,
+        changed,
+        "ses_a",
+        restore_from=parked["path"],
+        restore_prefix_hash=parked["prefix_hash"],
+    )
     assert out["restore"]["restored"] is False
     assert "different prompt prefix" in out["restore"]["reason"]
     assert out["text"] == (await full_prefill(worker, changed))["text"]
 
 
-async def test_without_a_park_directory_a_displaced_slot_is_dropped(worker: WorkerProcess, tmp_path: Path) -> None:
+async def test_without_a_park_directory_a_displaced_slot_is_dropped(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
     await complete(worker, HISTORY, "ses_a")
     out = await complete(worker, "Other.", "ses_b")
     assert "parked" not in out
@@ -144,7 +176,9 @@ async def test_save_slot_reports_the_prefix_hash(worker: WorkerProcess, tmp_path
     r = await worker.call(lambda i: p.SaveSlot(id=i, slot_key="ses_a", path=str(tmp_path / "a.kv")))
     tokens, _ = read_kv_file(tmp_path / "a.kv")
     assert r["saved"] is True and r["prefix_hash"] == token_prefix_hash(tokens)
-    none = await worker.call(lambda i: p.SaveSlot(id=i, slot_key="ses_zzz", path=str(tmp_path / "z.kv")))
+    none = await worker.call(
+        lambda i: p.SaveSlot(id=i, slot_key="ses_zzz", path=str(tmp_path / "z.kv"))
+    )
     assert none["saved"] is False and not (tmp_path / "z.kv").exists()
 
 

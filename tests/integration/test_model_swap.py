@@ -21,14 +21,22 @@ BUDGET_MB = 250
 def swap_models(smollm2_path: Path, minilm_gguf_path: Path) -> dict[str, dict[str, Any]]:
     return {
         "chat": {"source": str(smollm2_path), "context_size": 2048, "idle_ttl_s": 600},
-        "emb": {"source": str(minilm_gguf_path), "kind": "embedding", "context_size": 256, "idle_ttl_s": 600},
+        "emb": {
+            "source": str(minilm_gguf_path),
+            "kind": "embedding",
+            "context_size": 256,
+            "idle_ttl_s": 600,
+        },
     }
 
 
 def workers_of(pid: int) -> list[str]:
     """The daemon's model worker processes now (the python ones, not the bwrap around them)."""
-    return [d for d in (describe(p) for p, _ in descendants(pid)) if "appliance.models.worker" in d
-            and "bwrap" not in d.split(":", 1)[1][:40]]
+    return [
+        d
+        for d in (describe(p) for p, _ in descendants(pid))
+        if "appliance.models.worker" in d and "bwrap" not in d.split(":", 1)[1][:40]
+    ]
 
 
 def test_back_to_back_alternating_swaps_all_succeed_and_leave_no_worker(
@@ -41,7 +49,9 @@ def test_back_to_back_alternating_swaps_all_succeed_and_leave_no_worker(
         seen_workers: list[int] = []
         for i in range(20):
             if i % 2 == 0:
-                r = c.post("/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 1})
+                r = c.post(
+                    "/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 1}
+                )
             else:
                 r = c.post("/v1/embeddings", json={"model": "emb", "input": "hello"})
             assert r.status_code == 200, (i, r.text)
@@ -51,23 +61,30 @@ def test_back_to_back_alternating_swaps_all_succeed_and_leave_no_worker(
         got = {m["id"]: m for m in c.get("/api/models").json() if m["id"] in models}
         assert got["chat"]["load_count"] == 10 and got["emb"]["load_count"] == 10, got
         assert got["chat"]["counters"]["swaps"] == 9 and got["emb"]["counters"]["swaps"] == 9
-        assert got["chat"]["counters"]["thrash"] >= 1, "a model swapped 9 times in seconds is reported"
+        assert got["chat"]["counters"]["thrash"] >= 1, (
+            "a model swapped 9 times in seconds is reported"
+        )
         assert got["chat"]["swap_cost_ms"]["warm"] is not None
         metrics = c.get("/metrics").text
         assert 'appliance_model_thrash_total{model="chat"}' in metrics
         # one model and at most two spares (spare_workers + one recycled) at any time
         assert max(seen_workers) <= 3, seen_workers
         d.stop()
-        assert not survivors([str(d.state_dir)], descendants(pid) if d.proc.poll() is None else ()), \
-            "a worker outlived the daemon"
+        assert not survivors(
+            [str(d.state_dir)], descendants(pid) if d.proc.poll() is None else ()
+        ), "a worker outlived the daemon"
 
 
 def test_two_models_that_fit_load_in_parallel_and_a_slow_load_delays_no_one(
     smollm2_path: Path, minilm_gguf_path: Path, tiny_model_path: Path, tmp_path: Path
 ) -> None:
     models = swap_models(smollm2_path, minilm_gguf_path) | {
-        "tiny": {"source": str(tiny_model_path), "context_size": 256, "idle_ttl_s": 600}}
-    with running_daemon(tmp_path, models=models, config={"models": {"spare_workers": 2}}) as d, d.http() as c:
+        "tiny": {"source": str(tiny_model_path), "context_size": 256, "idle_ttl_s": 600}
+    }
+    with (
+        running_daemon(tmp_path, models=models, config={"models": {"spare_workers": 2}}) as d,
+        d.http() as c,
+    ):
         # two spares ready, then both models at once: both are in `loading` together
         deadline = time.monotonic() + 60
         while c.get("/api/status").json()["scheduler"]["spare_workers"] < 2:
@@ -80,7 +97,9 @@ def test_two_models_that_fit_load_in_parallel_and_a_slow_load_delays_no_one(
                 if mid == "emb":
                     r = c2.post("/v1/embeddings", json={"model": mid, "input": "x"})
                 else:
-                    r = c2.post("/v1/completions", json={"model": mid, "prompt": "x", "max_tokens": 1})
+                    r = c2.post(
+                        "/v1/completions", json={"model": mid, "prompt": "x", "max_tokens": 1}
+                    )
                 results[mid] = r.status_code
 
         threads = [threading.Thread(target=ask, args=(m,)) for m in ("chat", "emb")]
@@ -99,7 +118,12 @@ def test_two_models_that_fit_load_in_parallel_and_a_slow_load_delays_no_one(
         assert both_loading, "the two loads overlapped"
 
         # the tiny model is loaded; while SmolLM2 loads again (a slow load), tiny answers at once
-        assert c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}).status_code == 200
+        assert (
+            c.post(
+                "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}
+            ).status_code
+            == 200
+        )
         c.post("/api/models/chat/unload")
         d.wait_state("chat", {"unloaded"})
         slow = threading.Thread(target=ask, args=("chat",))

@@ -50,23 +50,43 @@ def test_chat_completion_plain_and_streamed(daemon: Daemon) -> None:
     text = r.choices[0].message.content
     assert text
 
-    chunks = list(client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=CHAT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     # (token-by-token delivery at a real model's pace is checked in test_acceptance_models; the
     # tiny model is so fast that queued tokens are merged into fewer chunks)
     assert deltas
     assert "".join(deltas) == text, "temperature 0: streamed and plain replies agree"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("length", "stop")
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert (
+        chunks[-1].usage is not None
+        and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    )
 
 
 def test_completion_plain_and_streamed(daemon: Daemon) -> None:
     client = daemon.openai()
-    r = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
+    r = client.completions.create(
+        model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0
+    )
     assert r.choices[0].text
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True
+        )
+        if c.choices
+    )
     assert streamed == r.choices[0].text
 
 
@@ -82,17 +102,40 @@ def test_errors_use_openai_error_body(daemon: Daemon) -> None:
         r = c.post("/v1/chat/completions", json={"model": "tiny"})
         assert r.status_code == 400
         assert "messages" in r.json()["error"]["message"]
-        r = c.post("/v1/chat/completions", json={"model": "tiny", "messages": CHAT, "tool_choice": "required",
-                                                 "tools": [{"type": "function"}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny",
+                "messages": CHAT,
+                "tool_choice": "required",
+                "tools": [{"type": "function"}],
+            },
+        )
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_forced_tool_call_is_valid_json(daemon: Daemon) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 12}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     r = daemon.openai().chat.completions.create(
-        model="tiny", messages=CHAT, tools=tools, max_tokens=60, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        model="tiny",
+        messages=CHAT,
+        tools=tools,
+        max_tokens=60,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     # the random tiny model may run out of tokens inside the JSON; when it finishes, the call parses
     if r.choices[0].finish_reason == "tool_calls":  # the random model may run out of tokens first
         call = r.choices[0].message.tool_calls[0]
@@ -101,10 +144,15 @@ def test_forced_tool_call_is_valid_json(daemon: Daemon) -> None:
 
 
 def test_concurrent_first_requests_load_once(tiny_model_path: Path, tmp_path: Path) -> None:
-    with running_daemon(tmp_path, models={"m": {"source": str(tiny_model_path), "context_size": 256, "parallel": 2}}) as d:
+    with running_daemon(
+        tmp_path, models={"m": {"source": str(tiny_model_path), "context_size": 256, "parallel": 2}}
+    ) as d:
+
         def ask() -> int:
             with d.http() as c:
-                return c.post("/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 4}).status_code
+                return c.post(
+                    "/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 4}
+                ).status_code
 
         with ThreadPoolExecutor(4) as pool:
             codes = list(pool.map(lambda _: ask(), range(4)))
@@ -113,8 +161,19 @@ def test_concurrent_first_requests_load_once(tiny_model_path: Path, tmp_path: Pa
 
 
 def test_idle_unload_and_wake(tiny_model_path: Path, tmp_path: Path) -> None:
-    with running_daemon(tmp_path, models={"m": {"source": str(tiny_model_path), "context_size": 256, "idle_ttl_s": 1}}) as d, d.http() as c:
-        assert c.post("/v1/completions", json={"model": "m", "prompt": "a", "max_tokens": 2}).status_code == 200
+    with (
+        running_daemon(
+            tmp_path,
+            models={"m": {"source": str(tiny_model_path), "context_size": 256, "idle_ttl_s": 1}},
+        ) as d,
+        d.http() as c,
+    ):
+        assert (
+            c.post(
+                "/v1/completions", json={"model": "m", "prompt": "a", "max_tokens": 2}
+            ).status_code
+            == 200
+        )
         m = d.model("m")
         assert m["state"] == "ready" and m["idle_deadline"] is not None
         pid = m["worker_pid"]
@@ -127,9 +186,15 @@ def test_idle_unload_and_wake(tiny_model_path: Path, tmp_path: Path) -> None:
 
 def test_keep_alive_zero_minus_one_and_pin(daemon: Daemon) -> None:
     with daemon.http() as c:
-        c.post("/v1/completions", json={"model": "tiny-serial", "prompt": "a", "max_tokens": 2, "keep_alive": 0})
+        c.post(
+            "/v1/completions",
+            json={"model": "tiny-serial", "prompt": "a", "max_tokens": 2, "keep_alive": 0},
+        )
         daemon.wait_state("tiny-serial", {"unloaded"}, timeout=10)
-        c.post("/v1/completions", json={"model": "tiny-serial", "prompt": "a", "max_tokens": 2, "keep_alive": -1})
+        c.post(
+            "/v1/completions",
+            json={"model": "tiny-serial", "prompt": "a", "max_tokens": 2, "keep_alive": -1},
+        )
         m = daemon.model("tiny-serial")
         assert m["state"] == "ready" and m["idle_deadline"] is None
         r = c.post("/api/models/tiny-serial/pin", params={"pinned": "true"})
@@ -144,9 +209,17 @@ def test_keep_alive_zero_minus_one_and_pin(daemon: Daemon) -> None:
 def test_lru_eviction_under_a_small_budget(tiny_model_path: Path, tmp_path: Path) -> None:
     models = {m: {"source": str(tiny_model_path), "context_size": 256} for m in ("a", "b", "c")}
     # each tiny model is estimated at ~35 MiB: two fit in 80 MiB, three do not
-    with running_daemon(tmp_path, models=models, config={"models": {"memory_budget_mb": 80}}) as d, d.http() as c:
+    with (
+        running_daemon(tmp_path, models=models, config={"models": {"memory_budget_mb": 80}}) as d,
+        d.http() as c,
+    ):
         for mid in ("a", "b", "a", "c"):
-            assert c.post("/v1/completions", json={"model": mid, "prompt": "x", "max_tokens": 1}).status_code == 200
+            assert (
+                c.post(
+                    "/v1/completions", json={"model": mid, "prompt": "x", "max_tokens": 1}
+                ).status_code
+                == 200
+            )
         states = {m["id"]: m["state"] for m in c.get("/api/models").json() if m["id"] in models}
         assert states == {"a": "ready", "b": "unloaded", "c": "ready"}
 
@@ -179,8 +252,20 @@ def _queue_overflow(daemon: Daemon) -> None:
 
 
 def test_client_disconnect_cancels_generation_and_frees_the_slot(daemon: Daemon) -> None:
-    with daemon.http() as c, c.stream("POST", "/v1/chat/completions", json={
-            "model": "tiny-serial", "messages": CHAT, "max_tokens": 8000, "stream": True, **NO_END}) as r:
+    with (
+        daemon.http() as c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": "tiny-serial",
+                "messages": CHAT,
+                "max_tokens": 8000,
+                "stream": True,
+                **NO_END,
+            },
+        ) as r,
+    ):
         lines = r.iter_lines()
         for _ in range(6):
             next(lines)
@@ -188,14 +273,21 @@ def test_client_disconnect_cancels_generation_and_frees_the_slot(daemon: Daemon)
     m = daemon.wait_state("tiny-serial", {"ready"}, timeout=10)
     assert m["active"] == 0
     with daemon.http() as c:
-        r = c.post("/v1/chat/completions", json={"model": "tiny-serial", "messages": CHAT, "max_tokens": 3})
+        r = c.post(
+            "/v1/chat/completions", json={"model": "tiny-serial", "messages": CHAT, "max_tokens": 3}
+        )
         assert r.status_code == 200
         assert r.json()["timings"]["queue_ms"] < 5000
 
 
 def test_killed_worker_fails_its_request_and_daemon_keeps_serving(daemon: Daemon) -> None:
     with daemon.http() as c:
-        assert c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}).status_code == 200
+        assert (
+            c.post(
+                "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}
+            ).status_code
+            == 200
+        )
         pid = daemon.model("tiny")["worker_pid"]
         os.kill(pid, signal.SIGKILL)
         m = daemon.wait_state("tiny", {"failed"}, timeout=10)
@@ -210,8 +302,13 @@ def test_killed_worker_mid_stream_gives_5xx_error_naming_the_model(daemon: Daemo
         c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
         pid = daemon.model("tiny")["worker_pid"]
         with ThreadPoolExecutor(1) as pool:
-            fut = pool.submit(lambda: httpx.post(daemon.url + "/v1/completions", timeout=60,
-                                                 json={"model": "tiny", "prompt": "x", "max_tokens": 8000, **NO_END}))
+            fut = pool.submit(
+                lambda: httpx.post(
+                    daemon.url + "/v1/completions",
+                    timeout=60,
+                    json={"model": "tiny", "prompt": "x", "max_tokens": 8000, **NO_END},
+                )
+            )
             deadline = time.monotonic() + 5
             while daemon.model("tiny")["active"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.002)
@@ -223,19 +320,35 @@ def test_killed_worker_mid_stream_gives_5xx_error_naming_the_model(daemon: Daemo
         assert c.get("/api/health").status_code == 200
 
 
-def test_malformed_gguf_fails_the_load_not_the_daemon(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_malformed_gguf_fails_the_load_not_the_daemon(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     from tests.fixtures.tinymodel import write_malformed_gguf
 
     bad = write_malformed_gguf(tmp_path / "bad.gguf")
-    d = start_daemon(tmp_path / "d", models={"bad": {"source": str(bad)}, "good": {"source": str(tiny_model_path), "context_size": 256}})
+    d = start_daemon(
+        tmp_path / "d",
+        models={
+            "bad": {"source": str(bad)},
+            "good": {"source": str(tiny_model_path), "context_size": 256},
+        },
+    )
     try:
         with d.http() as c:
             r = c.post("/v1/completions", json={"model": "bad", "prompt": "x", "max_tokens": 1})
             assert r.status_code in (502, 503, 507), r.text
-            assert "bad" in r.json()["error"]["message"] or "gguf" in r.json()["error"]["message"].lower()
+            assert (
+                "bad" in r.json()["error"]["message"]
+                or "gguf" in r.json()["error"]["message"].lower()
+            )
             m = d.model("bad")
             assert m["state"] == "failed" and m["last_error"]
-            assert c.post("/v1/completions", json={"model": "good", "prompt": "x", "max_tokens": 1}).status_code == 200
+            assert (
+                c.post(
+                    "/v1/completions", json={"model": "good", "prompt": "x", "max_tokens": 1}
+                ).status_code
+                == 200
+            )
             assert d.proc.poll() is None
     finally:
         d.stop()

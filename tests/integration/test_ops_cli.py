@@ -15,10 +15,24 @@ from tests.integration.daemon import REPO, running_daemon
 
 def doctor(tmp_path: Path, port: int) -> tuple[int, dict[str, dict[str, Any]]]:
     cfg = tmp_path / "doctor.toml"
-    cfg.write_text(f'[server]\nport = {port}\n[models]\ndefaults = []\n')
-    done = subprocess.run([sys.executable, "-m", "appliance", "doctor", "--json", "--config", str(cfg),
-                           "--state-dir", str(tmp_path / "doctor-state")],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    cfg.write_text(f"[server]\nport = {port}\n[models]\ndefaults = []\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "doctor",
+            "--json",
+            "--config",
+            str(cfg),
+            "--state-dir",
+            str(tmp_path / "doctor-state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     checks = {c["name"]: c for c in json.loads(done.stdout)}
     return done.returncode, checks
 
@@ -31,12 +45,16 @@ def test_doctor_on_this_machine(tmp_path: Path) -> None:
     assert checks["leftover processes"]["status"] == "ok"
     if checks["sandboxes"]["status"] == "ok":  # then quotas are enforced here too
         assert checks["workspace quotas"]["status"] == "ok", checks["workspace quotas"]
-    assert checks["config"]["status"] == "ok" and "doctor.toml is valid" in checks["config"]["detail"]
+    assert (
+        checks["config"]["status"] == "ok" and "doctor.toml is valid" in checks["config"]["detail"]
+    )
     assert checks["port"]["status"] == "ok" and "already serving" in checks["port"]["detail"]
     assert checks["state directory"]["status"] == "ok"
     assert checks["default models"]["status"] == "ok"
     assert all(c["status"] in ("ok", "warning", "failure") for c in checks.values())
-    assert all(c["fix"] for c in checks.values() if c["status"] != "ok"), "every problem says what to do"
+    assert all(c["fix"] for c in checks.values() if c["status"] != "ok"), (
+        "every problem says what to do"
+    )
     assert code == (1 if any(c["status"] == "failure" for c in checks.values()) else 0)
 
 

@@ -21,8 +21,13 @@ def daemon(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
     root = tmp_path_factory.mktemp("ops-events")
     bad = write_malformed_gguf(root / "bad.gguf")
-    with running_daemon(root, models={"tiny": {"source": str(tiny_model_path), "context_size": 256},
-                                      "bad": {"source": str(bad)}}) as d:
+    with running_daemon(
+        root,
+        models={
+            "tiny": {"source": str(tiny_model_path), "context_size": 256},
+            "bad": {"source": str(bad)},
+        },
+    ) as d:
         yield d
 
 
@@ -49,9 +54,14 @@ def test_sandbox_events_in_order(daemon: Daemon) -> None:
         require(available, "sandboxes are not available on this host (see appliance doctor)")
         with event_stream(daemon.url, params={"types": "sandbox."}) as stream:
             sb = c.post("/api/sandboxes", json={"language": "python"}).json()
-            assert c.post(f"/api/sandboxes/{sb['id']}/exec", json={"code": "x = 1"}).status_code == 200
+            assert (
+                c.post(f"/api/sandboxes/{sb['id']}/exec", json={"code": "x = 1"}).status_code == 200
+            )
             assert c.delete(f"/api/sandboxes/{sb['id']}").status_code in (200, 204)
-            assert c.post("/api/run", json={"language": "python", "code": "print(1)"}).json()["status"] == "ok"
+            assert (
+                c.post("/api/run", json={"language": "python", "code": "print(1)"}).json()["status"]
+                == "ok"
+            )
             runs = 0
 
             def second_run(e: dict[str, Any]) -> bool:
@@ -88,7 +98,11 @@ def test_a_failed_load_and_the_5xx_it_caused_are_events(daemon: Daemon) -> None:
     assert states(got, "bad") == ["loading", "failed"]
     assert next(e for e in got if e.get("state") == "failed")["error"]
     err = got[-1]
-    assert (err["route"], err["method"], err["status"]) == ("/v1/completions", "POST", r.status_code)
+    assert (err["route"], err["method"], err["status"]) == (
+        "/v1/completions",
+        "POST",
+        r.status_code,
+    )
     assert err["trace_id"] == r.headers["X-Trace-Id"]
     assert {e["type"] for e in got} <= {"model.state", "model.fetch", "error"}
 

@@ -35,14 +35,25 @@ def test_model_requests_move_request_generation_and_token_counters(daemon: Daemo
         usage = {"prompt": 0, "completion": 0}
         several = 0  # generations with a decode phase (more than one token) give a tokens/s
         for i in range(3):
-            r = c.post("/v1/chat/completions", json={"model": "tiny", "messages": CHAT, "max_tokens": 6 + i})
+            r = c.post(
+                "/v1/chat/completions",
+                json={"model": "tiny", "messages": CHAT, "max_tokens": 6 + i},
+            )
             assert r.status_code == 200
             usage["prompt"] += r.json()["usage"]["prompt_tokens"]
             usage["completion"] += r.json()["usage"]["completion_tokens"]
             several += r.json()["usage"]["completion_tokens"] > 1
-        with c.stream("POST", "/v1/completions", json={
-                "model": "tiny", "prompt": "Once upon", "max_tokens": 5, "stream": True,
-                "stream_options": {"include_usage": True}}) as s:
+        with c.stream(
+            "POST",
+            "/v1/completions",
+            json={
+                "model": "tiny",
+                "prompt": "Once upon",
+                "max_tokens": 5,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ) as s:
             lines = [line for line in s.iter_lines() if line.startswith("data: {")]
         last = json.loads(lines[-1][6:])
         usage["prompt"] += last["usage"]["prompt_tokens"]
@@ -52,24 +63,61 @@ def test_model_requests_move_request_generation_and_token_counters(daemon: Daemo
 
     chat = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
     assert delta(before, after, "appliance_http_requests_total", **chat) == 3
-    assert delta(before, after, "appliance_http_requests_total",
-                 route="/v1/completions", method="POST", status="200") == 1
-    assert delta(before, after, "appliance_generations_total", model="tiny", kind="chat", outcome="ok") == 3
-    assert delta(before, after, "appliance_generations_total",
-                 model="tiny", kind="completion", outcome="ok") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "appliance_http_requests_total",
+            route="/v1/completions",
+            method="POST",
+            status="200",
+        )
+        == 1
+    )
+    assert (
+        delta(before, after, "appliance_generations_total", model="tiny", kind="chat", outcome="ok")
+        == 3
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "appliance_generations_total",
+            model="tiny",
+            kind="completion",
+            outcome="ok",
+        )
+        == 1
+    )
     assert delta(before, after, "appliance_prompt_tokens_total", model="tiny") == usage["prompt"]
-    assert delta(before, after, "appliance_completion_tokens_total", model="tiny") == usage["completion"]
+    assert (
+        delta(before, after, "appliance_completion_tokens_total", model="tiny")
+        == usage["completion"]
+    )
     for hist in ("appliance_time_to_first_token_seconds", "appliance_queue_wait_seconds"):
         assert delta(before, after, hist + "_count", model="tiny") == 4
     assert delta(before, after, "appliance_tokens_per_second_count", model="tiny") == several
-    assert delta(before, after, "appliance_http_request_duration_seconds_count",
-                 route="/v1/chat/completions", method="POST") == 3
+    assert (
+        delta(
+            before,
+            after,
+            "appliance_http_request_duration_seconds_count",
+            route="/v1/chat/completions",
+            method="POST",
+        )
+        == 3
+    )
 
 
 def test_load_and_unload_move_lifecycle_counters_and_gauges(daemon: Daemon) -> None:
     with daemon.http() as c:
         before = scrape(c)
-        assert c.post("/v1/completions", json={"model": "fresh", "prompt": "a", "max_tokens": 2}).status_code == 200
+        assert (
+            c.post(
+                "/v1/completions", json={"model": "fresh", "prompt": "a", "max_tokens": 2}
+            ).status_code
+            == 200
+        )
         loaded = scrape(c)
         assert c.post("/api/models/fresh/unload").json()["state"] == "unloaded"
         after = scrape(c)
@@ -77,8 +125,14 @@ def test_load_and_unload_move_lifecycle_counters_and_gauges(daemon: Daemon) -> N
     assert delta(before, loaded, "appliance_model_wakeup_seconds_count", model="fresh") == 1
     assert sample(loaded, "appliance_model_memory_bytes", model="fresh") > 0
     assert sample(loaded, "appliance_model_queue_depth", model="fresh") == 0
-    assert sample(loaded, "appliance_models_resident") == sample(before, "appliance_models_resident") + 1
-    assert delta(loaded, after, "appliance_model_unloads_total", model="fresh", reason="requested") == 1
+    assert (
+        sample(loaded, "appliance_models_resident")
+        == sample(before, "appliance_models_resident") + 1
+    )
+    assert (
+        delta(loaded, after, "appliance_model_unloads_total", model="fresh", reason="requested")
+        == 1
+    )
     assert sample(after, "appliance_model_memory_bytes", model="fresh") == 0, "no stale series"
     assert sample(after, "appliance_models_resident") == sample(before, "appliance_models_resident")
     assert sample(after, "appliance_memory_budget_bytes") > 0
@@ -92,11 +146,32 @@ def test_routes_are_labelled_by_template_never_by_raw_path(daemon: Daemon) -> No
         assert c.get("/no/such/route/42").status_code == 404
         after = scrape(c)
     tmpl = "/api/models/{model_id}"
-    assert delta(before, after, "appliance_http_requests_total", route=tmpl, method="GET", status="200") == 1
-    assert delta(before, after, "appliance_http_requests_total", route=tmpl, method="GET", status="404") == 1
-    assert delta(before, after, "appliance_http_requests_total",
-                 route="<unmatched>", method="GET", status="404") == 1
-    assert not any("no-such-model" in str(labels) or "/no/such" in str(labels) for _, labels in after)
+    assert (
+        delta(
+            before, after, "appliance_http_requests_total", route=tmpl, method="GET", status="200"
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before, after, "appliance_http_requests_total", route=tmpl, method="GET", status="404"
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "appliance_http_requests_total",
+            route="<unmatched>",
+            method="GET",
+            status="404",
+        )
+        == 1
+    )
+    assert not any(
+        "no-such-model" in str(labels) or "/no/such" in str(labels) for _, labels in after
+    )
 
 
 def test_sandbox_runs_are_counted_by_language_and_status(daemon: Daemon) -> None:
@@ -109,8 +184,12 @@ def test_sandbox_runs_are_counted_by_language_and_status(daemon: Daemon) -> None
         assert ok.json()["status"] == "ok" and bad.json()["status"] == "error", (ok.text, bad.text)
         after = scrape(c)
     assert delta(before, after, "appliance_sandbox_runs_total", language="python", status="ok") == 1
-    assert delta(before, after, "appliance_sandbox_runs_total", language="python", status="error") == 1
-    assert delta(before, after, "appliance_sandbox_run_duration_seconds_count", language="python") == 2
+    assert (
+        delta(before, after, "appliance_sandbox_runs_total", language="python", status="error") == 1
+    )
+    assert (
+        delta(before, after, "appliance_sandbox_run_duration_seconds_count", language="python") == 2
+    )
 
 
 def test_state_gauges_for_sessions_host_and_gpus(daemon: Daemon) -> None:
@@ -128,8 +207,21 @@ def test_metrics_need_the_token_like_everything_else(tmp_path: Path) -> None:
     import sys
 
     state = tmp_path / "state"
-    made = subprocess.run([sys.executable, "-m", "appliance", "token", "create", "prometheus",
-                           "--state-dir", str(state)], capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "token",
+            "create",
+            "prometheus",
+            "--state-dir",
+            str(state),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     token = next(w for w in made.stdout.split() if w.startswith("apl_"))
     with running_daemon(tmp_path) as d:
         assert httpx.get(d.url + "/metrics").status_code == 401

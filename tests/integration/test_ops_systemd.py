@@ -23,19 +23,41 @@ from tests.integration.daemon import Daemon, start_daemon
 systemd_analyze = shutil.which("systemd-analyze")
 
 
-@pytest.mark.skipif(systemd_analyze is None, reason="systemd-analyze is not installed (apt install systemd)")
+@pytest.mark.skipif(
+    systemd_analyze is None, reason="systemd-analyze is not installed (apt install systemd)"
+)
 def test_the_shipped_unit_verifies(tmp_path: Path) -> None:
     unit = tmp_path / "appliance.service"
-    unit.write_text(render_unit(shipped_unit_path().read_text(), python=sys.executable, user="root",
-                                config=tmp_path / "config.toml"))
-    done = subprocess.run([str(systemd_analyze), "verify", str(unit)], capture_output=True, text=True,
-                          timeout=60)
-    own = [line for line in (done.stdout + done.stderr).splitlines() if str(unit) in line or "appliance" in line]
+    unit.write_text(
+        render_unit(
+            shipped_unit_path().read_text(),
+            python=sys.executable,
+            user="root",
+            config=tmp_path / "config.toml",
+        )
+    )
+    done = subprocess.run(
+        [str(systemd_analyze), "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    own = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if str(unit) in line or "appliance" in line
+    ]
     assert done.returncode == 0, done.stderr
-    assert not [line for line in own if "Unknown" in line or "ignoring" in line or "Invalid" in line], own
+    assert not [
+        line for line in own if "Unknown" in line or "ignoring" in line or "Invalid" in line
+    ], own
     text = unit.read_text()
-    for needed in ("Type=notify", "WatchdogSec=", "StateDirectory=appliance", "RuntimeDirectory=appliance",
-                   "KillMode=mixed", "Delegate=yes", "NoNewPrivileges=yes"):
+    for needed in (
+        "Type=notify",
+        "WatchdogSec=",
+        "StateDirectory=appliance",
+        "RuntimeDirectory=appliance",
+        "KillMode=mixed",
+        "Delegate=yes",
+        "NoNewPrivileges=yes",
+    ):
         assert needed in text
 
 
@@ -75,8 +97,13 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
         try:
             wait_for(lambda: any(m.startswith("READY=1") for m in got))
             ready = next(m for m in got if m.startswith("READY=1"))
-            assert f"MAINPID={d.proc.pid}" in ready and f"STATUS=serving on http://127.0.0.1:{d.port}" in ready
-            assert httpx.get(d.url + "/api/health").status_code == 200, "READY means the socket is bound"
+            assert (
+                f"MAINPID={d.proc.pid}" in ready
+                and f"STATUS=serving on http://127.0.0.1:{d.port}" in ready
+            )
+            assert httpx.get(d.url + "/api/health").status_code == 200, (
+                "READY means the socket is bound"
+            )
             wait_for(lambda: sum(m == "WATCHDOG=1" for m in got) >= 3)
             assert d.stop() == 0
         finally:
@@ -93,7 +120,9 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
 
 
 def sandboxes_available(d: Daemon) -> bool:
-    return bool(httpx.get(d.url + "/api/status", timeout=30).json().get("sandboxes", {}).get("available"))
+    return bool(
+        httpx.get(d.url + "/api/status", timeout=30).json().get("sandboxes", {}).get("available")
+    )
 
 
 def run_in_background(d: Daemon, code: str) -> tuple[threading.Thread, dict[str, object]]:
@@ -101,8 +130,11 @@ def run_in_background(d: Daemon, code: str) -> tuple[threading.Thread, dict[str,
 
     def go() -> None:
         try:
-            out["response"] = httpx.post(d.url + "/api/run", json={"language": "python", "code": code,
-                                                                   "timeout_s": 30}, timeout=60)
+            out["response"] = httpx.post(
+                d.url + "/api/run",
+                json={"language": "python", "code": code, "timeout_s": 30},
+                timeout=60,
+            )
         except httpx.HTTPError as exc:
             out["error"] = exc
 
@@ -118,7 +150,10 @@ def wait_running(d: Daemon) -> None:
 def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, config={"server": {"shutdown_grace_s": 20}})
     try:
-        require(sandboxes_available(d), "sandboxes are not available here; they provide a request that takes seconds")
+        require(
+            sandboxes_available(d),
+            "sandboxes are not available here; they provide a request that takes seconds",
+        )
         t, out = run_in_background(d, "import time; time.sleep(2); print('finished')")
         wait_running(d)
         d.proc.send_signal(signal.SIGTERM)
@@ -127,7 +162,9 @@ def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(tmp_path: Path) -> 
         t.join(30)
         r = out.get("response")
         assert isinstance(r, httpx.Response), out
-        assert r.status_code == 200 and r.json()["status"] == "ok" and "finished" in r.json()["stdout"]
+        assert (
+            r.status_code == 200 and r.json()["status"] == "ok" and "finished" in r.json()["stdout"]
+        )
         assert d.proc.wait(30) == 0
     finally:
         d.stop()
@@ -138,7 +175,10 @@ def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(tmp_path: Path) -> 
 def test_sigterm_cancels_what_outlives_the_grace_period(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, config={"server": {"shutdown_grace_s": 1}})
     try:
-        require(sandboxes_available(d), "sandboxes are not available here; they provide a request that takes seconds")
+        require(
+            sandboxes_available(d),
+            "sandboxes are not available here; they provide a request that takes seconds",
+        )
         t, out = run_in_background(d, "import time; time.sleep(25); print('too late')")
         wait_running(d)
         assert _sandbox_processes(tmp_path), "the run is visible as processes under the state dir"
@@ -154,14 +194,22 @@ def test_sigterm_cancels_what_outlives_the_grace_period(tmp_path: Path) -> None:
 
 
 def test_sigterm_with_a_model_request_in_flight(tiny_model_path: Path, tmp_path: Path) -> None:
-    d = start_daemon(tmp_path, models={"tiny": {"source": str(tiny_model_path), "context_size": 512}},
-                     config={"server": {"shutdown_grace_s": 30}})
+    d = start_daemon(
+        tmp_path,
+        models={"tiny": {"source": str(tiny_model_path), "context_size": 512}},
+        config={"server": {"shutdown_grace_s": 30}},
+    )
     try:
         # 80 tokens of the tiny model take a second or two on a busy CPU: in flight at the
         # signal, finished well inside the grace period
-        with httpx.Client(base_url=d.url, timeout=60) as c, c.stream(
-                "POST", "/v1/completions",
-                json={"model": "tiny", "prompt": "Once", "max_tokens": 80, "stream": True}) as s:
+        with (
+            httpx.Client(base_url=d.url, timeout=60) as c,
+            c.stream(
+                "POST",
+                "/v1/completions",
+                json={"model": "tiny", "prompt": "Once", "max_tokens": 80, "stream": True},
+            ) as s,
+        ):
             lines = s.iter_lines()
             first = next(line for line in lines if line.startswith("data: {"))
             worker = d.model("tiny")["worker_pid"]
@@ -192,5 +240,7 @@ def _alive(pid: int) -> bool:
 
 def _sandbox_processes(root: Path) -> list[str]:
     """Processes whose command line names this daemon's sandbox directory (bwrap and its child)."""
-    done = subprocess.run(["pgrep", "-f", str(root / "state" / "sandboxes")], capture_output=True, text=True)
+    done = subprocess.run(
+        ["pgrep", "-f", str(root / "state" / "sandboxes")], capture_output=True, text=True
+    )
     return done.stdout.split()

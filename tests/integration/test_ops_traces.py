@@ -15,22 +15,31 @@ CHAT = [{"role": "user", "content": "Say hello"}]
 
 @pytest.fixture(scope="module")
 def daemon(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with running_daemon(tmp_path_factory.mktemp("ops-traces"),
-                        models={"tiny": {"source": str(tiny_model_path), "context_size": 256},
-                                "other": {"source": str(tiny_model_path), "context_size": 256}},
-                        config={"telemetry": {"trace_retention": 50}}) as d:
+    with running_daemon(
+        tmp_path_factory.mktemp("ops-traces"),
+        models={
+            "tiny": {"source": str(tiny_model_path), "context_size": 256},
+            "other": {"source": str(tiny_model_path), "context_size": 256},
+        },
+        config={"telemetry": {"trace_retention": 50}},
+    ) as d:
         yield d
 
 
 def test_every_response_carries_a_trace_id(daemon: Daemon) -> None:
     with daemon.http() as c:
         responses = [
-            c.get("/api/health"), c.get("/api/status"), c.get("/no/such/route"),
+            c.get("/api/health"),
+            c.get("/api/status"),
+            c.get("/no/such/route"),
             c.post("/v1/chat/completions", json={"model": "tiny"}),  # 400
             c.get("/api/models/none-such"),  # 404 from a handler
         ]
-        with c.stream("POST", "/v1/chat/completions", json={"model": "tiny", "messages": CHAT,
-                                                            "max_tokens": 3, "stream": True}) as s:
+        with c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": CHAT, "max_tokens": 3, "stream": True},
+        ) as s:
             s.read()
             responses.append(s)
     ids = [r.headers.get("X-Trace-Id") for r in responses]
@@ -41,15 +50,23 @@ def test_every_response_carries_a_trace_id(daemon: Daemon) -> None:
 def test_a_chat_request_is_one_trace_with_queue_wake_prefill_and_decode(daemon: Daemon) -> None:
     with daemon.http() as c:
         c.post("/api/models/other/unload")
-        r = c.post("/v1/chat/completions", json={"model": "other", "messages": CHAT, "max_tokens": 5})
+        r = c.post(
+            "/v1/chat/completions", json={"model": "other", "messages": CHAT, "max_tokens": 5}
+        )
         assert r.status_code == 200
         t = c.get(f"/api/traces/{r.headers['X-Trace-Id']}").json()
     assert (t["kind"], t["name"], t["model"], t["status"]) == (
-        "chat", "POST /v1/chat/completions", "other", "ok")
+        "chat",
+        "POST /v1/chat/completions",
+        "other",
+        "ok",
+    )
     assert t["attrs"]["http_status"] == 200
     spans = {s["name"]: s for s in t["spans"]}
     assert set(spans) == {"queue", "model.wake", "prefill", "decode"}
-    assert spans["model.wake"]["parent"] == spans["queue"]["id"], "the wake-up happened while queued"
+    assert spans["model.wake"]["parent"] == spans["queue"]["id"], (
+        "the wake-up happened while queued"
+    )
     assert spans["prefill"]["attrs"]["tokens"] == r.json()["usage"]["prompt_tokens"]
     assert spans["decode"]["attrs"]["tokens"] == r.json()["usage"]["completion_tokens"]
     assert spans["decode"]["start_ms"] >= spans["prefill"]["start_ms"]
@@ -59,8 +76,11 @@ def test_a_chat_request_is_one_trace_with_queue_wake_prefill_and_decode(daemon: 
 
 def test_a_streamed_request_is_traced_to_its_end(daemon: Daemon) -> None:
     with daemon.http() as c:
-        with c.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": "Once", "max_tokens": 4,
-                                                       "stream": True}) as s:
+        with c.stream(
+            "POST",
+            "/v1/completions",
+            json={"model": "tiny", "prompt": "Once", "max_tokens": 4, "stream": True},
+        ) as s:
             body = s.read().decode()
             trace_id = s.headers["X-Trace-Id"]
         assert body.rstrip().endswith("data: [DONE]")
@@ -87,8 +107,10 @@ def test_listing_filters_and_quiet_reads_are_not_stored(daemon: Daemon) -> None:
 def test_retention_keeps_the_newest_traces(daemon: Daemon) -> None:
     """trace_retention is 50 here; pruning runs every tenth of it (at least 10) stored traces."""
     with daemon.http() as c:
-        made = [c.post("/api/models/tiny/pin", params={"pinned": "false"}).headers["X-Trace-Id"]
-                for _ in range(70)]
+        made = [
+            c.post("/api/models/tiny/pin", params={"pinned": "false"}).headers["X-Trace-Id"]
+            for _ in range(70)
+        ]
         kept = [t["id"] for t in c.get("/api/traces", params={"limit": 1000}).json()]
         oldest = c.get(f"/api/traces/{made[0]}")
     assert 50 <= len(kept) < 60
@@ -101,7 +123,9 @@ def test_usage_by_model_matches_the_tokens_served(daemon: Daemon) -> None:
         before = {r["key"]: r for r in c.get("/api/usage", params={"by": "model"}).json()["rows"]}
         served = {"in": 0, "out": 0}
         for _ in range(2):
-            u = c.post("/v1/chat/completions", json={"model": "tiny", "messages": CHAT, "max_tokens": 4}).json()["usage"]
+            u = c.post(
+                "/v1/chat/completions", json={"model": "tiny", "messages": CHAT, "max_tokens": 4}
+            ).json()["usage"]
             served["in"] += u["prompt_tokens"]
             served["out"] += u["completion_tokens"]
         report = c.get("/api/usage", params={"by": "model"}).json()

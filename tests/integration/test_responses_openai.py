@@ -23,8 +23,11 @@ QUICK = {"max_output_tokens": 16, "temperature": 0}
 @pytest.fixture(scope="module")
 def daemon(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("responses")
-    with running_daemon(root, models={MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 2}},
-                        config={"agents": {"park_idle_s": 0}}) as d:
+    with running_daemon(
+        root,
+        models={MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 2}},
+        config={"agents": {"park_idle_s": 0}},
+    ) as d:
         yield d
 
 
@@ -42,40 +45,64 @@ def test_a_response_is_created_stored_and_retrieved(client: openai.OpenAI) -> No
     assert again.output_text == r.output_text and again.model == MODEL
 
 
-def test_previous_response_id_chains_turns_in_one_session(client: openai.OpenAI, daemon: Daemon) -> None:
+def test_previous_response_id_chains_turns_in_one_session(
+    client: openai.OpenAI, daemon: Daemon
+) -> None:
     first = client.responses.create(model=MODEL, input="My name is Zed.", **QUICK)
-    second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id, **QUICK)
+    second = client.responses.create(
+        model=MODEL, input="What is my name?", previous_response_id=first.id, **QUICK
+    )
     assert second.previous_response_id == first.id
     assert second.usage is not None and first.usage is not None
-    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens, \
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens, (
         "the second prompt holds the first exchange"
-    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens, \
+    )
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens, (
         "the first exchange was still in the session's slot"
-    third = client.responses.create(model=MODEL, input=[{"role": "user", "content": [
-        {"type": "input_text", "text": "Say it again."}]}], previous_response_id=second.id, **QUICK)
+    )
+    third = client.responses.create(
+        model=MODEL,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Say it again."}]}],
+        previous_response_id=second.id,
+        **QUICK,
+    )
     assert third.output_text
 
     with daemon.http() as c:
-        sessions = [s for s in c.get("/api/sessions").json()["items"] if s["last_response_id"] == third.id]
+        sessions = [
+            s for s in c.get("/api/sessions").json()["items"] if s["last_response_id"] == third.id
+        ]
         (session,) = sessions
         messages = c.get(f"/api/sessions/{session['id']}").json()["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"] * 3
     assert messages[2]["content"] == "What is my name?"
 
 
-def test_branching_from_an_older_response_forks_the_conversation(client: openai.OpenAI, daemon: Daemon) -> None:
+def test_branching_from_an_older_response_forks_the_conversation(
+    client: openai.OpenAI, daemon: Daemon
+) -> None:
     root = client.responses.create(model=MODEL, input="Pick a number.", **QUICK)
-    left = client.responses.create(model=MODEL, input="Double it.", previous_response_id=root.id, **QUICK)
-    right = client.responses.create(model=MODEL, input="Halve it.", previous_response_id=root.id, **QUICK)
+    left = client.responses.create(
+        model=MODEL, input="Double it.", previous_response_id=root.id, **QUICK
+    )
+    right = client.responses.create(
+        model=MODEL, input="Halve it.", previous_response_id=root.id, **QUICK
+    )
     with daemon.http() as c:
         by_last = {s["last_response_id"]: s for s in c.get("/api/sessions").json()["items"]}
         left_s, right_s = by_last[left.id], by_last[right.id]
         assert right_s["parent_id"] == left_s["id"]
-        left_msgs = [m["content"] for m in c.get(f"/api/sessions/{left_s['id']}").json()["messages"]]
-        right_msgs = [m["content"] for m in c.get(f"/api/sessions/{right_s['id']}").json()["messages"]]
+        left_msgs = [
+            m["content"] for m in c.get(f"/api/sessions/{left_s['id']}").json()["messages"]
+        ]
+        right_msgs = [
+            m["content"] for m in c.get(f"/api/sessions/{right_s['id']}").json()["messages"]
+        ]
     assert left_msgs[2] == "Double it." and right_msgs[2] == "Halve it."
     assert "Double it." not in right_msgs
-    follow = client.responses.create(model=MODEL, input="And again.", previous_response_id=left.id, **QUICK)
+    follow = client.responses.create(
+        model=MODEL, input="And again.", previous_response_id=left.id, **QUICK
+    )
     assert follow.output_text
 
 
@@ -90,16 +117,35 @@ def test_store_false_is_not_kept(client: openai.OpenAI) -> None:
 
 
 def test_function_tools_round_trip(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "name": "get_weather", "description": "the weather in a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-    asked = client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=tools,  # type: ignore[arg-type]
-                                    tool_choice={"type": "function", "name": "get_weather"},
-                                    max_output_tokens=48, temperature=0)
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "the weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        }
+    ]
+    asked = client.responses.create(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=48,
+        temperature=0,
+    )
     (call,) = [o for o in asked.output if o.type == "function_call"]
     assert call.name == "get_weather" and "city" in call.arguments
-    answered = client.responses.create(model=MODEL, previous_response_id=asked.id, tools=tools,  # type: ignore[arg-type]
-                                       input=[{"type": "function_call_output", "call_id": call.call_id,
-                                               "output": "sunny, 21 C"}], **QUICK)
+    answered = client.responses.create(
+        model=MODEL,
+        previous_response_id=asked.id,
+        tools=tools,  # type: ignore[arg-type]
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}],
+        **QUICK,
+    )
     assert answered.output_text
 
 
@@ -117,8 +163,11 @@ def test_bad_requests_get_openai_errors(client: openai.OpenAI) -> None:
 
 # --- streaming -----------------------------------------------------------------------------------
 
+
 def test_a_streamed_response_sends_typed_events_and_is_stored(client: openai.OpenAI) -> None:
-    events = list(client.responses.create(model=MODEL, input="Count to five.", stream=True, **QUICK))
+    events = list(
+        client.responses.create(model=MODEL, input="Count to five.", stream=True, **QUICK)
+    )
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] in ("response.completed", "response.incomplete")
@@ -133,14 +182,17 @@ def test_a_streamed_response_sends_typed_events_and_is_stored(client: openai.Ope
     stored = client.responses.retrieve(final.id)
     assert stored.output_text == text
     assert stored.output[0].id == deltas[0].item_id, "the streamed item id is the stored one"
-    follow = client.responses.create(model=MODEL, input="Again.", previous_response_id=final.id, **QUICK)
+    follow = client.responses.create(
+        model=MODEL, input="Again.", previous_response_id=final.id, **QUICK
+    )
     assert follow.previous_response_id == final.id and follow.output_text
 
 
 def test_the_sdk_stream_helper_assembles_the_final_response(client: openai.OpenAI) -> None:
     # The helper wants `response.completed`, so leave room for the answer to end by itself.
-    with client.responses.stream(model=MODEL, input="Name a colour.", store=False, max_output_tokens=256,
-                                 temperature=0) as stream:
+    with client.responses.stream(
+        model=MODEL, input="Name a colour.", store=False, max_output_tokens=256, temperature=0
+    ) as stream:
         pieces = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert final.output_text == "".join(pieces) and final.store is False
@@ -149,11 +201,29 @@ def test_the_sdk_stream_helper_assembles_the_final_response(client: openai.OpenA
 
 
 def test_a_streamed_function_call_arrives_whole(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "name": "get_time", "description": "the time in a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-    events = list(client.responses.create(model=MODEL, input="What time is it in Oslo?", tools=tools,  # type: ignore[arg-type]
-                                          tool_choice={"type": "function", "name": "get_time"}, stream=True,
-                                          max_output_tokens=48, temperature=0))
+    tools = [
+        {
+            "type": "function",
+            "name": "get_time",
+            "description": "the time in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        }
+    ]
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input="What time is it in Oslo?",
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice={"type": "function", "name": "get_time"},
+            stream=True,
+            max_output_tokens=48,
+            temperature=0,
+        )
+    )
     (args,) = [e for e in events if e.type == "response.function_call_arguments.done"]
     assert "city" in json.loads(args.arguments)
     (call,) = [o for o in events[-1].response.output if o.type == "function_call"]  # type: ignore[union-attr]
@@ -168,8 +238,14 @@ def test_a_bad_streamed_request_fails_before_the_stream(client: openai.OpenAI) -
 
 
 def test_each_streamed_event_is_named_after_its_type(daemon: Daemon) -> None:
-    with daemon.http() as c, c.stream("POST", "/v1/responses", json={
-            "model": MODEL, "input": "Hi.", "stream": True, "store": False, **QUICK}) as r:
+    with (
+        daemon.http() as c,
+        c.stream(
+            "POST",
+            "/v1/responses",
+            json={"model": MODEL, "input": "Hi.", "stream": True, "store": False, **QUICK},
+        ) as r,
+    ):
         assert r.headers["content-type"].startswith("text/event-stream")
         frames = [f for f in r.read().decode().split("\n\n") if f.strip()]
     for frame in frames:

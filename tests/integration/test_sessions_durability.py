@@ -35,7 +35,9 @@ def read_acks(proc: subprocess.Popen[bytes], want: int) -> tuple[str, list[str],
         while len(acked) < want:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                pytest.fail(f"the writer stopped or stalled after {len(acked)} ACKs: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+                pytest.fail(
+                    f"the writer stopped or stalled after {len(acked)} ACKs: {proc.stderr.read().decode()}"
+                )  # type: ignore[union-attr]
             if not sel.select(timeout=1.0):
                 continue
             buffer += os.read(proc.stdout.fileno(), 65536)
@@ -55,9 +57,13 @@ def test_acknowledged_turn_messages_survive_kill_9_of_the_daemon(
 ) -> None:
     models = {"tiny": {"source": str(tiny_model_path), "context_size": 512, "parallel": 1}}
     daemon = start_daemon(tmp_path, models=models)
-    writer = subprocess.Popen([sys.executable, "-m", "tests.integration.session_ack_writer", daemon.url],
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.session_ack_writer", daemon.url],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         session, acked, buffer = read_acks(writer, acks_before_kill)
         daemon.proc.send_signal(signal.SIGKILL)
@@ -81,7 +87,9 @@ def test_acknowledged_turn_messages_survive_kill_9_of_the_daemon(
             seqs.append(m.seq)
         assert seqs == sorted(seqs)
         users = [m for m in store.messages.transcript(session) if m.role == "user"]
-        assert len(acked) <= len(users) <= len(acked) + 1, "at most the message in flight at the kill"
+        assert len(acked) <= len(users) <= len(acked) + 1, (
+            "at most the message in flight at the kill"
+        )
 
     with running_daemon(tmp_path, models=models) as again, again.http() as c:
         t = send_turn(c, session, "after the crash")

@@ -15,8 +15,17 @@ from appliance.store.db import Database
 from appliance.store.migrations import MIGRATIONS
 
 EXPECTED_TABLES = {
-    "_migrations", "agents", "sessions", "messages", "tool_runs", "responses", "kv_entries",
-    "api_tokens", "traces", "spans", "usage",
+    "_migrations",
+    "agents",
+    "sessions",
+    "messages",
+    "tool_runs",
+    "responses",
+    "kv_entries",
+    "api_tokens",
+    "traces",
+    "spans",
+    "usage",
 }
 
 

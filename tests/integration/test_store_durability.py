@@ -29,9 +29,7 @@ DEADLINE_S = 120.0
 def kill_after_acks(cmd: list[str], acks_before_kill: int) -> tuple[str, list[str], int]:
     """Run the child, SIGKILL it right after its n-th ACK; return (session id, ACKed ids, rc)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     session_id = ""
     acked: list[str] = []
@@ -86,4 +84,6 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path, acks_before_kill:
         assert len(acked) <= len(transcript) <= len(acked) + 1
         assert [m.seq for m in transcript] == list(range(1, len(transcript) + 1))
         # The store stays writable after the crash.
-        assert store.messages.append(session_id, "user", "after the crash").seq == len(transcript) + 1
+        assert (
+            store.messages.append(session_id, "user", "after the crash").seq == len(transcript) + 1
+        )

@@ -28,16 +28,21 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def park(store: Store, session_id: str, name: str, size: int, fingerprint: str = "fp") -> str:
     return store.kv.park(
-        session_id, model_fingerprint=fingerprint, prefix_hash=f"h-{name}", n_tokens=size // 10,
-        bytes=size, path=f"/kv/{name}.state",
+        session_id,
+        model_fingerprint=fingerprint,
+        prefix_hash=f"h-{name}",
+        n_tokens=size // 10,
+        bytes=size,
+        path=f"/kv/{name}.state",
     ).entry.id
 
 
 def test_parking_again_replaces_and_names_the_old_file(store: Store) -> None:
     s = store.sessions.create(None, model="m")
     park(store, s.id, "v1", 100)
-    again = store.kv.park(s.id, model_fingerprint="fp", prefix_hash="h2", n_tokens=20,
-                          bytes=200, path="/kv/v2.state")
+    again = store.kv.park(
+        s.id, model_fingerprint="fp", prefix_hash="h2", n_tokens=20, bytes=200, path="/kv/v2.state"
+    )
     assert again.replaced_path == "/kv/v1.state"
     entry = store.kv.lookup(s.id, "fp")
     assert entry is not None and entry.prefix_hash == "h2" and entry.path == "/kv/v2.state"

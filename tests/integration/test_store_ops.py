@@ -83,14 +83,26 @@ def test_revoked_tokens_stop_verifying_and_free_the_name(store: Store) -> None:
 
 def make_trace(started: float, *, model: str = "smollm2", kind: str = "chat") -> Trace:
     return Trace(
-        id=new_trace_id(), kind=kind, name="POST /v1/chat/completions", started=started,
-        duration_ms=120.0, model=model, session_id="ses_1", agent="coder",
+        id=new_trace_id(),
+        kind=kind,
+        name="POST /v1/chat/completions",
+        started=started,
+        duration_ms=120.0,
+        model=model,
+        session_id="ses_1",
+        agent="coder",
         attrs={"tokens_out": 12},
         spans=[
             Span(id="root", name="request", start_ms=0.0, duration_ms=120.0),
             Span(id="q", parent="root", name="queue_wait", start_ms=0.5, duration_ms=3.0),
-            Span(id="d", parent="root", name="decode", start_ms=40.0, duration_ms=80.0,
-                 attrs={"tokens": 12}),
+            Span(
+                id="d",
+                parent="root",
+                name="decode",
+                start_ms=40.0,
+                duration_ms=80.0,
+                attrs={"tokens": 12},
+            ),
         ],
     )
 
@@ -110,9 +122,7 @@ def test_trace_round_trips_with_its_spans(store: Store) -> None:
 
 
 def test_recent_traces_filter_and_order(store: Store) -> None:
-    for i, (model, kind) in enumerate(
-        [("a", "chat"), ("b", "chat"), ("a", "turn"), ("a", "chat")]
-    ):
+    for i, (model, kind) in enumerate([("a", "chat"), ("b", "chat"), ("a", "turn"), ("a", "chat")]):
         store.traces.insert(make_trace(100.0 + i, model=model, kind=kind))
     recent = store.traces.recent(model="a", kind="chat")
     assert [t.started for t in recent] == [103.0, 100.0] and recent[0].spans == []
@@ -136,17 +146,45 @@ def test_retention_keeps_the_newest_and_drops_their_spans(store: Store) -> None:
 
 def test_usage_aggregates_by_model_agent_and_session(store: Store, clock: FakeClock) -> None:
     store.usage.record(
-        UsageRecord(ts=10.0, model="a", agent="coder", session_id="s1", tokens_in=100,
-                    tokens_out=20, requests=1, busy_seconds=0.5, gpu_seconds=2.0),
-        UsageRecord(ts=20.0, model="a", agent="assistant", session_id="s2", tokens_in=50,
-                    tokens_out=5, requests=1),
-        UsageRecord(ts=30.0, model="b", agent="coder", session_id="s1", tokens_in=7,
-                    tokens_out=3, requests=1, energy_j=12.5),
+        UsageRecord(
+            ts=10.0,
+            model="a",
+            agent="coder",
+            session_id="s1",
+            tokens_in=100,
+            tokens_out=20,
+            requests=1,
+            busy_seconds=0.5,
+            gpu_seconds=2.0,
+        ),
+        UsageRecord(
+            ts=20.0,
+            model="a",
+            agent="assistant",
+            session_id="s2",
+            tokens_in=50,
+            tokens_out=5,
+            requests=1,
+        ),
+        UsageRecord(
+            ts=30.0,
+            model="b",
+            agent="coder",
+            session_id="s1",
+            tokens_in=7,
+            tokens_out=3,
+            requests=1,
+            energy_j=12.5,
+        ),
         UsageRecord(ts=40.0, agent="coder", session_id="s1", sandbox_cpu_s=0.75),
     )
     by_model = {t.key: t for t in store.usage.aggregate("model")}
     assert set(by_model) == {None, "a", "b"}
-    assert (by_model["a"].tokens_in, by_model["a"].tokens_out, by_model["a"].requests) == (150, 25, 2)
+    assert (by_model["a"].tokens_in, by_model["a"].tokens_out, by_model["a"].requests) == (
+        150,
+        25,
+        2,
+    )
     assert by_model["a"].gpu_seconds == 2.0 and by_model["b"].energy_j == 12.5
     assert by_model[None].sandbox_cpu_s == 0.75
 

@@ -36,8 +36,13 @@ def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
 
 def coder(store: Store) -> str:
     return store.agents.create(
-        AgentSpec(name="coder", model="smollm2", tools=["run_code"], sandbox="python",
-                  params=GenerationParams(temperature=0.2))
+        AgentSpec(
+            name="coder",
+            model="smollm2",
+            tools=["run_code"],
+            sandbox="python",
+            params=GenerationParams(temperature=0.2),
+        )
     ).id
 
 
@@ -111,17 +116,29 @@ def test_messages_get_consecutive_seqs_and_update_the_session(
     s = store.sessions.create("coder")
     clock.advance(10)
     first = store.messages.append(s.id, "system", "You code.")
-    more = store.messages.append_many(s.id, [
-        MessageDraft(role="user", content="2+2?"),
-        MessageDraft(role="assistant", tool_calls=[{"id": "c1", "type": "function",
-                     "function": {"name": "run_code", "arguments": "{\"code\": \"print(4)\"}"}}]),
-        MessageDraft(role="tool", content="4", tool_call_id="c1"),
-    ])
+    more = store.messages.append_many(
+        s.id,
+        [
+            MessageDraft(role="user", content="2+2?"),
+            MessageDraft(
+                role="assistant",
+                tool_calls=[
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "run_code", "arguments": '{"code": "print(4)"}'},
+                    }
+                ],
+            ),
+            MessageDraft(role="tool", content="4", tool_call_id="c1"),
+        ],
+    )
     assert [first.seq, *(m.seq for m in more)] == [1, 2, 3, 4]
     assert store.messages.last_seq(s.id) == 4
     assert store.sessions.get(s.id).updated == s.created + 10
     assert [m.role for m in store.messages.transcript(s.id, after_seq=1, upto_seq=3)] == [
-        "user", "assistant"
+        "user",
+        "assistant",
     ]
     assert store.messages.get(more[1].id).tool_calls == more[1].tool_calls
 
@@ -129,9 +146,9 @@ def test_messages_get_consecutive_seqs_and_update_the_session(
 def test_a_bad_message_in_a_batch_writes_none_of_it(store: Store) -> None:
     s = store.sessions.create(None, model="m")
     with pytest.raises(InvalidRequest, match="tool_call_id"):
-        store.messages.append_many(s.id, [
-            MessageDraft(role="user", content="hi"), MessageDraft(role="tool", content="x")
-        ])
+        store.messages.append_many(
+            s.id, [MessageDraft(role="user", content="hi"), MessageDraft(role="tool", content="x")]
+        )
     assert store.messages.transcript(s.id) == []
     with pytest.raises(NotFound):
         store.messages.append("ses_missing", "user", "hi")
@@ -182,15 +199,27 @@ def test_sessions_list_newest_first_with_filters_and_pages(store: Store) -> None
 def test_fork_copies_the_transcript_up_to_the_message(store: Store) -> None:
     coder(store)
     parent = store.sessions.create("coder", title="original")
-    msgs = store.messages.append_many(parent.id, [
-        MessageDraft(role="user", content="one"),
-        MessageDraft(role="assistant", tool_calls=[{"id": "c1", "type": "function",
-                     "function": {"name": "run_code", "arguments": "{}"}}]),
-        MessageDraft(role="tool", content="ran", tool_call_id="c1"),
-        MessageDraft(role="assistant", content="done"),
-    ])
-    run = store.tool_runs.start(parent.id, "run_code", {"code": "1"}, message_id=msgs[1].id,
-                                call_id="c1")
+    msgs = store.messages.append_many(
+        parent.id,
+        [
+            MessageDraft(role="user", content="one"),
+            MessageDraft(
+                role="assistant",
+                tool_calls=[
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "run_code", "arguments": "{}"},
+                    }
+                ],
+            ),
+            MessageDraft(role="tool", content="ran", tool_call_id="c1"),
+            MessageDraft(role="assistant", content="done"),
+        ],
+    )
+    run = store.tool_runs.start(
+        parent.id, "run_code", {"code": "1"}, message_id=msgs[1].id, call_id="c1"
+    )
     store.tool_runs.finish(run.id, "ok", "ran", duration_ms=12.5)
 
     fork = store.sessions.fork(parent.id, at_message=msgs[2].id)
@@ -198,7 +227,9 @@ def test_fork_copies_the_transcript_up_to_the_message(store: Store) -> None:
     assert fork.title == "original (fork)" and fork.agent_id == parent.agent_id
     copied = store.messages.transcript(fork.id)
     assert [(m.seq, m.role, m.content) for m in copied] == [
-        (1, "user", "one"), (2, "assistant", None), (3, "tool", "ran")
+        (1, "user", "one"),
+        (2, "assistant", None),
+        (3, "tool", "ran"),
     ]
     assert not {m.id for m in copied} & {m.id for m in msgs}
     [fork_run] = store.tool_runs.for_session(fork.id)
@@ -225,12 +256,20 @@ def test_delete_cascades_rows_and_returns_the_files_to_remove(store: Store) -> N
     m = store.messages.append(s.id, "assistant", None, tool_calls=[{"id": "c"}])
     store.tool_runs.start(s.id, "run_code", {}, message_id=m.id)
     store.responses.record(s.id, first_seq=1, last_seq=1)
-    store.kv.park(s.id, model_fingerprint="fpA", prefix_hash="h", n_tokens=5, bytes=10,
-                  path="/kv/a.bin")
-    store.kv.park(s.id, model_fingerprint="fpB", prefix_hash="h", n_tokens=5, bytes=10,
-                  path="/kv/b.bin")
-    store.kv.park(other.id, model_fingerprint="fpA", prefix_hash="h", n_tokens=5, bytes=10,
-                  path="/kv/other.bin")
+    store.kv.park(
+        s.id, model_fingerprint="fpA", prefix_hash="h", n_tokens=5, bytes=10, path="/kv/a.bin"
+    )
+    store.kv.park(
+        s.id, model_fingerprint="fpB", prefix_hash="h", n_tokens=5, bytes=10, path="/kv/b.bin"
+    )
+    store.kv.park(
+        other.id,
+        model_fingerprint="fpA",
+        prefix_hash="h",
+        n_tokens=5,
+        bytes=10,
+        path="/kv/other.bin",
+    )
     store.sessions.update(s.id, sandbox_id="sbx_9")
     fork = store.sessions.fork(s.id)
 
@@ -266,14 +305,23 @@ def test_tool_run_records_outcome_and_duration(store: Store, clock: FakeClock) -
 
 def test_responses_chain_through_previous_response_id(store: Store) -> None:
     s = store.sessions.create(None, model="smollm2")
-    _, first = store.responses.record_turn(s.id, [
-        MessageDraft(role="user", content="My name is Ada."),
-        MessageDraft(role="assistant", content="Hello Ada."),
-    ], model="smollm2")
-    msgs, second = store.responses.record_turn(s.id, [
-        MessageDraft(role="user", content="What is my name?"),
-        MessageDraft(role="assistant", content="Ada."),
-    ], previous_response_id=first.id, model="smollm2")
+    _, first = store.responses.record_turn(
+        s.id,
+        [
+            MessageDraft(role="user", content="My name is Ada."),
+            MessageDraft(role="assistant", content="Hello Ada."),
+        ],
+        model="smollm2",
+    )
+    msgs, second = store.responses.record_turn(
+        s.id,
+        [
+            MessageDraft(role="user", content="What is my name?"),
+            MessageDraft(role="assistant", content="Ada."),
+        ],
+        previous_response_id=first.id,
+        model="smollm2",
+    )
     assert first.id.startswith("resp_") and (first.first_seq, first.last_seq) == (1, 2)
     assert (second.first_seq, second.last_seq) == (3, 4) and msgs[0].seq == 3
     assert store.sessions.get(s.id).last_response_id == second.id
@@ -288,6 +336,7 @@ def test_responses_chain_through_previous_response_id(store: Store) -> None:
     with pytest.raises(InvalidRequest):
         store.responses.record(s.id, first_seq=4, last_seq=9)
     with pytest.raises(NotFound):
-        store.responses.record_turn(s.id, [MessageDraft(role="user", content="x")],
-                                    previous_response_id="resp_unknown")
+        store.responses.record_turn(
+            s.id, [MessageDraft(role="user", content="x")], previous_response_id="resp_unknown"
+        )
     assert store.messages.last_seq(s.id) == 4  # the failed turn wrote nothing

@@ -29,13 +29,19 @@ LONG_LIVED = {"events"}
 
 
 @pytest.fixture(scope="session")
-def live_daemon(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def live_daemon(
+    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("tui-daemon")
-    with running_daemon(root, models={"tiny": {"source": str(tiny_model_path), "context_size": 512}}) as d:
+    with running_daemon(
+        root, models={"tiny": {"source": str(tiny_model_path), "context_size": 512}}
+    ) as d:
         yield d
 
 
-async def until(pilot: Pilot[None], predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+async def until(
+    pilot: Pilot[None], predicate: Callable[[], object], what: str, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -30,7 +30,9 @@ async def test_typed_answers_and_the_connection_state(live_daemon: Daemon) -> No
         await client.aclose()
 
 
-async def test_a_missing_route_is_not_available_and_a_missing_model_is_an_error(live_daemon: Daemon) -> None:
+async def test_a_missing_route_is_not_available_and_a_missing_model_is_an_error(
+    live_daemon: Daemon,
+) -> None:
     client = ApplianceClient(live_daemon.url)
     try:
         with pytest.raises(NotAvailable, match="not available on this daemon"):

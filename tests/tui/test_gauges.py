@@ -24,8 +24,15 @@ def title(gauge: ResourceGauge) -> str:
 
 
 def gpu(util: float) -> GpuDevice:
-    return GpuDevice(index=0, name="test", utilization_percent=util, memory_used_bytes=2 * GIB,
-                     memory_total_bytes=8 * GIB, power_watts=None, power_limit_watts=None)
+    return GpuDevice(
+        index=0,
+        name="test",
+        utilization_percent=util,
+        memory_used_bytes=2 * GIB,
+        memory_total_bytes=8 * GIB,
+        power_watts=None,
+        power_limit_watts=None,
+    )
 
 
 async def test_gpu_gauges_show_samples_recorded_before_and_while_they_mount() -> None:

@@ -57,10 +57,18 @@ async def test_load_and_unload_a_model_from_the_models_screen(live_daemon: Daemo
         await until(pilot, lambda: table.models["tiny"].state == "ready", "tiny ready")
         assert str(table.get_cell("tiny", "state")) == "ready"
         # the event changes the state at once; the row's figures follow from a reload
-        await until(pilot, lambda: table.models["tiny"].memory_bytes > 0, "the memory of the loaded model")
+        await until(
+            pilot, lambda: table.models["tiny"].memory_bytes > 0, "the memory of the loaded model"
+        )
         assert live_daemon.model("tiny")["state"] == "ready"
-        seen = [(e.data.get("model"), e.data.get("state")) for e in app.console_context.recent_events if e.type == "model.state"]
-        assert ("tiny", "loading") in seen and ("tiny", "ready") in seen, "the events stream carried the load"
+        seen = [
+            (e.data.get("model"), e.data.get("state"))
+            for e in app.console_context.recent_events
+            if e.type == "model.state"
+        ]
+        assert ("tiny", "loading") in seen and ("tiny", "ready") in seen, (
+            "the events stream carried the load"
+        )
 
         await pilot.press("u")
         await until(pilot, lambda: table.models["tiny"].state == "unloaded", "tiny unloaded")
@@ -68,7 +76,9 @@ async def test_load_and_unload_a_model_from_the_models_screen(live_daemon: Daemo
         assert live_daemon.model("tiny")["state"] == "unloaded"
 
 
-async def test_pin_and_add_a_model_from_the_models_screen(live_daemon: Daemon, tiny_model_path: Path) -> None:
+async def test_pin_and_add_a_model_from_the_models_screen(
+    live_daemon: Daemon, tiny_model_path: Path
+) -> None:
     app = live_app(live_daemon.url)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")
@@ -77,7 +87,10 @@ async def test_pin_and_add_a_model_from_the_models_screen(live_daemon: Daemon, t
         table.move_cursor(row=table.get_row_index("tiny"))
         await pilot.press("p")
         await until(pilot, lambda: table.models["tiny"].pinned, "tiny pinned")
-        assert str(table.get_cell("tiny", "pin")) == "●" and live_daemon.model("tiny")["pinned"] is True
+        assert (
+            str(table.get_cell("tiny", "pin")) == "●"
+            and live_daemon.model("tiny")["pinned"] is True
+        )
         await pilot.press("p")
         await until(pilot, lambda: not table.models["tiny"].pinned, "tiny unpinned")
         assert live_daemon.model("tiny")["pinned"] is False
@@ -98,33 +111,52 @@ async def test_command_palette_loads_a_model_by_name(live_daemon: Daemon) -> Non
         await settle(pilot)
         await pilot.press("ctrl+p")
         await pilot.press(*"load model tiny")
+
         def first_hit() -> str:
             hits = app.screen.query_one(OptionList)
             return str(hits.get_option_at_index(0).prompt) if hits.option_count else ""
 
         await until(pilot, lambda: "Load model tiny" in first_hit(), "the palette entry")
         await pilot.press("enter")
-        await until(pilot, lambda: live_daemon.model("tiny")["state"] == "ready", "tiny loaded by the daemon")
+        await until(
+            pilot,
+            lambda: live_daemon.model("tiny")["state"] == "ready",
+            "tiny loaded by the daemon",
+        )
         table = app.screen.query_one(ModelTable)
-        await until(pilot, lambda: table.models.get("tiny") is not None and table.models["tiny"].state == "ready",
-                    "the Models screen showing tiny ready")
+        await until(
+            pilot,
+            lambda: table.models.get("tiny") is not None and table.models["tiny"].state == "ready",
+            "the Models screen showing tiny ready",
+        )
         await pilot.press("u")
-        await until(pilot, lambda: live_daemon.model("tiny")["state"] == "unloaded", "tiny unloaded")
+        await until(
+            pilot, lambda: live_daemon.model("tiny")["state"] == "unloaded", "tiny unloaded"
+        )
 
 
-async def test_chat_in_a_session_with_the_reply_streaming_then_fork_and_delete(live_daemon: Daemon) -> None:
+async def test_chat_in_a_session_with_the_reply_streaming_then_fork_and_delete(
+    live_daemon: Daemon,
+) -> None:
     app = live_app(live_daemon.url)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
         screen = app.screen
         assert isinstance(screen, SessionsScreen)
-        await until(pilot, lambda: "tiny" in screen.chat_models or screen.sessions_missing, "the session list")
+        await until(
+            pilot,
+            lambda: "tiny" in screen.chat_models or screen.sessions_missing,
+            "the session list",
+        )
         assert not screen.sessions_missing, "this daemon has the sessions API"
 
         await pilot.press("n")  # a new session, with the tiny model and no agent
         picker = app.screen.query_one(OptionList)
-        picker.highlighted = next(i for i in range(picker.option_count)
-                                  if picker.get_option_at_index(i).id == "model:tiny")
+        picker.highlighted = next(
+            i
+            for i in range(picker.option_count)
+            if picker.get_option_at_index(i).id == "model:tiny"
+        )
         await pilot.press("enter")
         await until(pilot, lambda: screen.open_session is not None, "the new session opened")
         assert screen.open_session is not None
@@ -132,22 +164,37 @@ async def test_chat_in_a_session_with_the_reply_streaming_then_fork_and_delete(l
 
         await pilot.press("i", *"Say hello", "enter")
         view = screen.query_one(TranscriptView)
-        await until(pilot, lambda: not screen.streaming and len(view.query(TranscriptBlock)) >= 2,
-                    "the reply, finished")
+        await until(
+            pilot,
+            lambda: not screen.streaming and len(view.query(TranscriptBlock)) >= 2,
+            "the reply, finished",
+        )
         blocks = list(view.query(TranscriptBlock))
         assert [b.kind for b in blocks] == ["user", "assistant"]
         assert blocks[0].text == "Say hello" and blocks[1].text.strip()
-        stored = httpx.get(f"{live_daemon.url}/api/sessions/{session_id}", timeout=30).json()["messages"]
-        assert [(m["role"], m["content"]) for m in stored] == [("user", "Say hello"), ("assistant", blocks[1].text)], \
-            "the console shows what the session stored"
+        stored = httpx.get(f"{live_daemon.url}/api/sessions/{session_id}", timeout=30).json()[
+            "messages"
+        ]
+        assert [(m["role"], m["content"]) for m in stored] == [
+            ("user", "Say hello"),
+            ("assistant", blocks[1].text),
+        ], "the console shows what the session stored"
 
-        await pilot.press("escape", "f", "y")  # fork (from the list): the copy opens with the same transcript
-        await until(pilot, lambda: screen.open_session is not None and screen.open_session.id != session_id,
-                    "the fork opened")
+        await pilot.press(
+            "escape", "f", "y"
+        )  # fork (from the list): the copy opens with the same transcript
+        await until(
+            pilot,
+            lambda: screen.open_session is not None and screen.open_session.id != session_id,
+            "the fork opened",
+        )
         assert screen.open_session is not None
         fork_id = screen.open_session.id
-        await until(pilot, lambda: [b.text for b in view.query(TranscriptBlock)] == [b.text for b in blocks],
-                    "the fork's transcript")
+        await until(
+            pilot,
+            lambda: [b.text for b in view.query(TranscriptBlock)] == [b.text for b in blocks],
+            "the fork's transcript",
+        )
 
         await pilot.press("escape", "d", "y")  # delete the fork (the open session), confirmed
         await until(pilot, lambda: screen.open_session is None, "the fork closed")
@@ -157,9 +204,15 @@ async def test_chat_in_a_session_with_the_reply_streaming_then_fork_and_delete(l
 
 def _sandboxes_or_skip(d: Daemon) -> None:
     r = httpx.get(d.url + "/api/sandboxes/languages", timeout=30)
-    require(r.status_code != 404, "this daemon has no sandbox API (/api/sandboxes/languages answers 404)")
+    require(
+        r.status_code != 404,
+        "this daemon has no sandbox API (/api/sandboxes/languages answers 404)",
+    )
     status = httpx.get(d.url + "/api/status", timeout=30).json().get("sandboxes") or {}
-    require(status.get("available") is not False, f"sandboxes cannot run on this host: {status.get('reason')}")
+    require(
+        status.get("available") is not False,
+        f"sandboxes cannot run on this host: {status.get('reason')}",
+    )
 
 
 async def test_run_code_in_a_sandbox_and_see_its_output(live_daemon: Daemon) -> None:
@@ -169,7 +222,9 @@ async def test_run_code_in_a_sandbox_and_see_its_output(live_daemon: Daemon) -> 
         await pilot.press("4")
         screen = app.screen
         assert isinstance(screen, SandboxesScreen)
-        await until(pilot, lambda: any(x.name == "python" for x in screen.languages), "the language list")
+        await until(
+            pilot, lambda: any(x.name == "python" for x in screen.languages), "the language list"
+        )
         code = screen.query_one("#code")
         code.text = "import sys\nprint(6 * 7)\nprint('oops', file=sys.stderr)\n"  # type: ignore[attr-defined]
         output = screen.query_one(RunOutput)
@@ -183,7 +238,11 @@ async def test_run_code_in_a_sandbox_and_see_its_output(live_daemon: Daemon) -> 
         await until(pilot, lambda: len(table.sandboxes) == 1, "the new sandbox in the list")
         sandbox_id = next(iter(table.sandboxes))
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: sandbox_id in output.plain and "OK" in output.plain, "the run in the sandbox")
+        await until(
+            pilot,
+            lambda: sandbox_id in output.plain and "OK" in output.plain,
+            "the run in the sandbox",
+        )
         assert "42" in output.plain
 
         await pilot.press("x")
@@ -192,7 +251,9 @@ async def test_run_code_in_a_sandbox_and_see_its_output(live_daemon: Daemon) -> 
         assert httpx.get(live_daemon.url + "/api/sandboxes", timeout=30).json() == []
 
 
-async def test_unreachable_banner_appears_and_clears_on_reconnect(tiny_model_path: Path, tmp_path: Path) -> None:
+async def test_unreachable_banner_appears_and_clears_on_reconnect(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     models = {"tiny": {"source": str(tiny_model_path), "context_size": 512}}
     first = start_daemon(tmp_path / "a", models=models)
     try:
@@ -200,21 +261,31 @@ async def test_unreachable_banner_appears_and_clears_on_reconnect(tiny_model_pat
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("2")
             table = app.screen.query_one(ModelTable)
-            await until(pilot, lambda: "tiny" in table.models and app.console_context.stream_live, "models and a live stream")
+            await until(
+                pilot,
+                lambda: "tiny" in table.models and app.console_context.stream_live,
+                "models and a live stream",
+            )
             assert banner_text(app) == ""
 
             first.stop()
-            await until(pilot, lambda: "Daemon unreachable" in banner_text(app), "the unreachable banner")
+            await until(
+                pilot, lambda: "Daemon unreachable" in banner_text(app), "the unreachable banner"
+            )
             assert first.url in banner_text(app)
             await pilot.press("1")  # the console keeps working while the daemon is away
             assert "Daemon unreachable" in banner_text(app), "every screen shows the banner"
 
             # a new daemon on the same port (the last --port wins); the console finds it by itself
-            second = start_daemon(tmp_path / "b", models=models, extra_args=["--port", str(first.port)], wait=False)
+            second = start_daemon(
+                tmp_path / "b", models=models, extra_args=["--port", str(first.port)], wait=False
+            )
             second.url, second.port = first.url, first.port
             try:
                 await until(pilot, lambda: banner_text(app) == "", "the banner cleared")
-                await until(pilot, lambda: app.console_context.stream_live, "the events stream back")
+                await until(
+                    pilot, lambda: app.console_context.stream_live, "the events stream back"
+                )
                 await pilot.press("2")
                 assert banner_text(app) == ""
             finally:
@@ -224,23 +295,35 @@ async def test_unreachable_banner_appears_and_clears_on_reconnect(tiny_model_pat
 
 
 def _token_cli(state: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "appliance", "token", *args, "--state-dir", str(state)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "token", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 async def test_a_refused_token_shows_a_banner_that_clears_when_the_daemon_accepts(
-        tiny_model_path: Path, tmp_path: Path) -> None:
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     token = re.search(r"apl_\S+", _token_cli(state, "create", "laptop"))
     assert token is not None
-    with running_daemon(tmp_path, models={"tiny": {"source": str(tiny_model_path), "context_size": 512}}) as d:
+    with running_daemon(
+        tmp_path, models={"tiny": {"source": str(tiny_model_path), "context_size": 512}}
+    ) as d:
         app = live_app(d.url, token="apl_not-the-token")
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: "Token refused" in banner_text(app), "the token-refused banner")
+            await until(
+                pilot, lambda: "Token refused" in banner_text(app), "the token-refused banner"
+            )
             assert "--token" in banner_text(app), "the banner says what to do"
-            _token_cli(state, "revoke", "laptop")  # no valid token left: the loopback box is open again
+            _token_cli(
+                state, "revoke", "laptop"
+            )  # no valid token left: the loopback box is open again
             await until(pilot, lambda: banner_text(app) == "", "the banner cleared")
             await until(pilot, lambda: app.console_context.stream_live, "the events stream live")
 

@@ -30,7 +30,9 @@ Scenario = Callable[[Pilot[None]], Awaitable[None]]
 
 def fake_app(daemon: Any = None) -> ApplianceApp:
     daemon = daemon or FakeDaemon()
-    client = ApplianceClient("http://appliance.test:8420", transport=daemon.transport(), backoff_initial_s=3600)
+    client = ApplianceClient(
+        "http://appliance.test:8420", transport=daemon.transport(), backoff_initial_s=3600
+    )
     return ApplianceApp(client, poll_s=3600, sample_s=3600, heartbeat_s=3600, clock=lambda: NOW)
 
 
@@ -89,8 +91,9 @@ async def help_keys(pilot: Pilot[None]) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("scenario", [overview, models, sessions, sandboxes, traces, help_keys],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "scenario", [overview, models, sessions, sandboxes, traces, help_keys], ids=lambda f: f.__name__
+)
 def test_screen(snap_compare: Any, scenario: Scenario, size: tuple[int, int]) -> None:
     assert snap_compare(fake_app(), terminal_size=size, run_before=scenario)
 

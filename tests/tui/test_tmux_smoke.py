@@ -18,7 +18,9 @@ import pytest
 
 from tests.integration.daemon import REPO, Daemon
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)"
+)
 
 
 class Terminal:
@@ -28,7 +30,9 @@ class Terminal:
         self.socket = socket
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tmux", "-S", str(self.socket), *args], capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            ["tmux", "-S", str(self.socket), *args], capture_output=True, text=True, timeout=30
+        )
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "tui").stdout
@@ -52,13 +56,34 @@ class Terminal:
 
 def test_appliance_tui_in_a_real_terminal(live_daemon: Daemon, tmp_path: Path) -> None:
     exit_file = tmp_path / "exit-code"
-    command = (f"{shlex.join([sys.executable, '-m', 'appliance', 'tui', '--url', live_daemon.url])}; "
-               f"echo $? > {shlex.quote(str(exit_file))}")
+    command = (
+        f"{shlex.join([sys.executable, '-m', 'appliance', 'tui', '--url', live_daemon.url])}; "
+        f"echo $? > {shlex.quote(str(exit_file))}"
+    )
     term = Terminal(tmp_path / "tmux.sock")
     env = {**os.environ, "TERM": "xterm-256color"}
-    started = subprocess.run(["tmux", "-S", str(term.socket), "new-session", "-d", "-s", "tui", "-x", "100",
-                              "-y", "30", "-c", str(REPO), command], env=env, capture_output=True, text=True,
-                             timeout=30)
+    started = subprocess.run(
+        [
+            "tmux",
+            "-S",
+            str(term.socket),
+            "new-session",
+            "-d",
+            "-s",
+            "tui",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            "-c",
+            str(REPO),
+            command,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert started.returncode == 0, started.stderr
     try:
         shown = term.wait_for("Overview", "tiny", "events")

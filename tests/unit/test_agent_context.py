@@ -24,9 +24,19 @@ from appliance.store import Message
 
 
 def msg(seq: int, role: str, content: str | None = "x", **kw: Any) -> Message:
-    return Message(id=f"msg_{seq}", session_id="ses_1", seq=seq, role=role, content=content,  # type: ignore[arg-type]
-                   tool_calls=kw.get("tool_calls"), tool_call_id=kw.get("tool_call_id"), name=kw.get("name"),
-                   created=0.0, tokens=None, meta=kw.get("meta", {}))
+    return Message(
+        id=f"msg_{seq}",
+        session_id="ses_1",
+        seq=seq,
+        role=role,
+        content=content,  # type: ignore[arg-type]
+        tool_calls=kw.get("tool_calls"),
+        tool_call_id=kw.get("tool_call_id"),
+        name=kw.get("name"),
+        created=0.0,
+        tokens=None,
+        meta=kw.get("meta", {}),
+    )
 
 
 def call(cid: str, name: str = "run_code") -> dict[str, Any]:
@@ -71,8 +81,13 @@ def test_shrink_drops_at_least_one_more_turn_even_when_the_counts_fit() -> None:
 
 
 def test_the_turn_in_progress_is_never_dropped() -> None:
-    msgs = [msg(1, "user"), msg(2, "assistant"), msg(3, "user", "huge"),
-            msg(4, "assistant", None, tool_calls=[call("c1")]), msg(5, "tool", "out", tool_call_id="c1")]
+    msgs = [
+        msg(1, "user"),
+        msg(2, "assistant"),
+        msg(3, "user", "huge"),
+        msg(4, "assistant", None, tool_calls=[call("c1")]),
+        msg(5, "tool", "out", tool_call_id="c1"),
+    ]
     with pytest.raises(InvalidRequest) as err:
         fit_window(msgs, [5, 5, 200, 5, 5], budget=100)
     assert err.value.code == "context_length_exceeded"
@@ -80,8 +95,14 @@ def test_the_turn_in_progress_is_never_dropped() -> None:
 
 
 def test_tool_results_stay_with_their_call_when_turns_are_dropped() -> None:
-    msgs = [msg(1, "user"), msg(2, "assistant", None, tool_calls=[call("c1")]), msg(3, "tool", "r", tool_call_id="c1"),
-            msg(4, "assistant"), msg(5, "user"), msg(6, "assistant")]
+    msgs = [
+        msg(1, "user"),
+        msg(2, "assistant", None, tool_calls=[call("c1")]),
+        msg(3, "tool", "r", tool_call_id="c1"),
+        msg(4, "assistant"),
+        msg(5, "user"),
+        msg(6, "assistant"),
+    ]
     fit = fit_window(msgs, [30, 30, 30, 30, 10, 10], budget=100)
     assert fit.start_seq == 5  # never in the middle of the first turn
 
@@ -98,12 +119,23 @@ def test_the_window_starts_at_the_newest_marker_and_markers_are_not_shown_to_the
 
 
 def test_persona_comes_first_and_an_unanswered_tool_call_gets_a_stand_in_result() -> None:
-    msgs = [msg(1, "user", "compute"), msg(2, "assistant", None, tool_calls=[call("c1"), call("c2")]),
-            msg(3, "tool", "42", tool_call_id="c1", name="run_code"), msg(4, "user", "again?")]
+    msgs = [
+        msg(1, "user", "compute"),
+        msg(2, "assistant", None, tool_calls=[call("c1"), call("c2")]),
+        msg(3, "tool", "42", tool_call_id="c1", name="run_code"),
+        msg(4, "user", "again?"),
+    ]
     out = model_messages("You are terse.", msgs)
     assert out[0] == {"role": "system", "content": "You are terse."}
     roles = [(m["role"], m.get("tool_call_id")) for m in out]
-    assert roles == [("system", None), ("user", None), ("assistant", None), ("tool", "c1"), ("tool", "c2"), ("user", None)]
+    assert roles == [
+        ("system", None),
+        ("user", None),
+        ("assistant", None),
+        ("tool", "c1"),
+        ("tool", "c2"),
+        ("user", None),
+    ]
     assert "interrupted" in out[4]["content"]
     assert model_messages(None, [msg(1, "user")])[0]["role"] == "user"
 

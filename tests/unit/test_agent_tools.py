@@ -44,7 +44,10 @@ def box() -> ToolBox:
 
 
 def test_a_valid_call_gives_the_parsed_arguments(box: ToolBox) -> None:
-    assert box.check(["echo"], call("echo", {"text": "hi", "times": 2})) == ("echo", {"text": "hi", "times": 2})
+    assert box.check(["echo"], call("echo", {"text": "hi", "times": 2})) == (
+        "echo",
+        {"text": "hi", "times": 2},
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,8 +62,9 @@ def test_a_valid_call_gives_the_parsed_arguments(box: ToolBox) -> None:
         ("echo", {"text": "x", "extra": 1}, "Additional properties are not allowed"),
     ],
 )
-def test_a_bad_call_is_refused_with_a_message_for_the_model(box: ToolBox, name: str, arguments: Any,
-                                                            says: str) -> None:
+def test_a_bad_call_is_refused_with_a_message_for_the_model(
+    box: ToolBox, name: str, arguments: Any, says: str
+) -> None:
     with pytest.raises(ToolCallError) as err:
         box.check(["echo"], call(name, arguments))
     assert says in str(err.value)
@@ -87,13 +91,24 @@ def test_specs_are_openai_function_tools(box: ToolBox) -> None:
 
 async def test_an_appliance_error_in_a_tool_becomes_a_tool_error() -> None:
     box = ToolBox([Echo(fail=SandboxError("sandboxes are not available: no bwrap"))])
-    out = await box.run(ToolContext(session_id="ses_1", sandbox_language=None), "echo", {"text": "x"})
+    out = await box.run(
+        ToolContext(session_id="ses_1", sandbox_language=None), "echo", {"text": "x"}
+    )
     assert out.status == "error" and "no bwrap" in out.content
 
 
 def result(**kw: Any) -> RunResult:
-    base: dict[str, Any] = dict(status="ok", exit_code=0, signal=None, stdout="", stderr="", stdout_truncated=False,
-                                stderr_truncated=False, duration_ms=1.0, peak_memory_mb=1.0)
+    base: dict[str, Any] = dict(
+        status="ok",
+        exit_code=0,
+        signal=None,
+        stdout="",
+        stderr="",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration_ms=1.0,
+        peak_memory_mb=1.0,
+    )
     return RunResult(**{**base, **kw})
 
 
@@ -107,11 +122,16 @@ def test_run_code_shows_the_model_what_the_program_printed() -> None:
 
 
 def test_run_code_reports_errors_timeouts_and_a_lost_sandbox() -> None:
-    err = RunCode.outcome(result(status="error", exit_code=1, stderr="NameError: name 'y' is not defined\n"),
-                          "sbx-1", replaced=True)
+    err = RunCode.outcome(
+        result(status="error", exit_code=1, stderr="NameError: name 'y' is not defined\n"),
+        "sbx-1",
+        replaced=True,
+    )
     assert err.status == "error"
     assert "expired" in err.content and "exit code 1" in err.content and "NameError" in err.content
-    slow = RunCode.outcome(result(status="timeout", exit_code=None, reason="the 5 s timeout"), "sbx-1", replaced=False)
+    slow = RunCode.outcome(
+        result(status="timeout", exit_code=None, reason="the 5 s timeout"), "sbx-1", replaced=False
+    )
     assert slow.status == "timeout" and "the 5 s timeout" in slow.content
     long = RunCode.outcome(result(stdout="x" * 10_000), "sbx-1", replaced=False)
     assert len(long.content) < 2200 and "characters cut" in long.content

@@ -29,8 +29,15 @@ async def _nothing() -> None:
 def stand_in_appliance() -> Any:
     """What create_app reads from an Appliance while it builds (the lifecycle hooks and the
     objects the ASGI wrappers keep); none of it is used until a request arrives."""
-    return SimpleNamespace(start=_nothing, stop=_nothing, access=None, store=None,
-                           telemetry=None, events=None, config=Config())
+    return SimpleNamespace(
+        start=_nothing,
+        stop=_nothing,
+        access=None,
+        store=None,
+        telemetry=None,
+        events=None,
+        config=Config(),
+    )
 
 
 def test_litestar_deprecations_are_deprecation_warnings() -> None:
@@ -56,8 +63,12 @@ def test_the_daemon_app_builds_without_deprecation_warnings() -> None:
         warnings.simplefilter("error", DeprecationWarning)
         app = create_app(stand_in_appliance())
     paths = {route.path for route in app.routes}
-    assert {"/api/agents/{ref:str}", "/api/sandboxes/{sandbox_id:str}/files/{path:path}",
-            "/v1/chat/completions", "/api/sessions/{session_id:str}/fork"} <= paths
+    assert {
+        "/api/agents/{ref:str}",
+        "/api/sandboxes/{sandbox_id:str}/files/{path:path}",
+        "/v1/chat/completions",
+        "/api/sessions/{session_id:str}/fork",
+    } <= paths
 
 
 def test_the_sandbox_only_app_builds_without_deprecation_warnings() -> None:

@@ -14,7 +14,8 @@ def test_events_are_framed_with_bare_newlines() -> None:
     assert sse.event({"a": 1}).encode() == b'data: {"a":1}\n\n'
     assert sse.event("[DONE]").encode() == b"data: [DONE]\n\n"
     assert sse.event({"type": "x"}, name="response.created").encode() == (
-        b'event: response.created\ndata: {"type":"x"}\n\n')
+        b'event: response.created\ndata: {"type":"x"}\n\n'
+    )
     assert sse.event({"seq": 7}, event_id=7).encode() == b'id: 7\ndata: {"seq":7}\n\n'
     assert sse.comment("ping").encode() == b": ping\n\n"
 
@@ -26,4 +27,7 @@ def test_a_stream_answers_as_event_stream_without_caching() -> None:
 
     response = sse.stream(nothing())
     assert response.media_type == "text/event-stream"
-    assert response.headers["Cache-Control"] == "no-cache" and response.headers["X-Accel-Buffering"] == "no"
+    assert (
+        response.headers["Cache-Control"] == "no-cache"
+        and response.headers["X-Accel-Buffering"] == "no"
+    )

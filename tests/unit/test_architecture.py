@@ -15,6 +15,8 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 def test_every_import_contract_is_kept() -> None:
     require(LINT_IMPORTS.exists(), "import-linter is not installed (pip install import-linter)")
-    done = subprocess.run([str(LINT_IMPORTS)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(LINT_IMPORTS)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "BROKEN" not in done.stdout

@@ -59,7 +59,9 @@ def test_scan_dirs_add_gguf_files(tmp_path: Path) -> None:
     models = tmp_path / "models" / "sub"
     models.mkdir(parents=True)
     (models / "My Model.Q4_K_M.gguf").write_bytes(b"GGUF")
-    catalog = ModelCatalog.load(config(tmp_path, f'[models]\nscan_dirs = ["{tmp_path / "models"}"]\n'))
+    catalog = ModelCatalog.load(
+        config(tmp_path, f'[models]\nscan_dirs = ["{tmp_path / "models"}"]\n')
+    )
     prof = catalog.get("my-model.q4_k_m")
     assert prof.source == str(models / "My Model.Q4_K_M.gguf")
     assert catalog.local_path(prof.id) == models / "My Model.Q4_K_M.gguf"

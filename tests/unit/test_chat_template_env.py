@@ -23,9 +23,9 @@ LAST_USER = (
 TEMPLATES = {
     "break": "{% set ns = namespace(last='') %}" + LAST_USER + "last={{ ns.last }}",
     "continue": "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
-                "{{ m.role }}:{{ m.content }};{% endfor %}",
+    "{{ m.role }}:{{ m.content }};{% endfor %}",
     "generation": "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}"
-                  "[{{ m.content }}]{% endgeneration %}{% endif %}{% endfor %}",
+    "[{{ m.content }}]{% endgeneration %}{% endif %}{% endfor %}",
     "tojson": "{{ {'b': 1, 'a': [messages[1].content]} | tojson(sort_keys=True, separators=(',', ':')) }}",
 }
 EXPECTED = {
@@ -39,7 +39,9 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_a_template_renders_as_llama_cpp_python_renders_it(name: str) -> None:
     ours = render_prompt(TEMPLATES[name], MESSAGES, add_generation_prompt=False)
-    theirs = Jinja2ChatFormatter(TEMPLATES[name], eos_token="", bos_token="", add_generation_prompt=False)
+    theirs = Jinja2ChatFormatter(
+        TEMPLATES[name], eos_token="", bos_token="", add_generation_prompt=False
+    )
     assert ours == EXPECTED[name]
     assert ours == theirs(messages=MESSAGES).prompt  # type: ignore[arg-type]
 

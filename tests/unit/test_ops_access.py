@@ -38,7 +38,9 @@ def test_once_a_token_exists_every_request_needs_it() -> None:
     assert a.check("bearer  apl_good ") is None
 
 
-@pytest.mark.parametrize("header", ["Bearer apl_wrong", "Basic YWxhZGRpbjpvcGVu", "Bearer", "apl_good"])
+@pytest.mark.parametrize(
+    "header", ["Bearer apl_wrong", "Basic YWxhZGRpbjpvcGVu", "Bearer", "apl_good"]
+)
 def test_wrong_tokens_and_schemes_are_refused_without_echoing_them(header: str) -> None:
     refusal = access({"apl_good"}).check(header)
     assert refusal is not None and refusal.status == 401 and refusal.type == "authentication_error"
@@ -59,9 +61,18 @@ def test_only_health_is_open() -> None:
     assert a.needs_check("/metrics") and a.needs_check("/v1/models") and a.needs_check("/mcp")
 
 
-@pytest.mark.parametrize(("host", "loop"), [
-    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
-    ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.20", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loop"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("192.168.1.20", False),
+    ],
+)
 def test_loopback_addresses(host: str, loop: bool) -> None:
     assert is_loopback(host) is loop

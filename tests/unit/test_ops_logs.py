@@ -45,9 +45,13 @@ def test_terminal_lines_have_time_fields_and_trace_id() -> None:
     got, trace_id = lines(journal=False)
     assert got[0].startswith("ts=") and "level=info logger=appliance.test msg=outside" in got[0]
     assert "trace=" not in got[0]
-    assert got[1].endswith(f'msg=request route=/api/models/{{model_id}} status=404 trace={trace_id}')
+    assert got[1].endswith(
+        f"msg=request route=/api/models/{{model_id}} status=404 trace={trace_id}"
+    )
     assert "level=warning" in got[1]
-    assert any(line.startswith("Traceback") for line in got), "tracebacks stay readable in a terminal"
+    assert any(line.startswith("Traceback") for line in got), (
+        "tracebacks stay readable in a terminal"
+    )
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -21,13 +21,34 @@ class FakeNvml:
     def __init__(self) -> None:
         self.inits = 0
         self.devices: list[dict[str, Any]] = [
-            {"name": b"NVIDIA H100", "uuid": "GPU-aaa", "util": (87, 40), "mem": (80 << 30, 20 << 30),
-             "power": 312_500, "limit": 700_000, "temp": 61, "clocks": {0: 1755, 1: 1755, 2: 2619},
-             "max": {0: 1980, 1: 1980, 2: 2619}, "throttle": 0x4 | 0x20, "energy": 123_456_789,
-             "procs": [(4242, 7 << 30), (4343, 1 << 30)]},
-            {"name": "GeForce RTX 3060", "uuid": "GPU-bbb", "util": (3, 1), "mem": (12 << 30, 11 << 30),
-             "power": None, "limit": None, "temp": 40, "clocks": {0: 210, 1: 210, 2: 405},
-             "max": {}, "throttle": 0x1, "energy": None, "procs": [(4242, 512 << 20)]},
+            {
+                "name": b"NVIDIA H100",
+                "uuid": "GPU-aaa",
+                "util": (87, 40),
+                "mem": (80 << 30, 20 << 30),
+                "power": 312_500,
+                "limit": 700_000,
+                "temp": 61,
+                "clocks": {0: 1755, 1: 1755, 2: 2619},
+                "max": {0: 1980, 1: 1980, 2: 2619},
+                "throttle": 0x4 | 0x20,
+                "energy": 123_456_789,
+                "procs": [(4242, 7 << 30), (4343, 1 << 30)],
+            },
+            {
+                "name": "GeForce RTX 3060",
+                "uuid": "GPU-bbb",
+                "util": (3, 1),
+                "mem": (12 << 30, 11 << 30),
+                "power": None,
+                "limit": None,
+                "temp": 40,
+                "clocks": {0: 210, 1: 210, 2: 405},
+                "max": {},
+                "throttle": 0x1,
+                "energy": None,
+                "procs": [(4242, 512 << 20)],
+            },
         ]
 
     def nvmlInit(self) -> None:
@@ -121,7 +142,9 @@ def test_totals_across_devices() -> None:
     assert nvml.total_memory() == (80 << 30) + (12 << 30)
     assert nvml.free_memory() == (20 << 30) + (11 << 30)
     assert nvml.process_memory() == {4242: (7 << 30) + (512 << 20), 4343: 1 << 30}
-    assert nvml.energy_joules() == pytest.approx(123_456.789)  # the device without a counter adds nothing
+    assert nvml.energy_joules() == pytest.approx(
+        123_456.789
+    )  # the device without a counter adds nothing
 
 
 class OldNames:

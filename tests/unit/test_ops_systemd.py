@@ -93,15 +93,28 @@ class FakeRunner:
         self.calls.append(list(argv))
         code = 1 if argv[0] in self.fail else 0
         out = "created token 'admin'\n    apl_secret" if "token" in argv else ""
-        return subprocess.CompletedProcess(list(argv), code, out, "useradd: no permission" if code else "")
+        return subprocess.CompletedProcess(
+            list(argv), code, out, "useradd: no permission" if code else ""
+        )
 
 
-def installer(tmp_path: Path, runner: FakeRunner, *, user: str = "appliance-test-nobody",
-              is_root: bool = True, python: str = "/opt/appliance/.venv/bin/python") -> ServiceInstaller:
-    paths = ServicePaths(unit_dir=tmp_path / "etc/systemd/system", config_dir=tmp_path / "etc/appliance",
-                         state_dir=tmp_path / "var/lib/appliance", cache_dir=tmp_path / "var/cache/appliance")
-    return ServiceInstaller(paths, run=runner, python=python, user=user, is_root=is_root,
-                            chown=lambda path, user: None)
+def installer(
+    tmp_path: Path,
+    runner: FakeRunner,
+    *,
+    user: str = "appliance-test-nobody",
+    is_root: bool = True,
+    python: str = "/opt/appliance/.venv/bin/python",
+) -> ServiceInstaller:
+    paths = ServicePaths(
+        unit_dir=tmp_path / "etc/systemd/system",
+        config_dir=tmp_path / "etc/appliance",
+        state_dir=tmp_path / "var/lib/appliance",
+        cache_dir=tmp_path / "var/cache/appliance",
+    )
+    return ServiceInstaller(
+        paths, run=runner, python=python, user=user, is_root=is_root, chown=lambda path, user: None
+    )
 
 
 def test_install_writes_unit_and_config_creates_user_and_starts(tmp_path: Path) -> None:
@@ -111,13 +124,20 @@ def test_install_writes_unit_and_config_creates_user_and_starts(tmp_path: Path) 
     unit = (tmp_path / "etc/systemd/system/appliance.service").read_text()
     assert "ExecStart=/opt/appliance/.venv/bin/python -m appliance serve --config " in unit
     assert f"{tmp_path}/etc/appliance/config.toml" in unit
-    assert "User=appliance-test-nobody" in unit and "Type=notify" in unit and "ProtectHome=yes" in unit
+    assert (
+        "User=appliance-test-nobody" in unit and "Type=notify" in unit and "ProtectHome=yes" in unit
+    )
     config = (tmp_path / "etc/appliance/config.toml").read_text()
     assert 'host = "127.0.0.1"' in config and "port = 8500" in config
     assert (tmp_path / "var/lib/appliance").is_dir()
-    assert runner.calls[0][:2] == ["useradd", "--system"] and runner.calls[0][-1] == "appliance-test-nobody"
-    assert runner.calls[-2:] == [["systemctl", "daemon-reload"],
-                                 ["systemctl", "enable", "--now", "appliance.service"]]
+    assert (
+        runner.calls[0][:2] == ["useradd", "--system"]
+        and runner.calls[0][-1] == "appliance-test-nobody"
+    )
+    assert runner.calls[-2:] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "appliance.service"],
+    ]
     assert any("journalctl" in s for s in steps)
 
 
@@ -136,12 +156,19 @@ def test_network_bind_needs_a_token_and_install_creates_it(tmp_path: Path) -> No
     runner = FakeRunner()
     steps = installer(tmp_path, runner).install(host="0.0.0.0", token="admin")
     token_call = next(c for c in runner.calls if "token" in c)
-    assert token_call[-4:] == ["create", "admin", "--config", f"{tmp_path}/etc/appliance/config.toml"]
+    assert token_call[-4:] == [
+        "create",
+        "admin",
+        "--config",
+        f"{tmp_path}/etc/appliance/config.toml",
+    ]
     assert any("apl_secret" in s for s in steps), "the new token is shown to the installer once"
 
 
 def test_install_from_a_home_directory_relaxes_protect_home(tmp_path: Path) -> None:
-    steps = installer(tmp_path, FakeRunner(), python="/home/pi/appliance/.venv/bin/python").install()
+    steps = installer(
+        tmp_path, FakeRunner(), python="/home/pi/appliance/.venv/bin/python"
+    ).install()
     unit = (tmp_path / "etc/systemd/system/appliance.service").read_text()
     assert "ProtectHome=read-only" in unit
     assert any("ProtectHome=read-only" in s for s in steps)
@@ -159,11 +186,15 @@ def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     runner = FakeRunner()
     steps = installer(tmp_path, runner).uninstall()
     assert not (tmp_path / "etc/systemd/system/appliance.service").exists()
-    assert (tmp_path / "etc/appliance/config.toml").exists() and (tmp_path / "var/lib/appliance").exists()
+    assert (tmp_path / "etc/appliance/config.toml").exists() and (
+        tmp_path / "var/lib/appliance"
+    ).exists()
     assert runner.calls[0] == ["systemctl", "disable", "--now", "appliance.service"]
     assert any("--purge" in s for s in steps)
     installer(tmp_path, FakeRunner()).uninstall(purge=True)
-    assert not (tmp_path / "etc/appliance").exists() and not (tmp_path / "var/lib/appliance").exists()
+    assert (
+        not (tmp_path / "etc/appliance").exists() and not (tmp_path / "var/lib/appliance").exists()
+    )
 
 
 def test_status_reads_systemctl(tmp_path: Path) -> None:
@@ -178,9 +209,17 @@ def test_status_reads_systemctl(tmp_path: Path) -> None:
 
 def test_rendering_replaces_only_the_install_specific_lines() -> None:
     template = shipped_unit_path().read_text()
-    unit = render_unit(template, python="/usr/bin/python3", user="svc", config=Path("/etc/a/c.toml"))
-    changed = [(a, b) for a, b in zip(template.splitlines(), unit.splitlines(), strict=True) if a != b]
+    unit = render_unit(
+        template, python="/usr/bin/python3", user="svc", config=Path("/etc/a/c.toml")
+    )
+    changed = [
+        (a, b) for a, b in zip(template.splitlines(), unit.splitlines(), strict=True) if a != b
+    ]
     assert [b for _, b in changed] == [
-        "ExecStart=/usr/bin/python3 -m appliance serve --config /etc/a/c.toml", "User=svc", "Group=svc"]
+        "ExecStart=/usr/bin/python3 -m appliance serve --config /etc/a/c.toml",
+        "User=svc",
+        "Group=svc",
+    ]
     assert 'state_dir = "/var/lib/appliance"' in default_config(
-        host="127.0.0.1", port=8420, state_dir=Path("/var/lib/appliance"))
+        host="127.0.0.1", port=8420, state_dir=Path("/var/lib/appliance")
+    )

@@ -28,8 +28,12 @@ def test_each_appliance_has_its_own_registry() -> None:
     assert a.registry.get_sample_value("appliance_model_loads_total", {"model": "m"}) == 1
     assert b.registry.get_sample_value("appliance_model_loads_total", {"model": "m"}) is None
     names = {f.name for f in text_string_to_metric_families(a.render().decode())}
-    assert {"appliance_http_requests", "appliance_time_to_first_token_seconds",
-            "appliance_sandbox_runs", "appliance_gpu_power_watts"} <= names
+    assert {
+        "appliance_http_requests",
+        "appliance_time_to_first_token_seconds",
+        "appliance_sandbox_runs",
+        "appliance_gpu_power_watts",
+    } <= names
 
 
 def test_model_lifecycle_events_move_the_model_metrics() -> None:
@@ -87,7 +91,9 @@ def test_a_generation_moves_metrics_adds_spans_and_usage_for_its_session() -> No
     assert value(t, "appliance_completion_tokens_total", model="m") == 21
     assert value(t, "appliance_queue_wait_seconds_sum", model="m") == 0.25
     assert value(t, "appliance_time_to_first_token_seconds_sum", model="m") == 0.295
-    assert value(t, "appliance_tokens_per_second_sum", model="m") == 50.0  # 20 tokens after the first in 0.4 s
+    assert (
+        value(t, "appliance_tokens_per_second_sum", model="m") == 50.0
+    )  # 20 tokens after the first in 0.4 s
     spans = {s.name: s for s in stored[0].spans}
     assert set(spans) == {"queue", "model.wake", "prefill", "decode"}
     assert spans["model.wake"].parent == spans["queue"].id
@@ -104,8 +110,13 @@ def test_cancelled_and_failed_generations_are_counted_as_such() -> None:
     t.generation_finished(gen, None, "cancelled")
     t.generation_finished(gen, {**RESULT, "finish_reason": "cancelled"}, "ok")
     t.generation_finished(gen, None, "error")
-    assert value(t, "appliance_generations_total", model="m", kind="completion", outcome="cancelled") == 2
-    assert value(t, "appliance_generations_total", model="m", kind="completion", outcome="error") == 1
+    assert (
+        value(t, "appliance_generations_total", model="m", kind="completion", outcome="cancelled")
+        == 2
+    )
+    assert (
+        value(t, "appliance_generations_total", model="m", kind="completion", outcome="error") == 1
+    )
     assert value(t, "appliance_time_to_first_token_seconds_count", model="m") == 0
 
 

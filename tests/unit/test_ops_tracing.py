@@ -88,6 +88,7 @@ async def test_tasks_started_in_a_request_inherit_its_trace() -> None:
     t = tracer.begin("request", "POST /api/sessions/x/messages")
     token = tracer.activate(t)
     try:
+
         async def tool() -> None:
             with span("tool.call", tool="search"):
                 await asyncio.sleep(0)

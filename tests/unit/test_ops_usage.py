@@ -58,10 +58,16 @@ def test_meter_merges_facts_per_key_and_adds_residency_and_energy() -> None:
     clock = Clock()
     m = UsageMeter(clock=clock, wall=lambda: 1_700_000_000.0)
     m.residency.resident("tiny")
-    m.add(UsageFact(model="tiny", session_id="s1", tokens_in=10, tokens_out=5, requests=1,
-                    busy_seconds=0.5))
-    m.add(UsageFact(model="tiny", session_id="s1", tokens_in=7, tokens_out=3, requests=1,
-                    busy_seconds=0.25))
+    m.add(
+        UsageFact(
+            model="tiny", session_id="s1", tokens_in=10, tokens_out=5, requests=1, busy_seconds=0.5
+        )
+    )
+    m.add(
+        UsageFact(
+            model="tiny", session_id="s1", tokens_in=7, tokens_out=3, requests=1, busy_seconds=0.25
+        )
+    )
     m.add(UsageFact(model="tiny", tokens_in=1, requests=1))
     m.add(UsageFact(agent="coder", session_id="s1", sandbox_cpu_s=1.5))
     m.energy.delta(5000.0)

@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_the_test_command_checks_lint_format_types_and_imports_before_pytest() -> None:
     script = (ROOT / "packaging" / "test.sh").read_text()
-    steps = ["ruff\" check", "format --check", "mypy\" appliance tui", "lint-imports\"", "-m pytest"]
+    steps = ['ruff" check', "format --check", 'mypy" appliance tui', 'lint-imports"', "-m pytest"]
     at = [script.index(step) for step in steps]
     assert at == sorted(at)
 

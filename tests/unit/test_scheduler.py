@@ -55,8 +55,13 @@ class FakeWorker:
             raise ModelUnavailable("llama.cpp could not load it")
         self.loaded_path = spec.model_path
         self.spawner.loads.append(spec.model_path)
-        return p.Loaded(load_ms=1.0, memory_bytes=self.spawner.sizes.get(spec.model_path, 10 * MiB),
-                        n_ctx=spec.n_ctx, n_ctx_train=spec.n_ctx, metadata={})
+        return p.Loaded(
+            load_ms=1.0,
+            memory_bytes=self.spawner.sizes.get(spec.model_path, 10 * MiB),
+            n_ctx=spec.n_ctx,
+            n_ctx_train=spec.n_ctx,
+            metadata={},
+        )
 
     async def close(self, grace: float = 3.0) -> None:
         self._alive = False
@@ -88,7 +93,9 @@ class FakeFetcher:
     def local_path(self, profile_id: str, source: str, convert: str | None) -> Path:
         return Path(source)
 
-    def ensure(self, profile_id: str, source: str, convert: str | None, progress: Any = None) -> Path:
+    def ensure(
+        self, profile_id: str, source: str, convert: str | None, progress: Any = None
+    ) -> Path:
         return Path(source)
 
 
@@ -106,7 +113,11 @@ class FakeMemory:
 
 
 def make(
-    profiles: list[ModelProfile], *, budget: int = 10_000 * MiB, queue_size: int = 4, ttl: float = 300.0
+    profiles: list[ModelProfile],
+    *,
+    budget: int = 10_000 * MiB,
+    queue_size: int = 4,
+    ttl: float = 300.0,
 ) -> tuple[ModelScheduler, FakeSpawner, FakeClock]:
     catalog = ModelCatalog({pr.id: pr for pr in profiles}, FakeFetcher(), Path("/nonexistent"))  # type: ignore[arg-type]
     spawner = FakeSpawner()

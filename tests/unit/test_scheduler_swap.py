@@ -74,7 +74,9 @@ class SpareMemory:
         return SPARE
 
 
-def churn_sched(budget: int, ids: str = "ab", **cfg: Any) -> tuple[ModelScheduler, RecyclingSpawner, Any]:
+def churn_sched(
+    budget: int, ids: str = "ab", **cfg: Any
+) -> tuple[ModelScheduler, RecyclingSpawner, Any]:
     sched, estimates, clock = make([prof(i) for i in ids], budget=budget)
     spawner = RecyclingSpawner()
     spawner.sizes = estimates.sizes = {"/m/a.gguf": 100 * MiB, "/m/b.gguf": 100 * MiB}
@@ -116,7 +118,10 @@ async def test_back_to_back_swaps_reuse_workers_and_report_thrash() -> None:
             clock.t += 0.5
             assert used(sched) <= 160 * MiB, "models and spares stay inside the budget"
         assert model(sched, "a")["load_count"] == 10 and model(sched, "b")["load_count"] == 10
-        assert model(sched, "a")["counters"]["swaps"] == 9 and model(sched, "b")["counters"]["swaps"] == 9
+        assert (
+            model(sched, "a")["counters"]["swaps"] == 9
+            and model(sched, "b")["counters"]["swaps"] == 9
+        )
         assert len(spawner.spawned) <= 2, "after the first swap every load reuses a recycled worker"
         thrash = [e for e in events if e["type"] == "model.thrashing"]
         assert {e["model"] for e in thrash} == {"a", "b"}
@@ -136,7 +141,9 @@ async def test_spares_never_push_over_the_budget_and_go_before_models() -> None:
         (await sched.acquire("a")).release()
         await settle(sched)
         assert used(sched) <= 140 * MiB
-        assert sched.spare_count == 0, "the spares were closed for the model, none started beside it"
+        assert sched.spare_count == 0, (
+            "the spares were closed for the model, none started beside it"
+        )
         assert model(sched, "a")["state"] == "ready"
     finally:
         await sched.stop()
@@ -216,7 +223,9 @@ async def test_a_model_with_requests_is_never_evicted_under_churn() -> None:
         tb = asyncio.create_task(sched.acquire("b"))
         await asyncio.sleep(0.05)
         assert not tb.done(), "b waits for the room a holds"
-        assert held.worker.alive and model(sched, "a")["state"] == "busy", "a is not evicted while busy"
+        assert held.worker.alive and model(sched, "a")["state"] == "busy", (
+            "a is not evicted while busy"
+        )
         held.release()  # a goes idle: b evicts it and loads
         (await asyncio.wait_for(tb, 1.0)).release()
         assert model(sched, "a")["state"] == "unloaded" and model(sched, "b")["state"] == "ready"

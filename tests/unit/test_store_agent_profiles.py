@@ -85,5 +85,7 @@ def test_profile_dirs_come_from_the_config(tmp_path: Path) -> None:
     cfg = Config(config_dir=str(tmp_path / "etc"))
     cfg.agents.profile_dirs.append(str(tmp_path / "extra"))
     assert agent_profile_dirs(cfg) == [
-        shipped_profiles_dir() / "agents", tmp_path / "etc" / "agents", tmp_path / "extra"
+        shipped_profiles_dir() / "agents",
+        tmp_path / "etc" / "agents",
+        tmp_path / "extra",
     ]

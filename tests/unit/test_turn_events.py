@@ -11,10 +11,25 @@ from appliance.store import Message
 
 
 def new_turn(*, window: int, stall_s: float = 60.0) -> Turn:
-    user = Message(id="m1", session_id="s1", seq=1, role="user", content="hi", tool_calls=None,
-                   tool_call_id=None, name=None, created=0.0, tokens=None, meta={})
-    return Turn(TurnSpec(session_id="s1", model_id="m", agent=None, params={}), user,
-                window=window, stall_s=stall_s)
+    user = Message(
+        id="m1",
+        session_id="s1",
+        seq=1,
+        role="user",
+        content="hi",
+        tool_calls=None,
+        tool_call_id=None,
+        name=None,
+        created=0.0,
+        tokens=None,
+        meta={},
+    )
+    return Turn(
+        TurnSpec(session_id="s1", model_id="m", agent=None, params={}),
+        user,
+        window=window,
+        stall_s=stall_s,
+    )
 
 
 def run(turn: Turn, tokens: int) -> asyncio.Task[None]:
@@ -50,7 +65,9 @@ async def test_the_turn_waits_for_a_reader_that_is_a_window_behind() -> None:
     assert task.done() and not task.cancelled()
 
 
-async def test_the_stream_ends_after_every_queued_event_when_the_turn_settles_on_a_full_queue() -> None:
+async def test_the_stream_ends_after_every_queued_event_when_the_turn_settles_on_a_full_queue() -> (
+    None
+):
     turn = new_turn(window=3)
     task = run(turn, tokens=1)  # message, token, done: exactly a window, no room for the end mark
     await settle()

@@ -15,7 +15,9 @@ from appliance.models.worker import _read_frames
 from appliance.models.workerproc import WorkerProcess
 
 
-def test_a_message_over_max_frame_is_refused_before_it_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_message_over_max_frame_is_refused_before_it_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     small = p.Tokenize(id=1, text="hi")
     monkeypatch.setattr(p, "MAX_FRAME", len(p.encode(small)) - p.HEADER.size)
     assert p.decode_command(p.encode(small)[p.HEADER.size :]) == small  # exactly the limit: sent
@@ -56,9 +58,12 @@ def test_the_worker_stops_reading_at_a_frame_over_max_frame() -> None:
 async def test_the_daemon_kills_a_worker_that_announces_a_frame_over_max_frame() -> None:
     header = p.HEADER.pack(p.MAX_FRAME + 1)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c",
+        sys.executable,
+        "-c",
         f"import os, time; os.write(1, {header!r}); time.sleep(60)",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     hello = p.Hello(pid=proc.pid, llama_cpp_version="test", gpu_offload=False, import_ms=0.0)
     worker = WorkerProcess(proc, hello)

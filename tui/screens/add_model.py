@@ -27,8 +27,12 @@ class AddModelScreen(ModalScreen[AddModelRequest | None]):
             yield Label("Add a model from a path on the daemon's host", classes="dialog-title")
             yield Input(placeholder="/path/to/model.gguf", id="add-path")
             yield Input(placeholder="id (optional; default: from the file name)", id="add-id")
-            yield Select([("chat", "chat"), ("embedding", "embedding")], value="chat", allow_blank=False,
-                         id="add-kind")
+            yield Select(
+                [("chat", "chat"), ("embedding", "embedding")],
+                value="chat",
+                allow_blank=False,
+                id="add-kind",
+            )
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Add", variant="primary", id="add-ok")
                 yield Button("Cancel", id="add-cancel")

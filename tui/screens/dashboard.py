@@ -95,7 +95,9 @@ class DashboardScreen(Screen[None]):
         if isinstance(error, NotAvailable):
             self.show_not_available(message.action, error)
         elif not isinstance(error, DaemonUnreachable | DaemonUnauthorized):  # the banner says those
-            self.notify(error.message, title=f"{message.action} failed", severity="error", timeout=10)
+            self.notify(
+                error.message, title=f"{message.action} failed", severity="error", timeout=10
+            )
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         self.query_one(ConnectionBanner).show_state(message.state)

@@ -136,7 +136,9 @@ class ModelsScreen(DashboardScreen):
 
     @work(group="model-ops")
     async def add_model(self, request: AddModelRequest) -> None:
-        model = await self.call("Add model", self.client.add_model(request.path, request.model_id, request.kind))
+        model = await self.call(
+            "Add model", self.client.add_model(request.path, request.model_id, request.kind)
+        )
         if model is not None:
             self.post_message(ModelChanged(model, "add"))
 
@@ -151,8 +153,10 @@ class ModelsScreen(DashboardScreen):
             return
         if event.type == "model.fetch":
             fraction = event.data.get("fraction")
-            self.progress[model] = (str(event.data.get("stage") or "fetching"),
-                                    float(fraction) if isinstance(fraction, int | float) else None)
+            self.progress[model] = (
+                str(event.data.get("stage") or "fetching"),
+                float(fraction) if isinstance(fraction, int | float) else None,
+            )
             self._show_detail()
         elif event.type == "model.state" and isinstance(event.data.get("state"), str):
             self.query_one(ModelTable).set_state(model, event.data["state"])

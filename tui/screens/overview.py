@@ -129,7 +129,11 @@ class OverviewScreen(DashboardScreen):
             gauges.mount(DeviceGauges.for_host())
             self.call_after_refresh(self._show_host, report)
             return
-        model_memory = (self.status.memory_used_bytes, self.status.memory_budget_bytes) if self.status else None
+        model_memory = (
+            (self.status.memory_used_bytes, self.status.memory_budget_bytes)
+            if self.status
+            else None
+        )
         self.query_one("#host", DeviceGauges).show_host(report.host or HostSample(), model_memory)
 
     def show_not_available(self, action: str, error: NotAvailable) -> None:
@@ -138,13 +142,19 @@ class OverviewScreen(DashboardScreen):
         elif action == "Reading the GPU":
             self.gpu_missing = True
             self._show_host(GpuReport(gpus=[]))
-            self.query_one(EventLog).add_note(self.now(), "GPU telemetry (/api/gpu) is not available on this daemon")
+            self.query_one(EventLog).add_note(
+                self.now(), "GPU telemetry (/api/gpu) is not available on this daemon"
+            )
         else:
             self.query_one(DaemonStats).update(error.message)
 
     def apply_event(self, event: DaemonEvent) -> None:
         self.query_one(EventLog).add_event(event)
         model = event.data.get("model")
-        if event.type == "model.state" and isinstance(model, str) and isinstance(event.data.get("state"), str):
+        if (
+            event.type == "model.state"
+            and isinstance(model, str)
+            and isinstance(event.data.get("state"), str)
+        ):
             self.query_one(ModelTable).set_state(model, event.data["state"])
             self.fetch_status()

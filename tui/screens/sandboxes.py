@@ -50,10 +50,16 @@ class SandboxesScreen(DashboardScreen):
     def compose_body(self) -> Iterable[Widget]:
         yield Notice(id="sandboxes-notice")
         yield Horizontal(
-            Vertical(Select[str]([], prompt="language", allow_blank=True, id="language"),
-                     SandboxTable(id="sandbox-table"), id="sandbox-side"),
-            Vertical(TextArea(SAMPLE_CODE, id="code", show_line_numbers=True, tab_behavior="indent"),
-                     RunOutput(id="run-output"), id="sandbox-main"),
+            Vertical(
+                Select[str]([], prompt="language", allow_blank=True, id="language"),
+                SandboxTable(id="sandbox-table"),
+                id="sandbox-side",
+            ),
+            Vertical(
+                TextArea(SAMPLE_CODE, id="code", show_line_numbers=True, tab_behavior="indent"),
+                RunOutput(id="run-output"),
+                id="sandbox-main",
+            ),
             id="sandboxes-body",
         )
 
@@ -88,8 +94,12 @@ class SandboxesScreen(DashboardScreen):
             self.languages = message.languages
             select = self.query_one("#language", Select)
             current = select.value
-            select.set_options([(lang.name if lang.available else f"{lang.name} (missing)", lang.name)
-                                for lang in message.languages])
+            select.set_options(
+                [
+                    (lang.name if lang.available else f"{lang.name} (missing)", lang.name)
+                    for lang in message.languages
+                ]
+            )
             names = [lang.name for lang in message.languages]
             if current in names:
                 select.value = current
@@ -113,7 +123,9 @@ class SandboxesScreen(DashboardScreen):
             return None
         lang = next((x for x in self.languages if x.name == value), None)
         if lang is not None and not lang.available:
-            self.notify(f"{value} is missing on the daemon's host: {lang.detail}", severity="warning")
+            self.notify(
+                f"{value} is missing on the daemon's host: {lang.detail}", severity="warning"
+            )
             return None
         return value
 
@@ -149,7 +161,9 @@ class SandboxesScreen(DashboardScreen):
             self.post_message(RunFinished(result, sandbox_id or "one-shot"))
         else:
             self.running = False
-            self.query_one(RunOutput).show_message("The run did not happen; see the message above.", "red")
+            self.query_one(RunOutput).show_message(
+                "The run did not happen; see the message above.", "red"
+            )
 
     def on_run_finished(self, message: RunFinished) -> None:
         self.running = False
@@ -178,7 +192,9 @@ class SandboxesScreen(DashboardScreen):
             if yes:
                 self.destroy_sandbox(sandbox.id)
 
-        self.app.push_screen(ConfirmScreen(f"Destroy sandbox {sandbox.id} and its files?"), answered)
+        self.app.push_screen(
+            ConfirmScreen(f"Destroy sandbox {sandbox.id} and its files?"), answered
+        )
 
     @work(group="sandbox-ops")
     async def destroy_sandbox(self, sandbox_id: str) -> None:
@@ -190,14 +206,20 @@ class SandboxesScreen(DashboardScreen):
         return True
 
     def on_sandbox_changed(self, message: SandboxChanged) -> None:
-        self.notify(f"Sandbox {message.sandbox.id} {message.action}." if message.sandbox else f"Sandbox {message.action}.")
+        self.notify(
+            f"Sandbox {message.sandbox.id} {message.action}."
+            if message.sandbox
+            else f"Sandbox {message.action}."
+        )
         self.fetch_sandboxes()
         if message.sandbox is not None:
             self.select_after_load = message.sandbox.id
 
     @on(Select.Changed, "#language")
     def language_changed(self) -> None:
-        self.query_one("#code", TextArea).border_title = f"code · {self.query_one('#language', Select).value}"
+        self.query_one(
+            "#code", TextArea
+        ).border_title = f"code · {self.query_one('#language', Select).value}"
 
     def action_edit(self) -> None:
         self.query_one("#code", TextArea).focus()

@@ -62,8 +62,12 @@ class SessionsScreen(DashboardScreen):
 
     def compose_body(self) -> Iterable[Widget]:
         yield Horizontal(
-            Vertical(Notice(id="sessions-notice"), SessionTree(id="session-tree"),
-                     OptionList(id="direct-models"), id="sessions-side"),
+            Vertical(
+                Notice(id="sessions-notice"),
+                SessionTree(id="session-tree"),
+                OptionList(id="direct-models"),
+                id="sessions-side",
+            ),
             Vertical(TranscriptView(id="transcript"), ChatInput(id="chat-input"), id="chat-pane"),
         )
 
@@ -124,7 +128,9 @@ class SessionsScreen(DashboardScreen):
             ranked = sorted(message.models, key=lambda m: (not m.resident, m.fetched is False))
             self.direct_model = ranked[0].id
         if self.direct_model:
-            options.highlighted = next((i for i, m in enumerate(message.models) if m.id == self.direct_model), 0)
+            options.highlighted = next(
+                (i for i, m in enumerate(message.models) if m.id == self.direct_model), 0
+            )
         self._title_transcript()
 
     def on_transcript_loaded(self, message: TranscriptLoaded) -> None:
@@ -135,7 +141,9 @@ class SessionsScreen(DashboardScreen):
         if action in ("Listing agents", "Listing sessions") and not self.sessions_missing:
             self.sessions_missing = True
             notice = self.query_one("#sessions-notice", Notice)
-            notice.say("Sessions are not available on this daemon.", "Chat directly with a model instead:")
+            notice.say(
+                "Sessions are not available on this daemon.", "Chat directly with a model instead:"
+            )
             notice.display = True
             self.query_one(SessionTree).display = False
             self.query_one("#direct-models").display = True
@@ -177,7 +185,11 @@ class SessionsScreen(DashboardScreen):
         self.query_one(ChatInput).focus()
 
     def action_focus_list(self) -> None:
-        (self.query_one("#direct-models") if self.sessions_missing else self.query_one(SessionTree)).focus()
+        (
+            self.query_one("#direct-models")
+            if self.sessions_missing
+            else self.query_one(SessionTree)
+        ).focus()
 
     # --- chatting -------------------------------------------------------------------------------
 
@@ -195,7 +207,9 @@ class SessionsScreen(DashboardScreen):
         if self.open_session is None:
             agent = self.query_one(SessionTree).selected_agent
             if agent is None:
-                self.notify("Select a session, or an agent to start one with (n).", severity="warning")
+                self.notify(
+                    "Select a session, or an agent to start one with (n).", severity="warning"
+                )
                 return
             self._begin(message.text)
             self.start_and_send(agent.id, message.text)
@@ -214,8 +228,9 @@ class SessionsScreen(DashboardScreen):
 
     @work(exclusive=True, group="turn")
     async def start_and_send(self, agent_id: str, text: str) -> None:
-        session = await self.call("Creating a session",
-                                  self.client.create_session(agent=agent_id, title=text[:40]))
+        session = await self.call(
+            "Creating a session", self.client.create_session(agent=agent_id, title=text[:40])
+        )
         if session is None:
             self.post_message(TurnEventReceived(TurnEvent("error", "could not create a session")))
             return
@@ -224,8 +239,9 @@ class SessionsScreen(DashboardScreen):
 
     async def _stream_turn(self, session_id: str, text: str) -> None:
         try:
-            async for event in self.client.send_message(session_id, text,
-                                                        max_tokens=self.context.chat_max_tokens):
+            async for event in self.client.send_message(
+                session_id, text, max_tokens=self.context.chat_max_tokens
+            ):
                 self.post_message(TurnEventReceived(event))
         except ClientError as exc:  # shown in the transcript, where the reply would have been
             self.post_message(TurnEventReceived(TurnEvent("error", exc.message)))
@@ -237,8 +253,9 @@ class SessionsScreen(DashboardScreen):
         reply: list[str] = []
 
         try:
-            async for piece in self.client.chat_stream(model, list(self.direct_history),
-                                                       max_tokens=self.context.chat_max_tokens):
+            async for piece in self.client.chat_stream(
+                model, list(self.direct_history), max_tokens=self.context.chat_max_tokens
+            ):
                 reply.append(piece)
                 self.post_message(TurnEventReceived(TurnEvent("token", piece)))
         except ClientError as exc:
@@ -262,7 +279,10 @@ class SessionsScreen(DashboardScreen):
         if self.sessions_missing:
             self.notify("Sessions are not available on this daemon.", severity="warning")
             return
-        choices = [(f"agent:{a.id}", f"agent {a.name}" + (f" ({a.model})" if a.model else "")) for a in self.agents]
+        choices = [
+            (f"agent:{a.id}", f"agent {a.name}" + (f" ({a.model})" if a.model else ""))
+            for a in self.agents
+        ]
         choices += [(f"model:{m}", f"model {m}, no agent") for m in self.chat_models]
         if not choices:
             self.notify("No agents or chat models on this daemon yet.", severity="warning")
@@ -278,7 +298,11 @@ class SessionsScreen(DashboardScreen):
     async def create_session(self, choice: str) -> None:
         """`choice` is "agent:ID" or "model:ID"."""
         kind, _, ref = choice.partition(":")
-        pending = self.client.create_session(agent=ref) if kind == "agent" else self.client.create_session(model=ref)
+        pending = (
+            self.client.create_session(agent=ref)
+            if kind == "agent"
+            else self.client.create_session(model=ref)
+        )
         session = await self.call("Creating a session", pending)
         if session is not None:
             self.post_message(SessionChanged("created", session))
@@ -309,8 +333,10 @@ class SessionsScreen(DashboardScreen):
             if yes:
                 self.delete_session(session.id)
 
-        self.app.push_screen(ConfirmScreen(f"Delete session {session.label}, its transcript and its files?"),
-                             answered)
+        self.app.push_screen(
+            ConfirmScreen(f"Delete session {session.label}, its transcript and its files?"),
+            answered,
+        )
 
     @work(group="session-ops")
     async def fork_session(self, session_id: str) -> None:

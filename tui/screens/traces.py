@@ -25,7 +25,15 @@ from tui.widgets.notice import Notice
 from tui.widgets.span_timeline import SpanTimeline
 from tui.widgets.trace_table import TraceTable
 
-USAGE_FIGURES = ("requests", "tokens_in", "tokens_out", "busy_seconds", "gpu_seconds", "energy_j", "sandbox_cpu_s")
+USAGE_FIGURES = (
+    "requests",
+    "tokens_in",
+    "tokens_out",
+    "busy_seconds",
+    "gpu_seconds",
+    "energy_j",
+    "sandbox_cpu_s",
+)
 """The usage totals shown, in this order, when the daemon reports them."""
 
 RELOAD_ON = ("session.turn.finished", "sandbox.run", "trace.")
@@ -90,7 +98,9 @@ class TracesScreen(DashboardScreen):
     @work(exclusive=True, group="traces-list")
     async def fetch_traces(self, filter_text: str) -> None:
         model, session, words = parse_filter(filter_text)
-        traces = await self.call("Listing traces", self.client.traces(model=model, session_id=session))
+        traces = await self.call(
+            "Listing traces", self.client.traces(model=model, session_id=session)
+        )
         if traces is not None:
             self.post_message(TracesLoaded([t for t in traces if matches(t, words)]))
 
@@ -119,9 +129,15 @@ class TracesScreen(DashboardScreen):
 
     def on_usage_loaded(self, message: UsageLoaded) -> None:
         figures = message.usage.figures
-        totals = {k.removeprefix("total."): v for k, v in figures.items() if k.startswith("total.")} or figures
+        totals = {
+            k.removeprefix("total."): v for k, v in figures.items() if k.startswith("total.")
+        } or figures
         shown = [(k, totals[k]) for k in USAGE_FIGURES if k in totals] or sorted(totals.items())[:5]
-        line = "   ".join(f"{k.replace('_', ' ')} {v:,.6g}" for k, v in shown) if shown else "no usage recorded yet"
+        line = (
+            "   ".join(f"{k.replace('_', ' ')} {v:,.6g}" for k, v in shown)
+            if shown
+            else "no usage recorded yet"
+        )
         self.query_one("#usage", Static).update(Text.assemble(("usage ", "bold dim"), line))
 
     @on(DataTable.RowHighlighted, "#trace-table")
@@ -151,7 +167,9 @@ class TracesScreen(DashboardScreen):
 
     def show_not_available(self, action: str, error: NotAvailable) -> None:
         if action == "Reading usage":
-            self.query_one("#usage", Static).update(Text("usage: not available on this daemon", style="dim"))
+            self.query_one("#usage", Static).update(
+                Text("usage: not available on this daemon", style="dim")
+            )
             return
         if action in ("Listing traces", "Reading the trace"):
             notice = self.query_one("#traces-notice", Notice)

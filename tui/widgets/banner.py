@@ -20,11 +20,15 @@ class ConnectionBanner(Static):
         self.set_class(state.kind == "unauthorized", "-unauthorized")
         self.display = state.kind in ("unreachable", "unauthorized")
         if state.kind == "unreachable":
-            text = Text.assemble(("Daemon unreachable: ", "bold"), state.detail or state.url,
-                                 (" Retrying.", "italic"))
+            text = Text.assemble(
+                ("Daemon unreachable: ", "bold"),
+                state.detail or state.url,
+                (" Retrying.", "italic"),
+            )
         elif state.kind == "unauthorized":
-            text = Text.assemble(("Token refused: ", "bold"), state.detail,
-                                 (" Retrying.", "italic"))
+            text = Text.assemble(
+                ("Token refused: ", "bold"), state.detail, (" Retrying.", "italic")
+            )
         else:
             text = Text("")
         self.update(text)

@@ -21,6 +21,9 @@ class DaemonStats(Static):
             *item("active", str(status.active_requests)),
             *item("sess", "-" if status.sessions is None else str(status.sessions)),
             *item("sbx", "-" if status.sandboxes is None else str(status.sandboxes)),
-            *item("model mem", f"{fmt.size(status.memory_used_bytes)}/{fmt.size(status.memory_budget_bytes)}"),
+            *item(
+                "model mem",
+                f"{fmt.size(status.memory_used_bytes)}/{fmt.size(status.memory_budget_bytes)}",
+            ),
         ]
         self.update(Text.assemble(*parts))

@@ -21,7 +21,8 @@ class DeviceGauges(Horizontal):
         super().__init__(id=id, classes="device-gauges")
         self.titles = titles
         self.util, self.mem, self.power = (
-            ResourceGauge(title, id=gauge_id) for gauge_id, title in zip(("util", "mem", "power"), titles, strict=True)
+            ResourceGauge(title, id=gauge_id)
+            for gauge_id, title in zip(("util", "mem", "power"), titles, strict=True)
         )
 
     @classmethod
@@ -39,7 +40,8 @@ class DeviceGauges(Horizontal):
         self.util.record(gpu.utilization_percent, fmt.percent(gpu.utilization_percent))
         self.mem.record(
             _share(gpu.memory_used_bytes, gpu.memory_total_bytes),
-            f"{fmt.size_short(gpu.memory_used_bytes)}/{fmt.size_short(gpu.memory_total_bytes)}")
+            f"{fmt.size_short(gpu.memory_used_bytes)}/{fmt.size_short(gpu.memory_total_bytes)}",
+        )
         power = "-" if gpu.power_watts is None else f"{gpu.power_watts:.0f} W"
         if gpu.power_limit_watts:
             power += f"/{gpu.power_limit_watts:.0f}"
@@ -50,6 +52,7 @@ class DeviceGauges(Horizontal):
         self.util.record(host.cpu_percent, fmt.percent(host.cpu_percent))
         self.mem.record(
             _share(host.memory_used_bytes, host.memory_total_bytes),
-            f"{fmt.size_short(host.memory_used_bytes)}/{fmt.size_short(host.memory_total_bytes)}")
+            f"{fmt.size_short(host.memory_used_bytes)}/{fmt.size_short(host.memory_total_bytes)}",
+        )
         used, budget = model_memory or (0, 0)
         self.power.record(_share(used, budget), f"{fmt.size_short(used)}/{fmt.size_short(budget)}")

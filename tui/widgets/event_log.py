@@ -10,8 +10,13 @@ from textual.widgets import RichLog
 from appliance.client.records import DaemonEvent
 from tui import format as fmt
 
-_KIND_STYLES = {"model": "cyan", "sandbox": "magenta", "session": "green", "error": "bold red",
-                "daemon": "yellow"}
+_KIND_STYLES = {
+    "model": "cyan",
+    "sandbox": "magenta",
+    "session": "green",
+    "error": "bold red",
+    "daemon": "yellow",
+}
 
 
 def describe(event: DaemonEvent) -> str:
@@ -38,8 +43,15 @@ class EventLog(RichLog):
 
     def add_event(self, event: DaemonEvent) -> None:
         family = event.type.split(".", 1)[0]
-        self.write(Text.assemble((fmt.clock(event.ts), "dim"), " ",
-                                 (f"{event.type:<16}", _KIND_STYLES.get(family, "")), " ", describe(event)))
+        self.write(
+            Text.assemble(
+                (fmt.clock(event.ts), "dim"),
+                " ",
+                (f"{event.type:<16}", _KIND_STYLES.get(family, "")),
+                " ",
+                describe(event),
+            )
+        )
 
     def add_note(self, ts: float, text: str, style: str = "italic") -> None:
         self.write(Text.assemble((fmt.clock(ts), "dim"), " ", (text, style)))

@@ -71,4 +71,6 @@ class ResourceGauge(Widget):
         title.update(f"{self.title}  {self.text}")
         # unknown: an empty bar (an indeterminate one would animate forever)
         bar.update(total=100, progress=self.share or 0)
-        spark.update(Text(spark_line(list(self.history), spark.size.width or self.size.width), style="cyan"))
+        spark.update(
+            Text(spark_line(list(self.history), spark.size.width or self.size.width), style="cyan")
+        )

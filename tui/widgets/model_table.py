@@ -13,8 +13,15 @@ from textual.widgets import DataTable
 from appliance.client.records import ModelInfo
 from tui import format as fmt
 
-COLUMNS = (("model", "Model"), ("state", "State"), ("pin", "Pin"), ("memory", "Memory"),
-           ("idle", "Idle in"), ("rate", "tok/s"), ("queue", "Queue"))
+COLUMNS = (
+    ("model", "Model"),
+    ("state", "State"),
+    ("pin", "Pin"),
+    ("memory", "Memory"),
+    ("idle", "Idle in"),
+    ("rate", "tok/s"),
+    ("queue", "Queue"),
+)
 
 
 def state_text(state: str) -> Text:
@@ -39,7 +46,9 @@ class ModelTable(DataTable[str | Text]):
         key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
         return self.models.get(key or "")
 
-    def show_models(self, models: list[ModelInfo], now: float, rates: dict[str, float | None]) -> None:
+    def show_models(
+        self, models: list[ModelInfo], now: float, rates: dict[str, float | None]
+    ) -> None:
         keep = self.selected.id if self.selected else None
         self.models = {m.id: m for m in models}
         self.clear()

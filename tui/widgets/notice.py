@@ -9,4 +9,8 @@ from textual.widgets import Static
 
 class Notice(Static):
     def say(self, title: str, detail: str = "") -> None:
-        self.update(Text.assemble((title, "bold"), "\n", (detail, "dim")) if detail else Text(title, style="bold"))
+        self.update(
+            Text.assemble((title, "bold"), "\n", (detail, "dim"))
+            if detail
+            else Text(title, style="bold")
+        )

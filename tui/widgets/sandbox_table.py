@@ -15,8 +15,13 @@ class SandboxTable(DataTable[str | Text]):
         self.sandboxes: dict[str, Sandbox] = {}
 
     def on_mount(self) -> None:
-        for key, label in (("id", "Sandbox"), ("language", "Lang"), ("busy", "Busy"), ("execs", "Runs"),
-                           ("expires", "Expires")):
+        for key, label in (
+            ("id", "Sandbox"),
+            ("language", "Lang"),
+            ("busy", "Busy"),
+            ("execs", "Runs"),
+            ("expires", "Expires"),
+        ):
             self.add_column(label, key=key)
 
     @property
@@ -31,8 +36,14 @@ class SandboxTable(DataTable[str | Text]):
         self.sandboxes = {s.id: s for s in sandboxes}
         self.clear()
         for s in sandboxes:
-            self.add_row(fmt.short_id(s.id, 16), s.language, Text("busy", style="yellow") if s.busy else "",
-                         str(s.execs), fmt.countdown(s.expires_in_s), key=s.id)
+            self.add_row(
+                fmt.short_id(s.id, 16),
+                s.language,
+                Text("busy", style="yellow") if s.busy else "",
+                str(s.execs),
+                fmt.countdown(s.expires_in_s),
+                key=s.id,
+            )
         if keep in self.sandboxes:
             self.move_cursor(row=self.get_row_index(keep))
 

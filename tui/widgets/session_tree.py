@@ -25,7 +25,9 @@ class SessionTree(Tree[Agent | Session]):
         for s in sessions:
             parent = nodes.get(s.agent_id)
             if parent is None:
-                parent = nodes[s.agent_id] = self.root.add(s.agent_id or "models, no agent", expand=True)
+                parent = nodes[s.agent_id] = self.root.add(
+                    s.agent_id or "models, no agent", expand=True
+                )
             label = fmt.short_id(s.label, 30)
             if s.agent_id is None and s.model:
                 label += f" ({s.model})"

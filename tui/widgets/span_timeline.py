@@ -17,8 +17,12 @@ TIME_WIDTH = 9
 
 
 def timeline(t: Trace, width: int) -> Text:
-    head = Text.assemble((f"{t.kind} {t.name}".strip(), "bold"), f"  {fmt.duration_ms(t.duration_ms)}  ",
-                         (t.status, "green" if t.status == "ok" else "bold red"), (f"  {t.id}", "dim"))
+    head = Text.assemble(
+        (f"{t.kind} {t.name}".strip(), "bold"),
+        f"  {fmt.duration_ms(t.duration_ms)}  ",
+        (t.status, "green" if t.status == "ok" else "bold red"),
+        (f"  {t.id}", "dim"),
+    )
     if not t.spans:
         return Text.assemble(head, "\n", ("(no spans recorded)", "dim"))
     total = max([t.duration_ms, *(s.start_ms + s.duration_ms for s in t.spans)]) or 1.0
@@ -28,9 +32,17 @@ def timeline(t: Trace, width: int) -> Text:
         length = max(1, round(s.duration_ms / total * bar_width))
         start = min(int(s.start_ms / total * bar_width), bar_width - length)
         name = fmt.short_id(("  " if s.parent else "") + s.name, NAME_WIDTH).ljust(NAME_WIDTH)
-        lines.append(Text.assemble((name, "cyan"), " ", " " * start, ("█" * length, "magenta"),
-                                   " " * (bar_width - start - length), " ",
-                                   (fmt.duration_ms(s.duration_ms).rjust(TIME_WIDTH), "dim")))
+        lines.append(
+            Text.assemble(
+                (name, "cyan"),
+                " ",
+                " " * start,
+                ("█" * length, "magenta"),
+                " " * (bar_width - start - length),
+                " ",
+                (fmt.duration_ms(s.duration_ms).rjust(TIME_WIDTH), "dim"),
+            )
+        )
     return Text("\n").join(lines)
 
 

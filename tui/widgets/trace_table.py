@@ -15,8 +15,14 @@ class TraceTable(DataTable[str | Text]):
         self.traces: dict[str, Trace] = {}
 
     def on_mount(self) -> None:
-        for key, label in (("time", "Time"), ("name", "Trace"), ("model", "Model"), ("session", "Session"),
-                           ("took", "Took"), ("status", "Status")):
+        for key, label in (
+            ("time", "Time"),
+            ("name", "Trace"),
+            ("model", "Model"),
+            ("session", "Session"),
+            ("took", "Took"),
+            ("status", "Status"),
+        ):
             self.add_column(label, key=key)
 
     @property
@@ -33,7 +39,14 @@ class TraceTable(DataTable[str | Text]):
         for t in traces:
             status = Text(t.status, style="green" if t.status == "ok" else "bold red")
             what = t.name if t.kind in ("request", "") else f"{t.kind}: {t.name}"
-            self.add_row(fmt.clock(t.started), fmt.short_id(what, 30), fmt.short_id(t.model or "-", 16),
-                         fmt.short_id(t.session_id or "-", 14), fmt.duration_ms(t.duration_ms), status, key=t.id)
+            self.add_row(
+                fmt.clock(t.started),
+                fmt.short_id(what, 30),
+                fmt.short_id(t.model or "-", 16),
+                fmt.short_id(t.session_id or "-", 14),
+                fmt.duration_ms(t.duration_ms),
+                status,
+                key=t.id,
+            )
         if keep in self.traces:
             self.move_cursor(row=self.get_row_index(keep))

@@ -24,10 +24,18 @@ class TranscriptView(VerticalScroll):
         blocks: list[TranscriptBlock] = []
         for e in entries:
             if e.role == "tool":
-                blocks.append(TranscriptBlock("tool-result", e.content, title=f"tool result · {e.name or e.tool_call_id or ''}"))
+                blocks.append(
+                    TranscriptBlock(
+                        "tool-result",
+                        e.content,
+                        title=f"tool result · {e.name or e.tool_call_id or ''}",
+                    )
+                )
                 continue
             if e.role in ("user", "assistant", "system") and (e.content or not e.tool_calls):
-                blocks.append(TranscriptBlock(e.role, e.content, title="you" if e.role == "user" else e.role))
+                blocks.append(
+                    TranscriptBlock(e.role, e.content, title="you" if e.role == "user" else e.role)
+                )
             for call in e.tool_calls:
                 blocks.append(self._call_block(call))
         if blocks:
@@ -50,9 +58,17 @@ class TranscriptView(VerticalScroll):
         elif event.kind == "tool_result":
             self._reply = None
             name = str(event.data.get("name") or event.data.get("tool") or "")
-            self._add(TranscriptBlock("tool-result", event.text, title=f"tool result · {name}".rstrip(" ·")))
-        elif event.kind == "message" and event.data.get("role") == "assistant" and event.text \
-                and not event.data.get("tool_calls"):
+            self._add(
+                TranscriptBlock(
+                    "tool-result", event.text, title=f"tool result · {name}".rstrip(" ·")
+                )
+            )
+        elif (
+            event.kind == "message"
+            and event.data.get("role") == "assistant"
+            and event.text
+            and not event.data.get("tool_calls")
+        ):
             # the stored assistant message is authoritative over the tokens seen so far (the user's
             # message shows already, tool calls and results come as their own events)
             if self._reply is None:
@@ -77,4 +93,6 @@ class TranscriptView(VerticalScroll):
 
     @staticmethod
     def _call_block(call: ToolCall) -> TranscriptBlock:
-        return TranscriptBlock("tool-call", call.arguments, title=f"tool call · {call.name}", tool_call=call)
+        return TranscriptBlock(
+            "tool-call", call.arguments, title=f"tool call · {call.name}", tool_call=call
+        )

@@ -35,7 +35,9 @@ def _code_in(arguments: str) -> tuple[str, str] | None:
 class TranscriptBlock(Static):
     """A block of `kind` user | assistant | system | tool-call | tool-result | error."""
 
-    def __init__(self, kind: str, text: str = "", *, title: str = "", tool_call: ToolCall | None = None) -> None:
+    def __init__(
+        self, kind: str, text: str = "", *, title: str = "", tool_call: ToolCall | None = None
+    ) -> None:
         super().__init__(classes=f"block -{kind}")
         self.kind = kind
         self.text = text
@@ -59,7 +61,12 @@ class TranscriptBlock(Static):
             if code is not None:
                 source, language = code
                 return Syntax(source, language, theme=SYNTAX_THEME, word_wrap=True)
-            return Syntax(self._pretty_json(self.tool_call.arguments), "json", theme=SYNTAX_THEME, word_wrap=True)
+            return Syntax(
+                self._pretty_json(self.tool_call.arguments),
+                "json",
+                theme=SYNTAX_THEME,
+                word_wrap=True,
+            )
         if self.kind == "tool-result":
             return Group(Text(self.text or "(no output)"))
         return Text(self.text)

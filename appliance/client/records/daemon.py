@@ -184,7 +184,12 @@ class DaemonEvent(msgspec.Struct, frozen=True):
     def from_json(cls, d: Any) -> DaemonEvent:
         d = as_dict(d)
         rest = {k: v for k, v in d.items() if k not in ("seq", "type", "ts")}
-        return cls(seq=as_int(d.get("seq")), type=as_str(d.get("type"), "?"), ts=as_num(d.get("ts")) or 0.0, data=rest)
+        return cls(
+            seq=as_int(d.get("seq")),
+            type=as_str(d.get("type"), "?"),
+            ts=as_num(d.get("ts")) or 0.0,
+            data=rest,
+        )
 
 
 class ConnectionState(msgspec.Struct, frozen=True):

@@ -49,8 +49,12 @@ class Language(msgspec.Struct, frozen=True):
             return cls(name=d, title=d)
         d = as_dict(d)
         name = as_str(d.get("name"), "?")
-        return cls(name=name, title=as_str(d.get("title"), name), available=d.get("available", True) is not False,
-                   detail=as_str(d.get("detail")))
+        return cls(
+            name=name,
+            title=as_str(d.get("title"), name),
+            available=d.get("available", True) is not False,
+            detail=as_str(d.get("detail")),
+        )
 
 
 class RunResult(msgspec.Struct, frozen=True):

@@ -21,9 +21,13 @@ class Agent(msgspec.Struct, frozen=True):
     def from_json(cls, d: Any) -> Agent:
         d = as_dict(d)
         aid = as_str(d.get("id"), "?")
-        return cls(id=aid, name=as_str(d.get("name"), aid), model=as_str(d.get("model")),
-                   description=as_str(d.get("description")),
-                   tools=[t for t in as_list(d.get("tools")) if isinstance(t, str)])
+        return cls(
+            id=aid,
+            name=as_str(d.get("name"), aid),
+            model=as_str(d.get("model")),
+            description=as_str(d.get("description")),
+            tools=[t for t in as_list(d.get("tools")) if isinstance(t, str)],
+        )
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -68,8 +72,11 @@ class ToolCall(msgspec.Struct, frozen=True):
         args = fn.get("arguments", d.get("arguments", ""))
         if not isinstance(args, str):
             args = json.dumps(args, indent=2, ensure_ascii=False)
-        return cls(id=as_str(d.get("id", d.get("call_id"))), name=as_str(fn.get("name", d.get("tool")), "?"),
-                   arguments=args)
+        return cls(
+            id=as_str(d.get("id", d.get("call_id"))),
+            name=as_str(fn.get("name", d.get("tool")), "?"),
+            arguments=args,
+        )
 
 
 class TranscriptEntry(msgspec.Struct, frozen=True):
@@ -114,10 +121,16 @@ class TurnEvent(msgspec.Struct, frozen=True):
             text = as_str(d.get("text", d.get("content", d.get("token", d.get("delta")))))
         elif kind == "error":
             err = d.get("error")
-            text = as_str(as_dict(err).get("message")) or as_str(err) or as_str(d.get("message"), "error")
+            text = (
+                as_str(as_dict(err).get("message"))
+                or as_str(err)
+                or as_str(d.get("message"), "error")
+            )
         elif kind == "tool_result":
             value = d.get("result", d.get("content", d.get("output")))
-            text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+            text = (
+                value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+            )
         elif kind == "message" and isinstance(d.get("message"), dict):
             d = d["message"]  # the stored message: user, assistant (maybe asking for tools) or tool
             text = as_str(d.get("content"))

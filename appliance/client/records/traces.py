@@ -20,9 +20,13 @@ class Span(msgspec.Struct, frozen=True):
     @classmethod
     def from_json(cls, d: Any) -> Span:
         d = as_dict(d)
-        return cls(name=as_str(d.get("name"), "?"), start_ms=as_num(d.get("start_ms")) or 0.0,
-                   duration_ms=as_num(d.get("duration_ms")) or 0.0, parent=as_opt_str(d.get("parent")),
-                   attrs=as_dict(d.get("attrs")))
+        return cls(
+            name=as_str(d.get("name"), "?"),
+            start_ms=as_num(d.get("start_ms")) or 0.0,
+            duration_ms=as_num(d.get("duration_ms")) or 0.0,
+            parent=as_opt_str(d.get("parent")),
+            attrs=as_dict(d.get("attrs")),
+        )
 
 
 class Trace(msgspec.Struct, frozen=True):
