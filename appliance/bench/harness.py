@@ -70,10 +70,15 @@ class BenchDaemon:
 
 @contextmanager
 def bench_daemon(
-    profiles: dict[str, dict[str, object]], *, config: str = "", models_config: str = ""
+    profiles: dict[str, dict[str, object]],
+    *,
+    config: str = "",
+    models_config: str = "",
+    sandbox_config: str = "pool = {}",
 ) -> Iterator[BenchDaemon]:
     """A throwaway `appliance serve` on a free loopback port with the given model profiles
-    (`models_config`: extra `key = value` lines of its [models] table)."""
+    (`models_config`, `sandbox_config`: the `key = value` lines of its [models] and [sandbox]
+    tables; `config`: further tables)."""
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
         root = Path(tmp)
         pdir = root / "profiles"
@@ -93,7 +98,7 @@ def bench_daemon(
             (pdir / f"{mid}.toml").write_text("\n".join(lines) + "\n")
         cfg = root / "config.toml"
         cfg.write_text(
-            f'[models]\nprofile_dirs = ["{pdir}"]\ndefaults = []\n{models_config}\n[sandbox]\npool = {{}}\n{config}'
+            f'[models]\nprofile_dirs = ["{pdir}"]\ndefaults = []\n{models_config}\n[sandbox]\n{sandbox_config}\n{config}'
         )
         port = free_port()
         log = open(root / "daemon.log", "wb")  # noqa: SIM115 (closed below)

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from appliance.bench.harness import free_port, pct
+from appliance.bench.harness import bench_daemon, pct
 from appliance.errors import ApplianceError
 
 CODE = "print(1)"
@@ -60,46 +57,15 @@ def bare_python(exe: str, runs: int) -> list[float]:
 
 @contextmanager
 def daemon(pool: dict[str, int]) -> Iterator[str]:
-    """A throwaway `appliance serve` (no models) with the given warm pool."""
-    with tempfile.TemporaryDirectory(prefix="appliance-bench-sandbox-") as tmp:
-        root = Path(tmp)
-        pool_toml = ", ".join(f"{k} = {v}" for k, v in pool.items())
-        cfg = root / "config.toml"
-        cfg.write_text(
-            "[models]\ndefaults = []\nspare_worker = false\n"
-            f"[sandbox]\npool = {{{pool_toml}}}\nmax_concurrent = 4\n"
-        )
-        port = free_port()
-        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
-        with open(root / "daemon.log", "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "appliance",
-                    "serve",
-                    "--config",
-                    str(cfg),
-                    "--state-dir",
-                    str(root / "state"),
-                    "--port",
-                    str(port),
-                    "--no-fetch",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                _wait(url, proc, root, pool)
-                yield url
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    """A throwaway `appliance serve` (no models, no spare worker) with the given warm pool."""
+    pool_toml = ", ".join(f"{k} = {v}" for k, v in pool.items())
+    with bench_daemon(
+        {},
+        models_config="spare_worker = false",
+        sandbox_config=f"pool = {{{pool_toml}}}\nmax_concurrent = 4",
+    ) as d:
+        _wait(d.url, d.proc, d.root, pool)
+        yield d.url
 
 
 def _pool_ready(c: httpx.Client, pool: dict[str, int]) -> bool:
