@@ -58,6 +58,20 @@ class PayloadTooLarge(ApplianceError):
     code = "payload_too_large"
 
 
+class Forbidden(ApplianceError):
+    """The request comes from somewhere it may not (a foreign Host or Origin)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class UnsupportedMediaType(ApplianceError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class Unauthorized(ApplianceError):
     status = 401
     type = "authentication_error"

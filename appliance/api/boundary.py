@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from appliance.api.errors import send_error
 from appliance.config import Config
-from appliance.errors import ApplianceError, PayloadTooLarge
+from appliance.errors import ApplianceError, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from appliance.services.access import is_loopback
 
 ASGIApp = Any
@@ -62,18 +62,6 @@ _CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_EXPOSE = b"X-Trace-Id, Retry-After"
 _CORS_DEFAULT_HEADERS = b"Authorization, Content-Type"
 _HEADER_LIST = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
-
-
-class Forbidden(ApplianceError):
-    status = 403
-    type = "invalid_request_error"
-    code = "forbidden"
-
-
-class UnsupportedMediaType(ApplianceError):
-    status = 415
-    type = "invalid_request_error"
-    code = "unsupported_media_type"
 
 
 class BodyTooLarge(PayloadTooLarge):
