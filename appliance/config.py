@@ -25,7 +25,7 @@ DEFAULT_PORT = 8420
 STATE_DIR_ENV = "APPLIANCE_STATE_DIR"
 """Set in the environment of the daemon's long-lived children (model workers, the grammar checker,
 the workspace mount holder): the state directory of the daemon that started them, so that what a
-dead daemon left behind can be proven its own (appliance.services.leftovers)."""
+dead daemon left behind can be proven its own (appliance.host.leftovers)."""
 
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?/?$")
 

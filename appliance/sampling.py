@@ -1,6 +1,6 @@
 """The ranges of generation parameters, declared once as msgspec constraint types.
 
-Every request struct that carries sampling fields (the OpenAI routes in appliance.api.schemas,
+Every request struct that carries sampling fields (the OpenAI routes in appliance.openai.shapes,
 session turns, agents' stored parameters) uses these types, so a value out of range is refused
 with a 400 that names the field while the body is decoded: before a lease is taken, a model
 loaded or a value reaches llama.cpp. The ranges are OpenAI's documented ones where OpenAI has

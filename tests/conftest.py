@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import pytest
 
-from appliance.models.fetch import ModelFetcher, ModelFetchError, unreachable_reason
+from appliance.models.fetch.fetcher import ModelFetcher, ModelFetchError, unreachable_reason
 from tests.fixtures.tinymodel import write_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from appliance.services.container import Appliance
+from appliance.app import Appliance
 from appliance.store import Agent, AgentPatch, AgentSpec, Page
 
 

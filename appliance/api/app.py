@@ -18,7 +18,7 @@ from appliance.api.responses import ResponsesController
 from appliance.api.sandboxes import SandboxController
 from appliance.api.sessions import SessionController
 from appliance.api.tracing import RequestTelemetry
-from appliance.services.container import Appliance
+from appliance.app import Appliance
 
 
 def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litestar:

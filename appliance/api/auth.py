@@ -1,4 +1,4 @@
-"""Bearer-token check in front of every route (the policy is appliance.services.access).
+"""Bearer-token check in front of every route (the policy is appliance.access).
 
 This is plain ASGI around the whole Litestar handler, before routing, so it covers every route
 there is or will be (OpenAI, MCP, mounted apps) and answers unknown paths with 401 rather than
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance.access import ApiAccess
 from appliance.api.errors import send_error
 from appliance.errors import ApplianceError
-from appliance.services.access import ApiAccess
 from appliance.store import Store
 
 ASGIApp = Any

@@ -42,10 +42,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance.access import is_loopback
 from appliance.api.errors import send_error
 from appliance.config import Config
 from appliance.errors import ApplianceError, Forbidden, PayloadTooLarge, UnsupportedMediaType
-from appliance.services.access import is_loopback
 
 ASGIApp = Any
 MiB = 1024 * 1024

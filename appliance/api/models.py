@@ -8,8 +8,8 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from appliance.api.schemas import AddModelRequest
-from appliance.services.container import Appliance
+from appliance.app import Appliance
+from appliance.models.service import AddModelRequest
 
 
 class ModelsController(Controller):

@@ -1,6 +1,6 @@
 """OpenAI-compatible routes: models, chat completions, completions, embeddings.
 
-A body is checked against its struct (appliance.api.schemas) before the handler runs; the answer
+A body is checked against its struct (appliance.openai.shapes) before the handler runs; the answer
 leaves as its struct (appliance.api.replies), so both match the OpenAPI document. With
 `stream: true` chat and completions answer as server-sent events instead (appliance.api.sse).
 """
@@ -17,9 +17,9 @@ from litestar.response import ServerSentEvent
 
 from appliance.api.disconnect import unless_disconnected
 from appliance.api.replies import ChatCompletion, Completion, EmbeddingList, ModelList, reply
-from appliance.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.api.sse import sse
-from appliance.services.container import Appliance
+from appliance.app import Appliance
+from appliance.openai.shapes import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 STREAMED = "; with `stream: true`, server-sent events of chunks ending with `data: [DONE]`"
 

@@ -27,12 +27,15 @@ from litestar.response import Stream
 from litestar.routes import HTTPRoute
 
 from appliance import __version__
-from appliance.api import replies, schemas
+from appliance.api import replies
 from appliance.api.replies import ErrorBody
-from appliance.services.sessions import CreateSessionRequest, ForkRequest, TurnRequest
+from appliance.models.service import AddModelRequest
+from appliance.openai import shapes
+from appliance.sessions.service import CreateSessionRequest, ForkRequest, TurnRequest
 from appliance.store import AgentPatch, AgentSpec
 
 SCHEMA_STRUCTS: list[type[msgspec.Struct]] = [
+    AddModelRequest,
     CreateSessionRequest,
     ForkRequest,
     TurnRequest,
@@ -86,7 +89,7 @@ def _streams(app: Litestar) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]
 def _own_structs() -> list[type[msgspec.Struct]]:
     """The request and reply structs whose schemas msgspec writes (see `complete`)."""
     found: list[type[msgspec.Struct]] = [ErrorBody, *SCHEMA_STRUCTS]
-    for module in (schemas, replies):
+    for module in (shapes, replies):
         found += [
             v
             for v in vars(module).values()

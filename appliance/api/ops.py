@@ -13,7 +13,7 @@ from litestar.response.sse import ServerSentEventMessage
 
 from appliance import __version__
 from appliance.api import sse
-from appliance.services.container import Appliance
+from appliance.app import Appliance
 from appliance.store.traces import Trace
 from appliance.telemetry.metrics import CONTENT_TYPE
 

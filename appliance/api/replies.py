@@ -13,8 +13,8 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from appliance.api.schemas import ToolCall
 from appliance.errors import ApplianceError
+from appliance.openai.shapes import ToolCall
 
 T = TypeVar("T")
 

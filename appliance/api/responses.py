@@ -1,6 +1,6 @@
 """OpenAI's stateful Responses API: `POST /v1/responses` and `GET /v1/responses/{id}`.
 
-The body's types and ranges are checked against `ResponsesRequest` (appliance.api.schemas);
+The body's types and ranges are checked against `ResponsesRequest` (appliance.openai.shapes);
 its input items and tools by the service, which knows the kinds it supports. Unknown fields are
 ignored, like on the other OpenAI-compatible routes. With `stream: true` the answer comes as
 OpenAI's named server-sent events.
@@ -18,9 +18,9 @@ from litestar.response import ServerSentEvent
 
 from appliance.api.disconnect import unless_disconnected
 from appliance.api.replies import ResponseObject, reply
-from appliance.api.schemas import ResponsesRequest
 from appliance.api.sse import sse
-from appliance.services.container import Appliance
+from appliance.app import Appliance
+from appliance.openai.shapes import ResponsesRequest
 
 
 class ResponsesController(Controller):

@@ -17,7 +17,7 @@ from litestar.params import FromPath, JSONBody
 
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.sandbox.errors import UploadTooLarge
-from appliance.services.sandboxes import (
+from appliance.sandbox.service import (
     CreateSandboxRequest,
     ExecRequest,
     FileInfo,

@@ -43,10 +43,10 @@ from appliance.api.connections import (
     guarded_protocol,
     raise_open_file_limit,
 )
+from appliance.app import Appliance
 from appliance.config import ServerConfig
 from appliance.errors import ApplianceError
-from appliance.services.container import Appliance
-from appliance.services.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
+from appliance.host.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
 log = logging.getLogger("appliance.server")
 

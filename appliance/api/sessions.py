@@ -19,14 +19,14 @@ from litestar.response.sse import ServerSentEventMessage
 
 from appliance.api import sse
 from appliance.api.disconnect import unless_disconnected
-from appliance.services.agent_loop import Turn
-from appliance.services.container import Appliance
-from appliance.services.sessions import (
+from appliance.app import Appliance
+from appliance.sessions.service import (
     CreateSessionRequest,
     ForkRequest,
     SessionDetail,
     TurnRequest,
 )
+from appliance.sessions.turn import Turn
 from appliance.store import Page, Session
 
 

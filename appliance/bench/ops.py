@@ -136,8 +136,8 @@ async def _bench(n: int, rounds: int) -> None:
 
     from appliance.api.app import create_app
     from appliance.api.boundary import BoundaryPolicy, BrowserBoundary
+    from appliance.app import Appliance
     from appliance.config import load_config
-    from appliance.services.container import Appliance
 
     with tempfile.TemporaryDirectory() as state:
         config = load_config(None, state_dir=state)

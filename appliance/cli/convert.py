@@ -1,6 +1,6 @@
 """`appliance convert SRC DST`: turn a BERT sentence-transformers folder into an embedding GGUF.
 
-A thin shell over appliance.models.convert_bert, with the terminal progress bar the fetcher uses.
+A thin shell over appliance.models.fetch.convert_bert, with the terminal progress bar the fetcher uses.
 It works offline and without a daemon, so a model copied onto an edge box by hand can be prepared
 there. `register` takes any subparsers object, so the `models` command can mount it too.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliance.models.convert_bert import DTYPES, convert_bert
-from appliance.models.progress import TerminalProgress
+from appliance.models.fetch.convert_bert import DTYPES, convert_bert
+from appliance.models.fetch.progress import TerminalProgress
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from appliance.services.doctor import CheckResult, run_doctor
+from appliance.host.doctor import CheckResult, run_doctor
 
 _MARK = {"ok": "ok", "warning": "warning", "failure": "FAILURE"}
 

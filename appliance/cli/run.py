@@ -116,7 +116,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
 async def _run_local(args: argparse.Namespace, body: dict[str, Any] | None) -> Any:
     """A SandboxService of our own, with no pool and a private workspace root."""
     from appliance.config import load_config
-    from appliance.services.sandboxes import RunRequest, SandboxService
+    from appliance.sandbox.service import RunRequest, SandboxService
 
     if not getattr(args, "verbose", False):
         logging.getLogger("appliance.sandbox").setLevel(logging.WARNING)

@@ -7,10 +7,10 @@ import logging
 import os
 from pathlib import Path
 
+from appliance.access import is_loopback
 from appliance.config import load_config
 from appliance.errors import ApplianceError, ConfigError
 from appliance.private import DAEMON_UMASK
-from appliance.services.access import is_loopback
 
 log = logging.getLogger("appliance")
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def fetch_defaults(appliance: object, ids: list[str]) -> None:
-    from appliance.models.progress import TerminalProgress
+    from appliance.models.fetch.progress import TerminalProgress
 
     catalog = appliance.catalog  # type: ignore[attr-defined]
     for mid in ids:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from appliance.api.app import create_app
     from appliance.api.server import listen, serve
-    from appliance.services.container import Appliance
+    from appliance.app import Appliance
     from appliance.telemetry.logs import configure_logging
 
     os.umask(DAEMON_UMASK)  # whatever the shell's umask: state, KV files, workspaces stay private

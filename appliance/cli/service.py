@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from appliance.config import DEFAULT_PORT
-from appliance.services.service_install import DEFAULT_USER, ServiceInstaller
+from appliance.host.service import DEFAULT_USER, ServiceInstaller
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,7 +19,7 @@ import msgspec
 
 from appliance.config import Config, load_toml_struct, shipped_profiles_dir
 from appliance.errors import ConfigError, InvalidRequest, ModelNotFound, ModelUnavailable
-from appliance.models.fetch import ModelFetcher
+from appliance.models.fetch.fetcher import ModelFetcher
 from appliance.models.profile import ModelProfile
 from appliance.models.registration import RegistrationPolicy, check_replace
 from appliance.private import write_private

@@ -32,8 +32,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from appliance.models.protocol import HEADER
 from appliance.models.schema_guard import join_param
+from appliance.models.worker.protocol import HEADER
 
 PROP_ORDER = ["tool_call", "name", "arguments", "response"]
 """Keys the grammar asks for first: a model should name a tool before its arguments."""

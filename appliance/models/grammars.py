@@ -35,8 +35,8 @@ from appliance.errors import InvalidRequest, ModelUnavailable
 from appliance.models import chat_format as cf
 from appliance.models.grammar_proof import ProofRequest, ProofResult, Ready, decode, encode
 from appliance.models.jail import Jail
-from appliance.models.protocol import HEADER
 from appliance.models.schema_guard import SchemaLimits, check_schema
+from appliance.models.worker.protocol import HEADER
 
 log = logging.getLogger("appliance.grammars")
 

@@ -7,7 +7,7 @@ the id `smollm2-135m-instruct` at it. The rules that close that chain:
 
 - A file must lie, after every symlink is resolved, in a model directory: the state directory's
   `models/`, `models.scan_dirs`, `models.profile_dirs` or the config directory's `models/`. Those
-  are also what a jailed worker can read (appliance.services.worker_jail).
+  are also what a jailed worker can read (appliance.host.worker_jail).
 - Never in a sandbox workspace (`<state>/sandboxes/`) nor a temporary directory (/tmp, /var/tmp,
   /dev/shm, $TMPDIR), where other users and sandboxed programs can place files; a configured model
   directory that is, or contains, one of them does not count as a model directory. (A model

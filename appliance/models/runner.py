@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from appliance.models import protocol as p
 from appliance.models.profile import ModelProfile
+from appliance.models.worker import protocol as p
 
 
 class Clock(Protocol):

@@ -25,11 +25,11 @@ from typing import Any
 
 from appliance.config import ModelsConfig
 from appliance.errors import ApplianceError, InsufficientMemory, ModelUnavailable, QueueFull
-from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.models.gguf_info import GgufInfo, read_gguf_info
 from appliance.models.memory import MemoryProbe
 from appliance.models.runner import Clock, ModelStatus, Runner, Spawner, SystemClock, Worker
+from appliance.models.worker import protocol as p
 from appliance.telemetry.events import EventBus
 
 __all__ = [

@@ -11,5 +11,5 @@ Layers, bottom up:
   pool.py: the warm pool; oneshot.py: one-shot runs; manager.py: stateful sandboxes.
 - preflight.py: whether this host can run sandboxes at all, and how to fix it when not.
 
-Nothing here imports the web framework; appliance.services.sandboxes is the only user.
+Nothing here imports the web framework; appliance.sandbox.service is the only user.
 """

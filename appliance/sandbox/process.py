@@ -17,7 +17,7 @@ down the chain: the daemon's death kills bwrap, bwrap's kills the sandbox's pid 
 just before the exec), and that kills the whole pid namespace. One gap is bwrap's own: its sandbox
 process arms the signal only after the handshake, so a start abandoned half-way (cancelled, or
 failed) kills that process as well as bwrap (`_abort`); what a daemon that died in that window
-leaves is reaped by its janitor (appliance.services.janitor).
+leaves is reaped by its janitor (appliance.host.janitor).
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ import asyncio
 import os
 from pathlib import Path
 
-from appliance.models import protocol as p
-from appliance.models.workerproc import ProcessSpawner
+from appliance.host.worker_jail import WorkerJail, gpu_mounts
+from appliance.models.worker import protocol as p
+from appliance.models.worker.process import ProcessSpawner
 from appliance.sandbox.bwrap import locate_bwrap
-from appliance.services.worker_jail import WorkerJail, gpu_mounts
 from appliance.telemetry.nvml import Nvml
 from tests.conftest import require
 

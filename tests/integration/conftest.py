@@ -56,7 +56,7 @@ def sandbox_server_with(root: Path, **settings: Any) -> Iterator[SandboxServer]:
     from appliance.api.sandboxes import create_sandbox_app
     from appliance.config import SandboxConfig
     from appliance.sandbox.profiles import ProfileCatalog
-    from appliance.services.sandboxes import SandboxService
+    from appliance.sandbox.service import SandboxService
 
     config = SandboxConfig(**settings)
     catalog = ProfileCatalog.load(

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from appliance.errors import ModelUnavailable
-from appliance.services.agent_loop import AgentLoop, Turn, TurnEvent, TurnSpec
-from appliance.services.agent_tools import ToolBox, ToolContext, ToolOutcome
-from appliance.services.session_model import CallResult
+from appliance.sessions.model_call import CallResult
+from appliance.sessions.tools import ToolBox, ToolContext, ToolOutcome
+from appliance.sessions.turn import AgentLoop, Turn, TurnEvent, TurnSpec
 from appliance.store import AgentSpec, Store
 
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from appliance.api.app import create_app
+from appliance.app import Appliance
 from appliance.config import load_config
-from appliance.services.container import Appliance
 from tests.integration.daemon import Daemon, running_daemon
 
 APP_ORIGIN = "https://app.example"

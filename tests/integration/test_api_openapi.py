@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from appliance.api.app import create_app
+from appliance.app import Appliance
 from appliance.config import load_config
-from appliance.services.container import Appliance
 
 
 @pytest.fixture

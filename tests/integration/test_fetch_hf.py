@@ -17,7 +17,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from appliance.models.fetch import ModelFetcher, ModelFetchError
+from appliance.models.fetch.fetcher import ModelFetcher, ModelFetchError
 from tests.fixtures.tinybert import write_tiny_bert
 from tests.fixtures.tinymodel import write_tiny_llama
 

@@ -16,7 +16,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from appliance.models.fetch import ModelFetcher, ModelFetchError
+from appliance.models.fetch.fetcher import ModelFetcher, ModelFetchError
 from tests.fixtures.tinybert import write_tiny_bert
 from tests.fixtures.tinymodel import write_tiny_llama
 

@@ -247,7 +247,7 @@ def test_the_worker_checks_grammars_against_its_vocabulary_and_bounds_its_cache(
 ) -> None:
     import llama_cpp
 
-    from appliance.models.worker import GRAMMAR_CACHE, Worker
+    from appliance.models.worker.main import GRAMMAR_CACHE, Worker
 
     worker = Worker(io.BytesIO())
     worker.slots = [

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from appliance.models import protocol as p
-from appliance.models.kvfile import token_prefix_hash, write_kv_file
-from appliance.services.kv_park import KvParking, model_fingerprint
+from appliance.models.worker import protocol as p
+from appliance.models.worker.kvfile import token_prefix_hash, write_kv_file
+from appliance.sessions.parking import KvParking, model_fingerprint
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
 

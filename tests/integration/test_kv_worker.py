@@ -15,9 +15,14 @@ from typing import Any
 import pytest
 
 from appliance.errors import InvalidRequest
-from appliance.models import protocol as p
-from appliance.models.kvfile import map_kv_file, read_kv_file, token_prefix_hash, write_kv_file
-from appliance.models.workerproc import ProcessSpawner, WorkerProcess
+from appliance.models.worker import protocol as p
+from appliance.models.worker.kvfile import (
+    map_kv_file,
+    read_kv_file,
+    token_prefix_hash,
+    write_kv_file,
+)
+from appliance.models.worker.process import ProcessSpawner, WorkerProcess
 
 HISTORY = "The lighthouse keeper wrote in the log every night. " * 8
 

@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from appliance.api.app import create_app
+from appliance.app import Appliance
 from appliance.config import load_config
-from appliance.services.container import Appliance
 from tests.conftest import require
 from tests.integration.daemon import REPO, free_port, running_daemon
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.services.service_install import render_unit, shipped_unit_path
+from appliance.host.service import render_unit, shipped_unit_path
 from tests.conftest import require
 from tests.integration.daemon import Daemon, start_daemon
 

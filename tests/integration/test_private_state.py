@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config
+from appliance.host.doctor import run_doctor
 from appliance.models.catalog import ModelCatalog
-from appliance.models.kvfile import write_kv_file
 from appliance.models.profile import ModelProfile
-from appliance.services.doctor import run_doctor
+from appliance.models.worker.kvfile import write_kv_file
 from appliance.store import Store
 from tests.integration.daemon import running_daemon
 from tests.unit.test_ops_doctor import healthy

@@ -164,8 +164,8 @@ async def test_an_agents_run_code_works_while_clients_hold_all_they_may(
     from appliance.config import SandboxConfig
     from appliance.sandbox.errors import SandboxLimitReached, SandboxMemoryFull
     from appliance.sandbox.profiles import ProfileCatalog
-    from appliance.services.agent_tools import RunCode, ToolContext
-    from appliance.services.sandboxes import CreateSandboxRequest, SandboxService
+    from appliance.sandbox.service import CreateSandboxRequest, SandboxService
+    from appliance.sessions.tools import RunCode, ToolContext
 
     config = SandboxConfig(pool={}, memory_budget_mb=budget_mb, max_sandboxes=max_sandboxes)
     catalog = ProfileCatalog.load([SANDBOX_REPO / "profiles" / "sandboxes"])

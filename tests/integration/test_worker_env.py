@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.models.workerproc import WORKER_SPINCOUNT, ProcessSpawner
+from appliance.models.worker.process import WORKER_SPINCOUNT, ProcessSpawner
 
 
 def environ(pid: int) -> dict[str, str]:

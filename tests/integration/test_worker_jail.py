@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import InvalidRequest
-from appliance.models import protocol as p
+from appliance.host.worker_jail import WorkerJail
 from appliance.models.grammar_proof import ProofRequest
 from appliance.models.grammars import GrammarProver
-from appliance.models.kvfile import read_kv_file
-from appliance.models.workerproc import ProcessSpawner, WorkerProcess
+from appliance.models.worker import protocol as p
+from appliance.models.worker.kvfile import read_kv_file
+from appliance.models.worker.process import ProcessSpawner, WorkerProcess
 from appliance.sandbox.bwrap import locate_bwrap
-from appliance.services.worker_jail import WorkerJail
 from tests.conftest import require
 from tests.integration.daemon import REPO, running_daemon
 
@@ -177,8 +177,8 @@ def test_a_jailed_worker_dies_with_the_daemon(
         textwrap.dedent(f"""
         import asyncio, sys
         from pathlib import Path
-        from appliance.models.workerproc import ProcessSpawner
-        from appliance.services.worker_jail import WorkerJail
+        from appliance.models.worker.process import ProcessSpawner
+        from appliance.host.worker_jail import WorkerJail
         from appliance.sandbox.bwrap import locate_bwrap
 
         async def main():

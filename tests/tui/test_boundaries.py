@@ -29,7 +29,7 @@ def test_import_linter_contract_core_without_tui_is_kept() -> None:
 def test_daemon_api_and_cli_load_without_textual() -> None:
     code = (
         "import sys\n"
-        "import appliance.services.container, appliance.api.app, appliance.cli.main\n"
+        "import appliance.app, appliance.api.app, appliance.cli.main\n"
         "appliance.cli.main.build_parser()  # registers every subcommand, `tui` included\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'tui'))\n"
         "print(loaded)\n"

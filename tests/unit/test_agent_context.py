@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from appliance.errors import InvalidRequest
-from appliance.services.agent_context import (
+from appliance.sessions.context import (
     MARKER_KEY,
     TokenCounter,
     fit_window,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from appliance.errors import InvalidRequest, SandboxError
-from appliance.services.agent_tools import RunCode, ToolBox, ToolCallError, ToolContext, ToolOutcome
-from appliance.services.sandboxes import RunResult
+from appliance.sandbox.service import RunResult
+from appliance.sessions.tools import RunCode, ToolBox, ToolCallError, ToolContext, ToolOutcome
 
 
 class Echo:

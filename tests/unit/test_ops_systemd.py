@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ApplianceError, ConfigError
-from appliance.services.service_install import (
+from appliance.host.service import (
     ServiceInstaller,
     ServicePaths,
     default_config,
     render_unit,
     shipped_unit_path,
 )
-from appliance.services.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
+from appliance.host.systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from appliance.services.operations import trace_record
+from appliance.operations import trace_record
 from appliance.telemetry.tracing import (
     ActiveTrace,
     NullTrace,

@@ -97,7 +97,7 @@ def test_meter_is_bounded() -> None:
 
 def test_since_accepts_unix_seconds_iso_times_and_ages() -> None:
     from appliance.errors import InvalidRequest
-    from appliance.services.operations import parse_since
+    from appliance.operations import parse_since
 
     now = 1_700_000_000.0
     assert parse_since(None, now) is None and parse_since("", now) is None

@@ -10,11 +10,11 @@ import pytest
 
 from appliance.config import ModelsConfig
 from appliance.errors import InsufficientMemory, ModelUnavailable, QueueFull
-from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.models.gguf_info import GgufInfo
 from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import ModelScheduler
+from appliance.models.worker import protocol as p
 
 MiB = 2**20
 

@@ -10,8 +10,8 @@ import pytest
 
 from appliance.config import ModelsConfig
 from appliance.errors import InsufficientMemory
-from appliance.models import protocol as p
 from appliance.models.scheduler import ModelScheduler
+from appliance.models.worker import protocol as p
 from tests.unit.test_scheduler import FakeSpawner, FakeWorker, MiB, make, model, prof
 
 SPARE = 20 * MiB

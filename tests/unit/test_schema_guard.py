@@ -129,6 +129,6 @@ def test_ordinary_schemas_pass() -> None:
 
 
 def test_the_appliance_s_own_agent_tools_pass() -> None:
-    from appliance.services.agent_tools import RunCode
+    from appliance.sessions.tools import RunCode
 
     check_schema(RunCode.parameters, "tools[0].function.parameters")

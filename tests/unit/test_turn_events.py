@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from appliance.services.agent_loop import Turn, TurnEvent, TurnSpec
+from appliance.sessions.turn import Turn, TurnEvent, TurnSpec
 from appliance.store import Message
 
 

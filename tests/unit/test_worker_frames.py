@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from appliance.errors import PayloadTooLarge
-from appliance.models import protocol as p
-from appliance.models.worker import _read_frames
-from appliance.models.workerproc import WorkerProcess
+from appliance.models.worker import protocol as p
+from appliance.models.worker.main import _read_frames
+from appliance.models.worker.process import WorkerProcess
 
 
 def test_a_message_over_max_frame_is_refused_before_it_is_written(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.services.worker_jail import WorkerJail, gpu_mounts
+from appliance.host.worker_jail import WorkerJail, gpu_mounts
 
 
 def binds(argv: list[str], kind: str) -> list[str]:

@@ -33,8 +33,8 @@ from appliance.errors import (
     WorkerCrashed,
     WorkerTimeout,
 )
-from appliance.models import protocol as p
 from appliance.models.jail import Jail, JailedCommand
+from appliance.models.worker import protocol as p
 
 log = logging.getLogger("appliance.worker")
 
@@ -400,7 +400,7 @@ class ProcessSpawner:
         self.env = env or {}
         """Added to every worker's environment (the daemon marks its workers with its state dir)."""
         self.jail = jail
-        """Where the host allows, workers run in it (appliance.services.worker_jail); else unjailed."""
+        """Where the host allows, workers run in it (appliance.host.worker_jail); else unjailed."""
 
     async def spawn(self) -> WorkerProcess:
         # Spawned from the event loop's thread, like sandboxes: the worker's death signal (armed

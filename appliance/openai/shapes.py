@@ -228,10 +228,3 @@ class ResponsesRequest(_Body, kw_only=True):
     metadata: dict[str, str] | None = None
     text: dict[str, Any] | None = None
     """`{"format": {...}}`: plain text, json_object or a json_schema; checked by the service."""
-
-
-class AddModelRequest(_Body, kw_only=True):
-    path: str
-    id: str | None = None
-    kind: str = "chat"
-    replace: bool = False

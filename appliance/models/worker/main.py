@@ -1,6 +1,6 @@
 """The model worker process: one loaded model, llama-cpp-python inside, commands on stdin.
 
-Started as `python -m appliance.models.worker`. It imports llama_cpp first and says Hello, then
+Started as `python -m appliance.models.worker` (its `__main__`). It imports llama_cpp first and says Hello, then
 waits: that is the pre-warmed spare the scheduler hands the next load to, so waking a model costs
 the model load alone. A llama.cpp abort, an OOM kill or SIGKILL ends this process only; the daemon
 sees the pipe close and fails the requests this worker was serving.
@@ -28,25 +28,13 @@ import gc
 import os
 import queue
 import re
-import signal
 import sys
 import threading
 import time
 from typing import Any, BinaryIO
 
-from appliance.models import protocol as p
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-if __name__ == "__main__":  # tie the worker to the daemon before the slow imports below
-    _die_with_parent()
+from appliance.models.worker import protocol as p
+from appliance.models.worker.lifeline import die_with_parent
 
 _t0 = time.perf_counter()
 import llama_cpp  # noqa: E402  (the point of a spare worker is to pay for this import early)
@@ -56,8 +44,13 @@ from llama_cpp.llama_grammar import LlamaGrammar  # noqa: E402
 
 from appliance.errors import ApplianceError, InvalidRequest  # noqa: E402
 from appliance.models import chat_format as cf  # noqa: E402
-from appliance.models.decode import decode, parse_logit_bias, sampling_args  # noqa: E402
-from appliance.models.kvfile import map_kv_file, read_kv_file, token_prefix_hash, write_kv_file  # noqa: E402
+from appliance.models.worker.decode import decode, parse_logit_bias, sampling_args  # noqa: E402
+from appliance.models.worker.kvfile import (  # noqa: E402
+    map_kv_file,
+    read_kv_file,
+    token_prefix_hash,
+    write_kv_file,
+)
 
 IMPORT_MS = (time.perf_counter() - _t0) * 1000.0
 
@@ -658,7 +651,7 @@ def _read_frames(inp: BinaryIO, worker: Worker, jobs: queue.Queue[p.Command | No
 
 
 def main() -> int:
-    _die_with_parent()  # again, for a worker started another way than `python -m`
+    die_with_parent()  # again, for a worker started another way than `python -m`
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything llama.cpp prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
@@ -697,7 +690,3 @@ def main() -> int:
         elif isinstance(cmd, p.RestoreSlot):
             threading.Thread(target=worker.restore_slot, args=(cmd,), daemon=True).start()
     os._exit(0)  # skip interpreter teardown: llama.cpp frees nothing we still need
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError, NotFound
-from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import ModelScheduler, Runner
+from appliance.models.worker import protocol as p
 from appliance.store import KvEntry, Store
 from appliance.telemetry.events import EventBus
 

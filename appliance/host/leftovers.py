@@ -3,7 +3,7 @@
 The kernel ties a daemon's children to it (death signals down bwrap's chain, pid namespaces;
 see appliance.sandbox.process), with one gap: bwrap's sandbox process arms its death signal
 only after its start-up handshake, and one whose daemon died in that window waits forever. The
-janitor (appliance.services.janitor) and every daemon start look here for such processes, and
+janitor (appliance.host.janitor) and every daemon start look here for such processes, and
 `appliance doctor` reports them.
 
 A process is only ever taken for one of this state directory's when its own /proc entry proves

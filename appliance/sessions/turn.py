@@ -30,9 +30,9 @@ from typing import Any
 import msgspec
 
 from appliance.errors import ApplianceError
-from appliance.services.agent_tools import ToolBox, ToolCallError, ToolContext, ToolOutcome
-from appliance.services.kv_park import KvParking
-from appliance.services.session_model import CallResult, SessionModel
+from appliance.sessions.model_call import CallResult, SessionModel
+from appliance.sessions.parking import KvParking
+from appliance.sessions.tools import ToolBox, ToolCallError, ToolContext, ToolOutcome
 from appliance.store import Agent, Message, Store
 from appliance.store.messages import Role
 from appliance.telemetry.recorder import Telemetry

@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from appliance.errors import ApplianceError, InvalidRequest
-from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.models.grammars import GrammarCompiler
 from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
-from appliance.models.workerproc import RequestStream
+from appliance.models.worker import protocol as p
+from appliance.models.worker.process import RequestStream
 from appliance.sampling import KEEP_ALIVE_MAX
 from appliance.telemetry.recorder import Telemetry
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.access import is_loopback
 from appliance.errors import ApplianceError, ConfigError
-from appliance.services.access import is_loopback
 
 UNIT = "appliance.service"
 DEFAULT_USER = "appliance"

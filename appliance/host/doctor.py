@@ -5,7 +5,7 @@ llama.cpp sees it, sandboxes, workspace quotas, the model workers' jail, cgroup 
 state directory, processes an earlier daemon left running, the port, API tokens, the config, the
 default models) and returns ok, warning (it works, but not as well as it could) or
 failure (that part will not work), with a sentence saying what it found and, unless ok, the fix.
-Everything read from the host comes through `DoctorProbes` (appliance.services.doctor_probes).
+Everything read from the host comes through `DoctorProbes` (appliance.host.probes).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from appliance.access import is_loopback
 from appliance.config import Config, default_config_path, resolve_state_dir
 from appliance.errors import ApplianceError, ConfigError
-from appliance.services.access import is_loopback
-from appliance.services.doctor_probes import DoctorProbes, GpuInfo, LlamaBuild
+from appliance.host.probes import DoctorProbes, GpuInfo, LlamaBuild
 
 Status = Literal["ok", "warning", "failure"]
 GiB = 2**30

@@ -1,7 +1,7 @@
 """What `appliance doctor` reads of the host, each through one replaceable function.
 
 `DoctorProbes` bundles them with the real implementations as defaults; tests replace single
-fields to drive each check (appliance.services.doctor) through its passing and failing cases
+fields to drive each check (appliance.host.doctor) through its passing and failing cases
 without the hardware. Probes only read: the cgroup probe looks at the delegation the daemon would
 use without preparing it, and the port probe binds and closes at once.
 """
@@ -22,10 +22,10 @@ from typing import Literal
 
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
+from appliance.host.janitor import lock_holder
+from appliance.host.leftovers import find_leftovers
 from appliance.sandbox.cgroup import own_cgroup
 from appliance.sandbox.preflight import PreflightReport, run_preflight
-from appliance.services.janitor import lock_holder
-from appliance.services.leftovers import find_leftovers
 from appliance.telemetry.nvml import Nvml
 
 
@@ -193,9 +193,9 @@ def probe_default_models(cfg: Config) -> dict[str, bool | str]:
 
 def probe_worker_jail(cfg: Config) -> str | None:
     """None when model workers can run jailed on this host, else why not."""
+    from appliance.host.worker_jail import WorkerJail
     from appliance.models.registration import model_directories
     from appliance.sandbox.bwrap import locate_bwrap
-    from appliance.services.worker_jail import WorkerJail
 
     try:
         bwrap = locate_bwrap(cfg.sandbox.bwrap)

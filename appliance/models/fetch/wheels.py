@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.errors import ApplianceError
-from appliance.models.progress import FetchProgress, human_bytes, no_progress
+from appliance.models.fetch.progress import FetchProgress, human_bytes, no_progress
 
 _CHUNK = 1 << 20
 

@@ -28,13 +28,13 @@ from appliance.errors import ApplianceError, Conflict, InvalidRequest
 from appliance.models import chat_format as cf
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import ModelScheduler
+from appliance.openai.chat import ChatService, bounded
 from appliance.sampling import MaxTokens, Seed, Temperature
-from appliance.services.agent_loop import AgentLoop, Turn, TurnSpec
-from appliance.services.agent_tools import RunCode, ToolBox
-from appliance.services.chat import ChatService, bounded
-from appliance.services.kv_park import KvParking
-from appliance.services.sandboxes import SandboxService
-from appliance.services.session_model import SessionModel
+from appliance.sandbox.service import SandboxService
+from appliance.sessions.model_call import SessionModel
+from appliance.sessions.parking import KvParking
+from appliance.sessions.tools import RunCode, ToolBox
+from appliance.sessions.turn import AgentLoop, Turn, TurnSpec
 from appliance.store import Agent, KvEntry, Message, Page, Session, SessionCleanup, Store, ToolRun
 from appliance.telemetry.events import EventBus
 from appliance.telemetry.recorder import Telemetry

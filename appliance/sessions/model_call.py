@@ -1,7 +1,7 @@
 """One model call on behalf of a session: the context window, the KV plan, the generation.
 
 Both the agent loop and `/v1/responses` talk to the model this way. The call builds what the model
-sees from the stored transcript (appliance.services.agent_context: persona, window, overflow
+sees from the stored transcript (appliance.sessions.context: persona, window, overflow
 marker), asks `KvParking` for the session's parked state, starts the generation with the session
 id as `slot_key` (so a hot session reuses its slot and only new tokens are evaluated), and tells
 `KvParking` what happened to the slots. When the model still refuses the prompt as too long (the
@@ -18,10 +18,11 @@ from typing import Any
 
 from appliance.errors import InvalidRequest
 from appliance.models import chat_format as cf
-from appliance.models import protocol as p
 from appliance.models.catalog import ModelCatalog
 from appliance.models.scheduler import ModelScheduler
-from appliance.services.agent_context import (
+from appliance.models.worker import protocol as p
+from appliance.openai.chat import ChatService
+from appliance.sessions.context import (
     MARKER_KEY,
     MESSAGE_OVERHEAD,
     PROMPT_MARGIN,
@@ -36,8 +37,7 @@ from appliance.services.agent_context import (
     visible,
     window_start,
 )
-from appliance.services.chat import ChatService
-from appliance.services.kv_park import KvParking
+from appliance.sessions.parking import KvParking
 from appliance.store import Message, Store
 from appliance.telemetry.tracing import current_trace
 

@@ -2,7 +2,7 @@
 
 A stored response (`store`, the default) is a turn of a bare-model session: the request's input
 items are appended to the transcript, the model answers through the same path as agent turns
-(appliance.services.session_model: context window, overflow marker, KV reuse with the session id
+(appliance.sessions.model_call: context window, overflow marker, KV reuse with the session id
 as slot key), the answer is appended, and a response id is linked to that range of messages.
 `previous_response_id` finds the session and the point to continue from: when it is the session's
 newest response the new turn goes on in the same session (its KV state is still in the slot or
@@ -31,9 +31,9 @@ from typing import Any
 from appliance.errors import InvalidRequest, NotFound
 from appliance.models import chat_format as cf
 from appliance.models.catalog import ModelCatalog
-from appliance.services.agent_context import model_messages, visible, window_start
-from appliance.services.chat import ChatService, bounded
-from appliance.services.sessions import SessionService
+from appliance.openai.chat import ChatService, bounded
+from appliance.sessions.context import model_messages, visible, window_start
+from appliance.sessions.service import SessionService
 from appliance.store import Message, MessageDraft, Store
 from appliance.store.messages import Role
 from appliance.telemetry.tracing import current_trace

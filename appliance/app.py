@@ -18,24 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
+from appliance.access import ApiAccess
 from appliance.config import STATE_DIR_ENV, Config
+from appliance.host.janitor import Janitor
+from appliance.host.worker_jail import worker_jail_for
 from appliance.models.catalog import ModelCatalog
 from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSettings
 from appliance.models.memory import memory_probe_for_host
 from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
-from appliance.models.workerproc import ProcessSpawner
+from appliance.models.service import ModelService
+from appliance.models.worker.process import ProcessSpawner
+from appliance.openai.chat import ChatService
+from appliance.operations import Operations
 from appliance.private import private_dir
-from appliance.services.access import ApiAccess
-from appliance.services.agents import AgentService
-from appliance.services.chat import ChatService
-from appliance.services.janitor import Janitor
-from appliance.services.models import ModelService
-from appliance.services.operations import Operations
-from appliance.services.responses import ResponseService
-from appliance.services.sandboxes import SandboxService
-from appliance.services.sessions import SessionService
-from appliance.services.worker_jail import worker_jail_for
+from appliance.sandbox.service import SandboxService
+from appliance.sessions.agents import AgentService
+from appliance.sessions.responses import ResponseService
+from appliance.sessions.service import SessionService
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
 from appliance.telemetry.nvml import Nvml

@@ -6,11 +6,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from appliance.errors import InvalidRequest
 from appliance.models.catalog import ModelCatalog
 from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
 from appliance.sampling import KEEP_ALIVE_MAX
+
+
+class AddModelRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """`POST /api/models`: register a GGUF (or BERT folder) already on this box under an id."""
+
+    path: str
+    id: str | None = None
+    kind: str = "chat"
+    replace: bool = False
 
 
 class ModelService:

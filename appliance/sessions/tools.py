@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import jsonschema
 
 from appliance.errors import ApplianceError, InvalidRequest, NotFound
-from appliance.services.sandboxes import (
+from appliance.sandbox.service import (
     CreateSandboxRequest,
     ExecRequest,
     RunResult,

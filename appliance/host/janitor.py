@@ -2,14 +2,14 @@
 
 The kernel ties each sandbox and model worker to the daemon (death signals, pid namespaces), but
 bwrap leaves a gap: its sandbox process arms its death signal only after the start-up handshake,
-so one whose daemon dies in that window waits forever (see appliance.services.leftovers). The
+so one whose daemon dies in that window waits forever (see appliance.host.leftovers). The
 janitor closes it, in three steps:
 
 - `Janitor.start` (the first thing a daemon starts) takes `<state>/daemon.lock`. A live daemon
   holding it makes the start fail: two daemons on one state directory would remove each other's
   workspaces. An earlier daemon's janitor that is still sweeping is waited for.
 - It then kills what earlier daemons of this state directory left running, logging each one.
-- It starts the watcher, `python -m appliance.services.janitor STATE_DIR`: a small process in
+- It starts the watcher, `python -m appliance.host.janitor STATE_DIR`: a small process in
   its own session that holds the read end of a pipe from the daemon and a copy of the lock. The
   pipe ends when the daemon does, whichever way (a clean stop, a crash, SIGKILL); the watcher then
   kills whatever of the state directory still runs, and exits, which releases the lock.
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from appliance.errors import Conflict
-from appliance.services.leftovers import sweep
+from appliance.host.leftovers import sweep
 
 log = logging.getLogger("appliance.lifecycle")
 
@@ -63,7 +63,7 @@ class Janitor:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_TOKEN")}
         try:
             self._watcher = subprocess.Popen(
-                [self.python, "-m", "appliance.services.janitor", str(self.state_dir)],
+                [self.python, "-m", "appliance.host.janitor", str(self.state_dir)],
                 stdin=subprocess.PIPE,
                 pass_fds=(self._lock_fd,),
                 start_new_session=True,

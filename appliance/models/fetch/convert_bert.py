@@ -36,7 +36,7 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 from safetensors import safe_open
 
 from appliance.errors import ConfigError, InvalidRequest
-from appliance.models.bert_folder import (
+from appliance.models.fetch.bert_folder import (
     BertVocab,
     read_config,
     read_pooling,

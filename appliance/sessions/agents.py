@@ -21,8 +21,8 @@ from msgspec import UNSET
 from appliance.config import Config
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models.catalog import ModelCatalog
-from appliance.services.agent_tools import ToolBox
-from appliance.services.sandboxes import SandboxService
+from appliance.sandbox.service import SandboxService
+from appliance.sessions.tools import ToolBox
 from appliance.store import Agent, AgentPatch, AgentSpec, Page, SessionCleanup, Store
 from appliance.store.agent_profiles import (
     agent_profile_dirs,
