@@ -20,14 +20,13 @@ from typing import Any
 from appliance.config import Config
 from appliance.errors import InvalidRequest
 from appliance.models.scheduler import ModelScheduler
-from appliance.store import Store, UsageRecord
+from appliance.store import Store
 from appliance.store.traces import Span, Trace
 from appliance.store.usage import UsageGroup
 from appliance.telemetry.host import host_status, process_status
 from appliance.telemetry.nvml import GpuStatus, Nvml
 from appliance.telemetry.recorder import Telemetry
 from appliance.telemetry.tracing import ActiveTrace
-from appliance.telemetry.usage import UsageFact
 
 log = logging.getLogger("appliance.operations")
 
@@ -74,22 +73,6 @@ def trace_record(t: ActiveTrace) -> Trace:
             )
             for s in t.spans
         ],
-    )
-
-
-def usage_record(f: UsageFact) -> UsageRecord:
-    return UsageRecord(
-        ts=f.ts,
-        model=f.model,
-        agent=f.agent,
-        session_id=f.session_id,
-        tokens_in=f.tokens_in,
-        tokens_out=f.tokens_out,
-        requests=f.requests,
-        gpu_seconds=f.gpu_seconds,
-        busy_seconds=f.busy_seconds,
-        energy_j=f.energy_j,
-        sandbox_cpu_s=f.sandbox_cpu_s,
     )
 
 
@@ -237,7 +220,7 @@ class Operations:
                 self.telemetry.metrics.traces_dropped.inc(self.telemetry.usage.dropped)
                 self.telemetry.usage.dropped = 0
             if facts:
-                await self.store.run(self.store.usage.record, *[usage_record(f) for f in facts])
+                await self.store.run(self.store.usage.record, *facts)
 
     async def usage(self, by: str = "model", since: str | None = None) -> dict[str, Any]:
         if by not in ("model", "agent", "session"):

@@ -18,7 +18,8 @@ from appliance.store.store import Store
 from appliance.store.tokens import ApiToken, ApiTokens, NewApiToken
 from appliance.store.tool_runs import ToolRun, ToolRuns
 from appliance.store.traces import Span, Trace, TraceLog, new_trace_id
-from appliance.store.usage import UsageLedger, UsageRecord, UsageTotals
+from appliance.store.usage import UsageLedger, UsageTotals
+from appliance.telemetry.usage import UsageRecord
 
 __all__ = [
     "Agent",

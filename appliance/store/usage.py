@@ -19,27 +19,10 @@ import msgspec
 from appliance.errors import InvalidRequest
 from appliance.store.db import Database
 from appliance.store.records import Clock
+from appliance.telemetry.usage import UsageRecord
 
 UsageGroup = Literal["model", "agent", "session"]
 _GROUP_COLUMN = {"model": "model", "agent": "agent", "session": "session_id"}
-
-
-class UsageRecord(msgspec.Struct, kw_only=True):
-    """One fact to add to the ledger; `ts` defaults to now."""
-
-    ts: float | None = None
-    model: str | None = None
-    agent: str | None = None
-    session_id: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    requests: int = 0
-    gpu_seconds: float = 0.0
-    """Seconds a model was resident on the GPU (or in memory) on behalf of this work."""
-    busy_seconds: float = 0.0
-    """Seconds a model was computing for this work."""
-    energy_j: float = 0.0
-    sandbox_cpu_s: float = 0.0
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):

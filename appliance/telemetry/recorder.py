@@ -26,7 +26,7 @@ from appliance.telemetry.events import EventBus
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.nvml import Nvml
 from appliance.telemetry.tracing import ActiveTrace, NullTrace, Tracer, current_trace
-from appliance.telemetry.usage import UsageFact, UsageMeter
+from appliance.telemetry.usage import UsageMeter, UsageRecord
 
 log = logging.getLogger("appliance.telemetry")
 
@@ -144,7 +144,7 @@ class Telemetry:
         if outcome == "error":
             trace.fail("error")
         self.usage.add(
-            UsageFact(
+            UsageRecord(
                 model=model,
                 agent=trace.agent,
                 session_id=trace.session_id,
@@ -171,7 +171,7 @@ class Telemetry:
             self._queue_spans(trace, model, t0, lease)
             trace.add_span("embed", start=t0, duration_s=busy_s, model=model, tokens=tokens)
             self.usage.add(
-                UsageFact(
+                UsageRecord(
                     model=model,
                     agent=trace.agent,
                     session_id=trace.session_id,
@@ -215,7 +215,7 @@ class Telemetry:
             **attrs,
         )
         self.usage.add(
-            UsageFact(
+            UsageRecord(
                 agent=agent or trace.agent,
                 session_id=session_id or trace.session_id,
                 sandbox_cpu_s=max(0.0, cpu_s),

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+
+import msgspec
 
 Key = tuple[str | None, str | None, str | None]
 """(model, agent, session_id)."""
 
 
-@dataclass
-class UsageFact:
-    """One amount of usage; the same fields as the store's UsageRecord (kept apart so that
-    telemetry does not import the store)."""
+class UsageRecord(msgspec.Struct, kw_only=True):
+    """One amount of usage: what the meter gathers and the ledger (appliance.store.usage) stores.
 
+    Declared here, at the floor, so telemetry and the store share it without telemetry knowing
+    the store. `ts` is unix seconds; None means "now" to whoever adds the record.
+    """
+
+    ts: float | None = None
     model: str | None = None
     agent: str | None = None
     session_id: str | None = None
@@ -35,21 +39,26 @@ class UsageFact:
     tokens_out: int = 0
     requests: int = 0
     gpu_seconds: float = 0.0
+    """Seconds a model was resident on the GPU (or in memory) on behalf of this work."""
     busy_seconds: float = 0.0
+    """Seconds a model was computing for this work."""
     energy_j: float = 0.0
     sandbox_cpu_s: float = 0.0
-    ts: float | None = None
 
     @property
     def key(self) -> Key:
         return (self.model, self.agent, self.session_id)
 
-    def merge(self, other: UsageFact) -> None:
-        for f in fields(self):
-            if f.name in ("model", "agent", "session_id", "ts"):
-                continue
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+    def merge(self, other: UsageRecord) -> None:
+        """Add `other`'s amounts to this record (same key); the later timestamp wins."""
+        for name in _AMOUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         self.ts = other.ts if other.ts is not None else self.ts
+
+
+_AMOUNTS = tuple(
+    f for f in UsageRecord.__struct_fields__ if f not in ("ts", "model", "agent", "session_id")
+)
 
 
 class ResidencyMeter:
@@ -110,7 +119,7 @@ def share_energy(joules: float, resident: dict[str, float]) -> dict[str | None, 
 
 
 class UsageMeter:
-    """Collects usage facts between flushes (call it on one thread: the event loop)."""
+    """Collects usage records between flushes (call it on one thread: the event loop)."""
 
     MAX_KEYS = 50_000
     """Distinct (model, agent, session) keys held before facts are dropped (and counted)."""
@@ -121,10 +130,10 @@ class UsageMeter:
         self.residency = ResidencyMeter(clock)
         self.energy = EnergyMeter()
         self.wall = wall
-        self._facts: dict[Key, UsageFact] = {}
+        self._facts: dict[Key, UsageRecord] = {}
         self.dropped = 0
 
-    def add(self, fact: UsageFact) -> None:
+    def add(self, fact: UsageRecord) -> None:
         if fact.ts is None:
             fact.ts = self.wall()
         held = self._facts.get(fact.key)
@@ -135,13 +144,13 @@ class UsageMeter:
         else:
             self._facts[fact.key] = fact
 
-    def collect(self, energy_reading: float | None = None) -> list[UsageFact]:
+    def collect(self, energy_reading: float | None = None) -> list[UsageRecord]:
         """Everything since the last collect: merged request facts, then residency, then energy."""
         now = self.wall()
         out = list(self._facts.values())
         self._facts.clear()
         resident = self.residency.drain()
-        out += [UsageFact(model=m, gpu_seconds=s, ts=now) for m, s in sorted(resident.items())]
+        out += [UsageRecord(model=m, gpu_seconds=s, ts=now) for m, s in sorted(resident.items())]
         shares = share_energy(self.energy.delta(energy_reading), resident)
-        out += [UsageFact(model=m, energy_j=j, ts=now) for m, j in shares.items()]
+        out += [UsageRecord(model=m, energy_j=j, ts=now) for m, j in shares.items()]
         return out

@@ -7,8 +7,8 @@ import pytest
 from appliance.telemetry.usage import (
     EnergyMeter,
     ResidencyMeter,
-    UsageFact,
     UsageMeter,
+    UsageRecord,
     share_energy,
 )
 
@@ -59,17 +59,17 @@ def test_meter_merges_facts_per_key_and_adds_residency_and_energy() -> None:
     m = UsageMeter(clock=clock, wall=lambda: 1_700_000_000.0)
     m.residency.resident("tiny")
     m.add(
-        UsageFact(
+        UsageRecord(
             model="tiny", session_id="s1", tokens_in=10, tokens_out=5, requests=1, busy_seconds=0.5
         )
     )
     m.add(
-        UsageFact(
+        UsageRecord(
             model="tiny", session_id="s1", tokens_in=7, tokens_out=3, requests=1, busy_seconds=0.25
         )
     )
-    m.add(UsageFact(model="tiny", tokens_in=1, requests=1))
-    m.add(UsageFact(agent="coder", session_id="s1", sandbox_cpu_s=1.5))
+    m.add(UsageRecord(model="tiny", tokens_in=1, requests=1))
+    m.add(UsageRecord(agent="coder", session_id="s1", sandbox_cpu_s=1.5))
     m.energy.delta(5000.0)
     clock.t += 60
     facts = m.collect(energy_reading=5600.0)
@@ -88,8 +88,8 @@ def test_meter_is_bounded() -> None:
     m = UsageMeter()
     m.MAX_KEYS = 3
     for i in range(5):
-        m.add(UsageFact(session_id=f"s{i}", requests=1))
-    m.add(UsageFact(session_id="s0", requests=1))  # an existing key still merges
+        m.add(UsageRecord(session_id=f"s{i}", requests=1))
+    m.add(UsageRecord(session_id="s0", requests=1))  # an existing key still merges
     assert m.dropped == 2
     facts = m.collect()
     assert sorted((f.session_id, f.requests) for f in facts) == [("s0", 2), ("s1", 1), ("s2", 1)]
