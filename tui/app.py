@@ -102,7 +102,7 @@ class ApplianceApp(App[None]):
 
     # --- screens --------------------------------------------------------------------------------
 
-    async def perform(self, mode: str, action: str, *args: object) -> None:
+    async def action_perform(self, mode: str, action: str, *args: object) -> None:
         """Switch to a screen and run one of its actions (the command palette's way in)."""
         await self.switch_mode(mode)
         call = f"{action}({', '.join(repr(a) for a in args)})" if args else action

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from appliance.client.errors import ClientError
 from appliance.client.records import ModelInfo
-
-if TYPE_CHECKING:
-    from tui.app import ApplianceApp
+from tui.context import ConsoleContext, HasConsole
 
 SCREENS = (
     ("overview", "Overview"),
@@ -64,55 +62,56 @@ class ApplianceCommands(Provider):
         self.models: list[ModelInfo] = []
 
     @property
-    def appliance(self) -> ApplianceApp:
-        return cast("ApplianceApp", self.app)
+    def console(self) -> ConsoleContext:
+        if not isinstance(self.app, HasConsole):
+            raise TypeError("the command palette needs an app with a console_context")
+        return self.app.console_context
 
     async def startup(self) -> None:
         try:
-            self.models = await self.appliance.client.models()
+            self.models = await self.console.client.models()
         except ClientError:
             self.models = []
 
+    def _action(self, action: str, *args: object) -> Callable[[], Any]:
+        """Run the app's action `action(*args)`, as a key binding would."""
+        call = f"{action}({', '.join(repr(a) for a in args)})"
+        return partial(self.app.run_action, call)
+
     def entries(self) -> list[tuple[str, str, Callable[[], Any]]]:
-        app = self.appliance
+        act = self._action
         out: list[tuple[str, str, Callable[[], Any]]] = []
         for mode, title in SCREENS:
-            out.append(
-                (f"Go to {title}", f"Show the {title} screen", partial(app.switch_mode, mode))
-            )
-        out.append(("Help: keys", "Every key of the console", app.action_help))
-        out.append(("Reconnect now", "Try the daemon again without waiting", app.action_reconnect))
-        out.append(("Quit", "Leave the console (the daemon keeps running)", app.exit))
+            out.append((f"Go to {title}", f"Show the {title} screen", act("switch_mode", mode)))
+        out.append(("Help: keys", "Every key of the console", act("help")))
+        out.append(("Reconnect now", "Try the daemon again without waiting", act("reconnect")))
+        out.append(("Quit", "Leave the console (the daemon keeps running)", act("quit")))
         for title, help_text, mode, action in ACTIONS:
-            out.append((title, help_text, partial(app.perform, mode, action)))
+            out.append((title, help_text, act("perform", mode, action)))
         for m in self.models:
             out.append(
                 (
                     f"Load model {m.id}",
                     f"{m.kind}, now {m.state}",
-                    partial(app.perform, "models", "load", m.id),
+                    act("perform", "models", "load", m.id),
                 )
             )
             out.append(
-                (
-                    f"Unload model {m.id}",
-                    f"now {m.state}",
-                    partial(app.perform, "models", "unload", m.id),
-                )
+                (f"Unload model {m.id}", f"now {m.state}", act("perform", "models", "unload", m.id))
             )
             verb = "Unpin" if m.pinned else "Pin"
             out.append(
                 (
                     f"{verb} model {m.id}",
                     "A pinned model is never unloaded for idleness",
-                    partial(app.perform, "models", "pin", m.id),
+                    act("perform", "models", "pin", m.id),
                 )
             )
             out.append(
                 (
                     f"Filter traces by model {m.id}",
                     "Traces of this model only",
-                    partial(app.perform, "traces", "filter", f"model:{m.id}"),
+                    act("perform", "traces", "filter", f"model:{m.id}"),
                 )
             )
         return out

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from textual.message import Message
 from textual.message_pump import MessagePump
@@ -53,6 +53,7 @@ class ConsoleContext:
             screen.post_message(message())
 
 
+@runtime_checkable
 class HasConsole(Protocol):
     """An app that serves dashboard screens."""
 
