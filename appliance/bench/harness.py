@@ -32,8 +32,8 @@ def resolve_model(
         if not path.is_file():
             raise ApplianceError(f"{path} does not exist; pass the path of a GGUF file")
         return path
+    from appliance.cli.progress import TerminalProgress
     from appliance.models.catalog import ModelCatalog
-    from appliance.models.fetch.progress import TerminalProgress
 
     catalog = ModelCatalog.load(load_config(config, state_dir=state_dir))
     return catalog.ensure_local(model_id, progress=TerminalProgress())

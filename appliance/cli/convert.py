@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from appliance.cli.progress import TerminalProgress
 from appliance.models.fetch.convert_bert import DTYPES, convert_bert
-from appliance.models.fetch.progress import TerminalProgress
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

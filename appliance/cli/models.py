@@ -95,9 +95,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from appliance.cli.progress import TerminalProgress
     from appliance.config import load_config
     from appliance.models.catalog import ModelCatalog
-    from appliance.models.fetch.progress import TerminalProgress
 
     cfg = load_config(args.config, state_dir=args.state_dir)
     catalog = ModelCatalog.load(cfg)

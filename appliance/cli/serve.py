@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def fetch_defaults(appliance: object, ids: list[str]) -> None:
-    from appliance.models.fetch.progress import TerminalProgress
+    from appliance.cli.progress import TerminalProgress
 
     catalog = appliance.catalog  # type: ignore[attr-defined]
     for mid in ids:
