@@ -2,7 +2,7 @@
 
 Model workers parse untrusted GGUF files and the grammar prover parses client schemas, both in
 llama.cpp's C++; a bug there must not reach the network, the daemon's files or other processes.
-The runtime does not build jails itself (the bwrap policy lives with the services that know the
+The runtime does not build jails itself (the bwrap policy lives with the parts that know the
 model directories and the KV directory: appliance.host.worker_jail); it is handed a `Jail`
 and asks it to wrap each command. A `JailedCommand` says what to run, which file descriptors to
 pass, where the jailer reports the child's host pid, and what the child can read, so the
