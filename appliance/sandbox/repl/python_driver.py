@@ -21,6 +21,7 @@ big-endian length and a JSON object. The driver writes {"ready": true} on the re
 
 import atexit
 import builtins
+import contextlib
 import json
 import os
 import struct
@@ -97,10 +98,8 @@ def exit_code_of(exc):
         return 0
     if isinstance(code, int):
         return code & 0xFF
-    try:
+    with contextlib.suppress(Exception):
         print(code, file=sys.stderr)
-    except Exception:
-        pass
     return 1
 
 
@@ -108,14 +107,10 @@ def finish(status):
     """End like the interpreter does, minus tearing down every module (about 4 ms): wait for
     non-daemon threads, run atexit handlers, flush the standard streams, exit."""
     if "threading" in sys.modules:
-        try:
+        with contextlib.suppress(BaseException):
             sys.modules["threading"]._shutdown()
-        except BaseException:
-            pass
-    try:
+    with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
-    except BaseException:
-        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -222,10 +217,8 @@ def repl():
         answer = cells.run(req["code"])
         marker = req["marker"].encode("utf-8")
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):
                 stream.flush()
-            except Exception:
-                pass
         write_all(1, marker)
         write_all(2, marker)
         import resource
