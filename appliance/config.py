@@ -164,10 +164,15 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Extra directories whose *.toml sandbox (language) profiles are loaded."""
     pool: dict[str, int] = msgspec.field(default_factory=lambda: {"python": 2, "javascript": 1})
     """Pre-started sandboxes kept waiting per language profile."""
-    max_concurrent: int = 4
-    """One-shot runs executing at once; more wait in a queue."""
+    max_concurrent: int = 0
+    """One-shot runs (and batch cases) executing at once; more wait in a queue served fairly,
+    round-robin between requests and batches. 0: twice the CPUs the daemon may use, at most one
+    per 256 MB of memory_budget_mb, at least 2."""
     queue_size: int = 256
-    """One-shot runs that may wait; more get 503 + Retry-After."""
+    """One-shot runs that may wait; more get 503 + Retry-After. A batch waits with at most
+    max_concurrent of its cases, so it never fills the queue by itself."""
+    max_batch_cases: int = 1000
+    """Most cases one `POST /api/run/batch` may carry; more get 413."""
     allow_network: bool = False
     """Whether a request may ask for network access inside its sandbox."""
     idle_ttl_s: float = 600.0

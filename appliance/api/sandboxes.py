@@ -15,7 +15,9 @@ from litestar import Controller, Litestar, Request, Response, delete, get, post,
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
+from appliance.api.disconnect import unless_disconnected
 from appliance.api.errors import EXCEPTION_HANDLERS
+from appliance.sandbox.batch import BatchRequest, BatchResult
 from appliance.sandbox.errors import UploadTooLarge
 from appliance.sandbox.service import (
     CreateSandboxRequest,
@@ -66,6 +68,16 @@ class SandboxController(Controller):
         self, sandboxes: NamedDependency[SandboxService], data: JSONBody[RunRequest]
     ) -> RunResult:
         return await sandboxes.run(data)
+
+    @post("/api/run/batch", status_code=200, opt={"body": "run"})
+    async def run_batch(
+        self,
+        request: Request[Any, Any, Any],
+        sandboxes: NamedDependency[SandboxService],
+        data: JSONBody[BatchRequest],
+    ) -> BatchResult:
+        # a client that gives up on its batch cancels the cases still running or waiting
+        return await unless_disconnected(request, sandboxes.run_batch(data))
 
     @get("/api/sandboxes/languages")
     async def languages(self, sandboxes: NamedDependency[SandboxService]) -> list[LanguageOut]:

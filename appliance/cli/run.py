@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="copy this workspace file back after the run; repeatable",
     )
     p.add_argument("--out-dir", default=".", help="where fetched files are written (default .)")
+    p.add_argument(
+        "--cases",
+        metavar="FILE.jsonl",
+        help="run the program against test cases (a JSON object per line: stdin, args, "
+        "expected_stdout, compare, timeout_s) with POST /api/run/batch; exit 0 when all pass",
+    )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--local", action="store_true", help="run in this process, without a daemon")
     p.add_argument("--config", type=Path, help="config TOML for --local")
@@ -164,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             "give a language and a source file: appliance run python main.py (or - for stdin)"
         )
     body = build_request(args)
+    if args.cases:
+        return run_cases(args, body)
     if args.local:
         result = asyncio.run(_run_local(args, body))
     else:
@@ -171,6 +179,53 @@ def run(args: argparse.Namespace) -> int:
 
         result = DaemonClient(args.url, args.token).post("/api/run", json=body)
     return show(result, args)
+
+
+def read_cases(path: str) -> list[dict[str, Any]]:
+    cases = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"{path}:{n} is not JSON ({exc.msg}); write one object a line"
+            ) from None
+        if not isinstance(case, dict):
+            raise InvalidRequest(f"{path}:{n} must be a JSON object (stdin, args, ...)")
+        cases.append(case)
+    return cases
+
+
+def run_cases(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    """Print a line per case and a summary; the exit status is 0 when every case passed."""
+    from appliance.client import DaemonClient
+
+    if args.local:
+        raise InvalidRequest("--cases needs a running daemon; drop --local")
+    batch: dict[str, Any] = {
+        k: body[k] for k in ("language", "code", "files", "memory_mb") if k in body
+    }
+    batch["cases"] = read_cases(args.cases)
+    result = DaemonClient(args.url, args.token).post("/api/run/batch", json=batch)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        built = result.get("compile")
+        if built and built["status"] != "ok":
+            sys.stderr.write(built["stdout"] + built["stderr"])
+            print(f"[compile {built['status']}: {built.get('reason') or ''}]", file=sys.stderr)
+        for c in result["cases"]:
+            verdict = "pass" if c["passed"] else "FAIL"
+            why = f"  {c['reason']}" if c.get("reason") and not c["passed"] else ""
+            print(
+                f"case {c['index']:>4}  {verdict}  {c['status']:<8} {c['duration_ms']:8.1f} ms{why}"
+            )
+        print(
+            f"{result['passed']} passed, {result['failed']} failed in {result['duration_ms']:.0f} ms"
+        )
+    return 0 if result["failed"] == 0 else 1
 
 
 def show(result: dict[str, Any], args: argparse.Namespace) -> int:

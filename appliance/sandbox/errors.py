@@ -18,6 +18,7 @@ from appliance.errors import (
 )
 
 __all__ = [
+    "BatchTooLarge",
     "LanguageNotFound",
     "NetworkNotAllowed",
     "SandboxBusy",
@@ -65,6 +66,12 @@ class WorkspaceFileNotFound(NotFound):
 
 class UploadTooLarge(PayloadTooLarge):
     code = "upload_too_large"
+
+
+class BatchTooLarge(PayloadTooLarge):
+    """A batch with more cases than sandbox.max_batch_cases."""
+
+    code = "batch_too_large"
 
 
 class SandboxUnavailable(SandboxError):

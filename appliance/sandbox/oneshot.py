@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from appliance.errors import ApplianceError
+from appliance.sandbox.batch import Artifact, restore
 from appliance.sandbox.engine import SandboxEngine
 from appliance.sandbox.errors import UploadTooLarge
 from appliance.sandbox.limits import MiB, SandboxLimits
@@ -121,6 +122,34 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
         return outcome
     finally:
         await asyncio.to_thread(workspace.destroy)
+
+
+async def run_compiled(
+    engine: SandboxEngine, spec: RunSpec, artifacts: list[Artifact]
+) -> RunOutcome:
+    """A run of a program compiled earlier (a batch case): the compiled workspace's files, then
+    the case's own, in a fresh workspace and sandbox."""
+    started = time.monotonic()
+    workspace = await asyncio.to_thread(engine.new_workspace, "run-", spec.limits)
+    try:
+        await asyncio.to_thread(_write_case, workspace, spec, artifacts)
+        return await engine.run_command(
+            spec.language,
+            workspace,
+            spec.language.run_argv(spec.limits, spec.args),
+            spec.limits,
+            stdin=spec.stdin,
+            network=False,
+            started=started,
+        )
+    finally:
+        await asyncio.to_thread(workspace.destroy)
+
+
+def _write_case(workspace: Workspace, spec: RunSpec, artifacts: list[Artifact]) -> None:
+    restore(workspace, artifacts)
+    for path, data in spec.files.items():
+        workspace.write_file(path, data)
 
 
 SMALL_INPUT = 256 * 1024

@@ -59,6 +59,9 @@ class LanguageProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Run command; request args are appended."""
     repl: Literal["", "python", "node"] = ""
     """REPL driver for stateful sandboxes and the warm pool (empty: each exec is a fresh run)."""
+    driver_run: list[str] = msgspec.field(default_factory=list)
+    """The command that starts the REPL driver ({file} is the driver), when it is not `run`:
+    Python's starts with -S, the driver then putting site-packages on sys.path itself."""
     binds: list[str] = msgspec.field(default_factory=list)
     """Extra host paths (globs allowed) bound read-only when they exist."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
@@ -73,7 +76,7 @@ class LanguageProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def _check_placeholders(profile: LanguageProfile, file: str) -> None:
     known = _FIXED_PLACEHOLDERS | set(profile.tools)
-    for key in ("compile", "run"):
+    for key in ("compile", "run", "driver_run"):
         for i, arg in enumerate(getattr(profile, key)):
             for name in _PLACEHOLDER.findall(arg):
                 if name not in known:
@@ -83,9 +86,10 @@ def _check_placeholders(profile: LanguageProfile, file: str) -> None:
                         file=file,
                         key=f"{key}[{i}]",
                     )
-    if profile.repl and not any("{file}" in a for a in profile.run):
+    if profile.repl and not any("{file}" in a for a in profile.driver_run or profile.run):
+        key = "driver_run" if profile.driver_run else "run"
         raise ConfigError(
-            "a profile with a repl driver needs {file} in its run command", file=file, key="run"
+            f"a profile with a repl driver needs {{file}} in its {key} command", file=file, key=key
         )
     if not profile.run:
         raise ConfigError("run must name the command that runs the program", file=file, key="run")
@@ -143,7 +147,8 @@ class ResolvedLanguage:
     def driver_argv(self, limits: SandboxLimits, result_fd: int) -> list[str]:
         """The run command with the REPL driver in place of the source file."""
         driver = f"{DRIVER_DIR}/{DRIVERS[self.profile.repl]}"
-        return [*_fill(self.profile.run, self._values(limits, driver)), str(result_fd)]
+        command = self.profile.driver_run or self.profile.run
+        return [*_fill(command, self._values(limits, driver)), str(result_fd)]
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,10 +35,22 @@ from appliance.sandbox.admission import (
     footprint_mb,
     host_memory_mb,
 )
+from appliance.sandbox.batch import (
+    Artifact,
+    ArtifactTooLarge,
+    BatchCase,
+    BatchRequest,
+    BatchResult,
+    CaseResult,
+    CompileResult,
+    output_matches,
+    snapshot,
+)
 from appliance.sandbox.bwrap import locate_bwrap
 from appliance.sandbox.cgroup import CgroupDelegate
 from appliance.sandbox.engine import EngineConfig, SandboxEngine
 from appliance.sandbox.errors import (
+    BatchTooLarge,
     LanguageNotFound,
     NetworkNotAllowed,
     SandboxQueueFull,
@@ -45,7 +60,7 @@ from appliance.sandbox.errors import (
 from appliance.sandbox.identity import SandboxIdentity
 from appliance.sandbox.limits import LimitCeiling, MiB, SandboxLimits, apply_request
 from appliance.sandbox.manager import SandboxManager, StatefulSandbox
-from appliance.sandbox.oneshot import RunSpec, run_once
+from appliance.sandbox.oneshot import RunSpec, run_compiled, run_once, write_inputs
 from appliance.sandbox.pool import WarmPool
 from appliance.sandbox.preflight import run_preflight
 from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
@@ -170,33 +185,139 @@ def to_result(outcome: RunOutcome, *, restarted: bool = False) -> RunResult:
 
 
 class RunQueue:
-    """At most `slots` one-shot runs at once; at most `size` more waiting, the rest refused."""
+    """At most `slots` runs at once; waiting runs served round-robin between flows.
+
+    A flow is one batch (its cases) or one single run, so a client's batch of a thousand cases
+    takes its turn beside every other waiting request instead of ahead of them. At most `size`
+    runs may wait (more are refused with 503 + Retry-After), counting only `bounded` waits: a
+    batch bounds its own waiting cases.
+    """
 
     def __init__(self, slots: int, size: int) -> None:
-        self._sem = asyncio.Semaphore(max(1, slots))
+        self.slots = max(1, slots)
         self.size = size
-        self.waiting = 0
         self.running = 0
+        self._flows: collections.OrderedDict[str, collections.deque[asyncio.Future[None]]] = (
+            collections.OrderedDict()
+        )
+        self._bounded = 0
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._flows.values())
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._sem.locked() and self.waiting >= self.size:
-            raise SandboxQueueFull(
-                f"{self.waiting} runs are already waiting for a sandbox; retry shortly "
-                "(the operator can raise sandbox.queue_size or sandbox.max_concurrent)",
-                retry_after=1,
-            )
-        self.waiting += 1
-        try:
-            await self._sem.acquire()
-        finally:
-            self.waiting -= 1
-        self.running += 1
+    async def slot(self, flow: str | None = None, *, bounded: bool = True) -> AsyncIterator[None]:
+        if self.running < self.slots and not self._flows:
+            self.running += 1
+        else:
+            if bounded and self._bounded >= self.size:
+                raise SandboxQueueFull(
+                    f"{self.waiting} runs are already waiting for a sandbox; retry shortly "
+                    "(the operator can raise sandbox.queue_size or sandbox.max_concurrent)",
+                    retry_after=1,
+                )
+            await self._wait(flow, bounded)
         try:
             yield
         finally:
             self.running -= 1
-            self._sem.release()
+            self._grant()
+
+    async def _wait(self, flow: str | None, bounded: bool) -> None:
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        key = flow if flow is not None else f"run-{id(turn)}"
+        self._flows.setdefault(key, collections.deque()).append(turn)
+        self._bounded += bounded
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # granted as we were cancelled: pass it on
+                self.running -= 1
+                self._grant()
+            else:
+                queue = self._flows.get(key)
+                if queue is not None and turn in queue:
+                    queue.remove(turn)
+                    if not queue:
+                        del self._flows[key]
+            raise
+        finally:
+            self._bounded -= bounded
+
+    def _grant(self) -> None:
+        while self.running < self.slots and self._flows:
+            key, queue = next(iter(self._flows.items()))
+            turn = queue.popleft()
+            if queue:
+                self._flows.move_to_end(key)  # the flow goes behind every other one
+            else:
+                del self._flows[key]
+            if turn.done():
+                continue
+            self.running += 1
+            turn.set_result(None)
+
+
+def default_concurrency(budget_mb: int, cpus: int | None = None) -> int:
+    """sandbox.max_concurrent when it is 0: two runs per CPU (a run waits on its start-up and
+    output as much as it computes), one per 256 MB of the sandboxes' memory, at least 2."""
+    cpus = cpus or len(os.sched_getaffinity(0))
+    return max(2, min(2 * cpus, budget_mb // 256))
+
+
+def _skipped(index: int, reason: str) -> CaseResult:
+    return CaseResult(
+        index=index,
+        status="skipped",
+        exit_code=None,
+        stdout="",
+        stderr="",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration_ms=0.0,
+        cpu_ms=0.0,
+        peak_memory_mb=0.0,
+        reason=reason,
+        passed=False,
+    )
+
+
+def _case_result(index: int, r: RunResult, case: BatchCase) -> CaseResult:
+    passed = r.status == "ok" and (
+        case.expected_stdout is None
+        or output_matches(r.stdout, case.expected_stdout, case.compare, case.tolerance)
+    )
+    return CaseResult(
+        index=index,
+        status=r.status,
+        exit_code=r.exit_code,
+        stdout=r.stdout,
+        stderr=r.stderr,
+        stdout_truncated=r.stdout_truncated,
+        stderr_truncated=r.stderr_truncated,
+        duration_ms=r.duration_ms,
+        cpu_ms=r.cpu_ms,
+        peak_memory_mb=r.peak_memory_mb,
+        reason=r.reason
+        if r.status != "ok" or passed
+        else "the output differs from expected_stdout",
+        passed=passed,
+    )
+
+
+def _batch_result(
+    language: str, compiled: CompileResult | None, cases: list[CaseResult], started: float
+) -> BatchResult:
+    passed = sum(1 for c in cases if c.passed)
+    return BatchResult(
+        language=language,
+        compile=compiled,
+        cases=cases,
+        passed=passed,
+        failed=len(cases) - passed,
+        duration_ms=round((time.monotonic() - started) * 1000, 2),
+    )
 
 
 class SandboxService:
@@ -216,7 +337,6 @@ class SandboxService:
         self._identity = identity
         self.ceiling = LimitCeiling(config.max_timeout_s, config.max_memory_mb)
         self.max_file_bytes = config.max_file_mb * 1024 * 1024
-        self.queue = RunQueue(config.max_concurrent, config.queue_size)
         if not 0 <= config.agent_reserve_fraction < 1:
             raise ConfigError(
                 f"must be at least 0 and below 1 (got {config.agent_reserve_fraction})",
@@ -226,8 +346,12 @@ class SandboxService:
             raise ConfigError(
                 "must be 0 (measured) or a size in MB", key="sandbox.memory_budget_mb"
             )
+        budget_mb = config.memory_budget_mb or int(host_memory_mb() * HOST_SHARE)
+        self.queue = RunQueue(
+            config.max_concurrent or default_concurrency(budget_mb), config.queue_size
+        )
         self.admission = SandboxAdmission(
-            config.memory_budget_mb or int(host_memory_mb() * HOST_SHARE),
+            budget_mb,
             agent_share=config.agent_reserve_fraction,
             max_stateful=config.max_sandboxes,
         )
@@ -406,18 +530,145 @@ class SandboxService:
             max_file_bytes=self.max_file_bytes,
             max_fetch_bytes=self.config.max_fetch_mb * MiB,
         )
+        outcome = await self._admitted(engine, spec, owner, None)
+        return self._observed(lang.name, to_result(outcome))
+
+    # --- batches of test cases ---------------------------------------------------------------------
+
+    async def run_batch(self, req: BatchRequest, *, owner: Owner = "client") -> BatchResult:
+        """One program against many cases (appliance.sandbox.batch): compiled once, each case in
+        a fresh sandbox, up to the run queue's slots at once, taking turns with other clients."""
+        engine, _ = self._ready()
+        if not req.cases:
+            raise InvalidRequest("cases must list at least one case", param="cases")
+        if len(req.cases) > self.config.max_batch_cases:
+            raise BatchTooLarge(
+                f"the batch has {len(req.cases)} cases; at most {self.config.max_batch_cases} "
+                "fit in one (sandbox.max_batch_cases): split it into several batches"
+            )
+        lang = await self._language(req.language)
+        code = self._bytes("code", req.code.encode())
+        shared = self._decode_files(req.files)
+        specs = [
+            RunSpec(
+                language=lang,
+                code=code,
+                limits=self._limits(lang, case.timeout_s, req.memory_mb),
+                stdin=self._bytes(f"cases[{i}].stdin", (case.stdin or "").encode()),
+                files={**shared, **self._decode_files(case.files)},
+                args=list(case.args),
+                max_file_bytes=self.max_file_bytes,
+            )
+            for i, case in enumerate(req.cases)
+        ]
+        started = time.monotonic()
+        flow = f"batch-{secrets.token_hex(6)}"
+        compiled: CompileResult | None = None
+        artifacts: list[Artifact] | None = None
+        if lang.profile.compile:
+            compiled, artifacts = await self._compile_once(engine, lang, code, shared, req, flow)
+            if compiled.status != "ok":
+                skipped = [_skipped(i, "the program did not compile") for i in range(len(specs))]
+                return _batch_result(lang.name, compiled, skipped, started)
+        results: list[CaseResult | None] = [None] * len(specs)
+        failed = asyncio.Event()
+        gate = asyncio.Semaphore(self.queue.slots)  # bounds this batch's waiting cases
+
+        async def one(i: int) -> None:
+            async with gate:
+                if req.stop_on_failure and failed.is_set():
+                    results[i] = _skipped(i, "an earlier case failed (stop_on_failure)")
+                    return
+                outcome = await self._admitted(
+                    engine, specs[i], owner, flow, bounded=False, artifacts=artifacts
+                )
+                case = req.cases[i]
+                result = _case_result(i, self._observed(lang.name, to_result(outcome)), case)
+                results[i] = result
+                if not result.passed:
+                    failed.set()
+
+        await asyncio.gather(*(one(i) for i in range(len(specs))))
+        done = [r if r is not None else _skipped(i, "not run") for i, r in enumerate(results)]
+        return _batch_result(lang.name, compiled, done, started)
+
+    async def _compile_once(
+        self,
+        engine: SandboxEngine,
+        lang: ResolvedLanguage,
+        code: bytes,
+        shared: dict[str, bytes],
+        req: BatchRequest,
+        flow: str,
+    ) -> tuple[CompileResult, list[Artifact] | None]:
+        limits = apply_request(
+            lang.compile_limits,
+            timeout_s=req.compile_timeout_s,
+            memory_mb=None,
+            ceiling=self.ceiling,
+        )
+        spec = RunSpec(language=lang, code=code, limits=limits, files=shared)
+        need = footprint_mb(limits, workspace_in_ram=engine.workspaces_in_ram)
+        async with self.queue.slot(flow, bounded=False):
+            reservation = self.admission.admit(need, "client", stateful=False)
+            workspace = await asyncio.to_thread(engine.new_workspace, "run-", limits)
+            try:
+                await asyncio.to_thread(write_inputs, workspace, spec)
+                t0 = time.monotonic()
+                built = await engine.run_command(
+                    lang, workspace, lang.compile_argv(limits), limits, network=False
+                )
+                result = CompileResult(
+                    status=built.status,
+                    stdout=built.stdout.decode("utf-8", errors="replace"),
+                    stderr=built.stderr.decode("utf-8", errors="replace"),
+                    duration_ms=round((time.monotonic() - t0) * 1000, 2),
+                    reason=built.reason
+                    or (
+                        None
+                        if built.status == "ok"
+                        else "compilation failed; the compiler's messages are in stdout and stderr"
+                    ),
+                )
+                if built.status != "ok":
+                    return result, None
+                try:
+                    artifacts = await asyncio.to_thread(
+                        snapshot, workspace, limits.workspace_mb * MiB
+                    )
+                except ArtifactTooLarge as exc:
+                    result.status, result.reason = "error", str(exc)
+                    return result, None
+                return result, artifacts
+            finally:
+                await asyncio.to_thread(workspace.destroy)
+                self.admission.release(reservation)
+
+    async def _admitted(
+        self,
+        engine: SandboxEngine,
+        spec: RunSpec,
+        owner: Owner,
+        flow: str | None,
+        *,
+        bounded: bool = True,
+        artifacts: list[Artifact] | None = None,
+    ) -> RunOutcome:
+        """One run, in its turn of the queue and within the memory budget."""
+        lang = spec.language
         need = footprint_mb(
             spec.limits,
             workspace_in_ram=engine.workspaces_in_ram,
-            compile_limits=lang.compile_limits if lang.profile.compile else None,
+            compile_limits=lang.compile_limits if lang.profile.compile and not artifacts else None,
         )
-        async with self.queue.slot():
+        async with self.queue.slot(flow, bounded=bounded):
             reservation = self.admission.admit(need, owner, stateful=False)
             try:
-                outcome = await run_once(engine, self.pool, spec)
+                if artifacts is not None:
+                    return await run_compiled(engine, spec, artifacts)
+                return await run_once(engine, self.pool, spec)
             finally:
                 self.admission.release(reservation)
-            return self._observed(lang.name, to_result(outcome))
 
     def _observed(self, language: str, result: RunResult) -> RunResult:
         """Metrics, usage, trace span and event of a finished run (appliance.telemetry)."""

@@ -270,13 +270,14 @@ class Workspace:
         with os.fdopen(fd, "rb") as f:
             return read_capped(f.fileno(), rel, max_bytes)
 
-    def write_file(self, rel: str, data: bytes) -> None:
+    def write_file(self, rel: str, data: bytes, *, executable: bool = False) -> None:
+        """Write `rel` (its parents created), mode 0644, or 0755 when `executable`."""
         try:
-            self._write_file(rel, data, 0)
+            self._write_file(rel, data, 0, executable)
         except OSError as exc:
             raise refusal(rel, exc) from None
 
-    def _write_file(self, rel: str, data: bytes, depth: int) -> None:
+    def _write_file(self, rel: str, data: bytes, depth: int, executable: bool = False) -> None:
         dir_fd, name, walked = self._open_parent(rel, create=True)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -290,11 +291,13 @@ class Workspace:
                 target = self._link_target(rel, walked, name, dir_fd, depth)
                 os.close(dir_fd)
                 dir_fd = -1
-                return self._write_file(target, data, depth + 1)
+                return self._write_file(target, data, depth + 1, executable)
             with os.fdopen(fd, "wb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     raise WorkspacePathRefused(f"{rel!r} is not a regular file", param="path")
                 f.write(data)
+                if executable:
+                    os.fchmod(f.fileno(), 0o755)
             self._chown_at(dir_fd, name)
         finally:
             if dir_fd >= 0:

@@ -259,3 +259,25 @@ def test_a_pooled_sandbox_killed_while_idle_is_replaced(sandbox_server: SandboxS
     while victim.workspace.path.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not victim.workspace.path.exists()
+
+
+def test_cli_runs_a_program_against_cases_through_the_daemon(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    prog = tmp_path / "double.py"
+    prog.write_text("print(int(input()) * 2)\n")
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        '{"stdin": "2", "expected_stdout": "4\\n"}\n'
+        "\n"
+        '{"stdin": "5", "expected_stdout": "10", "compare": "whitespace"}\n'
+    )
+    passing = _cli(daemon, "python", str(prog), "--cases", str(cases))
+    assert passing.returncode == 0, passing.stderr
+    assert "2 passed, 0 failed" in passing.stdout
+    cases.write_text('{"stdin": "3", "expected_stdout": "7\\n"}\n')
+    failing = _cli(daemon, "python", str(prog), "--cases", str(cases))
+    assert failing.returncode == 1 and "FAIL" in failing.stdout
+    cases.write_text("not json\n")
+    bad = _cli(daemon, "python", str(prog), "--cases", str(cases))
+    assert bad.returncode != 0 and "is not JSON" in bad.stderr

@@ -241,3 +241,19 @@ def test_python_multiprocessing_works_inside(sandbox_server: SandboxServer) -> N
     )
     result = sandbox_server.run("python", code, timeout_s=30)
     assert (result["status"], result["stdout"]) == ("ok", "285\n"), result
+
+
+def test_python_sees_site_packages_and_site_builtins_without_pth_hooks(
+    sandbox_server: SandboxServer,
+) -> None:
+    """The driver starts with -S (no .pth start-up code) and puts site-packages back itself:
+    installed packages import, exit() and help exist, as under a plain `python main.py`."""
+    code = (
+        "import site, sys\n"
+        "paths = [p for p in site.getsitepackages() if p in sys.path]\n"
+        "print(bool(paths), callable(help), sys.flags.no_site)\n"
+        "exit(3)\n"
+    )
+    result = sandbox_server.run("python", code, timeout_s=30)
+    assert result["stdout"] == "True True 1\n", result
+    assert (result["status"], result["exit_code"]) == ("error", 3), result

@@ -15,21 +15,37 @@ big-endian length and a JSON object. The driver writes {"ready": true} on the re
   frame. SIGINT (the daemon's cell timeout) becomes KeyboardInterrupt in the cell.
 """
 # This file is not imported by the appliance; it must stay compatible with Python 3.8.
+#
+# Start-up is paid once per sandbox, and a sandbox serves one run, so it imports only what every
+# run needs; ast and linecache are imported by the stateful cells, which alone use them.
 
-import ast
 import atexit
 import builtins
 import contextlib
 import json
-import linecache
 import os
-import resource
 import struct
 import sys
-import traceback
+import traceback  # eager: after a MemoryError or a broken import system it could not be imported
 import types
 
 RESULT_FD = int(sys.argv[1])
+
+
+def without_site_hooks():
+    """What `site` gives a program, less the start-up code of .pth files (the driver runs with
+    -S): site-packages on sys.path, and the exit, quit, help, copyright, credits and
+    license builtins."""
+    if not sys.flags.no_site:
+        return
+    import site
+
+    for path in site.getsitepackages():
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.append(path)
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
 
 
 def read_exact(fd, n):
@@ -127,12 +143,16 @@ def run_script(req):
     finish(0)
 
 
-TOP_LEVEL_AWAIT = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
 CO_COROUTINE = 0x0080
 
 
 class Cells:
     def __init__(self):
+        import ast
+        import linecache
+
+        self.ast, self.linecache = ast, linecache
+        self.top_level_await = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
         self.main = new_main("/workspace/<repl>")
         self.ns = self.main.__dict__
         self.count = 0
@@ -148,9 +168,10 @@ class Cells:
         return eval(code, self.ns)
 
     def run(self, source):
+        ast, TOP_LEVEL_AWAIT = self.ast, self.top_level_await
         self.count += 1
         filename = f"<cell {self.count}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        self.linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         result, ok, interrupted = None, True, False
         try:
             tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST | TOP_LEVEL_AWAIT)
@@ -200,11 +221,14 @@ def repl():
                 stream.flush()
         write_all(1, marker)
         write_all(2, marker)
+        import resource
+
         answer["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         write_frame(RESULT_FD, answer)
 
 
 def main():
+    without_site_hooks()
     write_frame(RESULT_FD, {"ready": True, "pid": os.getpid()})
     req = read_frame(0)
     if req.get("op") == "run":
