@@ -566,7 +566,9 @@ class SandboxService:
         compiled: CompileResult | None = None
         artifacts: list[Artifact] | None = None
         if lang.profile.compile:
-            compiled, artifacts = await self._compile_once(engine, lang, code, shared, req, flow)
+            compiled, artifacts = await self._compile_once(
+                engine, lang, code, shared, req, flow, owner
+            )
             if compiled.status != "ok":
                 skipped = [_skipped(i, "the program did not compile") for i in range(len(specs))]
                 return _batch_result(lang.name, compiled, skipped, started)
@@ -600,6 +602,7 @@ class SandboxService:
         shared: dict[str, bytes],
         req: BatchRequest,
         flow: str,
+        owner: Owner,
     ) -> tuple[CompileResult, list[Artifact] | None]:
         limits = apply_request(
             lang.compile_limits,
@@ -610,7 +613,7 @@ class SandboxService:
         spec = RunSpec(language=lang, code=code, limits=limits, files=shared)
         need = footprint_mb(limits, workspace_in_ram=engine.workspaces_in_ram)
         async with self.queue.slot(flow, bounded=False):
-            reservation = self.admission.admit(need, "client", stateful=False)
+            reservation = self.admission.admit(need, owner, stateful=False)
             workspace = await asyncio.to_thread(engine.new_workspace, "run-", limits)
             try:
                 await asyncio.to_thread(write_inputs, workspace, spec)
