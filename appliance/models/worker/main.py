@@ -90,6 +90,9 @@ class Worker:
         self.eos = ""
         self._grammars: collections.OrderedDict[str, LlamaGrammar] = collections.OrderedDict()
         self._grammar_lock = threading.Lock()
+        self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        self.spare_file_rss = 0
+        """File-backed resident bytes before the model was loaded (see unload)."""
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class Worker:
 
     def load(self, spec: p.Load) -> None:
         rss0 = psutil.Process().memory_info().rss
+        self.spare_file_rss = _status_bytes("RssFile").get("RssFile", 0)
         t = time.perf_counter()
         self.spec = spec
         self.slots = [Slot(i) for i in range(spec.parallel)]
@@ -158,29 +162,45 @@ class Worker:
         """Free the model and its contexts so this process can serve another model (recycling).
 
         The scheduler sends this to an idle worker only; a request still running would keep a
-        slot's Llama alive, so those are waited for (briefly) before the model goes."""
+        slot's Llama alive, so those are waited for (briefly) before the model goes.
+
+        On the CPU the answer goes out once the contexts are gone, before the models are: what a
+        context frees (KV cache, compute buffers) is this process's own memory, where freeing a
+        model mostly unmaps its file, whose pages stay in the page cache either way. Unmapping
+        takes ~20 ms for a 100 MB file, and the scheduler waits for this answer before it loads
+        the next model, so a swap no longer waits for it. Offloaded weights are the GPU's memory:
+        with offload the answer waits until the models are freed too."""
         deadline = time.monotonic() + 5.0
         with self.slots_cv:
             while any(s.busy for s in self.slots) and time.monotonic() < deadline:
                 self.slots_cv.wait(0.1)
             slots, self.slots = self.slots, []
+        llms = [s.llm for s in slots if s.llm is not None]
         for slot in slots:
-            if slot.llm is not None:
-                with contextlib.suppress(Exception):
-                    slot.llm.close()
-                slot.llm = None
+            slot.llm = None
+        offloaded = self.spec is not None and self.spec.n_gpu_layers != 0 and self.gpu_offload
         with self._grammar_lock:
             self._grammars.clear()
         self.spec = None
         self.template = None
         self.bos = self.eos = ""
         del slots
+        if not offloaded:
+            for llm in llms:
+                _free_contexts(llm)
+            _trim_heap()
+            self.send(p.Unloaded(rss_bytes=_rss_without_mappings(self.spare_file_rss)))
+        for llm in llms:
+            with contextlib.suppress(Exception):
+                llm.close()
+        del llms
         # the youngest generation only: close() already freed the native memory and the rest
         # goes by reference count (a full collection costs ~15 ms on the swap's critical path and
         # frees nothing more, measured); models.recycle_limit bounds what older cycles could hold
         gc.collect(0)
         _trim_heap()
-        self.send(p.Unloaded(rss_bytes=psutil.Process().memory_info().rss))
+        if offloaded:
+            self.send(p.Unloaded(rss_bytes=psutil.Process().memory_info().rss))
 
     # --- slots -----------------------------------------------------------------------------
 
@@ -618,6 +638,35 @@ def _shared_prefix(slot: Slot, tokens: list[int] | None) -> int:
     if slot.llm is None or not tokens:
         return 0
     return _prefix_len(slot.llm, tokens)
+
+
+def _free_contexts(llm: llama_cpp.Llama) -> None:
+    """Free a Llama's context and batch (its KV cache and compute buffers), not yet its model.
+    Llama.close() later closes what is left; closing twice is a no-op in llama-cpp-python."""
+    for part in ("_ctx", "_batch"):
+        with contextlib.suppress(Exception):
+            getattr(llm, part).close()
+
+
+def _status_bytes(*names: str) -> dict[str, int]:
+    """Fields of /proc/self/status given in kB (RssAnon, RssFile...), in bytes; {} off Linux."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in names:
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+def _rss_without_mappings(file_rss: int) -> int:
+    """This process's resident memory, counting file-backed pages as they were before the model
+    was loaded (`file_rss`): the model's mapping is about to go, and its pages are the page
+    cache's. The whole RSS where /proc/self/status does not say."""
+    fields = _status_bytes("RssAnon", "RssShmem")
+    if len(fields) < 2:
+        return int(psutil.Process().memory_info().rss)
+    return sum(fields.values()) + file_rss
 
 
 def _trim_heap() -> None:
