@@ -18,7 +18,14 @@ from pathlib import Path
 
 import psutil
 
-from appliance.bench.harness import bench_daemon, median, resolve_model, wait_spare, wait_state
+from appliance.bench.harness import (
+    bare_llama,
+    bench_daemon,
+    median,
+    resolve_model,
+    wait_spare,
+    wait_state,
+)
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
@@ -40,16 +47,7 @@ def in_process(path: Path, ctx: int, threads: int, n: int, trials: int) -> list[
     does), timed from the first token to the last."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=ctx,
-        n_batch=512,
-        n_ubatch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_gpu_layers=-1,
-        verbose=False,
-    )
+    llm = bare_llama(path, ctx, threads)
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
     out = []
     for _ in range(trials + 1):

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -177,3 +178,21 @@ def first_token_ms(client: httpx.Client, body: dict[str, object]) -> float:
             if line.startswith("data: {") and '"text":"' in line and '"text":""' not in line:
                 return (time.perf_counter() - t0) * 1000.0
     raise ApplianceError("the stream ended without a token")
+
+
+def bare_llama(path: Path, ctx: int, threads: int, *, embedding: bool = False) -> Any:
+    """The peer of every benchmark: llama-cpp-python's `Llama` in this process, with the
+    settings the appliance's worker uses (batch 512, every layer offloaded where a GPU is)."""
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=ctx,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=-1,
+        embedding=embedding,
+        verbose=False,
+    )

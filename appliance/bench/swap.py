@@ -19,7 +19,14 @@ from typing import Any
 
 import httpx
 
-from appliance.bench.harness import bench_daemon, first_token_ms, pct, resolve_model, wait_spare
+from appliance.bench.harness import (
+    bare_llama,
+    bench_daemon,
+    first_token_ms,
+    pct,
+    resolve_model,
+    wait_spare,
+)
 from appliance.errors import ApplianceError
 
 PROMPT = "The quick brown fox"
@@ -66,38 +73,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def bare(chat: Path, embed: Path, args: argparse.Namespace, threads: int) -> dict[str, list[float]]:
-    import llama_cpp
+    import llama_cpp  # noqa: F401  (imported before the clock starts: an import is no load)
 
     out: dict[str, list[float]] = {"chat": [], "embed": []}
     for i in range(args.rounds + 1):  # the first round warms the page cache and is dropped
         t0 = time.perf_counter()
-        llm = llama_cpp.Llama(
-            model_path=str(chat),
-            n_ctx=args.chat_ctx,
-            n_batch=512,
-            n_ubatch=512,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=-1,
-            verbose=False,
-        )
+        llm = bare_llama(chat, args.chat_ctx, threads)
         for _chunk in llm.create_completion(PROMPT, max_tokens=1, temperature=0, stream=True):
             break
         chat_ms = (time.perf_counter() - t0) * 1000.0
         llm.close()
         del llm
         t0 = time.perf_counter()
-        emb = llama_cpp.Llama(
-            model_path=str(embed),
-            n_ctx=args.embed_ctx,
-            n_batch=512,
-            n_ubatch=512,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=-1,
-            embedding=True,
-            verbose=False,
-        )
+        emb = bare_llama(embed, args.embed_ctx, threads, embedding=True)
         emb.embed("hello world")
         embed_ms = (time.perf_counter() - t0) * 1000.0
         emb.close()

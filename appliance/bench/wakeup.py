@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from appliance.bench.harness import (
+    bare_llama,
     bench_daemon,
     first_token_ms,
     median,
@@ -39,21 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def bare(path: Path, ctx: int, threads: int, trials: int) -> list[float]:
-    import llama_cpp
+    import llama_cpp  # noqa: F401  (imported before the clock starts: an import is no load)
 
     out = []
     for _ in range(trials):
         t0 = time.perf_counter()
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=ctx,
-            n_batch=512,
-            n_ubatch=512,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=-1,
-            verbose=False,
-        )
+        llm = bare_llama(path, ctx, threads)
         for _chunk in llm.create_completion(PROMPT, max_tokens=1, temperature=0, stream=True):
             break
         out.append((time.perf_counter() - t0) * 1000.0)

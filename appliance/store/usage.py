@@ -14,47 +14,30 @@ from collections.abc import Sequence
 from typing import Literal
 
 import apsw
-import msgspec
 
 from appliance.errors import InvalidRequest
 from appliance.store.db import Database
 from appliance.store.records import Clock
-from appliance.telemetry.usage import UsageRecord
+from appliance.telemetry.usage import AMOUNTS, UsageAmounts, UsageRecord
 
 UsageGroup = Literal["model", "agent", "session"]
 _GROUP_COLUMN = {"model": "model", "agent": "agent", "session": "session_id"}
 
 
-class UsageTotals(msgspec.Struct, kw_only=True):
+class UsageTotals(UsageAmounts, kw_only=True):
+    """The amounts of usage summed over one group (or over everything)."""
+
     key: str | None
     """The model, agent or session id the row sums; None for usage without one."""
-    tokens_in: int = 0
-    tokens_out: int = 0
-    requests: int = 0
-    gpu_seconds: float = 0.0
-    busy_seconds: float = 0.0
-    energy_j: float = 0.0
-    sandbox_cpu_s: float = 0.0
 
 
-_SUMS = (
-    "coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0), coalesce(sum(requests), 0),"
-    " coalesce(sum(gpu_seconds), 0.0), coalesce(sum(busy_seconds), 0.0),"
-    " coalesce(sum(energy_j), 0.0), coalesce(sum(sandbox_cpu_s), 0.0)"
-)
+_ZERO = UsageAmounts()
+_SUMS = ", ".join(f"coalesce(sum({name}), {getattr(_ZERO, name)!r})" for name in AMOUNTS)
 
 
 def _totals(key: str | None, row: Sequence[float]) -> UsageTotals:
-    return UsageTotals(
-        key=key,
-        tokens_in=int(row[0]),
-        tokens_out=int(row[1]),
-        requests=int(row[2]),
-        gpu_seconds=float(row[3]),
-        busy_seconds=float(row[4]),
-        energy_j=float(row[5]),
-        sandbox_cpu_s=float(row[6]),
-    )
+    kinds = {name: type(getattr(_ZERO, name)) for name in AMOUNTS}  # int or float columns
+    return UsageTotals(key=key, **{n: kinds[n](v) for n, v in zip(AMOUNTS, row, strict=True)})
 
 
 def _insert(con: apsw.Connection, records: Sequence[UsageRecord], now: float) -> None:

@@ -24,17 +24,9 @@ Key = tuple[str | None, str | None, str | None]
 """(model, agent, session_id)."""
 
 
-class UsageRecord(msgspec.Struct, kw_only=True):
-    """One amount of usage: what the meter gathers and the ledger (appliance.store.usage) stores.
+class UsageAmounts(msgspec.Struct, kw_only=True):
+    """The amounts usage is made of, as a record carries them and the ledger sums them."""
 
-    Declared here, at the floor, so telemetry and the store share it without telemetry knowing
-    the store. `ts` is unix seconds; None means "now" to whoever adds the record.
-    """
-
-    ts: float | None = None
-    model: str | None = None
-    agent: str | None = None
-    session_id: str | None = None
     tokens_in: int = 0
     tokens_out: int = 0
     requests: int = 0
@@ -45,20 +37,32 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     energy_j: float = 0.0
     sandbox_cpu_s: float = 0.0
 
+
+AMOUNTS: tuple[str, ...] = UsageAmounts.__struct_fields__
+"""The names of the amounts, in their declared order (the ledger's columns of the same names)."""
+
+
+class UsageRecord(UsageAmounts, kw_only=True):
+    """One amount of usage: what the meter gathers and the ledger (appliance.store.usage) stores.
+
+    Declared here, at the floor, so telemetry and the store share it without telemetry knowing
+    the store. `ts` is unix seconds; None means "now" to whoever adds the record.
+    """
+
+    ts: float | None = None
+    model: str | None = None
+    agent: str | None = None
+    session_id: str | None = None
+
     @property
     def key(self) -> Key:
         return (self.model, self.agent, self.session_id)
 
     def merge(self, other: UsageRecord) -> None:
         """Add `other`'s amounts to this record (same key); the later timestamp wins."""
-        for name in _AMOUNTS:
+        for name in AMOUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.ts = other.ts if other.ts is not None else self.ts
-
-
-_AMOUNTS = tuple(
-    f for f in UsageRecord.__struct_fields__ if f not in ("ts", "model", "agent", "session_id")
-)
 
 
 class ResidencyMeter:
