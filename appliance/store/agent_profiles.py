@@ -28,37 +28,15 @@ import msgspec
 
 from appliance.config import Config, load_toml_struct, shipped_profiles_dir
 from appliance.errors import ApplianceError, ConfigError
-from appliance.store.agents import Agent, Agents, AgentSpec, GenerationParams, validate_spec
+from appliance.store.agents import Agent, Agents, AgentSpec, validate_spec
 
 
-class AgentProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One `profiles/agents/*.toml` file."""
-
-    name: str
-    """The agent's name, as users type it; defaults to the file name without `.toml`."""
-    model: str
-    """The id of the model the agent talks to (a model profile id or a scanned GGUF name)."""
-    persona: str = ""
-    """The system prompt that opens every session of this agent."""
-    description: str = ""
-    """One line shown in agent listings."""
-    tools: list[str] = msgspec.field(default_factory=list)
-    """Names of the tools the agent may call, e.g. "run_code"."""
-    sandbox: str | None = None
-    """The sandbox language profile `run_code` uses, e.g. "python"."""
-    params: GenerationParams = msgspec.field(default_factory=GenerationParams)
-    """Sampling parameters for every model call of this agent."""
+class AgentProfile(AgentSpec, forbid_unknown_fields=True, kw_only=True):
+    """One `profiles/agents/*.toml` file: an agent's writable fields (AgentSpec), where `name`
+    defaults to the file name without `.toml`."""
 
     def spec(self) -> AgentSpec:
-        return AgentSpec(
-            name=self.name,
-            model=self.model,
-            persona=self.persona,
-            description=self.description,
-            tools=list(self.tools),
-            sandbox=self.sandbox,
-            params=self.params,
-        )
+        return AgentSpec(**msgspec.structs.asdict(self))
 
 
 class LoadedAgentProfile(msgspec.Struct, frozen=True, kw_only=True):

@@ -69,12 +69,19 @@ class AgentSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The writable fields of an agent (what a create request or a profile file gives)."""
 
     name: str
+    """The agent's name, as users type it."""
     model: str
+    """The id of the model the agent talks to (a model profile id or a scanned GGUF name)."""
     persona: str = ""
+    """The system prompt that opens every session of this agent."""
     description: str = ""
+    """One line shown in agent listings."""
     tools: list[str] = msgspec.field(default_factory=list)
+    """Names of the tools the agent may call, e.g. "run_code"."""
     sandbox: str | None = None
+    """The sandbox language profile `run_code` uses, e.g. "python"."""
     params: GenerationParams = msgspec.field(default_factory=GenerationParams)
+    """Sampling parameters for every model call of this agent."""
 
 
 class AgentPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
