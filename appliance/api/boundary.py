@@ -122,7 +122,9 @@ def route_body_rules(
     other body is JSON under `limits.json`."""
     rules: list[tuple[str, re.Pattern[str], BodyRule]] = []
     for route in routes:
-        for handler in getattr(route, "route_handlers", ()):
+        # an HTTP route has its handlers; a mounted ASGI app (/mcp) one handler, named no methods
+        handlers = getattr(route, "route_handlers", None) or [getattr(route, "route_handler", None)]
+        for handler in handlers:
             kind = (getattr(handler, "opt", None) or {}).get("body")
             if kind is None:
                 continue
@@ -130,7 +132,8 @@ def route_body_rules(
             if not isinstance(rule, BodyRule):
                 raise ValueError(f"{route.path}: unknown body class {kind!r}; use run or upload")
             regex = _path_regex(route.path_format, dict(route.path_parameters))
-            rules.extend((method, regex, rule) for method in sorted(handler.http_methods))
+            methods = getattr(handler, "http_methods", None) or {"POST"}
+            rules.extend((method, regex, rule) for method in sorted(methods))
     return rules
 
 
