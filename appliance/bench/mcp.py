@@ -6,8 +6,11 @@ each call and the kinds of call interleaved so they meet the same conditions:
 (a) `POST /api/run`, over one kept-alive HTTP connection;
 (b) the MCP `run_code` tool through `/mcp` with the official SDK's client, on one session of the
     2025-11-25 handshake (SSE answers);
-(c) the same on the 2026-07-28 protocol (each call a self-contained request).
-The difference (b) - (a) is what the protocol layer adds to a sandboxed run.
+(c) the same on the 2026-07-28 protocol (each call a self-contained request);
+(d) the 2026-07-28 `tools/call` as a bare JSON-RPC POST with httpx, no SDK client: the server's
+    share of the difference, (c) - (d) being the SDK client's own (validating the result against
+    the tool's output schema, its envelope).
+The difference (b) - (a) is what MCP adds to a sandboxed run, as an SDK user sees it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,27 @@ import httpx
 from appliance.bench.harness import pct
 from appliance.bench.sandbox import CODE, _pool_ready, daemon
 from appliance.errors import ApplianceError
+
+MODERN = "2026-07-28"
+BARE_CALL = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {
+        "name": "run_code",
+        "arguments": {"language": "python", "code": CODE},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        },
+    },
+}
+BARE_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": MODERN,
+    "Mcp-Method": "tools/call",
+    "Mcp-Name": "run_code",
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,7 +76,7 @@ async def measure(url: str, runs: int, pool: dict[str, int]) -> dict[str, list[f
             streamable_http_client(url + "/mcp", http_client=legacy_http), mode="legacy"
         ) as legacy,
         Client(
-            streamable_http_client(url + "/mcp", http_client=modern_http), mode="2026-07-28"
+            streamable_http_client(url + "/mcp", http_client=modern_http), mode=MODERN
         ) as modern,
     ):
 
@@ -70,10 +94,17 @@ async def measure(url: str, runs: int, pool: dict[str, int]) -> dict[str, list[f
 
             return call
 
+        async def bare_json_rpc() -> None:
+            r = await api.post("/mcp", json=BARE_CALL, headers=BARE_HEADERS)
+            out = r.json().get("result", {}) if r.status_code == 200 else {}
+            if out.get("isError", True) or out["structuredContent"]["stdout"] != "1\n":
+                raise ApplianceError(f"bare tools/call failed: {r.status_code} {r.text[:300]}")
+
         kinds: dict[str, Callable[[], Awaitable[None]]] = {
             "(a) POST /api/run": over_api,
             "(b) MCP run_code, 2025-11-25 session": over_mcp(legacy),
             "(c) MCP run_code, 2026-07-28 request": over_mcp(modern),
+            "(d) bare JSON-RPC tools/call, 2026-07-28": bare_json_rpc,
         }
         samples: dict[str, list[float]] = {k: [] for k in kinds}
         for i in range(runs + 2):  # two rounds of warm-up: connections, first imports
