@@ -26,8 +26,10 @@ def mcp_mount(appliance: Appliance) -> tuple[ASGIRouteHandler, Any]:
     """The route handler for `/mcp` and the lifespan that runs its session manager."""
     manager = session_manager(ApplianceMCP(appliance))
 
-    @asgi(MCP_PATH, is_mount=True, copy_scope=True, opt={"body": "run"})
+    # the scope is shared, not copied, so the route label reaches the request telemetry around it
+    @asgi(MCP_PATH, is_mount=True, copy_scope=False, opt={"body": "run"})
     async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["path_template"] = MCP_PATH
         await manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
 
     @asynccontextmanager

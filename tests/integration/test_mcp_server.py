@@ -340,3 +340,10 @@ async def test_each_agent_persona_is_a_prompt(daemon: Daemon) -> None:
         assert isinstance(block, TextContent) and block.text
         templates = {t.uri_template for t in (await c.list_resource_templates()).resource_templates}
         assert "appliance://sessions/{session_id}" in templates
+
+
+def test_mcp_requests_are_counted_under_their_route(daemon: Daemon) -> None:
+    initialize(daemon, "2025-11-25")
+    with daemon.http() as c:
+        metrics = c.get("/metrics").text
+    assert re.search(r'appliance_http_requests_total\{[^}]*route="/mcp"', metrics), metrics[:2000]
