@@ -146,8 +146,9 @@ def test_initialize_negotiates_each_handshake_version(daemon: Daemon, version: s
 
 
 async def test_the_sdk_client_lists_every_tool_with_both_schemas(daemon: Daemon) -> None:
-    for mode in ("legacy", "2026-07-28"):
+    for mode, version in (("legacy", "2025-11-25"), ("2026-07-28", "2026-07-28")):
         async with mcp_client(daemon, mode) as c:
+            assert c.session.protocol_version == version
             tools = {t.name: t for t in (await c.list_tools()).tools}
             assert set(tools) == TOOLS, mode
             for t in tools.values():
