@@ -59,7 +59,8 @@ _SIMPLE_TYPES = frozenset(
 )
 """Content types a web page may send cross-site without a preflight (the CORS safelist)."""
 _CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
-_CORS_EXPOSE = b"X-Trace-Id, Retry-After"
+_CORS_EXPOSE = b"X-Trace-Id, Retry-After, Mcp-Session-Id"
+"""Response headers a configured origin's page may read: MCP clients in a browser need the session id."""
 _CORS_DEFAULT_HEADERS = b"Authorization, Content-Type"
 _HEADER_LIST = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
 

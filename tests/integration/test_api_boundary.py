@@ -201,6 +201,7 @@ def test_a_configured_origin_gets_cors_headers_and_preflights(daemon: Daemon) ->
     assert got.status_code == 200
     assert got.headers["access-control-allow-origin"] == APP_ORIGIN
     assert "X-Trace-Id" in got.headers["access-control-expose-headers"]
+    assert "Mcp-Session-Id" in got.headers["access-control-expose-headers"]  # an MCP client's
     assert "Origin" in got.headers["vary"]
     # its errors are readable by the page too
     assert (
