@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -29,6 +29,7 @@ from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.worker import protocol as p
 from appliance.models.worker.process import RequestStream, expect
+from appliance.openai import shapes as s
 from appliance.sampling import KEEP_ALIVE_MAX
 from appliance.telemetry.recorder import Telemetry
 
@@ -289,103 +290,105 @@ class ChatService:
 
     # --- OpenAI shapes ------------------------------------------------------------------------
 
-    async def chat_completion(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def chat_completion(self, params: dict[str, Any]) -> s.ChatCompletion:
         gen = await self.generate("chat", params)
         r = await gen.result()
-        message: dict[str, Any] = {"role": "assistant", "content": r.answer}
-        if r.tool_calls:
-            message["tool_calls"] = msgspec.to_builtins(r.tool_calls)
-            message["content"] = None
-        return {
-            "id": gen.id,
-            "object": "chat.completion",
-            "created": gen.created,
-            "model": gen.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": r.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(r.usage),
-            "timings": gen.extra(r),
-        }
+        message = s.AssistantReply(
+            role="assistant",
+            content=None if r.tool_calls else r.answer,
+            tool_calls=[_tool_call(c) for c in r.tool_calls] if r.tool_calls else None,
+        )
+        return s.ChatCompletion(
+            id=gen.id,
+            object="chat.completion",
+            created=gen.created,
+            model=gen.model,
+            choices=[s.ChatChoice(index=0, message=message, finish_reason=r.finish_reason)],
+            usage=_usage(r.usage, s.Usage),
+            timings=gen.extra(r),
+        )
 
-    async def chat_completion_stream(self, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def chat_completion_stream(
+        self, params: dict[str, Any]
+    ) -> AsyncIterator[s.ChatCompletionChunk]:
         gen = await self.generate("chat", params)
         include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
         return self._chat_chunks(gen, include_usage)
 
     async def _chat_chunks(
         self, gen: Generation, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": gen.id,
-                "object": "chat.completion.chunk",
-                "created": gen.created,
-                "model": gen.model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-            }
+    ) -> AsyncIterator[s.ChatCompletionChunk]:
+        def chunk(
+            delta: s.ChatDelta | None, finish: str | None = None, **extra: Any
+        ) -> s.ChatCompletionChunk:
+            choices = (
+                []
+                if delta is None
+                else [s.ChatChunkChoice(index=0, delta=delta, finish_reason=finish)]
+            )
+            return s.ChatCompletionChunk(
+                id=gen.id,
+                object="chat.completion.chunk",
+                created=gen.created,
+                model=gen.model,
+                choices=choices,
+                **extra,
+            )
 
-        yield chunk({"role": "assistant", "content": ""})
+        yield chunk(s.ChatDelta(role="assistant", content=""))
         async for ev in gen.events():
             if isinstance(ev, p.Delta):
-                yield chunk({"content": ev.text})
-            else:
-                if ev.tool_calls:
-                    calls = [
-                        {"index": i, **msgspec.to_builtins(c)} for i, c in enumerate(ev.tool_calls)
-                    ]
-                    yield chunk({"tool_calls": calls})
-                elif ev.unstreamed:
-                    yield chunk({"content": ev.unstreamed})
-                final = chunk({}, ev.finish_reason)
-                final["timings"] = gen.extra(ev)
-                yield final
-                if include_usage:
-                    yield {**chunk({}), "choices": [], "usage": _usage(ev.usage)}
+                yield chunk(s.ChatDelta(content=ev.text))
+                continue
+            if ev.tool_calls:
+                calls = [
+                    s.IndexedToolCall(
+                        index=i, id=c.id, type="function", function=_tool_call(c).function
+                    )
+                    for i, c in enumerate(ev.tool_calls)
+                ]
+                yield chunk(s.ChatDelta(tool_calls=calls))
+            elif ev.unstreamed:
+                yield chunk(s.ChatDelta(content=ev.unstreamed))
+            yield chunk(s.ChatDelta(), ev.finish_reason, timings=gen.extra(ev))
+            if include_usage:
+                yield chunk(None, usage=_usage(ev.usage, s.StreamUsage))
 
-    async def completion(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def completion(self, params: dict[str, Any]) -> s.Completion:
         gen = await self.generate("completion", params)
         r = await gen.result()
-        return {
-            "id": gen.id,
-            "object": "text_completion",
-            "created": gen.created,
-            "model": gen.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": r.answer,
-                    "finish_reason": r.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(r.usage),
-            "timings": gen.extra(r),
-        }
+        return s.Completion(
+            id=gen.id,
+            object="text_completion",
+            created=gen.created,
+            model=gen.model,
+            choices=[s.CompletionChoice(index=0, text=r.answer, finish_reason=r.finish_reason)],
+            usage=_usage(r.usage, s.Usage),
+            timings=gen.extra(r),
+        )
 
-    async def completion_stream(self, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def completion_stream(self, params: dict[str, Any]) -> AsyncIterator[s.CompletionChunk]:
         gen = await self.generate("completion", params)
         include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
         return self._completion_chunks(gen, include_usage)
 
     async def _completion_chunks(
         self, gen: Generation, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": gen.id,
-                "object": "text_completion",
-                "created": gen.created,
-                "model": gen.model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-            }
+    ) -> AsyncIterator[s.CompletionChunk]:
+        def chunk(text: str | None, finish: str | None = None, **extra: Any) -> s.CompletionChunk:
+            choices = (
+                []
+                if text is None
+                else [s.CompletionChunkChoice(index=0, text=text, finish_reason=finish)]
+            )
+            return s.CompletionChunk(
+                id=gen.id,
+                object="text_completion",
+                created=gen.created,
+                model=gen.model,
+                choices=choices,
+                **extra,
+            )
 
         async for ev in gen.events():
             if isinstance(ev, p.Delta):
@@ -393,9 +396,9 @@ class ChatService:
             else:
                 yield chunk("", ev.finish_reason)
                 if include_usage:
-                    yield {**chunk(""), "choices": [], "usage": _usage(ev.usage)}
+                    yield chunk(None, usage=_usage(ev.usage, s.StreamUsage))
 
-    async def embeddings(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def embeddings(self, params: dict[str, Any]) -> s.EmbeddingList:
         inputs = params.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -441,17 +444,17 @@ class ChatService:
             dims = params.get("dimensions")
             if dims:
                 vec = vec[: int(dims)]
-            emb: Any = vec
+            emb: list[float] | str = vec
             if fmt == "base64":
                 emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": emb})
+            data.append(s.Embedding(object="embedding", index=i, embedding=emb))
         n = r.prompt_tokens
-        return {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": n, "total_tokens": n},
-        }
+        return s.EmbeddingList(
+            object="list",
+            data=data,
+            model=str(model),
+            usage=s.EmbeddingUsage(prompt_tokens=n, total_tokens=n),
+        )
 
 
 def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
@@ -476,12 +479,24 @@ def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
     return {**params, "max_tokens": prof.default_max_tokens}
 
 
-def _usage(u: p.Usage) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens,
-    }
-    if u.cached_tokens:
-        out["prompt_tokens_details"] = {"cached_tokens": u.cached_tokens}
-    return out
+U = TypeVar("U", s.Usage, s.StreamUsage)
+
+
+def _usage(u: p.Usage, shape: type[U]) -> U:
+    """The worker's token counts in OpenAI's shape (cached tokens as prompt_tokens_details)."""
+    return shape(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        prompt_tokens_details=s.PromptTokensDetails(cached_tokens=u.cached_tokens)
+        if u.cached_tokens
+        else None,
+    )
+
+
+def _tool_call(c: p.ToolCall) -> s.ToolCall:
+    return s.ToolCall(
+        id=c.id,
+        type="function",
+        function=s.FunctionCall(name=c.function.name, arguments=c.function.arguments),
+    )
