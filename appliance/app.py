@@ -117,7 +117,7 @@ class Appliance:
             sandboxes=self.sandboxes,
             cleanup=self.sessions.cleanup,
         )
-        self.responses = ResponseService(store, catalog, self.chat, self.sessions)
+        self.responses = ResponseService(store, catalog, self.chat, self.sessions, self.kv)
 
     @classmethod
     def from_config(cls, config: Config) -> Appliance:

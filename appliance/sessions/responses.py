@@ -36,6 +36,7 @@ from appliance.models.catalog import ModelCatalog
 from appliance.models.worker import protocol as p
 from appliance.openai.chat import ChatService, bounded
 from appliance.sessions.context import model_messages, visible, window_start
+from appliance.sessions.parking import KvParking
 from appliance.sessions.service import SessionService
 from appliance.store import Message, MessageDraft, Store
 from appliance.store.messages import Role
@@ -320,12 +321,19 @@ class _Request:
 
 class ResponseService:
     def __init__(
-        self, store: Store, catalog: ModelCatalog, chat: ChatService, sessions: SessionService
+        self,
+        store: Store,
+        catalog: ModelCatalog,
+        chat: ChatService,
+        sessions: SessionService,
+        kv: KvParking,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.chat = chat
         self.sessions = sessions
+        self.kv = kv
+        """Marks a stored response's session active (the one writer of a session's status)."""
 
     def _params(self, body: dict[str, Any]) -> dict[str, Any]:
         params = {dst: body[src] for src, dst in SAMPLING.items() if body.get(src) is not None}
@@ -529,7 +537,7 @@ class ResponseService:
         current_trace().tag(kind="response", model=model, session_id=session_id)
         try:
             inputs = await self.store.run(self.store.messages.append_many, session_id, req.drafts)
-            await self.sessions.kv.activate(session_id)
+            await self.kv.activate(session_id)
             call = await self.sessions.model.call(
                 session_id,
                 model,

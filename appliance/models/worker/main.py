@@ -360,15 +360,7 @@ class Worker:
         if tools and finish != "cancelled":
             content, calls = cf.parse_tool_reply(text)
             result.content = content
-            result.tool_calls = [
-                p.ToolCall(
-                    id=c["id"],
-                    function=p.FunctionCall(
-                        name=c["function"]["name"], arguments=c["function"]["arguments"]
-                    ),
-                )
-                for c in calls
-            ]
+            result.tool_calls = calls
             if calls:
                 result.finish_reason = "tool_calls"
         return result
