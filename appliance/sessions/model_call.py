@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from appliance.errors import InvalidRequest
@@ -54,6 +55,10 @@ class CallResult:
     context_dropped: int = 0
 
 
+def _tokenize_cmd(text: str, req_id: int) -> p.Tokenize:
+    return p.Tokenize(id=req_id, text=text)
+
+
 class SessionModel:
     def __init__(
         self,
@@ -81,9 +86,7 @@ class SessionModel:
         try:
             out = []
             for text in texts:
-                r = await lease.worker.call(
-                    lambda i, t=text: p.Tokenize(id=i, text=t), p.TokenizeResult
-                )
+                r = await lease.worker.call(partial(_tokenize_cmd, text), p.TokenizeResult)
                 out.append(max(0, len(r.tokens) - 1))  # the worker adds a BOS
             return out
         finally:

@@ -71,5 +71,5 @@ async def f(store, sid):
 """
     found = status_writers(source, "appliance/sessions/service.py")
     assert len(found) == 4, found
-    assert status_writers(source.splitlines()[2], OWNER) == []
+    assert status_writers(source.splitlines()[2].strip(), OWNER) == []
     assert status_writers('"UPDATE sessions SET title = ?"', "appliance/x.py") == []
