@@ -152,12 +152,17 @@ class Generation:
     ) -> p.GenerateResult:
         """Run the generation to its end and return the worker's result; each text delta goes to
         `on_delta` on the way, when given."""
+        final: p.GenerateResult | None = None
+        # run events() to its end (no early return): its `finally` releases the lease and
+        # records the generation's telemetry, which a suspended generator would only do at GC
         async for ev in self.events():
             if isinstance(ev, p.GenerateResult):
-                return ev
-            if on_delta is not None:
+                final = ev
+            elif on_delta is not None:
                 await on_delta(ev.text)
-        raise ApplianceError("the worker ended the generation without a result")
+        if final is None:
+            raise ApplianceError("the worker ended the generation without a result")
+        return final
 
     def close_soon(self) -> None:
         """Release the lease now if the worker is done, else cancel and release when it agrees."""
