@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 from pydantic import BaseModel, Field
 
+from appliance.openai.shapes import ChatCompletion, EmbeddingList
 from appliance.sandbox.service import RunResult, SandboxInfo
 
 
@@ -130,15 +131,14 @@ class ChatOutput(BaseModel):
     completion_tokens: int
 
     @classmethod
-    def from_service(cls, answer: dict[str, Any]) -> ChatOutput:
-        choice = answer["choices"][0]
-        usage = answer.get("usage") or {}
+    def from_service(cls, answer: ChatCompletion) -> ChatOutput:
+        choice = answer.choices[0]
         return cls(
-            model=answer.get("model", ""),
-            content=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
+            model=answer.model,
+            content=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
         )
 
 
@@ -149,11 +149,14 @@ class EmbedOutput(BaseModel):
     """One vector per input, in input order."""
 
     @classmethod
-    def from_service(cls, answer: dict[str, Any]) -> EmbedOutput:
-        rows = sorted(answer["data"], key=lambda d: d.get("index", 0))
-        vectors = [list(map(float, d["embedding"])) for d in rows]
+    def from_service(cls, answer: EmbeddingList) -> EmbedOutput:
+        rows = sorted(answer.data, key=lambda d: d.index)
+        # the tool never asks for encoding_format "base64", so every vector is floats
+        vectors = [
+            [float(x) for x in d.embedding] for d in rows if not isinstance(d.embedding, str)
+        ]
         return cls(
-            model=answer.get("model", ""),
+            model=answer.model,
             dimensions=len(vectors[0]) if vectors else 0,
             embeddings=vectors,
         )

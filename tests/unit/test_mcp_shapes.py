@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 
+import msgspec
+
 from appliance.mcp.shapes import ChatOutput, EmbedOutput, FileContent, RunOutput
+from appliance.openai.shapes import ChatCompletion, EmbeddingList
 from appliance.sandbox.service import RunResult
 
 
@@ -37,19 +40,38 @@ def test_a_file_is_text_when_it_is_utf8_else_base64() -> None:
 
 def test_chat_and_embedding_answers_are_read_from_the_openai_shapes() -> None:
     chat = ChatOutput.from_service(
-        {
-            "model": "m",
-            "choices": [
-                {"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
-        }
+        msgspec.convert(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hi"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                "timings": {},
+            },
+            ChatCompletion,
+        )
     )
     assert (chat.content, chat.finish_reason, chat.completion_tokens) == ("hi", "stop", 1)
     emb = EmbedOutput.from_service(
-        {
-            "model": "e",
-            "data": [{"index": 1, "embedding": [0, 1]}, {"index": 0, "embedding": [2, 3]}],
-        }
+        msgspec.convert(
+            {
+                "object": "list",
+                "model": "e",
+                "data": [
+                    {"object": "embedding", "index": 1, "embedding": [0, 1]},
+                    {"object": "embedding", "index": 0, "embedding": [2, 3]},
+                ],
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            },
+            EmbeddingList,
+        )
     )
     assert emb.embeddings == [[2.0, 3.0], [0.0, 1.0]] and emb.dimensions == 2
