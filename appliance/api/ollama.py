@@ -55,6 +55,13 @@ PATHS = frozenset(
 """Ollama's routes, which answer errors in Ollama's body."""
 
 
+class OllamaErrorBody(msgspec.Struct, kw_only=True):
+    """Ollama's error body: every error response of Ollama's routes has this shape."""
+
+    error: str
+    """What went wrong and what to do next."""
+
+
 def provide_ollama(appliance: NamedDependency[Appliance]) -> OllamaService:
     return OllamaService(appliance.chat, appliance.catalog, appliance.scheduler)
 
