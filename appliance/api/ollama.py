@@ -29,6 +29,17 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from appliance.api.disconnect import unless_disconnected
+from appliance.api.ollama_replies import (
+    OllamaChatReply,
+    OllamaEmbeddingsReply,
+    OllamaEmbedReply,
+    OllamaGenerateReply,
+    OllamaModelList,
+    OllamaRunningList,
+    OllamaShow,
+    OllamaVersion,
+)
+from appliance.api.replies import reply
 from appliance.app import Appliance
 from appliance.errors import ApplianceError
 from appliance.openai.ollama import (
@@ -89,22 +100,22 @@ class OllamaController(Controller):
     dependencies = {"ollama": Provide(provide_ollama, sync_to_thread=False)}
 
     @get("/version")
-    async def version(self, ollama: NamedDependency[OllamaService]) -> dict[str, Any]:
-        return ollama.version()
+    async def version(self, ollama: NamedDependency[OllamaService]) -> OllamaVersion:
+        return reply(ollama.version(), OllamaVersion)
 
     @get("/tags")
-    async def list_models(self, ollama: NamedDependency[OllamaService]) -> dict[str, Any]:
-        return ollama.tags()
+    async def list_models(self, ollama: NamedDependency[OllamaService]) -> OllamaModelList:
+        return reply(ollama.tags(), OllamaModelList)
 
     @get("/ps")
-    async def running_models(self, ollama: NamedDependency[OllamaService]) -> dict[str, Any]:
-        return ollama.ps()
+    async def running_models(self, ollama: NamedDependency[OllamaService]) -> OllamaRunningList:
+        return reply(ollama.ps(), OllamaRunningList)
 
     @post("/show", status_code=200)
     async def show(
         self, ollama: NamedDependency[OllamaService], data: JSONBody[OllamaModelRequest]
-    ) -> dict[str, Any]:
-        return ollama.show(data)
+    ) -> OllamaShow:
+        return reply(ollama.show(data), OllamaShow)
 
     @post("/chat", status_code=200)
     async def chat(
@@ -112,14 +123,16 @@ class OllamaController(Controller):
         ollama: NamedDependency[OllamaService],
         request: Request[Any, Any, Any],
         data: JSONBody[OllamaChatRequest],
-    ) -> Response[dict[str, Any]] | Stream:
+    ) -> Response[OllamaChatReply] | Stream:
         prof, params = ollama.chat_params(data)
         if not data.messages:
-            return Response(await ollama.load_only(prof, data.keep_alive, "message"))
+            loaded = await ollama.load_only(prof, data.keep_alive, "message")
+            return Response(reply(loaded, OllamaChatReply))
         gen = await ollama.start("chat", params)
         if data.stream:
             return ndjson(ollama.parts(gen, "message"))
-        return Response(await unless_disconnected(request, ollama.answer(gen, "message")))
+        answer = await unless_disconnected(request, ollama.answer(gen, "message"))
+        return Response(reply(answer, OllamaChatReply))
 
     @post("/generate", status_code=200)
     async def generate(
@@ -127,14 +140,16 @@ class OllamaController(Controller):
         ollama: NamedDependency[OllamaService],
         request: Request[Any, Any, Any],
         data: JSONBody[OllamaGenerateRequest],
-    ) -> Response[dict[str, Any]] | Stream:
+    ) -> Response[OllamaGenerateReply] | Stream:
         prof, op, params = ollama.generate_params(data)
         if not data.prompt:
-            return Response(await ollama.load_only(prof, data.keep_alive, "response"))
+            loaded = await ollama.load_only(prof, data.keep_alive, "response")
+            return Response(reply(loaded, OllamaGenerateReply))
         gen = await ollama.start(op, params)
         if data.stream:
             return ndjson(ollama.parts(gen, "response"))
-        return Response(await unless_disconnected(request, ollama.answer(gen, "response")))
+        answer = await unless_disconnected(request, ollama.answer(gen, "response"))
+        return Response(reply(answer, OllamaGenerateReply))
 
     @post("/embed", status_code=200)
     async def embed(
@@ -142,8 +157,8 @@ class OllamaController(Controller):
         ollama: NamedDependency[OllamaService],
         request: Request[Any, Any, Any],
         data: JSONBody[OllamaEmbedRequest],
-    ) -> dict[str, Any]:
-        return await unless_disconnected(request, ollama.embed(data))
+    ) -> OllamaEmbedReply:
+        return reply(await unless_disconnected(request, ollama.embed(data)), OllamaEmbedReply)
 
     @post("/embeddings", status_code=200)
     async def embeddings(
@@ -151,8 +166,9 @@ class OllamaController(Controller):
         ollama: NamedDependency[OllamaService],
         request: Request[Any, Any, Any],
         data: JSONBody[OllamaEmbeddingsRequest],
-    ) -> dict[str, Any]:
-        return await unless_disconnected(request, ollama.embeddings(data))
+    ) -> OllamaEmbeddingsReply:
+        answer = await unless_disconnected(request, ollama.embeddings(data))
+        return reply(answer, OllamaEmbeddingsReply)
 
     @post("/pull", status_code=200)
     async def pull(self) -> None:

@@ -30,7 +30,7 @@ from litestar.response import Stream
 from litestar.routes import HTTPRoute
 
 from appliance import __version__
-from appliance.api import replies
+from appliance.api import ollama_replies, replies
 from appliance.api.ollama import NDJSON, OllamaErrorBody
 from appliance.api.ollama import PATHS as OLLAMA_PATHS
 from appliance.api.replies import ErrorBody
@@ -100,7 +100,7 @@ def _streams(app: Litestar) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]
 def _own_structs() -> list[type[msgspec.Struct]]:
     """The request and reply structs whose schemas msgspec writes (see `complete`)."""
     found: list[type[msgspec.Struct]] = [ErrorBody, OllamaErrorBody, *SCHEMA_STRUCTS]
-    for module in (shapes, replies, ollama_shapes):
+    for module in (shapes, replies, ollama_shapes, ollama_replies):
         found += [
             v
             for v in vars(module).values()
