@@ -243,6 +243,9 @@ def test_errors_are_ollamas_body_with_4xx(client: ollama.Client) -> None:
         client.chat(CHAT, messages=hi, keep_alive="soon")
     assert exc.value.status_code == 400 and "keep_alive" in _error(exc)
     with pytest.raises(ollama.ResponseError) as exc:
+        client.chat(CHAT, messages=hi, format={"type": "object", "properties": 5})
+    assert exc.value.status_code == 400 and "properties" in _error(exc), "the grammar checker's"
+    with pytest.raises(ollama.ResponseError) as exc:
         client.pull("llama3.2")
     assert exc.value.status_code == 501 and "appliance models add" in _error(exc)
     with pytest.raises(ollama.ResponseError) as exc:
