@@ -541,7 +541,8 @@ class OllamaService:
         out.update(
             done=True,
             done_reason=_done_reason(r.get("finish_reason")),
-            total_duration=int((time.perf_counter() - gen.t0) * 1e9),
+            # the wait for a slot (a load included) came before the generation started
+            total_duration=int((time.perf_counter() - gen.t0) * 1e9) + _ns(timings.get("queue_ms")),
             load_duration=_ns(timings.get("load_ms")),
             prompt_eval_count=int(usage.get("prompt_tokens", 0)),
             prompt_eval_duration=_ns(timings.get("prefill_ms")),

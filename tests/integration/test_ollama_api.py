@@ -186,10 +186,19 @@ def test_keep_alive_loads_ps_shows_and_zero_unloads(client: ollama.Client, daemo
     (running,) = [m for m in client.ps().models if m.model == CHAT]
     assert _expires(running) > time.time() + 10 * 365 * 86400, "keep_alive -1 never unloads"
 
+    cold_start = client.generate(CHAT, "Hi", options={"num_predict": 2})
+    assert cold_start.total_duration and cold_start.total_duration >= (
+        cold_start.load_duration or 0
+    )
+
     gone = client.chat(CHAT, messages=[], keep_alive=0)
     assert gone.done_reason == "unload"
     daemon.wait_state(CHAT, {"unloaded"})
     assert CHAT not in [m.model for m in client.ps().models]
+
+    cold = client.generate(CHAT, "Hi", options={"num_predict": 2})
+    assert cold.load_duration and cold.load_duration > 0, "the model loaded for this request"
+    assert cold.total_duration and cold.total_duration > cold.load_duration
 
 
 def _cos(a: Any, b: Any) -> float:
