@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -298,3 +301,27 @@ def test_a_client_that_leaves_a_stream_frees_its_slot(daemon: Daemon) -> None:
     while daemon.model(CHAT)["active"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert daemon.model(CHAT)["active"] == 0, "the generation stopped when the client left"
+
+
+def test_tokens_guard_ollamas_routes_and_ollama_api_key_is_one(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    created = subprocess.run(
+        [sys.executable, "-m", "appliance", "token", "create", "editor", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    token = re.search(r"apl_\S+", created)
+    assert token is not None
+    with running_daemon(
+        tmp_path, models={"tiny": {"source": str(tiny_model_path), "context_size": 256}}
+    ) as d:
+        monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+        with pytest.raises(ollama.ResponseError) as exc:
+            ollama.Client(host=d.url).list()
+        assert exc.value.status_code == 401 and "token" in _error(exc)
+        monkeypatch.setenv("OLLAMA_API_KEY", token.group(0))  # the client sends it as a Bearer
+        models = ollama.Client(host=d.url).list().models
+        assert "tiny" in [m.model for m in models]
