@@ -34,6 +34,7 @@ from appliance.operations import Operations
 from appliance.private import private_dir
 from appliance.sandbox.service import SandboxService
 from appliance.sessions.agents import AgentService
+from appliance.sessions.parking import KvParking
 from appliance.sessions.responses import ResponseService
 from appliance.sessions.service import SessionService
 from appliance.store import Store
@@ -73,8 +74,22 @@ class Appliance:
         self.grammars = grammars or GrammarCompiler(
             GrammarProver(GrammarSettings.from_config(config.models))
         )
+        self.kv = KvParking(
+            store,
+            scheduler,
+            catalog,
+            kv_dir=Path(config.state_dir) / "kv",
+            budget_bytes=config.agents.kv_disk_budget_mb * 2**20,
+            idle_s=config.agents.park_idle_s,
+            events=events,
+        )
+        """Sessions' KV state and status: one owner, given to every service that needs it."""
         self.chat = ChatService(
-            scheduler, catalog, telemetry=self.telemetry, grammars=self.grammars
+            scheduler,
+            catalog,
+            telemetry=self.telemetry,
+            grammars=self.grammars,
+            slot_keeper=self.kv,  # a plain request that takes a session's slot parks it first
         )
         self._extra_stops: list[Any] = []
         self._started: list[Callable[[], Awaitable[None]]] = []
@@ -91,7 +106,7 @@ class Appliance:
             scheduler=scheduler,
             catalog=catalog,
             sandboxes=self.sandboxes,
-            events=events,
+            kv=self.kv,
             telemetry=self.telemetry,
         )
         self.agents = AgentService(
@@ -102,7 +117,7 @@ class Appliance:
             sandboxes=self.sandboxes,
             cleanup=self.sessions.cleanup,
         )
-        self.responses = ResponseService(store, catalog, self.chat, self.sessions)
+        self.responses = ResponseService(store, catalog, self.chat, self.sessions, self.kv)
 
     @classmethod
     def from_config(cls, config: Config) -> Appliance:
@@ -153,8 +168,12 @@ class Appliance:
             (self.scheduler.start, self.scheduler.stop),
             (self.sandboxes.start, self.sandboxes.stop),
             (self.agents.sync_profiles, None),
-            (self.sessions.start, self.sessions.stop),  # stops first: hot sessions are parked
+            (self.kv.start, self.kv.stop),  # stops after the turns: their sessions are parked
+            (self._no_start, self.sessions.stop),  # stops first: running turns are cancelled
         ]
+
+    async def _no_start(self) -> None:
+        """The session service has nothing to start; it is listed for its stop."""
 
     async def start(self) -> None:
         """Start every part; on any failure, stop the started ones (newest first), then raise."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Litestar
 from litestar.di import Provide
 
@@ -9,6 +11,7 @@ from appliance.api.agents import AgentController
 from appliance.api.auth import BearerAuth
 from appliance.api.boundary import BoundaryPolicy, BrowserBoundary
 from appliance.api.errors import EXCEPTION_HANDLERS
+from appliance.api.mcp import mcp_mount
 from appliance.api.models import ModelsController
 from appliance.api.ollama import OllamaController, OllamaErrors
 from appliance.api.openai import OpenAIController
@@ -28,7 +31,8 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
     def provide_appliance() -> Appliance:
         return appliance
 
-    route_handlers: list[type] = [
+    mcp, mcp_lifespan = mcp_mount(appliance)
+    route_handlers: list[Any] = [
         OpsController,
         OpenAIController,
         ModelsController,
@@ -37,6 +41,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
         SessionController,
         ResponsesController,
         OllamaController,
+        mcp,
     ]
 
     app = Litestar(
@@ -45,6 +50,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[appliance.start] if manage_lifecycle else [],
         on_shutdown=[appliance.stop] if manage_lifecycle else [],
+        lifespan=[mcp_lifespan],
         openapi_config=openapi_config(),
         logging_config=None,  # logs are configured once, by appliance.telemetry.logs
         debug=False,

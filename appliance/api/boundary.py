@@ -59,7 +59,8 @@ _SIMPLE_TYPES = frozenset(
 )
 """Content types a web page may send cross-site without a preflight (the CORS safelist)."""
 _CORS_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
-_CORS_EXPOSE = b"X-Trace-Id, Retry-After"
+_CORS_EXPOSE = b"X-Trace-Id, Retry-After, Mcp-Session-Id"
+"""Response headers a configured origin's page may read: MCP clients in a browser need the session id."""
 _CORS_DEFAULT_HEADERS = b"Authorization, Content-Type"
 _HEADER_LIST = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
 
@@ -122,7 +123,9 @@ def route_body_rules(
     other body is JSON under `limits.json`."""
     rules: list[tuple[str, re.Pattern[str], BodyRule]] = []
     for route in routes:
-        for handler in getattr(route, "route_handlers", ()):
+        # an HTTP route has its handlers; a mounted ASGI app (/mcp) one handler, named no methods
+        handlers = getattr(route, "route_handlers", None) or [getattr(route, "route_handler", None)]
+        for handler in handlers:
             kind = (getattr(handler, "opt", None) or {}).get("body")
             if kind is None:
                 continue
@@ -130,7 +133,8 @@ def route_body_rules(
             if not isinstance(rule, BodyRule):
                 raise ValueError(f"{route.path}: unknown body class {kind!r}; use run or upload")
             regex = _path_regex(route.path_format, dict(route.path_parameters))
-            rules.extend((method, regex, rule) for method in sorted(handler.http_methods))
+            methods = getattr(handler, "http_methods", None) or {"POST"}
+            rules.extend((method, regex, rule) for method in sorted(methods))
     return rules
 
 

@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: models, chat completions, completions, embeddings.
 
 A body is checked against its struct (appliance.openai.shapes) before the handler runs; the answer
-leaves as its struct (appliance.api.replies), so both match the OpenAPI document. With
+is built as its struct (chat, completions, embeddings: by ChatService; the model list: here, with
+appliance.api.replies), so both match the OpenAPI document. With
 `stream: true` chat and completions answer as server-sent events instead (appliance.api.sse).
 """
 
@@ -47,7 +48,7 @@ class OpenAIController(Controller):
         if data.stream:
             return sse(await appliance.chat.chat_completion_stream(params))
         answer = await unless_disconnected(request, appliance.chat.chat_completion(params))
-        return Response(reply(answer, ChatCompletion))
+        return Response(answer)
 
     @post(
         "/completions",
@@ -64,7 +65,7 @@ class OpenAIController(Controller):
         if data.stream:
             return sse(await appliance.chat.completion_stream(params))
         answer = await unless_disconnected(request, appliance.chat.completion(params))
-        return Response(reply(answer, Completion))
+        return Response(answer)
 
     @post("/embeddings", status_code=200)
     async def embeddings(
@@ -73,5 +74,4 @@ class OpenAIController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[EmbeddingRequest],
     ) -> EmbeddingList:
-        answer = await unless_disconnected(request, appliance.chat.embeddings(data.to_params()))
-        return reply(answer, EmbeddingList)
+        return await unless_disconnected(request, appliance.chat.embeddings(data.to_params()))

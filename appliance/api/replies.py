@@ -1,10 +1,12 @@
 """Typed bodies the OpenAI-compatible routes answer with, in OpenAI's shapes.
 
-The services build these answers as plain data; a handler turns it into one of these structs
-(`reply`) before it leaves, so what a client gets is exactly what the OpenAPI document at
-`/openapi.json` promises, and a drift between the two is caught in the daemon (and by the
-schemathesis test) instead of in a client's parser. Extra fields the appliance adds to OpenAI's
-shapes (`timings`, a model's `kind` and `state`) are declared here too.
+Chat completions, completions and embeddings are built as structs by ChatService (their shapes
+live in appliance.openai.shapes and are re-exported here). The other services build their
+answers as plain data; a handler turns it into one of these structs (`reply`) before it leaves,
+so what a client gets is exactly what the OpenAPI document at `/openapi.json` promises, and a
+drift between the two is caught in the daemon (and by the schemathesis test) instead of in a
+client's parser. Extra fields the appliance adds to OpenAI's shapes (`timings`, a model's `kind`
+and `state`) are declared here too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,35 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from appliance.errors import ApplianceError
-from appliance.openai.shapes import ToolCall
+from appliance.openai.shapes import (
+    AssistantReply,
+    ChatChoice,
+    ChatCompletion,
+    Completion,
+    CompletionChoice,
+    Embedding,
+    EmbeddingList,
+    EmbeddingUsage,
+    PromptTokensDetails,
+    Usage,
+)
+
+__all__ = [
+    "AssistantReply",
+    "ChatChoice",
+    "ChatCompletion",
+    "Completion",
+    "CompletionChoice",
+    "Embedding",
+    "EmbeddingList",
+    "EmbeddingUsage",
+    "ErrorBody",
+    "ModelList",
+    "PromptTokensDetails",
+    "ResponseObject",
+    "Usage",
+    "reply",
+]
 
 T = TypeVar("T")
 
@@ -51,84 +81,6 @@ class ModelObject(_Out):
 class ModelList(_Out):
     object: Literal["list"]
     data: list[ModelObject]
-
-
-# --- chat and completions --------------------------------------------------------------------
-
-
-class PromptTokensDetails(_Out):
-    cached_tokens: int
-
-
-class Usage(_Out):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class AssistantReply(_Out):
-    role: Literal["assistant"]
-    content: str | None
-    tool_calls: list[ToolCall] | None = None
-
-
-class ChatChoice(_Out):
-    index: int
-    message: AssistantReply
-    finish_reason: str
-    """stop, length, tool_calls, or cancelled."""
-    logprobs: None = None
-
-
-class ChatCompletion(_Out):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    timings: dict[str, Any]
-    """Where the time went: queue_ms, load_ms, prefill_ms, decode_ms, ... (appliance extension)."""
-
-
-class CompletionChoice(_Out):
-    index: int
-    text: str
-    finish_reason: str
-    logprobs: None = None
-
-
-class Completion(_Out):
-    id: str
-    object: Literal["text_completion"]
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-    timings: dict[str, Any]
-
-
-# --- embeddings ------------------------------------------------------------------------------
-
-
-class Embedding(_Out):
-    object: Literal["embedding"]
-    index: int
-    embedding: list[float] | str
-    """Floats, or with encoding_format "base64" their little-endian float32 bytes in base64."""
-
-
-class EmbeddingUsage(_Out):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingList(_Out):
-    object: Literal["list"]
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingUsage
 
 
 # --- responses -------------------------------------------------------------------------------

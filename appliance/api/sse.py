@@ -51,11 +51,12 @@ def stream(
 
 
 async def _openai_events(
-    source: AsyncIterator[dict[str, Any]], done: bool, named: bool
+    source: AsyncIterator[dict[str, Any] | msgspec.Struct], done: bool, named: bool
 ) -> AsyncIterator[ServerSentEventMessage]:
     try:
         async for item in source:
-            yield event(item, name=str(item["type"]) if named else None)
+            name = str(item["type"]) if named and isinstance(item, dict) else None
+            yield event(item, name=name)
     except Exception as exc:  # the status line is gone: the error becomes the stream's last event
         if not isinstance(exc, ApplianceError):
             log.exception("a stream failed", exc_info=exc)
@@ -68,12 +69,12 @@ async def _openai_events(
 
 
 def sse(
-    source: AsyncIterator[dict[str, Any]],
+    source: AsyncIterator[dict[str, Any] | msgspec.Struct],
     *,
     done: bool = True,
     named: bool = False,
     headers: dict[str, str] | None = None,
 ) -> ServerSentEvent:
-    """OpenAI's stream of `source`'s chunks. `named`: each item has a `type`, sent as the event's
-    name (the Responses API's shape)."""
+    """OpenAI's stream of `source`'s chunks (structs, or plain data). `named`: each item is a
+    dict with a `type`, sent as the event's name (the Responses API's shape)."""
     return stream(_openai_events(source, done, named), headers)

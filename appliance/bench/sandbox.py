@@ -257,9 +257,12 @@ def run(args: argparse.Namespace) -> int:
     bare = bare_python(python, args.runs)
     lines = [_row("(a) bare python3 -c 'print(1)' subprocess", bare)]
     system = "/usr/bin/python3"
+    fastest_bare = bare
     if os.path.exists(system) and os.path.realpath(system) != python:
         # for reference: the distribution's interpreter, often faster to start (fewer site-packages)
-        lines.append(_row(f"(a') the same with {system}", bare_python(system, args.runs)))
+        system_bare = bare_python(system, args.runs)
+        lines.append(_row(f"(a') the same with {system}", system_bare))
+        fastest_bare = min(bare, system_bare, key=lambda xs: pct(xs, 0.5))
 
     rates: dict[str, list[float]] = {}
     rates["bare python3 -c"] = [
@@ -319,8 +322,11 @@ def run(args: argparse.Namespace) -> int:
     )
     lines += ["", *batch_lines]
     print("\n".join(lines))
-    verdict = "met" if pct(paced, 0.5) < pct(bare, 0.5) else "NOT met"
+    # the issue's start-up target: a pooled run back to back against the faster bare interpreter
+    ours_p50, bare_p50 = pct(back_to_back, 0.5), pct(fastest_bare, 0.5)
+    verdict = "met" if ours_p50 < bare_p50 else "NOT met"
     print(
-        f"target (b) p50 < (a) p50: {verdict} ({pct(paced, 0.5):.1f} ms vs {pct(bare, 0.5):.1f} ms)"
+        f"target (b') back-to-back p50 < the faster bare python3 p50: {verdict}"
+        f" ({ours_p50:.1f} ms vs {bare_p50:.1f} ms)"
     )
     return 0

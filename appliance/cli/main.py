@@ -28,6 +28,7 @@ SUBCOMMANDS = [
     "agents",
     "sessions",
     "token",
+    "mcp",
     "service",
     "tui",
 ]

@@ -30,6 +30,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from appliance.errors import InvalidRequest
+from appliance.models.worker.protocol import FunctionCall, ToolCall
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -286,7 +287,7 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
-def parse_tool_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+def parse_tool_reply(text: str) -> tuple[str | None, list[ToolCall]]:
     """Split the grammar-constrained reply into (content, tool_calls)."""
     try:
         obj = json.loads(text, strict=False)  # the grammar lets raw newlines into strings
@@ -295,14 +296,13 @@ def parse_tool_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     if isinstance(obj, dict) and isinstance(obj.get("tool_call"), dict):
         call = obj["tool_call"]
         return None, [
-            {
-                "id": new_call_id(),
-                "type": "function",
-                "function": {
-                    "name": str(call.get("name", "")),
-                    "arguments": json.dumps(call.get("arguments", {}), ensure_ascii=False),
-                },
-            }
+            ToolCall(
+                id=new_call_id(),
+                function=FunctionCall(
+                    name=str(call.get("name", "")),
+                    arguments=json.dumps(call.get("arguments", {}), ensure_ascii=False),
+                ),
+            )
         ]
     if isinstance(obj, dict) and "response" in obj:
         return str(obj["response"]), []

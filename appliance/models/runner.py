@@ -12,10 +12,13 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.models.profile import ModelProfile
 from appliance.models.worker import protocol as p
+
+if TYPE_CHECKING:
+    from appliance.models.worker.process import RequestStream
 
 
 class Clock(Protocol):
@@ -33,22 +36,45 @@ class SystemClock:
 
 
 class Worker(Protocol):
-    """What the scheduler needs of a worker (workerproc.WorkerProcess in production)."""
+    """What the daemon needs of a model worker: the scheduler (lifecycle, spares, recycling) and
+    the services that talk to it through a lease (`request`, `call`). In production it is
+    appliance.models.worker.process.WorkerProcess; tests hand the scheduler fakes."""
 
     pid: int
     model_id: str | None
-    on_exit: Callable[[Any, str], None] | None
+    on_exit: Callable[[Worker, str], None] | None
+    """Called once when the process ends (not after an unload or close asked for)."""
+    recycled: int
+    """How many models this process has loaded and dropped again."""
 
     @property
     def alive(self) -> bool: ...
 
+    def sees(self, path: str) -> bool:
+        """Whether the worker can open `path` (a jailed one sees the model directories only)."""
+        ...
+
     async def load(self, spec: p.Load, timeout: float) -> p.Loaded: ...
+
+    async def unload(self, timeout: float = ...) -> int:
+        """Drop the model and become a spare; the process's resident bytes after."""
+        ...
 
     async def close(self, grace: float = ...) -> None: ...
 
+    async def send(self, cmd: p.Command) -> None: ...
+
+    async def request(self, make: Callable[[int], p.Command]) -> RequestStream:
+        """Start a request (its id given to `make`); its events come on the stream."""
+        ...
+
+    async def call(self, make: Callable[[int], p.Command], kind: type[p.R]) -> p.R:
+        """One command and its result, a `kind`."""
+        ...
+
 
 class Spawner(Protocol):
-    async def spawn(self) -> Any: ...
+    async def spawn(self) -> Worker: ...
 
 
 @dataclass
@@ -56,7 +82,7 @@ class Runner:
     profile: ModelProfile
     slots: asyncio.Semaphore
     state: str = "unloaded"  # unloaded | loading | ready | busy | unloading | failed
-    worker: Any = None
+    worker: Worker | None = None
     active: int = 0
     waiting: int = 0
     pinned: bool = False

@@ -51,10 +51,11 @@ MiB = 2**20
 class Lease:
     """One request's hold on a loaded model. Release exactly once (it is an async context manager)."""
 
-    def __init__(self, scheduler: ModelScheduler, runner: Runner) -> None:
+    def __init__(self, scheduler: ModelScheduler, runner: Runner, worker: Worker) -> None:
         self.scheduler = scheduler
         self.runner = runner
-        self.worker = runner.worker
+        self.worker = worker
+        """The loaded model's worker, for the lease's requests."""
         self.profile = runner.profile
         self.queue_ms = 0.0
         self.load_ms: float | None = None
@@ -170,7 +171,8 @@ class ModelScheduler:
                     await self._ensure_loaded(r)
                     lease_load_ms = (self.clock.monotonic() - tl) * 1000.0
                 await r.slots.acquire()
-                if r.worker is not None and r.worker.alive and r.state in ("ready", "busy"):
+                worker = r.worker
+                if worker is not None and worker.alive and r.state in ("ready", "busy"):
                     break
                 r.slots.release()  # the worker died or was unloaded while we waited: load again
         except BaseException:
@@ -182,7 +184,7 @@ class ModelScheduler:
         r.state = "busy"
         r.counters["requests"] += 1
         r.keep_alive = keep_alive
-        lease = Lease(self, r)
+        lease = Lease(self, r, worker)
         lease.queue_ms = (self.clock.monotonic() - t0) * 1000.0
         lease.load_ms = lease_load_ms
         return lease
@@ -269,7 +271,7 @@ class ModelScheduler:
 
     async def _load(self, r: Runner) -> None:
         prof = r.profile
-        worker = None
+        worker: Worker | None = None
         t_start = self.clock.monotonic()
         try:
             self._set_state(r, "loading")
@@ -505,7 +507,7 @@ class ModelScheduler:
         if self.config.page_cache and r.model_path:
             self._spawn_task(asyncio.to_thread(_keep_in_page_cache, r.model_path))
 
-    def _worker_exited(self, r: Runner, worker: Any, message: str) -> None:
+    def _worker_exited(self, r: Runner, worker: Worker, message: str) -> None:
         if r.worker is not worker:
             return
         r.worker = None
@@ -525,17 +527,17 @@ class ModelScheduler:
     # Each spare counts against the memory budget at its resident size; spares beyond
     # spare_workers are closed after spare_idle_s, and any spare when a model needs the room.
 
-    def _spare_rss(self, worker: Any) -> int:
+    def _spare_rss(self, worker: Worker) -> int:
         return int(self.memory.process_bytes(worker.pid) or 0)
 
-    def _pop_spare(self, model_path: str) -> Any:
+    def _pop_spare(self, model_path: str) -> Worker | None:
         while self._spares:
             sp = self._spares.pop()  # the most recent: its pages are the warmest
             if self._usable_spare(sp.worker, model_path):
                 return sp.worker
         return None
 
-    async def _take_worker(self, model_path: str) -> Any:
+    async def _take_worker(self, model_path: str) -> Worker:
         spare = self._pop_spare(model_path)
         if spare is not None:
             return spare
@@ -547,13 +549,13 @@ class ModelScheduler:
                 return spare
         return await self._spawn()
 
-    async def _spawn(self) -> Any:
+    async def _spawn(self) -> Worker:
         t0 = self.clock.monotonic()
         worker = await self.spawner.spawn()
         self._spawn_ms = (self.clock.monotonic() - t0) * 1000.0
         return worker
 
-    def _usable_spare(self, spare: Any, model_path: str) -> bool:
+    def _usable_spare(self, spare: Worker | None, model_path: str) -> bool:
         """A live spare that can open the model (a jailed one sees what was known when it started)."""
         if spare is None or not spare.alive:
             return False
@@ -566,7 +568,7 @@ class ModelScheduler:
         self._spawn_task(spare.close())
         return False
 
-    async def _retire(self, worker: Any) -> None:
+    async def _retire(self, worker: Worker) -> None:
         """A model's worker after its model is done with: recycle it into the pool, or close it."""
         cap = max(1, self.config.spare_workers) + 1
         if (
@@ -776,7 +778,7 @@ class _WaitForIdle(Exception):
 
 @dataclass
 class _Spare:
-    worker: Any
+    worker: Worker
     rss: int
     """Resident bytes, counted against the memory budget."""
     since: float

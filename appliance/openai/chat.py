@@ -17,7 +17,10 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import msgspec
 
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models.catalog import ModelCatalog
@@ -25,7 +28,8 @@ from appliance.models.grammars import GrammarCompiler
 from appliance.models.profile import ModelProfile
 from appliance.models.scheduler import Lease, ModelScheduler
 from appliance.models.worker import protocol as p
-from appliance.models.worker.process import RequestStream
+from appliance.models.worker.process import RequestStream, expect
+from appliance.openai import shapes as s
 from appliance.sampling import KEEP_ALIVE_MAX
 from appliance.telemetry.recorder import Telemetry
 
@@ -57,17 +61,29 @@ def _keep_alive(value: Any) -> float | None:
     return v
 
 
-class SlotKeeper(Protocol):
-    """Who looks after sessions' KV state when a request without a session takes their slot."""
+@dataclass(frozen=True)
+class SlotFields:
+    """The KV fields of a p.Generate: where a session's state the request displaces from its
+    slot goes, and which parked state of the request's own session the worker may restore."""
 
-    async def plain_fields(self, model_id: str) -> dict[str, str | None]:
-        """The p.Generate fields of a request without a session (where a displaced state goes)."""
+    park_evicted_to: str | None = None
+    restore_from: str | None = None
+    restore_prefix_hash: str | None = None
+
+
+class SlotKeeper(Protocol):
+    """Who looks after sessions' KV state when a request without a session takes their slot
+    (appliance.sessions.parking.KvParking, given to ChatService by the composition root)."""
+
+    async def plain_fields(self, model_id: str) -> SlotFields | None:
+        """The slot fields of a request without a session (where a displaced state goes); None
+        while the model's file is not known."""
         ...
 
     async def plain_settled(
-        self, model_id: str, fields: dict[str, str | None], worker_pid: int, result: dict[str, Any]
+        self, model_id: str, fields: SlotFields, worker_pid: int, parked: list[p.ParkReport]
     ) -> None:
-        """Index what such a request parked (`result["parked"]`)."""
+        """Index what such a request parked."""
         ...
 
 
@@ -82,11 +98,12 @@ class Generation:
         kind: str,
         telemetry: Telemetry | None = None,
         keeper: SlotKeeper | None = None,
-        slot_fields: dict[str, str | None] | None = None,
+        slot_fields: SlotFields | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.keeper = keeper
-        self.slot_fields = slot_fields or {}
+        """Set for a request without a session: it indexes the states the request displaced."""
+        self.slot_fields = slot_fields or SlotFields()
         self.lease = lease
         self.stream = stream
         self.model = model
@@ -97,17 +114,21 @@ class Generation:
         self.first_token_ms: float | None = None
         self._finished = False
 
-    async def events(self) -> AsyncIterator[p.Delta | p.Done]:
-        result, outcome = None, "cancelled"
+    async def events(self) -> AsyncIterator[p.Delta | p.GenerateResult]:
+        """The text deltas, then the result."""
+        result: p.GenerateResult | None = None
+        outcome = "cancelled"
         try:
             async for ev in self.stream:
                 if self.first_token_ms is None:
                     self.first_token_ms = (time.perf_counter() - self.t0) * 1000.0
                 if isinstance(ev, p.Done):
-                    result = ev.result
-                    if self.keeper is not None and result.get("parked"):
-                        self._settle_parked(result)
-                yield ev
+                    result = expect(ev.result, p.GenerateResult)
+                    if self.keeper is not None and result.parked:
+                        self._settle_parked(result.parked)
+                    yield result
+                else:
+                    yield ev
             self._finished, outcome = True, "ok"
         except ApplianceError:
             outcome = "error"
@@ -117,26 +138,30 @@ class Generation:
             if self.telemetry is not None:
                 self.telemetry.generation_finished(self, result, outcome)
 
-    def _settle_parked(self, result: dict[str, Any]) -> None:
+    def _settle_parked(self, parked: list[p.ParkReport]) -> None:
         """A request without a session displaced one: index its parked state in the background."""
         assert self.keeper is not None
         task = asyncio.ensure_future(
-            self.keeper.plain_settled(self.model, self.slot_fields, self.lease.worker.pid, result)
+            self.keeper.plain_settled(self.model, self.slot_fields, self.lease.worker.pid, parked)
         )
         _background.add(task)
         task.add_done_callback(_background.discard)
 
     async def result(
         self, on_delta: Callable[[str], Awaitable[None]] | None = None
-    ) -> dict[str, Any]:
+    ) -> p.GenerateResult:
         """Run the generation to its end and return the worker's result; each text delta goes to
         `on_delta` on the way, when given."""
-        final: dict[str, Any] = {}
+        final: p.GenerateResult | None = None
+        # run events() to its end (no early return): its `finally` releases the lease and
+        # records the generation's telemetry, which a suspended generator would only do at GC
         async for ev in self.events():
-            if isinstance(ev, p.Done):
-                final = ev.result
+            if isinstance(ev, p.GenerateResult):
+                final = ev
             elif on_delta is not None:
                 await on_delta(ev.text)
+        if final is None:
+            raise ApplianceError("the worker ended the generation without a result")
         return final
 
     def close_soon(self) -> None:
@@ -157,8 +182,9 @@ class Generation:
         finally:
             self.lease.release()
 
-    def extra(self, result: dict[str, Any]) -> dict[str, Any]:
-        timings = dict(result.get("timings") or {})
+    def extra(self, result: p.GenerateResult) -> dict[str, Any]:
+        """The reply's `timings`: the worker's, then the queue, the load and the first event."""
+        timings: dict[str, Any] = msgspec.structs.asdict(result.timings)
         timings["queue_ms"] = self.lease.queue_ms
         if self.lease.load_ms is not None:
             timings["load_ms"] = self.lease.load_ms
@@ -174,17 +200,18 @@ class ChatService:
         catalog: ModelCatalog,
         telemetry: Telemetry | None = None,
         grammars: GrammarCompiler | None = None,
+        slot_keeper: SlotKeeper | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.grammars = grammars
         """Builds and proves the grammar of tools/response_format before a lease is taken."""
         self.catalog = catalog
         self.telemetry = telemetry
-        self.slot_keeper: SlotKeeper | None = None
-        """Set by the session service: sessions' KV state survives a plain request taking its slot."""
+        self.slot_keeper = slot_keeper
+        """Sessions' KV parking: their state survives a plain request taking their slot."""
 
     async def _start(
-        self, model: Any, kind: str, make: Any, keep_alive: Any
+        self, model: Any, kind: str, make: Callable[[int], p.Command], keep_alive: Any
     ) -> tuple[Lease, RequestStream]:
         if not isinstance(model, str) or not model:
             raise InvalidRequest(
@@ -209,23 +236,29 @@ class ChatService:
         return lease, stream
 
     async def generate(
-        self, op: str, params: dict[str, Any], *, slot_key: str | None = None, **slot: str | None
+        self,
+        op: str,
+        params: dict[str, Any],
+        *,
+        slot_key: str | None = None,
+        slot: SlotFields | None = None,
     ) -> Generation:
         """Start a chat ("chat") or completion ("completion") generation.
 
-        `slot` passes the session fields of p.Generate (park_evicted_to, restore_from,
-        restore_prefix_hash) through to the worker."""
+        A session's call passes its id (`slot_key`) and its KV plan (`slot`); a request without
+        either gets the slot keeper's fields, so a session it displaces is parked."""
         if params.get("n") not in (None, 1):
             raise InvalidRequest("only n=1 is supported", param="n")
         model = params.get("model")
         if isinstance(model, str) and model:
             params = bounded(params, self.catalog.get(model))
+        worker_params = p.GenerateParams.from_request(params)
         grammar = (
             await self.grammars.for_chat(params)
             if self.grammars is not None and op == "chat"
             else None
         )
-        keeper = self.slot_keeper if slot_key is None and not slot else None
+        keeper = self.slot_keeper if slot_key is None and slot is None else None
         if (
             keeper is not None
             and isinstance(model, str)
@@ -233,17 +266,20 @@ class ChatService:
             and self.catalog.get(model).kind == "chat"
         ):
             slot = await keeper.plain_fields(model)
+        fields = slot or SlotFields()
         lease, stream = await self._start(
             model,
             "chat",
             lambda i: p.Generate(
                 id=i,
                 op=op,
-                params=params,
+                params=worker_params,
                 slot_key=slot_key,
                 window=FLOW_WINDOW,
                 grammar=grammar,
-                **slot,
+                park_evicted_to=fields.park_evicted_to,
+                restore_from=fields.restore_from,
+                restore_prefix_hash=fields.restore_prefix_hash,
             ),
             params.get("keep_alive"),
         )
@@ -253,121 +289,121 @@ class ChatService:
             str(model),
             "chat" if op == "chat" else "completion",
             self.telemetry,
-            keeper if slot else None,
-            slot,
+            keeper if slot is not None else None,
+            fields,
         )
 
     # --- OpenAI shapes ------------------------------------------------------------------------
 
-    async def chat_completion(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def chat_completion(self, params: dict[str, Any]) -> s.ChatCompletion:
         gen = await self.generate("chat", params)
         r = await gen.result()
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": r.get("content", r.get("text", "")),
-        }
-        if r.get("tool_calls"):
-            message["tool_calls"] = r["tool_calls"]
-            message["content"] = None
-        return {
-            "id": gen.id,
-            "object": "chat.completion",
-            "created": gen.created,
-            "model": gen.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": r.get("finish_reason", "stop"),
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(r),
-            "timings": gen.extra(r),
-        }
+        message = s.AssistantReply(
+            role="assistant",
+            content=None if r.tool_calls else r.answer,
+            tool_calls=[_tool_call(c) for c in r.tool_calls] if r.tool_calls else None,
+        )
+        return s.ChatCompletion(
+            id=gen.id,
+            object="chat.completion",
+            created=gen.created,
+            model=gen.model,
+            choices=[s.ChatChoice(index=0, message=message, finish_reason=r.finish_reason)],
+            usage=_usage(r.usage, s.Usage),
+            timings=gen.extra(r),
+        )
 
-    async def chat_completion_stream(self, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def chat_completion_stream(
+        self, params: dict[str, Any]
+    ) -> AsyncIterator[s.ChatCompletionChunk]:
         gen = await self.generate("chat", params)
         include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
         return self._chat_chunks(gen, include_usage)
 
     async def _chat_chunks(
         self, gen: Generation, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": gen.id,
-                "object": "chat.completion.chunk",
-                "created": gen.created,
-                "model": gen.model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-            }
+    ) -> AsyncIterator[s.ChatCompletionChunk]:
+        def chunk(
+            delta: s.ChatDelta | None, finish: str | None = None, **extra: Any
+        ) -> s.ChatCompletionChunk:
+            choices = (
+                []
+                if delta is None
+                else [s.ChatChunkChoice(index=0, delta=delta, finish_reason=finish)]
+            )
+            return s.ChatCompletionChunk(
+                id=gen.id,
+                object="chat.completion.chunk",
+                created=gen.created,
+                model=gen.model,
+                choices=choices,
+                **extra,
+            )
 
-        yield chunk({"role": "assistant", "content": ""})
+        yield chunk(s.ChatDelta(role="assistant", content=""))
         async for ev in gen.events():
             if isinstance(ev, p.Delta):
-                yield chunk({"content": ev.text})
-            else:
-                r = ev.result
-                if r.get("tool_calls"):
-                    calls = [{"index": i, **c} for i, c in enumerate(r["tool_calls"])]
-                    yield chunk({"tool_calls": calls})
-                elif r.get("content"):
-                    yield chunk({"content": r["content"]})
-                final = chunk({}, r.get("finish_reason", "stop"))
-                final["timings"] = gen.extra(r)
-                yield final
-                if include_usage:
-                    yield {**chunk({}), "choices": [], "usage": _usage(r)}
+                yield chunk(s.ChatDelta(content=ev.text))
+                continue
+            if ev.tool_calls:
+                calls = [
+                    s.IndexedToolCall(
+                        index=i, id=c.id, type="function", function=_tool_call(c).function
+                    )
+                    for i, c in enumerate(ev.tool_calls)
+                ]
+                yield chunk(s.ChatDelta(tool_calls=calls))
+            elif ev.unstreamed:
+                yield chunk(s.ChatDelta(content=ev.unstreamed))
+            yield chunk(s.ChatDelta(), ev.finish_reason, timings=gen.extra(ev))
+            if include_usage:
+                yield chunk(None, usage=_usage(ev.usage, s.StreamUsage))
 
-    async def completion(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def completion(self, params: dict[str, Any]) -> s.Completion:
         gen = await self.generate("completion", params)
         r = await gen.result()
-        return {
-            "id": gen.id,
-            "object": "text_completion",
-            "created": gen.created,
-            "model": gen.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": r.get("text", ""),
-                    "finish_reason": r.get("finish_reason", "stop"),
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(r),
-            "timings": gen.extra(r),
-        }
+        return s.Completion(
+            id=gen.id,
+            object="text_completion",
+            created=gen.created,
+            model=gen.model,
+            choices=[s.CompletionChoice(index=0, text=r.answer, finish_reason=r.finish_reason)],
+            usage=_usage(r.usage, s.Usage),
+            timings=gen.extra(r),
+        )
 
-    async def completion_stream(self, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def completion_stream(self, params: dict[str, Any]) -> AsyncIterator[s.CompletionChunk]:
         gen = await self.generate("completion", params)
         include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
         return self._completion_chunks(gen, include_usage)
 
     async def _completion_chunks(
         self, gen: Generation, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": gen.id,
-                "object": "text_completion",
-                "created": gen.created,
-                "model": gen.model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-            }
+    ) -> AsyncIterator[s.CompletionChunk]:
+        def chunk(text: str | None, finish: str | None = None, **extra: Any) -> s.CompletionChunk:
+            choices = (
+                []
+                if text is None
+                else [s.CompletionChunkChoice(index=0, text=text, finish_reason=finish)]
+            )
+            return s.CompletionChunk(
+                id=gen.id,
+                object="text_completion",
+                created=gen.created,
+                model=gen.model,
+                choices=choices,
+                **extra,
+            )
 
         async for ev in gen.events():
             if isinstance(ev, p.Delta):
                 yield chunk(ev.text)
             else:
-                yield chunk("", ev.result.get("finish_reason", "stop"))
+                yield chunk("", ev.finish_reason)
                 if include_usage:
-                    yield {**chunk(""), "choices": [], "usage": _usage(ev.result)}
+                    yield chunk(None, usage=_usage(ev.usage, s.StreamUsage))
 
-    async def embeddings(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def embeddings(self, params: dict[str, Any]) -> s.EmbeddingList:
         inputs = params.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -396,12 +432,12 @@ class ChatService:
         )
         t0 = time.perf_counter()
         try:
-            r = await stream.result()
+            r = await stream.result(p.EmbedResult)
         finally:
             lease.release()
         if self.telemetry is not None:
             self.telemetry.embedding_finished(str(model), lease, r, t0)
-        if any(vec and isinstance(vec[0], list) for vec in r["embeddings"]):
+        if r.per_token:
             # as llama-server does: a model without pooling gives one vector per token
             raise InvalidRequest(
                 f"model {model!r} gives one vector per token (its GGUF sets no pooling), not one "
@@ -409,21 +445,21 @@ class ChatService:
                 param="model",
             )
         data = []
-        for i, vec in enumerate(r["embeddings"]):
+        for i, vec in enumerate(r.embeddings):
             dims = params.get("dimensions")
             if dims:
                 vec = vec[: int(dims)]
-            emb: Any = vec
+            emb: list[float] | str = vec
             if fmt == "base64":
                 emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        n = int(r.get("prompt_tokens", 0))
-        return {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": n, "total_tokens": n},
-        }
+            data.append(s.Embedding(object="embedding", index=i, embedding=emb))
+        n = r.prompt_tokens
+        return s.EmbeddingList(
+            object="list",
+            data=data,
+            model=str(model),
+            usage=s.EmbeddingUsage(prompt_tokens=n, total_tokens=n),
+        )
 
 
 def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
@@ -448,13 +484,24 @@ def bounded(params: dict[str, Any], prof: ModelProfile) -> dict[str, Any]:
     return {**params, "max_tokens": prof.default_max_tokens}
 
 
-def _usage(r: dict[str, Any]) -> dict[str, Any]:
-    u = r.get("usage") or {}
-    out: dict[str, Any] = {
-        "prompt_tokens": int(u.get("prompt_tokens", 0)),
-        "completion_tokens": int(u.get("completion_tokens", 0)),
-        "total_tokens": int(u.get("total_tokens", 0)),
-    }
-    if u.get("cached_tokens"):
-        out["prompt_tokens_details"] = {"cached_tokens": int(u["cached_tokens"])}
-    return out
+U = TypeVar("U", s.Usage, s.StreamUsage)
+
+
+def _usage(u: p.Usage, shape: type[U]) -> U:
+    """The worker's token counts in OpenAI's shape (cached tokens as prompt_tokens_details)."""
+    return shape(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        prompt_tokens_details=s.PromptTokensDetails(cached_tokens=u.cached_tokens)
+        if u.cached_tokens
+        else None,
+    )
+
+
+def _tool_call(c: p.ToolCall) -> s.ToolCall:
+    return s.ToolCall(
+        id=c.id,
+        type="function",
+        function=s.FunctionCall(name=c.function.name, arguments=c.function.arguments),
+    )

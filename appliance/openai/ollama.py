@@ -300,6 +300,13 @@ def _chat_messages(messages: list[OllamaMessage], prof: ModelProfile) -> list[di
     return out
 
 
+def _floats(vector: list[float] | str) -> list[float]:
+    """An embedding as floats (the Ollama routes never ask for encoding_format "base64")."""
+    if isinstance(vector, str):
+        raise ApplianceError("an embedding came back base64-encoded where floats were asked for")
+    return vector
+
+
 def _ns(ms: float | None) -> int:
     return int((ms or 0.0) * 1e6)
 
@@ -316,18 +323,17 @@ def _done_reason(finish: str | None) -> str:
     return "stop" if finish in (None, "tool_calls") else finish
 
 
-def _tool_calls(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+def _tool_calls(calls: list[p.ToolCall]) -> list[dict[str, Any]] | None:
     """The worker's OpenAI tool calls (arguments as JSON text) in Ollama's shape (an object)."""
     if not calls:
         return None
     out = []
     for c in calls:
-        fn = c["function"]
         try:
-            args = json.loads(fn.get("arguments") or "{}")
+            args = json.loads(c.function.arguments or "{}")
         except ValueError:
             args = {}
-        out.append({"function": {"name": fn["name"], "arguments": args}})
+        out.append({"function": {"name": c.function.name, "arguments": args}})
     return out
 
 
@@ -531,22 +537,21 @@ class OllamaService:
         return out
 
     @staticmethod
-    def _final(gen: Generation, reply: str, r: dict[str, Any], text: str) -> dict[str, Any]:
+    def _final(gen: Generation, reply: str, r: p.GenerateResult, text: str) -> dict[str, Any]:
         out = OllamaService._part(gen, reply, text)
-        calls = _tool_calls(r.get("tool_calls"))
+        calls = _tool_calls(r.tool_calls)
         if calls and reply == "message":
             out["message"]["tool_calls"] = calls
         timings = gen.extra(r)
-        usage = r.get("usage") or {}
         out.update(
             done=True,
-            done_reason=_done_reason(r.get("finish_reason")),
+            done_reason=_done_reason(r.finish_reason),
             # the wait for a slot (a load included) came before the generation started
             total_duration=int((time.perf_counter() - gen.t0) * 1e9) + _ns(timings.get("queue_ms")),
             load_duration=_ns(timings.get("load_ms")),
-            prompt_eval_count=int(usage.get("prompt_tokens", 0)),
+            prompt_eval_count=r.usage.prompt_tokens,
             prompt_eval_duration=_ns(timings.get("prefill_ms")),
-            eval_count=int(usage.get("completion_tokens", 0)),
+            eval_count=r.usage.completion_tokens,
             eval_duration=_ns(timings.get("decode_ms")),
         )
         return out
@@ -555,8 +560,7 @@ class OllamaService:
         """The whole reply as one object (`stream: false`); `reply` is "message" (chat) or
         "response" (generate)."""
         r = await gen.result()
-        text = "" if r.get("tool_calls") else r.get("content", r.get("text", ""))
-        return self._final(gen, reply, r, text or "")
+        return self._final(gen, reply, r, "" if r.tool_calls else r.answer)
 
     async def parts(self, gen: Generation, reply: str) -> AsyncIterator[dict[str, Any]]:
         """The reply as Ollama's stream: a part per text delta, then the closing part."""
@@ -565,11 +569,9 @@ class OllamaService:
                 if ev.text:
                     yield self._part(gen, reply, ev.text)
                 continue
-            r = ev.result
             # with tools the worker parses the reply whole and sends no deltas: its text (when
             # the model chose not to call a tool) comes with the end
-            text = "" if r.get("tool_calls") else (r.get("content") or "")
-            yield self._final(gen, reply, r, text)
+            yield self._final(gen, reply, ev, ev.unstreamed)
 
     # --- embeddings -----------------------------------------------------------------------
 
@@ -580,12 +582,12 @@ class OllamaService:
         self._keep_alive(params, req.keep_alive)
         answer = await self.chat.embeddings(params)
         vectors = []
-        for item in answer["data"]:
-            vec = item["embedding"]
+        for item in answer.data:
+            vec = _floats(item.embedding)
             if req.dimensions:
                 vec = vec[: req.dimensions]
             vectors.append(_unit(vec))  # Ollama's vectors are unit length, cut or not
-        n = int(answer["usage"]["prompt_tokens"])
+        n = answer.usage.prompt_tokens
         return {
             "model": prof.id,
             "embeddings": vectors,
@@ -602,7 +604,7 @@ class OllamaService:
         params: dict[str, Any] = {"model": prof.id, "input": req.prompt}
         self._keep_alive(params, req.keep_alive)
         answer = await self.chat.embeddings(params)
-        return {"embedding": answer["data"][0]["embedding"]}
+        return {"embedding": _floats(answer.data[0].embedding)}
 
     # --- the model hub --------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Typed request bodies of the OpenAI-compatible routes: shapes and ranges, checked at the edge.
+"""Typed bodies of the OpenAI-compatible routes: requests, checked at the edge, and the replies.
 
 A body is decoded into these structs before a handler runs, so a wrong type, a value out of
 OpenAI's documented range (appliance.sampling) or a malformed message, tool call or tool is a
@@ -10,6 +10,11 @@ OpenAPI document.
 
 What is not checked here: the contents of JSON schemas (`tools[].function.parameters`,
 `response_format.json_schema.schema`), which become grammars and are checked where they do.
+
+The replies of chat completions, completions and embeddings, and the chunks of their streams,
+are structs too (the end of this module): ChatService builds them, the routes send them as they
+are, and they are the response schemas of the OpenAPI document. Extra fields the appliance adds
+to OpenAI's shapes (`timings`) are declared with them.
 """
 
 from __future__ import annotations
@@ -228,3 +233,144 @@ class ResponsesRequest(_Body, kw_only=True):
     metadata: dict[str, str] | None = None
     text: dict[str, Any] | None = None
     """`{"format": {...}}`: plain text, json_object or a json_schema; checked by the service."""
+
+
+# --- replies ---------------------------------------------------------------------------------
+
+
+class _Reply(msgspec.Struct, kw_only=True):
+    """A reply: every field is sent, None as null."""
+
+
+class PromptTokensDetails(_Reply, kw_only=True):
+    cached_tokens: int
+
+
+class Usage(_Reply, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class StreamUsage(Usage, kw_only=True, omit_defaults=True):
+    """The usage of a stream's last chunk (`stream_options.include_usage`): the details only
+    when some prompt tokens were cached."""
+
+
+class AssistantReply(_Reply, kw_only=True):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatChoice(_Reply, kw_only=True):
+    index: int
+    message: AssistantReply
+    finish_reason: str
+    """stop, length, tool_calls, or cancelled."""
+    logprobs: None = None
+
+
+class ChatCompletion(_Reply, kw_only=True):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    timings: dict[str, Any]
+    """Where the time went: queue_ms, load_ms, prefill_ms, decode_ms, ... (appliance extension)."""
+
+
+class CompletionChoice(_Reply, kw_only=True):
+    index: int
+    text: str
+    finish_reason: str
+    logprobs: None = None
+
+
+class Completion(_Reply, kw_only=True):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    timings: dict[str, Any]
+
+
+class IndexedToolCall(_Reply, kw_only=True):
+    """A tool call in a chunk's delta: OpenAI numbers them."""
+
+    index: int
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class ChatDelta(_Reply, kw_only=True, omit_defaults=True):
+    """What a chunk adds to the message; unset fields are left out."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[IndexedToolCall] | None = None
+
+
+class ChatChunkChoice(_Reply, kw_only=True):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None
+    """Set on the last chunk of the choice."""
+    logprobs: None = None
+
+
+class ChatCompletionChunk(_Reply, kw_only=True, omit_defaults=True):
+    """One `data:` event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    timings: dict[str, Any] | None = None
+    """On the chunk that ends the choice (appliance extension)."""
+    usage: StreamUsage | None = None
+    """On a last chunk of its own, with no choices, when asked for."""
+
+
+class CompletionChunkChoice(_Reply, kw_only=True):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class CompletionChunk(_Reply, kw_only=True, omit_defaults=True):
+    """One `data:` event of a streamed completion."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: StreamUsage | None = None
+
+
+class Embedding(_Reply, kw_only=True):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+    """Floats, or with encoding_format "base64" their little-endian float32 bytes in base64."""
+
+
+class EmbeddingUsage(_Reply, kw_only=True):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Reply, kw_only=True):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from appliance.errors import InvalidRequest
@@ -47,11 +48,15 @@ OnMarker = Callable[[Message], Awaitable[None]]
 
 @dataclass
 class CallResult:
-    result: dict[str, Any]
-    """The worker's result: text, finish_reason, usage, timings, content/tool_calls with tools."""
+    result: p.GenerateResult
+    """The worker's result: the answer or tool calls, finish_reason, usage, timings."""
     timings: dict[str, Any] = field(default_factory=dict)
-    """Worker timings plus queue/load and what the call did with parked KV state."""
+    """Worker timings plus queue/load and what the call did with parked KV state (`kv_*`)."""
     context_dropped: int = 0
+
+
+def _tokenize_cmd(text: str, req_id: int) -> p.Tokenize:
+    return p.Tokenize(id=req_id, text=text)
 
 
 class SessionModel:
@@ -81,8 +86,8 @@ class SessionModel:
         try:
             out = []
             for text in texts:
-                r = await lease.worker.call(lambda i, t=text: p.Tokenize(id=i, text=t))
-                out.append(max(0, len(r["tokens"]) - 1))  # the worker adds a BOS
+                r = await lease.worker.call(partial(_tokenize_cmd, text), p.TokenizeResult)
+                out.append(max(0, len(r.tokens) - 1))  # the worker adds a BOS
             return out
         finally:
             lease.release()
@@ -176,14 +181,13 @@ class SessionModel:
                 request["tool_choice"] = tool_choice or "auto"
             try:
                 gen = await self.chat.generate(
-                    "chat", request, slot_key=session_id, **plan.fields()
+                    "chat", request, slot_key=session_id, slot=plan.fields()
                 )
             except InvalidRequest as exc:
                 if exc.code == "context_length_exceeded" and attempt == 0:
                     continue
                 raise
             pid = gen.lease.worker.pid
-            result: dict[str, Any] = {}
             try:
                 result = await gen.result(on_delta)
             except InvalidRequest as exc:
@@ -191,18 +195,18 @@ class SessionModel:
                     continue
                 raise
             except asyncio.CancelledError:
-                await self.kv.settle(session_id, model_id, plan, pid, {})  # the slot holds it now
+                await self.kv.settle(session_id, model_id, plan, pid, None)  # the slot holds it now
                 raise
-            kv_report = await self.kv.settle(session_id, model_id, plan, pid, result)
-            if kv_report.get("kv_restored"):
+            kv = await self.kv.settle(session_id, model_id, plan, pid, result)
+            if kv.restored:
                 current_trace().add_span(
                     "kv.restore",
                     start=gen.t0,
-                    duration_s=float(kv_report["kv_restore_ms"]) / 1000.0,
-                    tokens=kv_report["kv_restored_tokens"],
-                    bytes=kv_report["kv_restore_bytes"],
+                    duration_s=(kv.restore_ms or 0.0) / 1000.0,
+                    tokens=kv.restored_tokens,
+                    bytes=kv.restore_bytes,
                 )
-            timings = {**gen.extra(result), **kv_report}
+            timings = {**gen.extra(result), **kv.timings()}
             if timings.get("load_ms") is None and "load_ms" in woke:
                 timings["load_ms"] = woke["load_ms"]
             return CallResult(result=result, timings=timings, context_dropped=dropped)

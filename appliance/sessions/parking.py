@@ -1,5 +1,10 @@
 """Context retention: where each session's KV cache is, and parking it on disk when it must leave.
 
+`KvParking` is the one owner of a session's lifecycle (created -> active -> parked -> active...):
+it alone writes a session's `status` (tests/unit/test_session_status_owner.py checks that), and
+it is handed to the services that need it (ChatService as its slot keeper, SessionService, the
+agent loop) by the composition root, appliance.app.
+
 While a session is hot, its tokens live in a slot of its model's worker (requests carry the
 session id as `slot_key`), so a turn evaluates only the new tokens. `KvParking` keeps track of
 which sessions are hot in which worker and whether the slot holds tokens that are not on disk yet
@@ -37,9 +42,11 @@ from typing import Any
 
 from appliance.errors import ApplianceError, NotFound
 from appliance.models.catalog import ModelCatalog
-from appliance.models.scheduler import ModelScheduler, Runner
+from appliance.models.scheduler import ModelScheduler, Runner, Worker
 from appliance.models.worker import protocol as p
+from appliance.openai.chat import SlotFields
 from appliance.store import KvEntry, Store
+from appliance.store.sessions import SessionStatus
 from appliance.telemetry.events import EventBus
 
 log = logging.getLogger("appliance.kv")
@@ -79,12 +86,43 @@ class SlotPlan:
     park_dir: str | None
     entry: KvEntry | None
 
-    def fields(self) -> dict[str, str | None]:
-        return {
-            "park_evicted_to": self.park_dir,
-            "restore_from": self.entry.path if self.entry else None,
-            "restore_prefix_hash": self.entry.prefix_hash if self.entry else None,
-        }
+    def fields(self) -> SlotFields:
+        return SlotFields(
+            park_evicted_to=self.park_dir,
+            restore_from=self.entry.path if self.entry else None,
+            restore_prefix_hash=self.entry.prefix_hash if self.entry else None,
+        )
+
+
+@dataclass
+class KvReport:
+    """What one model call of a session did with its parked state."""
+
+    restored: bool = False
+    restore_ms: float | None = None
+    restored_tokens: int | None = None
+    restore_bytes: int | None = None
+    restore_error: str | None = None
+    """The parked file could not be used (it was dropped from the index)."""
+    restore_skipped: str | None = None
+    """Why an intact parked file was not used."""
+    tried: bool = False
+    """A restore was tried (so `restore_skipped` is meaningful)."""
+
+    def timings(self) -> dict[str, Any]:
+        """The report as the `kv_*` fields of a call's timings."""
+        out: dict[str, Any] = {"kv_restored": self.restored}
+        if self.restored:
+            out.update(
+                kv_restore_ms=self.restore_ms,
+                kv_restored_tokens=self.restored_tokens,
+                kv_restore_bytes=self.restore_bytes,
+            )
+        elif self.restore_error is not None:
+            out["kv_restore_error"] = self.restore_error
+        elif self.tried:
+            out["kv_restore_skipped"] = self.restore_skipped
+        return out
 
 
 class KvParking:
@@ -191,24 +229,30 @@ class KvParking:
         entry = await self.store.run(self.store.kv.lookup, session_id, fp)
         return SlotPlan(fingerprint=fp, park_dir=str(self.park_dir(fp)), entry=entry)
 
-    async def plain_fields(self, model_id: str) -> dict[str, str | None]:
+    async def plain_fields(self, model_id: str) -> SlotFields | None:
         """For a request without a session: where the worker puts a session's state it displaces."""
         fp = await self.fingerprint(model_id)
-        return {"park_evicted_to": str(self.park_dir(fp))} if fp is not None else {}
+        return SlotFields(park_evicted_to=str(self.park_dir(fp))) if fp is not None else None
 
     async def plain_settled(
-        self, model_id: str, fields: dict[str, str | None], worker_pid: int, result: dict[str, Any]
+        self, model_id: str, fields: SlotFields, worker_pid: int, parked: list[p.ParkReport]
     ) -> None:
         """Index the states a request without a session displaced (runs in the background)."""
         fp = await self.fingerprint(model_id)
-        plan = SlotPlan(fingerprint=fp, park_dir=fields.get("park_evicted_to"), entry=None)
-        for parked in result.get("parked") or []:
+        plan = SlotPlan(fingerprint=fp, park_dir=fields.park_evicted_to, entry=None)
+        for report in parked:
             try:
-                await self._displaced(parked, plan, worker_pid)
+                await self._displaced(report, plan, worker_pid)
             except Exception:  # a background task: log, the session falls back to a prefill
-                log.exception(
-                    "indexing the parked state of session %s failed", parked.get("slot_key")
-                )
+                log.exception("indexing the parked state of session %s failed", report.slot_key)
+
+    async def activate(self, session_id: str) -> None:
+        """A turn (or a /v1/responses call) starts in the session: it is `active` from now on."""
+        await self._set_status(session_id, "active")
+
+    async def _set_status(self, session_id: str, status: SessionStatus) -> None:
+        with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to record
+            await self.store.run(self.store.sessions.set_status, session_id, status)
 
     def turn_started(self, session_id: str) -> None:
         self._turning.add(session_id)
@@ -224,38 +268,36 @@ class KvParking:
         model_id: str,
         plan: SlotPlan,
         worker_pid: int,
-        result: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Record what a model call did to the slots; returns the KV timings of the call."""
-        for parked in result.get("parked") or []:
+        result: p.GenerateResult | None,
+    ) -> KvReport:
+        """Record what a model call did to the slots (`result` None: the call was cancelled, the
+        slot holds the session anyway); returns what it did with the parked state."""
+        report = KvReport()
+        for parked in result.parked if result is not None else []:
             await self._displaced(parked, plan, worker_pid)
-        report: dict[str, Any] = {"kv_restored": False}
-        restore = result.get("restore")
-        if restore and plan.entry is not None:
-            if restore.get("restored"):
-                report.update(
-                    kv_restored=True,
-                    kv_restore_ms=restore.get("ms"),
-                    kv_restored_tokens=restore.get("n_tokens"),
-                    kv_restore_bytes=restore.get("bytes"),
-                )
+        restore = result.restore if result is not None else None
+        if restore is not None and plan.entry is not None:
+            report.tried = True
+            if restore.restored:
+                report.restored = True
+                report.restore_ms = restore.ms
+                report.restored_tokens = restore.n_tokens
+                report.restore_bytes = restore.bytes
                 await self.store.run(self.store.kv.touch, plan.entry.id)
                 self.events.publish(
                     "session.restored",
                     session=session_id,
                     model=model_id,
-                    n_tokens=restore.get("n_tokens"),
-                    bytes=restore.get("bytes"),
-                    ms=restore.get("ms"),
+                    n_tokens=restore.n_tokens,
+                    bytes=restore.bytes,
+                    ms=restore.ms,
                 )
-            elif restore.get("error"):
-                report["kv_restore_error"] = restore["error"]
-                log.warning(
-                    "session %s: parked KV state not used: %s", session_id, restore["error"]
-                )
+            elif restore.error:
+                report.restore_error = restore.error
+                log.warning("session %s: parked KV state not used: %s", session_id, restore.error)
                 await self._drop_entry(plan.entry)
             else:
-                report["kv_restore_skipped"] = restore.get("reason")
+                report.restore_skipped = restore.reason
         if plan.fingerprint is not None:
             self.hot[session_id] = HotSession(
                 model_id=model_id,
@@ -265,25 +307,23 @@ class KvParking:
             )
         return report
 
-    async def _displaced(self, parked: dict[str, Any], plan: SlotPlan, worker_pid: int) -> None:
-        sid = str(parked.get("slot_key"))
+    async def _displaced(self, parked: p.ParkReport, plan: SlotPlan, worker_pid: int) -> None:
+        sid = parked.slot_key
         hot = self.hot.get(sid)
         if hot is not None and hot.worker_pid == worker_pid:
             del self.hot[sid]
-        if parked.get("error") or plan.fingerprint is None:
-            log.warning(
-                "session %s left its slot without being parked: %s", sid, parked.get("error")
-            )
+        if parked.state is None or parked.path is None or plan.fingerprint is None:
+            log.warning("session %s left its slot without being parked: %s", sid, parked.error)
             return
         async with self._lock(sid):
-            await self._index(sid, plan.fingerprint, parked, Path(parked["path"]), "evicted")
+            await self._index(sid, plan.fingerprint, parked.state, Path(parked.path), "evicted")
 
     # --- parking ----------------------------------------------------------------------------
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         return self._locks.setdefault(session_id, asyncio.Lock())
 
-    def _worker(self, hot: HotSession) -> Any:
+    def _worker(self, hot: HotSession) -> Worker | None:
         runner = self.scheduler.runners.get(hot.model_id)
         worker = runner.worker if runner is not None else None
         if worker is None or worker.pid != hot.worker_pid or not worker.alive:
@@ -302,8 +342,11 @@ class KvParking:
                 return False
             path = self.park_dir(hot.fingerprint) / f"{session_id}.kv"
             try:
-                info = await asyncio.wait_for(
-                    worker.call(lambda i: p.SaveSlot(id=i, slot_key=session_id, path=str(path))),
+                saved = await asyncio.wait_for(
+                    worker.call(
+                        lambda i: p.SaveSlot(id=i, slot_key=session_id, path=str(path)),
+                        p.SaveResult,
+                    ),
                     SAVE_TIMEOUT_S,
                 )
             except (ApplianceError, TimeoutError) as exc:
@@ -313,24 +356,24 @@ class KvParking:
                     getattr(exc, "message", exc) or "timeout",
                 )
                 return False
-            if not info.get("saved"):
+            if saved.state is None:
                 self.hot.pop(session_id, None)  # the worker gave its slot away meanwhile
                 return False
             hot.dirty = False
-            await self._index(session_id, hot.fingerprint, info, path, reason)
+            await self._index(session_id, hot.fingerprint, saved.state, path, reason)
             return True
 
     async def _index(
-        self, session_id: str, fingerprint: str, info: dict[str, Any], path: Path, reason: str
+        self, session_id: str, fingerprint: str, info: p.SavedState, path: Path, reason: str
     ) -> None:
         try:
             res = await self.store.run(
                 self.store.kv.park,
                 session_id,
                 model_fingerprint=fingerprint,
-                prefix_hash=info["prefix_hash"],
-                n_tokens=int(info["n_tokens"]),
-                bytes=int(info["bytes"]),
+                prefix_hash=info.prefix_hash,
+                n_tokens=info.n_tokens,
+                bytes=info.bytes,
                 path=str(path),
             )
         except NotFound:  # the session was deleted while its state was being written
@@ -339,8 +382,7 @@ class KvParking:
         if res.replaced_path:
             await asyncio.to_thread(_unlink, res.replaced_path)
         if reason != "idle":
-            with contextlib.suppress(NotFound):
-                await self.store.run(self.store.sessions.update, session_id, status="parked")
+            await self._set_status(session_id, "parked")
         victims = await self.store.run(self.store.kv.evict_over_budget, self.budget_bytes)
         for v in victims:
             await asyncio.to_thread(_unlink, v.path)
@@ -350,8 +392,8 @@ class KvParking:
             "session.parked",
             session=session_id,
             reason=reason,
-            bytes=int(info["bytes"]),
-            n_tokens=int(info["n_tokens"]),
+            bytes=info.bytes,
+            n_tokens=info.n_tokens,
             evicted=len(victims),
         )
 
@@ -376,8 +418,7 @@ class KvParking:
             hot = self.hot.get(sid)
             if hot is not None and hot.worker_pid == worker.pid:
                 del self.hot[sid]
-                with contextlib.suppress(NotFound):
-                    await self.store.run(self.store.sessions.update, sid, status="parked")
+                await self._set_status(sid, "parked")
 
     async def _idle_loop(self) -> None:
         tick = max(0.5, min(10.0, self.idle_s / 4))

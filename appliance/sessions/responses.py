@@ -28,11 +28,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from appliance.errors import InvalidRequest, NotFound
 from appliance.models import chat_format as cf
 from appliance.models.catalog import ModelCatalog
+from appliance.models.worker import protocol as p
 from appliance.openai.chat import ChatService, bounded
 from appliance.sessions.context import model_messages, visible, window_start
+from appliance.sessions.parking import KvParking
 from appliance.sessions.service import SessionService
 from appliance.store import Message, MessageDraft, Store
 from appliance.store.messages import Role
@@ -245,13 +249,13 @@ def response_object(
     model: str,
     body: dict[str, Any],
     output: list[dict[str, Any]],
-    usage: dict[str, Any],
+    usage: p.Usage,
     finish_reason: str,
     stored: bool,
     timings: dict[str, Any] | None = None,
     previous: str | None = None,
 ) -> dict[str, Any]:
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
     return {
         "id": rid,
         "object": "response",
@@ -281,7 +285,7 @@ def response_object(
             "output_tokens": completion,
             "total_tokens": prompt + completion,
             "input_tokens_details": {
-                "cached_tokens": int(usage.get("cached_tokens", 0)),
+                "cached_tokens": usage.cached_tokens,
                 "cache_write_tokens": 0,
             },
             "output_tokens_details": {"reasoning_tokens": 0},
@@ -317,12 +321,19 @@ class _Request:
 
 class ResponseService:
     def __init__(
-        self, store: Store, catalog: ModelCatalog, chat: ChatService, sessions: SessionService
+        self,
+        store: Store,
+        catalog: ModelCatalog,
+        chat: ChatService,
+        sessions: SessionService,
+        kv: KvParking,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.chat = chat
         self.sessions = sessions
+        self.kv = kv
+        """Marks a stored response's session active (the one writer of a session's status)."""
 
     def _params(self, body: dict[str, Any]) -> dict[str, Any]:
         params = {dst: body[src] for src, dst in SAMPLING.items() if body.get(src) is not None}
@@ -413,7 +424,7 @@ class ResponseService:
             model=req.model,
             body=req.body,
             output=[],
-            usage={},
+            usage=p.Usage(),
             finish_reason="",
             stored=req.stored,
             previous=req.previous,
@@ -526,7 +537,7 @@ class ResponseService:
         current_trace().tag(kind="response", model=model, session_id=session_id)
         try:
             inputs = await self.store.run(self.store.messages.append_many, session_id, req.drafts)
-            await self.store.run(self.store.sessions.update, session_id, status="active")
+            await self.kv.activate(session_id)
             call = await self.sessions.model.call(
                 session_id,
                 model,
@@ -537,21 +548,18 @@ class ResponseService:
                 on_delta=on_delta,
             )
             r = call.result
-            usage = r.get("usage") or {}
             meta = {
-                "usage": usage,
-                "finish_reason": r.get("finish_reason"),
+                "usage": msgspec.to_builtins(r.usage),
+                "finish_reason": r.finish_reason,
                 "timings": call.timings,
             }
-            if r.get("tool_calls"):
-                answer = MessageDraft(role="assistant", tool_calls=r["tool_calls"], meta=meta)
-            else:
-                text = r.get("content") if req.tools else r.get("text")
+            if r.tool_calls:
                 answer = MessageDraft(
-                    role="assistant",
-                    content=text if text is not None else r.get("text", ""),
-                    meta=meta,
-                    id=req.message_id,
+                    role="assistant", tool_calls=msgspec.to_builtins(r.tool_calls), meta=meta
+                )
+            else:
+                answer = MessageDraft(
+                    role="assistant", content=r.answer, meta=meta, id=req.message_id
                 )
             (out,) = await self.store.run(self.store.messages.append_many, session_id, [answer])
             stored = await self.store.run(
@@ -571,8 +579,8 @@ class ResponseService:
             model=model,
             body=body,
             output=output_items([out]),
-            usage=usage,
-            finish_reason=str(r.get("finish_reason")),
+            usage=r.usage,
+            finish_reason=r.finish_reason,
             stored=True,
             timings=call.timings,
             previous=prev_id,
@@ -634,10 +642,8 @@ class ResponseService:
             session_id="",
             seq=0,
             role="assistant",
-            content=None
-            if r.get("tool_calls")
-            else (r.get("content") if req.tools else r.get("text")),
-            tool_calls=r.get("tool_calls"),
+            content=None if r.tool_calls else r.answer,
+            tool_calls=msgspec.to_builtins(r.tool_calls) if r.tool_calls else None,
             tool_call_id=None,
             name=None,
             created=req.created,
@@ -650,8 +656,8 @@ class ResponseService:
             model=req.model,
             body=body,
             output=output_items([out]),
-            usage=r.get("usage") or {},
-            finish_reason=str(r.get("finish_reason")),
+            usage=r.usage,
+            finish_reason=r.finish_reason,
             stored=False,
             timings=gen.extra(r),
             previous=link.id if link else None,
@@ -679,7 +685,7 @@ class ResponseService:
             model=link.model or "",
             body={},
             output=output_items([m for m in messages if m.role == "assistant"]),
-            usage=meta.get("usage") or {},
+            usage=msgspec.convert(meta.get("usage") or {}, p.Usage),
             finish_reason=str(meta.get("finish_reason")),
             stored=True,
             timings=meta.get("timings"),

@@ -9,8 +9,10 @@ acknowledged message survives any crash.
 
 Deleting a session removes its rows in one transaction and then what lives outside the database:
 its parked KV files and its sandbox (with the workspace). A running turn of the session is
-cancelled first. The service also owns the parts every turn shares: the tool box, the KV parking
-of sessions and the model-call helper (`SessionModel`), which `/v1/responses` uses too.
+cancelled first. The service also owns the parts every turn shares: the tool box and the
+model-call helper (`SessionModel`), which `/v1/responses` uses too. The KV parking of sessions
+(`KvParking`, the one owner of a session's status) is built by the composition root
+(appliance.app) and handed to this service and to ChatService alike.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -36,7 +37,6 @@ from appliance.sessions.parking import KvParking
 from appliance.sessions.tools import RunCode, ToolBox
 from appliance.sessions.turn import AgentLoop, Turn, TurnSpec
 from appliance.store import Agent, KvEntry, Message, Page, Session, SessionCleanup, Store, ToolRun
-from appliance.telemetry.events import EventBus
 from appliance.telemetry.recorder import Telemetry
 
 log = logging.getLogger("appliance.sessions")
@@ -98,39 +98,28 @@ class SessionService:
         scheduler: ModelScheduler,
         catalog: ModelCatalog,
         sandboxes: SandboxService,
-        events: EventBus,
+        kv: KvParking,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
         self.sandboxes = sandboxes
-        self.kv = KvParking(
-            store,
-            scheduler,
-            catalog,
-            kv_dir=Path(config.state_dir) / "kv",
-            budget_bytes=config.agents.kv_disk_budget_mb * 2**20,
-            idle_s=config.agents.park_idle_s,
-            events=events,
-        )
-        chat.slot_keeper = self.kv  # a plain request that takes a session's slot parks it first
+        self.kv = kv
         self.tools = ToolBox([RunCode(sandboxes, store)])
         self.model = SessionModel(store, chat, scheduler, catalog, self.kv)
         self.loop = AgentLoop(store, self.model, self.tools, self.kv, telemetry)
         self._locks: dict[str, asyncio.Lock] = {}
         self._turns: dict[str, Turn] = {}
 
-    async def start(self) -> None:
-        await self.kv.start()
-
     async def stop(self) -> None:
+        """Cancel the running turns and wait for them to settle (before the KV parking stops, so
+        what they leave in their slots is parked)."""
         for turn in list(self._turns.values()):
             turn.cancel()
         await asyncio.gather(
             *(t.wait() for t in list(self._turns.values())), return_exceptions=True
         )
-        await self.kv.stop()
 
     def lock(self, session_id: str) -> asyncio.Lock:
         """The lock that lets one turn (or one /v1/responses call) at a time into a session."""
@@ -253,13 +242,11 @@ class SessionService:
         lock = await self.acquire(session_id)
         try:
             user = await self.store.run(self.store.messages.append, session_id, "user", req.content)
-            changes: dict[str, Any] = {}
             if session.status != "active":
-                changes["status"] = "active"
+                await self.kv.activate(session_id)
             if not session.title:
-                changes["title"] = " ".join(req.content.split())[:60]
-            if changes:
-                await self.store.run(self.store.sessions.update, session_id, **changes)
+                title = " ".join(req.content.split())[:60]
+                await self.store.run(self.store.sessions.update, session_id, title=title)
         except BaseException:
             lock.release()
             raise

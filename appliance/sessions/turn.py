@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from appliance.errors import ApplianceError
+from appliance.models.worker import protocol as p
 from appliance.sessions.model_call import CallResult, SessionModel
 from appliance.sessions.parking import KvParking
 from appliance.sessions.tools import ToolBox, ToolCallError, ToolContext, ToolOutcome
@@ -90,18 +91,18 @@ class _Totals:
     first_step: dict[str, Any] = field(default_factory=dict)
 
     def add(self, call: CallResult) -> None:
-        usage = call.result.get("usage") or {}
-        self.prompt_tokens += int(usage.get("prompt_tokens", 0))
-        self.completion_tokens += int(usage.get("completion_tokens", 0))
-        self.cached_tokens += int(usage.get("cached_tokens", 0))
-        self.prefill_ms += float(call.timings.get("prefill_ms", 0.0))
-        self.decode_ms += float(call.timings.get("decode_ms", 0.0))
+        usage = call.result.usage
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.prefill_ms += call.result.timings.prefill_ms
+        self.decode_ms += call.result.timings.decode_ms
         self.context_dropped += call.context_dropped
         if not self.first_step:
             self.first_step = {
                 **call.timings,
-                "cached_tokens": int(usage.get("cached_tokens", 0)),
-                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                "cached_tokens": usage.cached_tokens,
+                "prompt_tokens": usage.prompt_tokens,
             }
 
 
@@ -268,25 +269,30 @@ class AgentLoop:
             )
             totals.add(call)
             result = call.result
-            usage = result.get("usage") or {}
-            meta = {"step": step, "usage": usage, "finish_reason": result.get("finish_reason")}
-            calls = result.get("tool_calls") or []
+            meta = {
+                "step": step,
+                "usage": msgspec.to_builtins(result.usage),
+                "finish_reason": result.finish_reason,
+            }
+            calls = result.tool_calls
             if calls:
-                asked = await self._append(turn, "assistant", None, tool_calls=calls, meta=meta)
-                state.pending = {c["id"]: (asked, c) for c in calls}
+                asked = await self._append(
+                    turn, "assistant", None, tool_calls=msgspec.to_builtins(calls), meta=meta
+                )
+                state.pending = {c.id: (asked, c) for c in calls}
                 for c in calls:
                     await self._run_tool(turn, state, tool_names, asked, c)
                 continue
-            text = result.get("content") if offer else result.get("text")
-            text = text if text is not None else result.get("text", "")
-            if offer and text:
-                await on_delta(
-                    text
-                )  # a tool-enabled step is parsed whole: hand its answer over now
+            if result.unstreamed:  # a tool-enabled step is parsed whole: hand its answer over now
+                await on_delta(result.unstreamed)
             final = await self._append(
-                turn, "assistant", text, tokens=int(usage.get("completion_tokens", 0)), meta=meta
+                turn,
+                "assistant",
+                result.answer,
+                tokens=result.usage.completion_tokens,
+                meta=meta,
             )
-            finish = str(result.get("finish_reason") or "stop")
+            finish = result.finish_reason or "stop"
             break
         await turn.emit(
             "done",
@@ -322,24 +328,24 @@ class AgentLoop:
         state: _TurnState,
         allowed: list[str],
         asked: Message,
-        call: dict[str, Any],
+        call: p.ToolCall,
     ) -> None:
         spec = turn.spec
-        fn = call.get("function") or {}
+        fn = call.function
         await turn.emit(
             "tool_call",
             {
-                "id": call["id"],
-                "name": fn.get("name"),
-                "arguments": fn.get("arguments"),
+                "id": call.id,
+                "name": fn.name,
+                "arguments": fn.arguments,
                 "message_id": asked.id,
             },
         )
         try:
-            name, args = self.tools.check(allowed, call)
+            name, args = self.tools.check(allowed, msgspec.to_builtins(call))
         except ToolCallError as exc:
             name, args, outcome = (
-                str(fn.get("name")),
+                fn.name,
                 {},
                 ToolOutcome(status="error", content=f"error: {exc}"),
             )
@@ -349,7 +355,7 @@ class AgentLoop:
                 name or "?",
                 args,
                 message_id=asked.id,
-                call_id=call["id"],
+                call_id=call.id,
             )
         else:
             run = await self.store.run(
@@ -358,7 +364,7 @@ class AgentLoop:
                 name,
                 args,
                 message_id=asked.id,
-                call_id=call["id"],
+                call_id=call.id,
             )
             state.running = run.id
             ctx = ToolContext(
@@ -375,7 +381,7 @@ class AgentLoop:
         await turn.emit(
             "tool_result",
             {
-                "id": call["id"],
+                "id": call.id,
                 "name": name,
                 "status": outcome.status,
                 "content": outcome.content,
@@ -384,12 +390,12 @@ class AgentLoop:
                 **outcome.detail,
             },
         )
-        state.pending.pop(call["id"], None)
+        state.pending.pop(call.id, None)
         await self._append(
             turn,
             "tool",
             outcome.content,
-            tool_call_id=call["id"],
+            tool_call_id=call.id,
             name=name,
             meta={"status": outcome.status, "run_id": run.id},
         )
@@ -406,7 +412,7 @@ class AgentLoop:
                     "tool",
                     f"({why})",
                     tool_call_id=call_id,
-                    name=call["function"]["name"],
+                    name=call.function.name,
                     meta={"status": "cancelled"},
                 )
         except ApplianceError as exc:  # the session may have been deleted under the turn
@@ -416,7 +422,7 @@ class AgentLoop:
 @dataclass
 class _TurnState:
     turn: Turn
-    pending: dict[str, tuple[Message, dict[str, Any]]] = field(default_factory=dict)
+    pending: dict[str, tuple[Message, p.ToolCall]] = field(default_factory=dict)
     """Stored tool calls still waiting for their result."""
     running: str | None = None
     """The tool run in progress."""

@@ -313,17 +313,16 @@ class Sessions:
         session_id: str,
         *,
         title: str | UnsetType = UNSET,
-        status: SessionStatus | UnsetType = UNSET,
         model: str | UnsetType | None = UNSET,
         last_response_id: str | UnsetType | None = UNSET,
         sandbox_id: str | UnsetType | None = UNSET,
     ) -> Session:
-        """Change the given fields (and `updated`); committed when this returns."""
+        """Change the given fields (and `updated`); committed when this returns. The status has
+        its own call, `set_status`."""
         changes = {
             k: v
             for k, v in (
                 ("title", title),
-                ("status", status),
                 ("model", model),
                 ("last_response_id", last_response_id),
                 ("sandbox_id", sandbox_id),
@@ -332,6 +331,13 @@ class Sessions:
         }
         with self._db.transaction() as con:
             return _update(con, session_id, changes, self._clock())
+
+    def set_status(self, session_id: str, status: SessionStatus) -> Session:
+        """Record where the session's KV cache is (created, active: hot in a worker, parked: on
+        disk); committed when this returns. Only the KV parking (appliance.sessions.parking)
+        calls this: it is the one owner of that lifecycle (tests/unit/test_session_status_owner)."""
+        with self._db.transaction() as con:
+            return _update(con, session_id, {"status": status}, self._clock())
 
     def delete(self, session_id: str) -> SessionCleanup:
         """Delete the session and all its rows; committed when this returns.

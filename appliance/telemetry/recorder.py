@@ -48,6 +48,51 @@ class GenerationTimes(Protocol):
     def lease(self) -> LeaseTimes: ...
 
 
+class TokenCounts(Protocol):
+    """What telemetry reads of a generation's usage (models.worker.protocol.Usage)."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    @property
+    def cached_tokens(self) -> int: ...
+
+
+class StepTimes(Protocol):
+    """What telemetry reads of a generation's timings (models.worker.protocol.Timings)."""
+
+    @property
+    def prefill_ms(self) -> float: ...
+
+    @property
+    def decode_ms(self) -> float: ...
+
+
+class GenerationOutcome(Protocol):
+    """What telemetry reads of a worker's generation result (protocol.GenerateResult). A
+    Protocol, so a change of that struct that telemetry would not follow fails mypy instead
+    of an exception swallowed below at run time."""
+
+    @property
+    def finish_reason(self) -> str: ...
+
+    @property
+    def usage(self) -> TokenCounts: ...
+
+    @property
+    def timings(self) -> StepTimes: ...
+
+
+class EmbeddingCounts(Protocol):
+    """What telemetry reads of an embedding result (protocol.EmbedResult)."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+
 def _reason_word(reason: Any) -> str:
     """'evicted for llama' -> 'evicted', 'keep_alive 0' -> 'keep_alive': a bounded label."""
     m = re.match(r"[a-z_]+", str(reason or "unknown").lower())
@@ -91,25 +136,25 @@ class Telemetry:
             )
 
     def generation_finished(
-        self, gen: GenerationTimes, result: dict[str, Any] | None, outcome: str
+        self, gen: GenerationTimes, result: GenerationOutcome | None, outcome: str
     ) -> None:
         """A chat or completion generation ended: ok (with the worker's result), error or
-        cancelled (the client went away)."""
+        cancelled (the client went away); `result` is None when the worker sent none."""
         try:
-            self._generation(gen, result or {}, outcome)
+            self._generation(gen, result, outcome)
         except Exception:  # telemetry must never break a reply
             log.exception("recording a generation failed")
 
-    def _generation(self, gen: GenerationTimes, result: dict[str, Any], outcome: str) -> None:
+    def _generation(
+        self, gen: GenerationTimes, result: GenerationOutcome | None, outcome: str
+    ) -> None:
         m, model = self.metrics, gen.model
-        if result.get("finish_reason") == "cancelled":
+        if result is not None and result.finish_reason == "cancelled":
             outcome = "cancelled"
-        usage = result.get("usage") or {}
-        timings = result.get("timings") or {}
-        tokens_in = int(usage.get("prompt_tokens", 0))
-        tokens_out = int(usage.get("completion_tokens", 0))
-        prefill_s = float(timings.get("prefill_ms", 0.0)) / 1000.0
-        decode_s = float(timings.get("decode_ms", 0.0)) / 1000.0
+        tokens_in = result.usage.prompt_tokens if result is not None else 0
+        tokens_out = result.usage.completion_tokens if result is not None else 0
+        prefill_s = result.timings.prefill_ms / 1000.0 if result is not None else 0.0
+        decode_s = result.timings.decode_ms / 1000.0 if result is not None else 0.0
         queue_s = gen.lease.queue_ms / 1000.0
 
         m.generations.labels(model, gen.kind, outcome).inc()
@@ -124,14 +169,14 @@ class Telemetry:
         trace = current_trace()
         _name_trace(trace, gen.kind, model)
         self._queue_spans(trace, model, gen.t0, gen.lease)
-        if timings:
+        if result is not None:
             trace.add_span(
                 "prefill",
                 start=gen.t0,
                 duration_s=prefill_s,
                 model=model,
                 tokens=tokens_in,
-                cached_tokens=int(usage.get("cached_tokens", 0)),
+                cached_tokens=result.usage.cached_tokens,
             )
             trace.add_span(
                 "decode",
@@ -139,7 +184,7 @@ class Telemetry:
                 duration_s=decode_s,
                 model=model,
                 tokens=tokens_out,
-                finish_reason=result.get("finish_reason"),
+                finish_reason=result.finish_reason,
             )
         if outcome == "error":
             trace.fail("error")
@@ -156,12 +201,12 @@ class Telemetry:
         )
 
     def embedding_finished(
-        self, model: str, lease: LeaseTimes, result: dict[str, Any], t0: float
+        self, model: str, lease: LeaseTimes, result: EmbeddingCounts, t0: float
     ) -> None:
         """An embedding request ended; `t0` is perf_counter when the worker got it."""
         try:
             busy_s = time.perf_counter() - t0
-            tokens = int(result.get("prompt_tokens", 0))
+            tokens = result.prompt_tokens
             m = self.metrics
             m.generations.labels(model, "embedding", "ok").inc()
             m.queue_wait.labels(model).observe(lease.queue_ms / 1000.0)

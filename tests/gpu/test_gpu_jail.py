@@ -35,13 +35,14 @@ def test_a_jailed_worker_offloads_to_the_gpu(smollm2_path: Path, tmp_path: Path)
             )
             r = await w.call(
                 lambda i: p.Generate(
-                    id=i, op="completion", params={"prompt": "Hi", "max_tokens": 4}
-                )
+                    id=i, op="completion", params=p.GenerateParams(prompt="Hi", max_tokens=4)
+                ),
+                p.GenerateResult,
             )
             used = nvml.process_memory().get(w.pid, 0)
             return (
                 used,
-                len(r["text"]),
+                len(r.text),
                 os.readlink(f"/proc/{w.pid}/ns/net"),
                 os.readlink("/proc/self/ns/net"),
             )

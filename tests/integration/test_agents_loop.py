@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from appliance.errors import ModelUnavailable
+from appliance.models.worker import protocol as p
 from appliance.sessions.model_call import CallResult
 from appliance.sessions.tools import ToolBox, ToolContext, ToolOutcome
 from appliance.sessions.turn import AgentLoop, Turn, TurnEvent, TurnSpec
@@ -41,32 +42,32 @@ class Slow:
         return ToolOutcome(status="ok", content=str(args["n"] * 2))
 
 
-def tool_call(name: str, args: Any, cid: str = "call_1") -> dict[str, Any]:
-    return {
-        "id": cid,
-        "type": "function",
-        "function": {
-            "name": name,
-            "arguments": args if isinstance(args, str) else json.dumps(args),
-        },
-    }
+def tool_call(name: str, args: Any, cid: str = "call_1") -> p.ToolCall:
+    return p.ToolCall(
+        id=cid,
+        function=p.FunctionCall(
+            name=name, arguments=args if isinstance(args, str) else json.dumps(args)
+        ),
+    )
 
 
 def reply(
-    text: str | None = None, calls: list[dict[str, Any]] | None = None, tools: bool = True
-) -> dict[str, Any]:
-    r: dict[str, Any] = {
-        "text": text or "",
-        "finish_reason": "tool_calls" if calls else "stop",
-        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 4},
-    }
+    text: str | None = None, calls: list[p.ToolCall] | None = None, tools: bool = True
+) -> p.GenerateResult:
+    """What the worker answers: with tools the reply is parsed whole (content, tool_calls)."""
+    r = p.GenerateResult(
+        text=text or "",
+        finish_reason="tool_calls" if calls else "stop",
+        usage=p.Usage(prompt_tokens=10, completion_tokens=3, total_tokens=13, cached_tokens=4),
+        timings=p.Timings(prefill_ms=1.0, decode_ms=1.0),
+    )
     if tools:
-        r["content"], r["tool_calls"] = (None, calls) if calls else (text, [])
+        r.content, r.tool_calls = (None, calls) if calls else (text, [])
     return r
 
 
 class ScriptedModel:
-    def __init__(self, replies: list[dict[str, Any] | Callable[[], Any]]) -> None:
+    def __init__(self, replies: list[p.GenerateResult | Callable[[], Any]]) -> None:
         self.replies = list(replies)
         self.calls: list[dict[str, Any]] = []
 
@@ -93,7 +94,7 @@ class ScriptedModel:
         if callable(r):
             r = await r()
         if not tools and on_delta is not None:
-            await on_delta(r["text"])
+            await on_delta(r.text)
         return CallResult(
             result=r, timings={"prefill_ms": 1.0, "decode_ms": 1.0, "kv_restored": False}
         )

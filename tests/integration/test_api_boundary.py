@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from appliance.api.app import create_app
+from appliance.api.boundary import BoundaryPolicy
 from appliance.api.ollama import PATHS as OLLAMA_PATHS
 from appliance.app import Appliance
 from appliance.config import load_config
@@ -201,6 +202,7 @@ def test_a_configured_origin_gets_cors_headers_and_preflights(daemon: Daemon) ->
     assert got.status_code == 200
     assert got.headers["access-control-allow-origin"] == APP_ORIGIN
     assert "X-Trace-Id" in got.headers["access-control-expose-headers"]
+    assert "Mcp-Session-Id" in got.headers["access-control-expose-headers"]  # an MCP client's
     assert "Origin" in got.headers["vary"]
     # its errors are readable by the page too
     assert (
@@ -302,8 +304,10 @@ def body_routes(app: Any) -> list[tuple[str, str, Any]]:
         path = route.path_format
         for name in route.path_parameters:
             path = path.replace("{" + name + "}", "x1")
-        for handler in route.route_handlers:
-            for method in handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
+        # a mounted ASGI app (/mcp) has one handler and takes its bodies with POST
+        for handler in getattr(route, "route_handlers", None) or [route.route_handler]:
+            methods = getattr(handler, "http_methods", None) or {"POST"}
+            for method in methods & {"POST", "PUT", "PATCH", "DELETE"}:
                 out.append((method, path, handler))
     return out
 
@@ -330,3 +334,11 @@ async def test_every_route_that_takes_a_body_refuses_what_a_page_can_send(app: A
                     assert "Content-Type: application/json" in error
                 else:
                     assert error["code"] == "unsupported_media_type"
+
+
+def test_mcp_bodies_get_the_run_cap_like_api_run(app: Any) -> None:
+    """`run_code` over MCP carries files as base64 like `POST /api/run`, so its cap is the same."""
+    config = load_config(None, state_dir="/nonexistent")
+    policy = BoundaryPolicy.from_config(config, app.routes)
+    assert policy.body_rule("POST", "/mcp") == policy.body_rule("POST", "/api/run")
+    assert policy.body_rule("POST", "/mcp").setting == "server.max_run_body_mb"

@@ -15,6 +15,7 @@ import pytest
 
 from appliance.models.worker import protocol as p
 from appliance.models.worker.kvfile import token_prefix_hash, write_kv_file
+from appliance.openai.chat import SlotFields
 from appliance.sessions.parking import KvParking, model_fingerprint
 from appliance.store import Store
 from appliance.telemetry.events import EventBus
@@ -29,20 +30,35 @@ class FakeWorker:
         self.slots: dict[str, list[int]] = {}
         self.saves: list[str] = []
 
-    async def call(self, make: Any) -> dict[str, Any]:
+    async def call(self, make: Any, kind: type[p.SaveResult]) -> p.SaveResult:
         cmd = make(1)
-        assert isinstance(cmd, p.SaveSlot)
+        assert isinstance(cmd, p.SaveSlot) and kind is p.SaveResult
         tokens = self.slots.get(cmd.slot_key)
         if tokens is None:
-            return {"saved": False, "bytes": 0, "n_tokens": 0}
+            return p.SaveResult(state=None)
         self.saves.append(cmd.slot_key)
         size = write_kv_file(cmd.path, tokens, bytes(len(tokens) * KiB))
-        return {
-            "saved": True,
-            "bytes": size,
-            "n_tokens": len(tokens),
-            "prefix_hash": token_prefix_hash(tokens),
-        }
+        return p.SaveResult(
+            state=p.SavedState(
+                bytes=size, n_tokens=len(tokens), prefix_hash=token_prefix_hash(tokens)
+            )
+        )
+
+
+def result(**kw: Any) -> p.GenerateResult:
+    """A worker's generation result carrying only what the KV parking reads."""
+    return p.GenerateResult(
+        text="", finish_reason="stop", usage=p.Usage(), timings=p.Timings(), **kw
+    )
+
+
+def parked_at(sid: str, path: Path, size: int, n_tokens: int = 20) -> p.ParkReport:
+    tokens = list(range(n_tokens))
+    return p.ParkReport(
+        slot_key=sid,
+        path=str(path),
+        state=p.SavedState(bytes=size, n_tokens=n_tokens, prefix_hash=token_prefix_hash(tokens)),
+    )
 
 
 class FakeRunner:
@@ -98,7 +114,7 @@ async def session(store: Store) -> str:
 async def make_hot(kv: KvParking, worker: FakeWorker, sid: str, n_tokens: int) -> None:
     worker.slots[sid] = list(range(1, n_tokens + 1))
     plan = await kv.plan(sid, "m")
-    await kv.settle(sid, "m", plan, worker.pid, {})
+    await kv.settle(sid, "m", plan, worker.pid, None)
 
 
 async def test_park_writes_indexes_and_replaces(setup: Any) -> None:
@@ -152,18 +168,11 @@ async def test_a_displaced_session_reported_by_the_worker_is_indexed(setup: Any)
     plan = await kv.plan(b, "m")
     path = Path(plan.park_dir or "") / f"{a}.kv"
     size = write_kv_file(path, list(range(20)), bytes(100))
-    parked = {
-        "slot_key": a,
-        "path": str(path),
-        "bytes": size,
-        "n_tokens": 20,
-        "prefix_hash": token_prefix_hash(list(range(20))),
-    }
-    await kv.settle(b, "m", plan, worker.pid, {"parked": [parked]})
+    await kv.settle(b, "m", plan, worker.pid, result(parked=[parked_at(a, path, size)]))
     assert a not in kv.hot and b in kv.hot
     (entry,) = await store.run(store.kv.entries, a)
     assert entry.path == str(path)
-    assert (await kv.plan(a, "m")).fields()["restore_from"] == str(path)
+    assert (await kv.plan(a, "m")).fields().restore_from == str(path)
 
 
 async def test_a_session_displaced_by_a_plain_request_is_indexed(setup: Any) -> None:
@@ -171,21 +180,14 @@ async def test_a_session_displaced_by_a_plain_request_is_indexed(setup: Any) -> 
     a = await session(store)
     await make_hot(kv, worker, a, 20)
     fields = await kv.plain_fields("m")
-    assert fields == {"park_evicted_to": (await kv.plan(a, "m")).park_dir}
-    path = Path(fields["park_evicted_to"] or "") / f"{a}.kv"
+    assert fields == SlotFields(park_evicted_to=(await kv.plan(a, "m")).park_dir)
+    path = Path(fields.park_evicted_to or "") / f"{a}.kv"
     size = write_kv_file(path, list(range(20)), bytes(100))
-    parked = {
-        "slot_key": a,
-        "path": str(path),
-        "bytes": size,
-        "n_tokens": 20,
-        "prefix_hash": token_prefix_hash(list(range(20))),
-    }
-    await kv.plain_settled("m", fields, worker.pid, {"parked": [parked]})
+    await kv.plain_settled("m", fields, worker.pid, [parked_at(a, path, size)])
     assert a not in kv.hot
-    assert (await kv.plan(a, "m")).fields()["restore_from"] == str(path)
+    assert (await kv.plan(a, "m")).fields().restore_from == str(path)
     await kv.plain_settled(
-        "m", fields, worker.pid, {"parked": [{"slot_key": a, "error": "disk full"}]}
+        "m", fields, worker.pid, [p.ParkReport(slot_key=a, error="disk full")]
     )  # logged only
 
 
@@ -197,9 +199,14 @@ async def test_a_restore_that_failed_drops_the_entry_and_its_file(setup: Any) ->
     plan = await kv.plan(sid, "m")
     assert plan.entry is not None
     report = await kv.settle(
-        sid, "m", plan, worker.pid, {"restore": {"restored": False, "error": "checksum mismatch"}}
+        sid,
+        "m",
+        plan,
+        worker.pid,
+        result(restore=p.RestoreReport(restored=False, error="checksum mismatch")),
     )
-    assert report["kv_restored"] is False and "checksum" in report["kv_restore_error"]
+    assert report.restored is False and "checksum" in (report.restore_error or "")
+    assert report.timings() == {"kv_restored": False, "kv_restore_error": "checksum mismatch"}
     assert await store.run(store.kv.entries, sid) == []
     assert not Path(plan.entry.path).exists()
     ok = await kv.settle(
@@ -207,9 +214,9 @@ async def test_a_restore_that_failed_drops_the_entry_and_its_file(setup: Any) ->
         "m",
         plan,
         worker.pid,
-        {"restore": {"restored": True, "n_tokens": 20, "bytes": 5, "ms": 1.0}},
+        result(restore=p.RestoreReport(restored=True, n_tokens=20, bytes=5, ms=1.0)),
     )
-    assert ok["kv_restored"] is True and ok["kv_restored_tokens"] == 20
+    assert ok.restored is True and ok.timings()["kv_restored_tokens"] == 20
     assert any(e["type"] == "session.restored" for e in seen)
 
 

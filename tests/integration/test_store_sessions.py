@@ -183,14 +183,14 @@ def test_sessions_list_newest_first_with_filters_and_pages(store: Store) -> None
     coder(store)
     made = [store.sessions.create("coder", title=f"s{i}") for i in range(5)]
     store.sessions.create(None, model="m")
-    store.sessions.update(made[0].id, status="parked")
+    store.sessions.set_status(made[0].id, "parked")
     page = store.sessions.list(agent="coder", limit=3)
     rest = store.sessions.list(agent="coder", limit=3, after=page.next_after)
     assert [s.title for s in page.items + rest.items] == ["s4", "s3", "s2", "s1", "s0"]
     assert rest.next_after is None
     assert [s.id for s in store.sessions.list(status="parked").items] == [made[0].id]
     with pytest.raises(InvalidRequest):
-        store.sessions.update(made[0].id, status="sleeping")  # type: ignore[arg-type]
+        store.sessions.set_status(made[0].id, "sleeping")  # type: ignore[arg-type]
 
 
 # --- fork ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from appliance.errors import InvalidRequest
@@ -79,9 +80,10 @@ async def test_a_jailed_worker_serves_and_parks_kv_in_its_own_namespaces(
     assert b"appliance.models.worker" in Path(f"/proc/{worker.pid}/cmdline").read_bytes()
     for kind in ("net", "pid", "mnt", "user", "ipc", "uts"):
         assert ns(worker.pid, kind) != ns(os.getpid(), kind), kind
-    params = {"prompt": HISTORY, "max_tokens": 6, "temperature": 0.0, "seed": 1}
+    params = p.GenerateParams(prompt=HISTORY, max_tokens=6, temperature=0.0, seed=1)
     first = await worker.call(
-        lambda i: p.Generate(id=i, op="completion", params=params, slot_key="ses_a")
+        lambda i: p.Generate(id=i, op="completion", params=params, slot_key="ses_a"),
+        p.GenerateResult,
     )
     kv = state / "kv"
     other = await worker.call(
@@ -90,17 +92,21 @@ async def test_a_jailed_worker_serves_and_parks_kv_in_its_own_namespaces(
             op="completion",
             slot_key="ses_b",
             park_evicted_to=str(kv),
-            params={**params, "prompt": "Something else."},
-        )
+            params=msgspec.structs.replace(params, prompt="Something else."),
+        ),
+        p.GenerateResult,
     )
-    (parked,) = other["parked"]
-    assert parked["path"] == str(kv / "ses_a.kv") and read_kv_file(parked["path"])[0]
+    (parked,) = other.parked
+    path = parked.path
+    assert path == str(kv / "ses_a.kv") and read_kv_file(path)[0]
     again = await worker.call(
         lambda i: p.Generate(
-            id=i, op="completion", params=params, slot_key="ses_a", restore_from=parked["path"]
-        )
+            id=i, op="completion", params=params, slot_key="ses_a", restore_from=path
+        ),
+        p.GenerateResult,
     )
-    assert again["restore"]["restored"] is True and again["text"] == first["text"]
+    assert again.restore is not None and again.restore.restored is True
+    assert again.text == first.text
     assert worker.sees(str(state / "models" / "tiny.gguf")) and not worker.sees(
         str(state / "appliance.db")
     )

@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.models.worker import protocol as p
 from appliance.telemetry.events import EventBus
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.recorder import Telemetry
@@ -70,11 +72,12 @@ class FakeGeneration:
     lease: FakeLease
 
 
-RESULT: dict[str, Any] = {
-    "finish_reason": "stop",
-    "usage": {"prompt_tokens": 12, "completion_tokens": 21, "cached_tokens": 4},
-    "timings": {"prefill_ms": 40.0, "decode_ms": 400.0},
-}
+RESULT = p.GenerateResult(
+    text="",
+    finish_reason="stop",
+    usage=p.Usage(prompt_tokens=12, completion_tokens=21, total_tokens=33, cached_tokens=4),
+    timings=p.Timings(prefill_ms=40.0, decode_ms=400.0),
+)
 
 
 def test_a_generation_moves_metrics_adds_spans_and_usage_for_its_session() -> None:
@@ -108,7 +111,7 @@ def test_cancelled_and_failed_generations_are_counted_as_such() -> None:
     t = Telemetry(EventBus())
     gen = FakeGeneration("m", "completion", time.perf_counter(), None, FakeLease(1.0, None))
     t.generation_finished(gen, None, "cancelled")
-    t.generation_finished(gen, {**RESULT, "finish_reason": "cancelled"}, "ok")
+    t.generation_finished(gen, msgspec.structs.replace(RESULT, finish_reason="cancelled"), "ok")
     t.generation_finished(gen, None, "error")
     assert (
         value(t, "appliance_generations_total", model="m", kind="completion", outcome="cancelled")

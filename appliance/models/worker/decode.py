@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import InvalidRequest
+from appliance.models.worker.protocol import GenerateParams
 from appliance.sampling import fold_seed
 
 
@@ -123,22 +124,21 @@ def decode(
     return Decoded("".join(parts), finish, n_out, first)
 
 
-def sampling_args(params: dict[str, Any]) -> dict[str, Any]:
+def sampling_args(params: GenerateParams) -> dict[str, Any]:
     """OpenAI request fields -> llama_cpp.Llama.generate keyword arguments."""
-    out: dict[str, Any] = {
-        "temp": 0.8 if params.get("temperature") is None else float(params["temperature"])
-    }
-    for ours, theirs in (
-        ("top_p", "top_p"),
-        ("top_k", "top_k"),
-        ("min_p", "min_p"),
-        ("presence_penalty", "presence_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-        ("repeat_penalty", "repeat_penalty"),
-        ("seed", "seed"),
+    out: dict[str, Any] = {"temp": 0.8 if params.temperature is None else params.temperature}
+    for name in (
+        "top_p",
+        "top_k",
+        "min_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+        "seed",
     ):
-        if params.get(ours) is not None:
-            out[theirs] = params[ours]
+        value = getattr(params, name)
+        if value is not None:
+            out[name] = value
     return out
 
 

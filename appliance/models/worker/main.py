@@ -75,6 +75,14 @@ class Slot:
         """Tokens of the slot's last prompt: evaluated in batches, unlike the tokens generated after."""
 
 
+class _SlotReport:
+    """What preparing a slot did with parked state: `parked` and `restore` of the result."""
+
+    def __init__(self) -> None:
+        self.parked: list[p.ParkReport] = []
+        self.restore: p.RestoreReport | None = None
+
+
 class Worker:
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
@@ -287,31 +295,24 @@ class Worker:
             with self.credit_cv:
                 self.credits.pop(cmd.id, None)
 
-    def _generate(self, cmd: p.Generate) -> dict[str, Any]:
+    def _generate(self, cmd: p.Generate) -> p.GenerateResult:
         params = cmd.params
         tools: list[Any] = []
         required = False
         grammar: LlamaGrammar | None = None
         if cmd.op == "chat":
-            tools, required = cf.select_tools(params.get("tools"), params.get("tool_choice"))
+            tools, required = cf.select_tools(params.tools, params.tool_choice)
             tools_prompt = cf.tools_system_prompt(tools, required) if tools else None
-            messages = cf.normalise_messages(params.get("messages") or [], tools_prompt)
+            messages = cf.normalise_messages(params.messages or [], tools_prompt)
             prompt = cf.render_prompt(
                 self.template, messages, bos_token=self.bos, eos_token=self.eos
             )
             if cmd.grammar is not None:
                 grammar = self.grammar(cmd.grammar)
         else:
-            prompt_param: Any = params.get("prompt")
-            if isinstance(prompt_param, list):
-                if len(prompt_param) != 1 or not isinstance(prompt_param[0], str):
-                    raise InvalidRequest(
-                        "prompt must be a string (or a list of one string)", param="prompt"
-                    )
-                prompt_param = prompt_param[0]
-            if not isinstance(prompt_param, str):
+            if params.prompt is None:
                 raise InvalidRequest("prompt must be a string", param="prompt")
-            prompt = prompt_param
+            prompt = params.prompt
 
         llm0 = self.slots[0].llm
         assert llm0 is not None
@@ -323,17 +324,15 @@ class Worker:
                 "shorten the messages or raise context_size in the model profile",
                 code="context_length_exceeded",
             )
-        max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+        max_tokens = params.max_tokens
         if max_tokens is None:
             max_tokens = n_ctx - len(tokens)
-        max_tokens = max(1, min(int(max_tokens), n_ctx - len(tokens)))
+        max_tokens = max(1, min(max_tokens, n_ctx - len(tokens)))
         sampling = sampling_args(params)
-        bias = parse_logit_bias(params.get("logit_bias"), llm0.n_vocab())
+        bias = parse_logit_bias(params.logit_bias, llm0.n_vocab())
         if bias:
             sampling["logits_processor"] = _bias_processor(bias)
-        stop = params.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
+        stop = params.stop
 
         slot = self.acquire_slot(cmd.slot_key, tokens)
         try:
@@ -360,29 +359,30 @@ class Worker:
             self.release_slot(slot)
 
         text, finish, n_out = out.text, out.finish_reason, out.completion_tokens
-        result: dict[str, Any] = {
-            "text": text,
-            "finish_reason": finish,
-            "usage": {
-                "prompt_tokens": len(tokens),
-                "completion_tokens": n_out,
-                "total_tokens": len(tokens) + n_out,
-                "cached_tokens": cached_before,
-            },
-            "timings": {
-                "prefill_ms": ((t_first or t_end) - t_start) * 1000.0,
-                "decode_ms": (t_end - (t_first or t_end)) * 1000.0,
-                "total_ms": (t_end - t_start) * 1000.0,
-                "slot": slot.index,
-            },
-        }
-        result.update(kv)
+        result = p.GenerateResult(
+            text=text,
+            finish_reason=finish,
+            usage=p.Usage(
+                prompt_tokens=len(tokens),
+                completion_tokens=n_out,
+                total_tokens=len(tokens) + n_out,
+                cached_tokens=cached_before,
+            ),
+            timings=p.Timings(
+                prefill_ms=((t_first or t_end) - t_start) * 1000.0,
+                decode_ms=(t_end - (t_first or t_end)) * 1000.0,
+                total_ms=(t_end - t_start) * 1000.0,
+                slot=slot.index,
+            ),
+            parked=kv.parked,
+            restore=kv.restore,
+        )
         if tools and finish != "cancelled":
             content, calls = cf.parse_tool_reply(text)
-            result["content"] = content
-            result["tool_calls"] = calls
+            result.content = content
+            result.tool_calls = calls
             if calls:
-                result["finish_reason"] = "tool_calls"
+                result.finish_reason = "tool_calls"
         return result
 
     def _emitter(self, cmd: p.Generate) -> Any:
@@ -429,7 +429,17 @@ class Worker:
                 self.release_slot(slot)
             if cmd.inputs and vectors and not isinstance(vectors[0], list):
                 vectors = [vectors]
-            self.send(p.Done(id=cmd.id, result={"embeddings": vectors, "prompt_tokens": n_tokens}))
+            per_token = any(vec and isinstance(vec[0], list) for vec in vectors)
+            self.send(
+                p.Done(
+                    id=cmd.id,
+                    result=p.EmbedResult(
+                        embeddings=[] if per_token else vectors,
+                        prompt_tokens=int(n_tokens),
+                        per_token=per_token,
+                    ),
+                )
+            )
         except ApplianceError as exc:
             self.send(p.Failed(id=cmd.id, message=exc.message, kind="invalid_request"))
         except Exception as exc:
@@ -439,18 +449,20 @@ class Worker:
         llm = self.slots[0].llm
         assert llm is not None
         toks = llm.tokenize(cmd.text.encode("utf-8"), add_bos=True, special=True)
-        self.send(p.Done(id=cmd.id, result={"tokens": toks}))
+        self.send(p.Done(id=cmd.id, result=p.TokenizeResult(tokens=toks)))
 
     # --- KV state of a slot (sessions) -----------------------------------------------------
 
-    def _save_state(self, llm: llama_cpp.Llama, path: str) -> dict[str, Any]:
+    def _save_state(self, llm: llama_cpp.Llama, path: str) -> p.SavedState:
         ctx = llm._ctx.ctx
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
         tokens = [int(t) for t in llm.input_ids[: llm.n_tokens]]
         nbytes = write_kv_file(path, tokens, memoryview(buf)[:n])
-        return {"bytes": nbytes, "n_tokens": len(tokens), "prefix_hash": token_prefix_hash(tokens)}
+        return p.SavedState(
+            bytes=nbytes, n_tokens=len(tokens), prefix_hash=token_prefix_hash(tokens)
+        )
 
     def _load_state(
         self, llm: llama_cpp.Llama, tokens: list[int], data: bytes | memoryview
@@ -486,12 +498,12 @@ class Worker:
 
     def _prepare_slot(
         self, cmd: p.Generate, slot: Slot, llm: llama_cpp.Llama, prompt: list[int]
-    ) -> dict[str, Any]:
+    ) -> _SlotReport:
         """Before a request runs in `slot`: when the slot held another session, park that state
         (prompt-evaluated tokens only) into cmd.park_evicted_to, for a session's request and for a
         keyless one alike; when the slot was just given to cmd.slot_key, restore the key's own
         parked state when that helps. Returns what happened, for the result."""
-        out: dict[str, Any] = {}
+        out = _SlotReport()
         old = slot.displaced
         if cmd.slot_key is not None or old:
             self._drop_generated(slot, llm)
@@ -499,59 +511,59 @@ class Worker:
         if cmd.park_evicted_to and old and llm.n_tokens > 0 and _FILE_SAFE_KEY.match(old):
             path = os.path.join(cmd.park_evicted_to, f"{old}.kv")
             try:
-                out["parked"] = [{"slot_key": old, "path": path, **self._save_state(llm, path)}]
+                state = self._save_state(llm, path)
+                out.parked = [p.ParkReport(slot_key=old, path=path, state=state)]
             except Exception as exc:
-                out["parked"] = [{"slot_key": old, "error": f"saving KV state failed: {exc}"}]
+                out.parked = [p.ParkReport(slot_key=old, error=f"saving KV state failed: {exc}")]
         if slot.rebound and cmd.restore_from:
-            out["restore"] = self._restore_for_prompt(
+            out.restore = self._restore_for_prompt(
                 llm, cmd.restore_from, cmd.restore_prefix_hash, prompt
             )
         return out
 
     def _restore_for_prompt(
         self, llm: llama_cpp.Llama, path: str, expect_hash: str | None, prompt: list[int]
-    ) -> dict[str, Any]:
+    ) -> p.RestoreReport:
         t = time.perf_counter()
         try:
             saved, data = map_kv_file(path)
         except (OSError, ValueError) as exc:
-            return {"restored": False, "error": f"the parked state cannot be used: {exc}"}
+            return p.RestoreReport(restored=False, error=f"the parked state cannot be used: {exc}")
         if expect_hash is not None and token_prefix_hash(saved) != expect_hash:
             # not damage: the file was parked again after the daemon looked its entry up
-            return {
-                "restored": False,
-                "reason": "the parked state covers other tokens than its index entry",
-            }
+            return p.RestoreReport(
+                restored=False, reason="the parked state covers other tokens than its index entry"
+            )
         shared = 0
         for a, b in zip(saved, prompt, strict=False):
             if a != b:
                 break
             shared += 1
         if shared <= _prefix_len(llm, prompt) or 2 * shared < len(saved):
-            return {
-                "restored": False,
-                "n_tokens": len(saved),
-                "shared_tokens": shared,
-                "reason": "the parked state covers a different prompt prefix",
-            }
+            return p.RestoreReport(
+                restored=False,
+                n_tokens=len(saved),
+                shared_tokens=shared,
+                reason="the parked state covers a different prompt prefix",
+            )
         try:
             self._load_state(llm, saved, data)
         except Exception as exc:
             llm.reset()
-            return {"restored": False, "error": f"restoring KV state failed: {exc}"}
-        return {
-            "restored": True,
-            "n_tokens": len(saved),
-            "shared_tokens": shared,
-            "bytes": len(data),
-            "ms": (time.perf_counter() - t) * 1000.0,
-        }
+            return p.RestoreReport(restored=False, error=f"restoring KV state failed: {exc}")
+        return p.RestoreReport(
+            restored=True,
+            n_tokens=len(saved),
+            shared_tokens=shared,
+            bytes=len(data),
+            ms=(time.perf_counter() - t) * 1000.0,
+        )
 
     def save_slot(self, cmd: p.SaveSlot) -> None:
         try:
             slot = next((s for s in self.slots if s.key == cmd.slot_key), None)
             if slot is None or slot.llm is None or slot.llm.n_tokens == 0:
-                self.send(p.Done(id=cmd.id, result={"saved": False, "bytes": 0, "n_tokens": 0}))
+                self.send(p.Done(id=cmd.id, result=p.SaveResult(state=None)))
                 return
             with self.slots_cv:
                 while slot.busy:
@@ -565,10 +577,7 @@ class Worker:
                     info = self._save_state(slot.llm, cmd.path)
             finally:
                 self.release_slot(slot)
-            if info is None:
-                self.send(p.Done(id=cmd.id, result={"saved": False, "bytes": 0, "n_tokens": 0}))
-            else:
-                self.send(p.Done(id=cmd.id, result={"saved": True, **info}))
+            self.send(p.Done(id=cmd.id, result=p.SaveResult(state=info)))
         except Exception as exc:
             self.send(p.Failed(id=cmd.id, message=f"saving KV state failed: {exc}"))
 
@@ -583,12 +592,9 @@ class Worker:
             self.send(
                 p.Done(
                     id=cmd.id,
-                    result={
-                        "restored": True,
-                        "n_tokens": len(tokens),
-                        "bytes": len(data),
-                        "ms": ms,
-                    },
+                    result=p.RestoreReport(
+                        restored=True, n_tokens=len(tokens), bytes=len(data), ms=ms
+                    ),
                 )
             )
         except Exception as exc:

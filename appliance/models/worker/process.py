@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from appliance.errors import (
     ApplianceError,
@@ -36,9 +36,21 @@ from appliance.errors import (
 from appliance.models.jail import Jail, JailedCommand
 from appliance.models.worker import protocol as p
 
+if TYPE_CHECKING:
+    from appliance.models.runner import Worker
+
 log = logging.getLogger("appliance.worker")
 
 _ids = itertools.count(1)
+
+
+def expect(result: p.Result, kind: type[p.R]) -> p.R:
+    """`result` as the `kind` its request is answered with; WorkerCrashed when it is another."""
+    if not isinstance(result, kind):
+        raise WorkerCrashed(
+            f"the worker answered with a {type(result).__name__} where a {kind.__name__} was due"
+        )
+    return result
 
 
 class RequestStream:
@@ -88,10 +100,11 @@ class RequestStream:
             with contextlib.suppress(ApplianceError):
                 await self.worker.send(p.Credit(id=self.id, upto=self.granted))
 
-    async def result(self) -> dict[str, Any]:
+    async def result(self, kind: type[p.R]) -> p.R:
+        """The request's result, which must be a `kind` (else the worker broke the protocol)."""
         async for ev in self:
             if isinstance(ev, p.Done):
-                return ev.result
+                return expect(ev.result, kind)
         raise WorkerCrashed("the worker ended the request without a result")
 
     async def cancel(self) -> None:
@@ -117,7 +130,7 @@ class WorkerProcess:
         self.model_id: str | None = None
         self.pending: dict[int, RequestStream] = {}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self.on_exit: Callable[[WorkerProcess, str], None] | None = None
+        self.on_exit: Callable[[Worker, str], None] | None = None
         self.exit_message: str | None = None
         self._load_future: asyncio.Future[p.Loaded] | None = None
         self._unload_future: asyncio.Future[p.Unloaded] | None = None
@@ -206,9 +219,10 @@ class WorkerProcess:
             raise
         return stream
 
-    async def call(self, make: Callable[[int], p.Command]) -> dict[str, Any]:
+    async def call(self, make: Callable[[int], p.Command], kind: type[p.R]) -> p.R:
+        """Send one command and wait for its result, a `kind`."""
         stream = await self.request(make)
-        return await stream.result()
+        return await stream.result(kind)
 
     async def close(self, grace: float = 3.0) -> None:
         """Ask the worker to exit, then make sure it has: memory only comes back when it is gone."""

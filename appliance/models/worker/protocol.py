@@ -1,5 +1,9 @@
 """Messages between the daemon and a model worker process.
 
+Every command, its parameters and every result are typed structs: the daemon reads a result's
+attributes, never a dict's keys, and what the worker may be sent (`GenerateParams`) is exactly
+what it reads of an OpenAI request. `Done.result` is one tagged struct per operation.
+
 Frames are msgpack-encoded tagged structs preceded by a 4-byte big-endian length, written on the
 worker's stdin (commands) and a private copy of its stdout (events). The worker points its own
 fd 1 at stderr so nothing llama.cpp prints can corrupt the stream. Neither side writes or reads
@@ -10,11 +14,11 @@ the reader refuses a header that announces one (`frame_size`) instead of bufferi
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from appliance.errors import PayloadTooLarge
+from appliance.errors import InvalidRequest, PayloadTooLarge
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
@@ -35,22 +39,74 @@ class Load(msgspec.Struct, tag="load", kw_only=True):
     chat_template: str | None = None
 
 
+class GenerateParams(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The fields of an OpenAI chat or completion request that a worker reads.
+
+    Built from a request the daemon has already checked (appliance.openai.shapes) by
+    `from_request`, so a field the worker does not use never crosses the pipe."""
+
+    messages: list[dict[str, Any]] | None = None
+    """Chat: the OpenAI messages, rendered with the model's chat template."""
+    prompt: str | None = None
+    """Completion: the prompt text."""
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_tokens: int | None = None
+    """The reply limit; the worker cuts it to what the context has left after the prompt."""
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    logit_bias: dict[str, float] | None = None
+    """OpenAI's form: token ids as decimal strings; checked against the vocabulary by the worker."""
+
+    @classmethod
+    def from_request(cls, params: dict[str, Any]) -> GenerateParams:
+        """The worker's fields of an OpenAI request (other fields are left out).
+
+        `max_completion_tokens` wins over `max_tokens`; a stop string becomes a list of one and a
+        completion prompt given as a list of one string becomes that string. InvalidRequest when
+        a field has a type the worker cannot use."""
+        fields = {k: v for k, v in params.items() if k in cls.__struct_fields__}
+        limit = params.get("max_completion_tokens")
+        if limit is not None:
+            fields["max_tokens"] = limit
+        if isinstance(fields.get("stop"), str):
+            fields["stop"] = [fields["stop"]]
+        prompt = fields.get("prompt")
+        if isinstance(prompt, list):
+            if len(prompt) != 1 or not isinstance(prompt[0], str):
+                raise InvalidRequest(
+                    "prompt must be a string (or a list of one string)", param="prompt"
+                )
+            fields["prompt"] = prompt[0]
+        try:
+            return msgspec.convert(fields, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"a generation parameter is malformed: {exc}") from None
+
+
 class Generate(msgspec.Struct, tag="generate", kw_only=True):
-    """One chat or completion request. `params` holds the OpenAI request fields."""
+    """One chat or completion request; answered with Delta* then a Done carrying a GenerateResult."""
 
     id: int
     op: str  # "chat" | "completion"
-    params: dict[str, Any]
+    params: GenerateParams
     slot_key: str | None = None
     window: int = 0
     """Deltas the worker may send before it needs a Credit (0: no flow control)."""
     park_evicted_to: str | None = None
     """A directory. Before a slot bound to another key is given to `slot_key`, that key's KV
-    state is saved there as `<key>.kv`; the result lists it under "parked"."""
+    state is saved there as `<key>.kv`; the result lists it in `parked`."""
     restore_from: str | None = None
     """A parked state of `slot_key` (kvfile format), loaded when the slot was not already bound
     to the key and the file's tokens share most of their prefix with the prompt; the result
-    says what happened under "restore"."""
+    says what happened in `restore`."""
     restore_prefix_hash: str | None = None
     """The token prefix hash indexed for `restore_from`; a file that hashes differently is not used."""
     grammar: str | None = None
@@ -59,17 +115,21 @@ class Generate(msgspec.Struct, tag="generate", kw_only=True):
 
 
 class Embed(msgspec.Struct, tag="embed", kw_only=True):
+    """Answered with a Done carrying an EmbedResult."""
+
     id: int
     inputs: list[str]
 
 
 class Tokenize(msgspec.Struct, tag="tokenize", kw_only=True):
+    """Answered with a Done carrying a TokenizeResult."""
+
     id: int
     text: str
 
 
 class SaveSlot(msgspec.Struct, tag="save_slot", kw_only=True):
-    """Write the KV state of the slot bound to `slot_key` to `path`."""
+    """Write the KV state of the slot bound to `slot_key` to `path` (answered with a SaveResult)."""
 
     id: int
     slot_key: str
@@ -77,7 +137,7 @@ class SaveSlot(msgspec.Struct, tag="save_slot", kw_only=True):
 
 
 class RestoreSlot(msgspec.Struct, tag="restore_slot", kw_only=True):
-    """Load KV state from `path` into a slot bound to `slot_key`."""
+    """Load KV state from `path` into a slot bound to `slot_key` (answered with a RestoreReport)."""
 
     id: int
     slot_key: str
@@ -156,11 +216,129 @@ class Delta(msgspec.Struct, tag="delta", kw_only=True):
     text: str
 
 
+class Usage(msgspec.Struct, kw_only=True):
+    """Tokens of one generation."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens the slot already held (not evaluated again)."""
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    """Where a generation's time went inside the worker (milliseconds)."""
+
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+    slot: int = 0
+    """The slot (sequence) that ran it."""
+
+
+class FunctionCall(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str
+    """The arguments as a JSON text."""
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    """A tool call the model made, in OpenAI's shape."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SavedState(msgspec.Struct, kw_only=True):
+    """What saving a slot's KV state wrote (kvfile format)."""
+
+    bytes: int
+    n_tokens: int
+    prefix_hash: str
+    """The hash of the saved tokens (kvfile.token_prefix_hash), what the daemon indexes."""
+
+
+class ParkReport(msgspec.Struct, kw_only=True):
+    """A session's state a request displaced from its slot: saved to `path`, or `error`."""
+
+    slot_key: str
+    path: str | None = None
+    state: SavedState | None = None
+    error: str | None = None
+
+
+class RestoreReport(msgspec.Struct, tag="restored", kw_only=True):
+    """What became of a parked state a request brought (or of a RestoreSlot)."""
+
+    restored: bool
+    n_tokens: int = 0
+    shared_tokens: int = 0
+    """Tokens the file shares with the prompt."""
+    bytes: int = 0
+    ms: float = 0.0
+    error: str | None = None
+    """The file could not be used (damaged, rejected): the daemon drops it from the index."""
+    reason: str | None = None
+    """Why an intact file was not used (another prefix): it stays indexed."""
+
+
+class GenerateResult(msgspec.Struct, tag="generated", kw_only=True):
+    text: str
+    """Everything the model produced (with tools: the raw constrained reply)."""
+    finish_reason: str
+    """stop, length, tool_calls or cancelled."""
+    usage: Usage
+    timings: Timings
+    content: str | None = None
+    """Set when the reply was parsed whole (the request offered tools): its text part, None when
+    it is a tool call. No deltas were sent for such a reply."""
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    parked: list[ParkReport] = msgspec.field(default_factory=list)
+    """Sessions' states this request displaced from its slot (see Generate.park_evicted_to)."""
+    restore: RestoreReport | None = None
+    """What became of Generate.restore_from (None: it was not tried)."""
+
+    @property
+    def answer(self) -> str:
+        """The reply's text as a client sees it: the parsed text part when the request offered
+        tools, else the whole text. The one place that rule lives. (A reply with tool_calls has
+        no text part: readers check tool_calls first.)"""
+        return self.content if self.content is not None else self.text
+
+    @property
+    def unstreamed(self) -> str:
+        """Text no Delta carried: a tool-enabled reply's text part (parsed whole, at the end)."""
+        return "" if self.tool_calls else (self.content or "")
+
+
+class EmbedResult(msgspec.Struct, tag="embedded", kw_only=True):
+    embeddings: list[list[float]]
+    """One vector per input (empty when `per_token`)."""
+    prompt_tokens: int
+    per_token: bool = False
+    """The model gives one vector per token, not per input (its GGUF sets no pooling)."""
+
+
+class TokenizeResult(msgspec.Struct, tag="tokenized", kw_only=True):
+    tokens: list[int]
+    """With the BOS the worker adds."""
+
+
+class SaveResult(msgspec.Struct, tag="saved", kw_only=True):
+    state: SavedState | None = None
+    """None: the slot held nothing of the key (never bound, empty, or given away meanwhile)."""
+
+
+Result = GenerateResult | EmbedResult | TokenizeResult | SaveResult | RestoreReport
+R = TypeVar("R", GenerateResult, EmbedResult, TokenizeResult, SaveResult, RestoreReport)
+
+
 class Done(msgspec.Struct, tag="done", kw_only=True):
-    """The end of a request; `result` is op-specific (text, tool_calls, usage, timings...)."""
+    """The end of a request, with the result of its operation."""
 
     id: int
-    result: dict[str, Any]
+    result: Result
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):

@@ -67,7 +67,7 @@ class _ScanContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo = {}
+    memo = {}  # type: dict[str, str]
 
     @staticmethod
     def parse_constant(name):
@@ -85,7 +85,7 @@ def _loads_with(scan):
 try:
     import _json
 
-    loads = _loads_with(_json.make_scanner(_ScanContext()))
+    loads = _loads_with(_json.make_scanner(_ScanContext()))  # type: ignore[arg-type]
     quote = _json.encode_basestring_ascii
 except (ImportError, AttributeError, TypeError):  # an interpreter without the C module
     import json
