@@ -22,7 +22,7 @@ from appliance.config import Config
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models.catalog import ModelCatalog
 from appliance.sandbox.service import SandboxService
-from appliance.sessions.tools import ToolBox
+from appliance.sessions.tools import AgentTools, ToolBox
 from appliance.store import Agent, AgentPatch, AgentSpec, Page, SessionCleanup, Store
 from appliance.store.agent_profiles import (
     agent_profile_dirs,
@@ -98,6 +98,11 @@ class AgentService:
         if patch.sandbox is not UNSET and patch.sandbox is not None:
             self.sandboxes.catalog.canonical(patch.sandbox)
         return await self.store.run(self.store.agents.update, ref, patch)
+
+    async def tool_listing(self, ref: str) -> AgentTools:
+        """Every tool the agent can call, with its source: built-in, or `mcp:<server>`."""
+        agent = await self.get(ref)
+        return AgentTools(agent=agent.name, items=await self.tools.listing(agent))
 
     async def delete(self, ref: str, *, with_sessions: bool = False) -> None:
         cleanup = await self.store.run(self.store.agents.delete, ref, with_sessions=with_sessions)

@@ -1,0 +1,57 @@
+"""A small MCP server written with the official SDK, for the agent-as-MCP-client tests.
+
+Run as a script it serves stdio (the appliance starts it inside a sandbox); `http_app()` is the
+same server as a Streamable HTTP ASGI app. Tools: `add`, `look_around` (which host files and
+what network it can see) and `crash` (the process exits mid-call).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("calc")
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool()
+def look_around(paths: list[str]) -> dict[str, Any]:
+    """Report which of the given paths exist, the network interfaces and whether a TCP
+    connection to 1.1.1.1:53 can be made."""
+    seen = {p: os.path.exists(p) for p in paths}
+    interfaces = sorted(name for _, name in socket.if_nameindex())
+    try:
+        with socket.create_connection(("1.1.1.1", 53), timeout=2):
+            reached = True
+    except OSError:
+        reached = False
+    return {
+        "exists": seen,
+        "interfaces": interfaces,
+        "reached_internet": reached,
+        "uid": os.getuid(),
+    }
+
+
+@server.tool()
+def crash(code: int = 3) -> str:
+    """Exit the server process at once, mid-call."""
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def http_app() -> Any:
+    return server.streamable_http_app()
+
+
+if __name__ == "__main__":
+    server.run()
