@@ -25,9 +25,10 @@ def add(a: int, b: int) -> int:
 
 @server.tool()
 def look_around(paths: list[str]) -> dict[str, Any]:
-    """Report which of the given paths exist, the network interfaces and whether a TCP
-    connection to 1.1.1.1:53 can be made."""
-    seen = {p: os.path.exists(p) for p in paths}
+    """Report which of the given paths exist (and of those in $LOOK_PATHS, one a line), the
+    network interfaces and whether a TCP connection to 1.1.1.1:53 can be made."""
+    extra = [p for p in os.environ.get("LOOK_PATHS", "").splitlines() if p]
+    seen = {p: os.path.exists(p) for p in [*paths, *extra]}
     interfaces = sorted(name for _, name in socket.if_nameindex())
     try:
         with socket.create_connection(("1.1.1.1", 53), timeout=2):
