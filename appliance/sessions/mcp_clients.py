@@ -6,7 +6,7 @@ reused by its later turns and stopped with the session, when the daemon stops, o
 over its transport: stdio servers run inside a sandbox (appliance.sandbox.servers) and this
 module pumps their pipes; HTTP servers use the SDK's Streamable HTTP client.
 
-Their tools are offered as `<server>__<tool>` with the server's input schema. A server that does
+Their tools are listed at start (and again after the server's tools/list_changed) and offered as `<server>__<tool>` with the server's input schema. A server that does
 not start is an McpServerError naming it (the turn's error event); one that dies mid-call answers
 that call with a tool error naming it, and is started afresh on its next use.
 """
@@ -147,6 +147,8 @@ class McpConnection:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _stderr: list[bytes] = field(default_factory=list)
     failure: str | None = None
+    stale: bool = False
+    """The server said its tool list changed (tools/list_changed): listed again at next use."""
 
     @property
     def alive(self) -> bool:
@@ -181,21 +183,12 @@ class McpConnection:
     async def _serve(self, ready: asyncio.Future[None]) -> None:
         name = self.spec.name
         try:
-            async with self._transport() as (r, w), ClientSession(r, w) as session:
+            async with (
+                self._transport() as (r, w),
+                ClientSession(r, w, message_handler=self._on_message) as session,
+            ):
                 await session.initialize()
-                listed = await session.list_tools()
-                allowed = set(self.spec.tools) if self.spec.tools is not None else None
-                self.tools = [
-                    McpTool(
-                        server=name,
-                        name=t.name,
-                        description=t.description or t.title or t.name,
-                        parameters=t.input_schema,
-                        timeout_s=self.spec.timeout_s,
-                    )
-                    for t in listed.tools
-                    if allowed is None or t.name in allowed
-                ]
+                await self._list(session)
                 self.session = session
                 ready.set_result(None)
                 await self._stop.wait()
@@ -214,6 +207,36 @@ class McpConnection:
                 ready.set_exception(
                     McpServerError(f"MCP server {name!r} failed to start: {self._why()}")
                 )
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            self.stale = True
+
+    async def _list(self, session: ClientSession) -> None:
+        listed = await session.list_tools()
+        allowed = set(self.spec.tools) if self.spec.tools is not None else None
+        self.tools = [
+            McpTool(
+                server=self.spec.name,
+                name=t.name,
+                description=t.description or t.title or t.name,
+                parameters=t.input_schema,
+                timeout_s=self.spec.timeout_s,
+            )
+            for t in listed.tools
+            if allowed is None or t.name in allowed
+        ]
+
+    async def refresh(self) -> None:
+        """List the tools again if the server said they changed."""
+        if self.stale and self.session is not None:
+            self.stale = False
+            try:
+                await asyncio.wait_for(self._list(self.session), START_TIMEOUT_S)
+            except Exception as exc:
+                raise McpServerError(
+                    f"MCP server {self.spec.name!r} could not list its tools: {_describe(exc)}"
+                ) from None
 
     async def call(self, tool: McpTool, args: dict[str, Any]) -> types.CallToolResult:
         session = self.session
@@ -304,6 +327,7 @@ class McpClients:
             conn = self._conns.get(key)
             if conn is not None and conn.alive and conn.spec == spec:
                 conn.last_used = time.monotonic()
+                await conn.refresh()
                 return conn
             if conn is not None:
                 await conn.stop()

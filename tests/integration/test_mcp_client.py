@@ -82,7 +82,7 @@ async def test_a_stdio_server_runs_sandboxed_and_its_tools_are_offered_and_calle
     box = ToolBox([], mcp)
     try:
         names, specs = await box.offer("s1", agent(stdio_spec()))
-        assert names == ["calc__add", "calc__look_around", "calc__crash"]
+        assert names == ["calc__add", "calc__look_around", "calc__crash", "calc__grow"]
         assert specs is not None
         add = next(s for s in specs if s["function"]["name"] == "calc__add")
         assert add["function"]["parameters"]["required"] == ["a", "b"]
@@ -197,5 +197,21 @@ async def test_a_streamable_http_server_on_a_loopback_port(
         assert names == ["remote__add"], "only the allowlisted tool"
         out = await box.run(ToolContext("s5", None), "remote__add", {"a": 20, "b": 22})
         assert out.status == "ok" and out.content == "42"
+    finally:
+        await mcp.stop()
+
+
+async def test_tools_list_changed_is_listed_again_at_the_next_turn(service: SandboxService) -> None:
+    mcp = McpClients(service)
+    box = ToolBox([], mcp)
+    try:
+        names, _ = await box.offer("s6", agent(stdio_spec()))
+        assert "calc__multiply" not in names
+        grown = await box.run(ToolContext("s6", None), "calc__grow", {})
+        assert grown.status == "ok", grown
+        names, _ = await box.offer("s6", agent(stdio_spec()))
+        assert "calc__multiply" in names
+        out = await box.run(ToolContext("s6", None), "calc__multiply", {"a": 6, "b": 7})
+        assert out.content == "42"
     finally:
         await mcp.stop()

@@ -2,7 +2,8 @@
 
 Run as a script it serves stdio (the appliance starts it inside a sandbox); `http_app()` is the
 same server as a Streamable HTTP ASGI app. Tools: `add`, `look_around` (which host files and
-what network it can see) and `crash` (the process exits mid-call).
+what network it can see) and `crash` (the process exits mid-call), `grow`
+(adds `multiply` and sends tools/list_changed).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import socket
 import sys
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("calc")
 
@@ -48,6 +49,19 @@ def crash(code: int = 3) -> str:
     """Exit the server process at once, mid-call."""
     sys.stdout.flush()
     os._exit(code)
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers (offered once `grow` was called)."""
+    return a * b
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Add the `multiply` tool and tell the client its tool list changed."""
+    server.add_tool(multiply)
+    await ctx.session.send_tool_list_changed()
+    return "multiply is offered now"
 
 
 def http_app() -> Any:
