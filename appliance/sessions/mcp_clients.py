@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ from appliance.errors import ApplianceError
 from appliance.sandbox.aio import read_some, write_all
 from appliance.sandbox.servers import spawn_server
 from appliance.sandbox.service import SandboxService
-from appliance.store.mcp_servers import McpServerSpec, tool_name
+from appliance.store.mcp_servers import TOOL_NAME, TOOL_NAME_LIMIT, McpServerSpec, tool_name
 
 log = logging.getLogger("appliance.agents")
 
@@ -45,6 +46,10 @@ START_TIMEOUT_S = 30.0
 IDLE_S = 600.0
 """A session's servers unused for this long are stopped (started again on the next use)."""
 STDERR_KEEP = 2000
+MAX_TOOLS = 64
+"""The most tools of one server offered to the model (a small model's prompt is short)."""
+DESCRIPTION_CHARS = 1024
+TOOL_NAME_RE = re.compile(TOOL_NAME)
 LINE_LIMIT = 4 << 20
 """The longest message a stdio server may write (4 MiB)."""
 
@@ -213,19 +218,39 @@ class McpConnection:
             self.stale = True
 
     async def _list(self, session: ClientSession) -> None:
+        """The server's tools that are allowed and can be offered: a name the model can call
+        (TOOL_NAME, `<server>__<tool>` within 64 characters), at most MAX_TOOLS of them."""
         listed = await session.list_tools()
         allowed = set(self.spec.tools) if self.spec.tools is not None else None
-        self.tools = [
-            McpTool(
-                server=self.spec.name,
-                name=t.name,
-                description=t.description or t.title or t.name,
-                parameters=t.input_schema,
-                timeout_s=self.spec.timeout_s,
+        tools: list[McpTool] = []
+        for t in listed.tools:
+            if allowed is not None and t.name not in allowed:
+                continue
+            offered = tool_name(self.spec.name, t.name)
+            if not TOOL_NAME_RE.match(t.name) or len(offered) > TOOL_NAME_LIMIT:
+                log.warning(
+                    "MCP server %s: tool %r has a name no model can call; skipped",
+                    self.spec.name,
+                    t.name[:100],
+                )
+                continue
+            if len(tools) == MAX_TOOLS:
+                log.warning(
+                    "MCP server %s offers over %d tools; the rest are skipped",
+                    self.spec.name,
+                    MAX_TOOLS,
+                )
+                break
+            tools.append(
+                McpTool(
+                    server=self.spec.name,
+                    name=t.name,
+                    description=(t.description or t.title or t.name)[:DESCRIPTION_CHARS],
+                    parameters=t.input_schema,
+                    timeout_s=self.spec.timeout_s,
+                )
             )
-            for t in listed.tools
-            if allowed is None or t.name in allowed
-        ]
+        self.tools = tools
 
     async def refresh(self) -> None:
         """List the tools again if the server said they changed."""
