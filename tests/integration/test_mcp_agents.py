@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,25 @@ def test_an_agent_calls_its_stdio_mcp_server_in_a_sandbox(
     assert facts["reached_internet"] is False and facts["interfaces"] in ([], ["lo"])
     assert not any(facts["exists"][p] for p in host_paths), f"host files are hidden: {facts}"
     assert facts["uid"] != 0
+    assert len(server_processes()) == 1, "the session's turns share one server"
     assert http.delete(f"/api/sessions/{s['id']}").status_code == 204
+    deadline = time.monotonic() + 15
+    while server_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server_processes(), "the server stopped with its session"
+
+
+def server_processes() -> list[int]:
+    """Pids of sandboxed calc servers (the interpreter, not bwrap or setpriv before it)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"python") and argv[1] == str(FIXTURE).encode():
+            out.append(int(d.name))
+    return out
 
 
 def test_a_server_that_fails_to_start_is_a_turn_error_naming_it(http: httpx.Client) -> None:
