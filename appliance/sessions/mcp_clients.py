@@ -153,6 +153,8 @@ class McpConnection:
     _stderr: list[bytes] = field(default_factory=list)
     failure: str | None = None
     stale: bool = False
+    in_flight: int = 0
+    """Calls waiting for their result (an idle stop waits for them)."""
     """The server said its tool list changed (tools/list_changed): listed again at next use."""
 
     @property
@@ -270,10 +272,14 @@ class McpConnection:
         self.last_used = time.monotonic()
         call = asyncio.ensure_future(session.call_tool(tool.name, args))
         assert self._task is not None
-        done, _ = await asyncio.wait(
-            [call, self._task], timeout=tool.timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        self.last_used = time.monotonic()
+        self.in_flight += 1
+        try:
+            done, _ = await asyncio.wait(
+                [call, self._task], timeout=tool.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
         if call in done:
             exc = call.exception()
             if exc is None:
@@ -394,7 +400,9 @@ class McpClients:
             await asyncio.sleep(min(30.0, self.idle_s / 2))
             now = time.monotonic()
             for key, conn in list(self._conns.items()):
-                if now - conn.last_used > self.idle_s and not self._locks[key].locked():
+                lock = self._locks.get(key)
+                busy = conn.in_flight or (lock is not None and lock.locked())
+                if now - conn.last_used > self.idle_s and not busy:
                     log.info("stopping idle MCP server %s of session %s", key[1], key[0])
                     self._conns.pop(key, None)
                     await conn.stop()
