@@ -31,14 +31,15 @@ VENV = Path(sys.prefix)
 
 
 def stdio_spec(**kw: Any) -> McpServerSpec:
-    return McpServerSpec(
-        name="calc",
-        command=str(VENV / "bin" / "python"),
-        args=[str(FIXTURE)],
-        paths=[str(FIXTURE.parent), str(VENV), sys.base_prefix],
-        timeout_s=20,
+    fields: dict[str, Any] = {
+        "name": "calc",
+        "command": str(VENV / "bin" / "python"),
+        "args": [str(FIXTURE)],
+        "paths": [str(FIXTURE.parent), str(VENV), sys.base_prefix],
+        "timeout_s": 20,
         **kw,
-    )
+    }
+    return McpServerSpec(**fields)
 
 
 def agent(*servers: McpServerSpec) -> Agent:
@@ -82,7 +83,7 @@ async def test_a_stdio_server_runs_sandboxed_and_its_tools_are_offered_and_calle
     box = ToolBox([], mcp)
     try:
         names, specs = await box.offer("s1", agent(stdio_spec()))
-        assert names == ["calc__add", "calc__look_around", "calc__crash", "calc__grow"]
+        assert names == ["calc__add", "calc__look_around", "calc__nap", "calc__crash", "calc__grow"]
         assert specs is not None
         add = next(s for s in specs if s["function"]["name"] == "calc__add")
         assert add["function"]["parameters"]["required"] == ["a", "b"]
@@ -213,5 +214,20 @@ async def test_tools_list_changed_is_listed_again_at_the_next_turn(service: Sand
         assert "calc__multiply" in names
         out = await box.run(ToolContext("s6", None), "calc__multiply", {"a": 6, "b": 7})
         assert out.content == "42"
+    finally:
+        await mcp.stop()
+
+
+async def test_a_call_past_its_timeout_is_a_timeout_and_the_server_goes_on(
+    service: SandboxService,
+) -> None:
+    mcp = McpClients(service)
+    box = ToolBox([], mcp)
+    try:
+        await box.offer("s7", agent(stdio_spec(timeout_s=1)))
+        slow = await box.run(ToolContext("s7", None), "calc__nap", {"seconds": 30})
+        assert slow.status == "timeout" and "calc__nap" in slow.content, slow
+        quick = await box.run(ToolContext("s7", None), "calc__add", {"a": 1, "b": 2})
+        assert quick.status == "ok" and quick.content == "3"
     finally:
         await mcp.stop()

@@ -2,7 +2,7 @@
 
 Run as a script it serves stdio (the appliance starts it inside a sandbox); `http_app()` is the
 same server as a Streamable HTTP ASGI app. Tools: `add`, `look_around` (which host files and
-what network it can see) and `crash` (the process exits mid-call), `grow`
+what network it can see) and `nap` (sleeps), `crash` (the process exits mid-call), `grow`
 (adds `multiply` and sends tools/list_changed).
 """
 
@@ -42,6 +42,15 @@ def look_around(paths: list[str]) -> dict[str, Any]:
         "reached_internet": reached,
         "uid": os.getuid(),
     }
+
+
+@server.tool()
+async def nap(seconds: float) -> str:
+    """Sleep, then answer."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return "rested"
 
 
 @server.tool()
