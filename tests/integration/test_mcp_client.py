@@ -231,3 +231,17 @@ async def test_a_call_past_its_timeout_is_a_timeout_and_the_server_goes_on(
         assert quick.status == "ok" and quick.content == "3"
     finally:
         await mcp.stop()
+
+
+async def test_network_true_shares_the_hosts_network(service: SandboxService) -> None:
+    import socket
+
+    mcp = McpClients(service)
+    box = ToolBox([], mcp)
+    try:
+        await box.offer("s8", agent(stdio_spec(network=True)))
+        look = await box.run(ToolContext("s8", None), "calc__look_around", {"paths": []})
+        host = sorted(name for _, name in socket.if_nameindex())
+        assert look.detail["structured_content"]["interfaces"] == host
+    finally:
+        await mcp.stop()
