@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from msgspec import UNSET
 
@@ -67,11 +68,25 @@ class AgentService:
         return agents
 
     def check(self, spec: AgentSpec) -> None:
-        """What the store cannot check: the model, the tools and the sandbox language."""
+        """What the store cannot check: the model, the tools, the sandbox language, and that no
+        MCP server is shown the appliance's own state or configuration."""
         self._check_model(spec.model)
+        self._check_mcp_paths(spec)
         self.tools.require(spec.tools)
         if spec.sandbox is not None:
             self.sandboxes.catalog.canonical(spec.sandbox)
+
+    def _check_mcp_paths(self, spec: AgentSpec) -> None:
+        own = [Path(d).resolve() for d in (self.config.state_dir, self.config.config_dir) if d]
+        for i, server in enumerate(spec.mcp_servers):
+            for p in server.paths:
+                path = Path(p).resolve()
+                if any(path == d or d in path.parents or path in d.parents for d in own):
+                    raise InvalidRequest(
+                        f"mcp_servers[{i}].paths: {p!r} holds or is inside the appliance's state "
+                        "or configuration directory, which no server may see",
+                        param=f"mcp_servers[{i}].paths",
+                    )
 
     def _check_model(self, model_id: str) -> None:
         if self.catalog.get(model_id).kind != "chat":
@@ -93,6 +108,8 @@ class AgentService:
     async def update(self, ref: str, patch: AgentPatch) -> Agent:
         if patch.model is not UNSET:
             self._check_model(patch.model)
+        if patch.mcp_servers is not UNSET:
+            self._check_mcp_paths(AgentSpec(name="-", model="-", mcp_servers=patch.mcp_servers))
         if patch.tools is not UNSET:
             self.tools.require(patch.tools)
         if patch.sandbox is not UNSET and patch.sandbox is not None:

@@ -28,6 +28,8 @@ MAX_SERVERS = 8
 MAX_TIMEOUT_S = 600.0
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+HIDDEN_TREES = ("/etc", "/proc", "/sys", "/dev", "/run", "/boot", "/var/run")
+"""Host trees no server is shown: the sandbox makes its own /etc, /proc and /dev."""
 _RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "USER", "LOGNAME"})
 
 Arg = Annotated[str, Meta(max_length=4096)]
@@ -93,9 +95,13 @@ def _check_stdio(i: int, s: McpServerSpec) -> None:
     for p in s.paths:
         if not p.startswith("/") or "\x00" in p:
             raise _bad(i, "paths", f"{p!r} is not an absolute path")
-        if posixpath.normpath(p) in ("/", "/proc", "/sys", "/dev"):
+        norm = posixpath.normpath(p)
+        if norm == "/" or any(norm == t or norm.startswith(t + "/") for t in HIDDEN_TREES):
             raise _bad(
-                i, "paths", f"{p!r} would show the host's whole tree; name the server's files"
+                i,
+                "paths",
+                f"{p!r} is the host's own ({', '.join(HIDDEN_TREES)} stay hidden); name the "
+                "server's files",
             )
 
 

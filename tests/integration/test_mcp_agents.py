@@ -60,13 +60,15 @@ def http(daemon: Daemon) -> Iterator[httpx.Client]:
         yield c
 
 
-def test_hostile_mcp_servers_are_refused_by_field(http: httpx.Client) -> None:
+def test_hostile_mcp_servers_are_refused_by_field(http: httpx.Client, daemon: Daemon) -> None:
     base = {"name": "hostile", "model": MODEL}
     cases = [
         ({"name": "calc", "url": "file:///etc/passwd"}, "mcp_servers[0].url"),
         ({"name": "calc", "url": "http://h/mcp", "headers": {"X": "a\r\nB: c"}}, "headers"),
         ({"name": "calc", "command": "python3", "env": {"PATH": "/tmp"}}, "env"),
         ({"name": "calc"}, "command"),
+        ({"name": "calc", "command": "python3", "paths": [str(daemon.state_dir)]}, "paths"),
+        ({"name": "calc", "command": "python3", "paths": [str(daemon.root)]}, "paths"),
     ]
     for entry, field in cases:
         r = http.post("/api/agents", json={**base, "mcp_servers": [entry]})

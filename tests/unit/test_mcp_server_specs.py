@@ -44,6 +44,8 @@ def test_profile_with_a_stdio_and_an_http_server_loads(tmp_path: Path) -> None:
         ({"command": "python3", "env": {"A B": "x"}}, "env"),
         ({"command": "python3", "paths": ["relative/file"]}, "paths"),
         ({"command": "python3", "paths": ["/"]}, "paths"),
+        ({"command": "python3", "paths": ["/etc/shadow"]}, "paths"),
+        ({"command": "python3", "paths": ["/proc/1/root"]}, "paths"),
         ({"command": "python3", "headers": {"X": "y"}}, "headers"),
         ({"url": "file:///etc/passwd"}, "url"),
         ({"url": "http://user:pw@host/mcp"}, "url"),
