@@ -38,8 +38,20 @@ def resolve_command(command: str) -> str:
     return found
 
 
+HIDDEN_TREES = ("/etc", "/proc", "/sys", "/dev", "/run", "/boot", "/var/run")
+"""Host trees a server is never shown, whatever a symlink in its paths points to."""
+
+
 def visible_paths(command: str, paths: Sequence[str]) -> list[str]:
-    """The host paths a server sees: its command (and what a symlink points to) and `paths`."""
+    """The host paths a server sees: its command (and what a symlink points to) and `paths`.
+
+    bwrap follows symlinks when it binds, so each path is judged by where it really leads."""
+    for p in paths:
+        real = os.path.realpath(p)
+        if real == "/" or any(real == t or real.startswith(t + "/") for t in HIDDEN_TREES):
+            raise SandboxUnavailable(
+                f"path {p!r} leads to {real}, which no MCP server is shown; name its own files"
+            )
     out = [command, os.path.realpath(command), *paths]
     return list(dict.fromkeys(os.path.normpath(p) for p in out))
 

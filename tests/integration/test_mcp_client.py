@@ -245,3 +245,16 @@ async def test_network_true_shares_the_hosts_network(service: SandboxService) ->
         assert look.detail["structured_content"]["interfaces"] == host
     finally:
         await mcp.stop()
+
+
+async def test_a_path_that_is_a_symlink_into_etc_is_refused_at_start(
+    service: SandboxService, tmp_path: Path
+) -> None:
+    link = tmp_path / "innocent"
+    link.symlink_to("/etc")
+    mcp = McpClients(service)
+    try:
+        with pytest.raises(McpServerError, match="/etc"):
+            await mcp.connection("s9", stdio_spec(paths=[*stdio_spec().paths, str(link)]))
+    finally:
+        await mcp.stop()
