@@ -42,13 +42,16 @@ HIDDEN_TREES = ("/etc", "/proc", "/sys", "/dev", "/run", "/boot", "/var/run")
 """Host trees a server is never shown, whatever a symlink in its paths points to."""
 
 
-def visible_paths(command: str, paths: Sequence[str]) -> list[str]:
+def visible_paths(command: str, paths: Sequence[str], private: Sequence[str] = ()) -> list[str]:
     """The host paths a server sees: its command (and what a symlink points to) and `paths`.
 
-    bwrap follows symlinks when it binds, so each path is judged by where it really leads."""
+    bwrap follows symlinks when it binds, so each path is judged by where it really leads; none
+    may lead into a hidden tree, or into or above a `private` one (the appliance's state)."""
     for p in paths:
         real = os.path.realpath(p)
-        if real == "/" or any(real == t or real.startswith(t + "/") for t in HIDDEN_TREES):
+        hidden = [*HIDDEN_TREES, *map(os.path.realpath, private)]
+        above = any(d.startswith(real.rstrip("/") + "/") for d in map(os.path.realpath, private))
+        if real == "/" or above or any(real == t or real.startswith(t + "/") for t in hidden):
             raise SandboxUnavailable(
                 f"path {p!r} leads to {real}, which no MCP server is shown; name its own files"
             )
@@ -85,7 +88,7 @@ async def spawn_server(
         etc_dir=engine.etc_dir,
         workspace=workspace.bind_source,
         toolchain_roots=[],
-        extra_ro=visible_paths(resolved, paths),
+        extra_ro=visible_paths(resolved, paths, private=[str(engine.root.parent)]),
         drivers=[],
         tmp_bytes=limits.tmp_mb * MiB,
         network=network,

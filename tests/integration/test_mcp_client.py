@@ -256,5 +256,12 @@ async def test_a_path_that_is_a_symlink_into_etc_is_refused_at_start(
     try:
         with pytest.raises(McpServerError, match="/etc"):
             await mcp.connection("s9", stdio_spec(paths=[*stdio_spec().paths, str(link)]))
+        state = Path("/tmp") / f"state-link-{tmp_path.name}"
+        state.symlink_to(tmp_path / "sandboxes")  # the service's root: inside its state dir
+        try:
+            with pytest.raises(McpServerError, match="no MCP server is shown"):
+                await mcp.connection("s9", stdio_spec(paths=[*stdio_spec().paths, str(state)]))
+        finally:
+            state.unlink()
     finally:
         await mcp.stop()
