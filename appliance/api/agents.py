@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from appliance.app import Appliance
+from appliance.sessions.tools import AgentTools
 from appliance.store import Agent, AgentPatch, AgentSpec, Page
 
 
@@ -32,6 +33,12 @@ class AgentController(Controller):
     @get("/{ref:str}")
     async def get_agent(self, appliance: NamedDependency[Appliance], ref: FromPath[str]) -> Agent:
         return await appliance.agents.get(ref)
+
+    @get("/{ref:str}/tools")
+    async def tools(self, appliance: NamedDependency[Appliance], ref: FromPath[str]) -> AgentTools:
+        """Every tool the agent can call, with its source; its MCP servers are started to list
+        theirs (and stopped after)."""
+        return await appliance.agents.tool_listing(ref)
 
     @patch("/{ref:str}")
     async def update(

@@ -13,6 +13,7 @@ from appliance.api.boundary import BoundaryPolicy, BrowserBoundary
 from appliance.api.errors import EXCEPTION_HANDLERS
 from appliance.api.mcp import mcp_mount
 from appliance.api.models import ModelsController
+from appliance.api.ollama import OllamaController, OllamaErrors
 from appliance.api.openai import OpenAIController
 from appliance.api.openapi import openapi_config
 from appliance.api.ops import OpsController
@@ -39,6 +40,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
         AgentController,
         SessionController,
         ResponsesController,
+        OllamaController,
         mcp,
     ]
 
@@ -57,10 +59,12 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
     )
     # Plain ASGI around the whole handler, before routing: the browser boundary and then the token
     # check cover every route (mounted ones too), and every response, 401s, 403s and 404s
-    # included, gets its trace id.
+    # included, gets its trace id. On Ollama's paths every refusal leaves in Ollama's error body.
     policy = BoundaryPolicy.from_config(appliance.config, app.routes)
     app.asgi_handler = RequestTelemetry(
-        BrowserBoundary(BearerAuth(app.asgi_handler, appliance.access, appliance.store), policy),
+        OllamaErrors(
+            BrowserBoundary(BearerAuth(app.asgi_handler, appliance.access, appliance.store), policy)
+        ),
         appliance.telemetry,
         appliance.events,
     )

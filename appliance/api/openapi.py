@@ -12,6 +12,9 @@ return. Three things are added once, when the document is first asked for:
   schema, instead of Litestar's own validation-error shape;
 - a handler that may answer with a stream (`Stream` in its return type: chat and completions
   with `stream: true`, responses, session turns, events) also answers `text/event-stream`.
+
+Ollama's routes (appliance.api.ollama) differ in both: their errors are Ollama's body
+(`{"error": "message"}`) and their streams are newline-delimited JSON (`application/x-ndjson`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from litestar.response import Stream
 from litestar.routes import HTTPRoute
 
 from appliance import __version__
-from appliance.api import replies
+from appliance.api import ollama_replies, replies
+from appliance.api.ollama import NDJSON, OllamaErrorBody
+from appliance.api.ollama import PATHS as OLLAMA_PATHS
 from appliance.api.replies import ErrorBody
 from appliance.models.service import AddModelRequest
+from appliance.openai import ollama as ollama_shapes
 from appliance.openai import shapes
 from appliance.sessions.service import CreateSessionRequest, ForkRequest, TurnRequest
 from appliance.store import AgentPatch, AgentSpec
@@ -45,7 +51,12 @@ SCHEMA_STRUCTS: list[type[msgspec.Struct]] = [
 """Request structs of other routes whose schemas msgspec writes better than Litestar does."""
 
 ERROR_REF = "#/components/schemas/ErrorBody"
-SSE_EVENT = {
+OLLAMA_ERROR_REF = "#/components/schemas/OllamaErrorBody"
+NDJSON_LINE: dict[str, Any] = {
+    "description": "One line of the stream: a JSON object",
+    "type": "object",
+}
+SSE_EVENT: dict[str, Any] = {
     "description": "One server-sent event; `data` is a JSON object, or `[DONE]` at the end of a chat stream",
     "type": "object",
     "properties": {
@@ -57,10 +68,10 @@ SSE_EVENT = {
 _enc = msgspec.json.Encoder()
 
 
-def _error_response(description: str) -> dict[str, Any]:
+def _error_response(description: str, ref: str = ERROR_REF) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
+        "content": {"application/json": {"schema": {"$ref": ref}}},
     }
 
 
@@ -88,8 +99,8 @@ def _streams(app: Litestar) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]
 
 def _own_structs() -> list[type[msgspec.Struct]]:
     """The request and reply structs whose schemas msgspec writes (see `complete`)."""
-    found: list[type[msgspec.Struct]] = [ErrorBody, *SCHEMA_STRUCTS]
-    for module in (shapes, replies):
+    found: list[type[msgspec.Struct]] = [ErrorBody, OllamaErrorBody, *SCHEMA_STRUCTS]
+    for module in (shapes, replies, ollama_shapes, ollama_replies):
         found += [
             v
             for v in vars(module).values()
@@ -113,16 +124,25 @@ def complete(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
             if not isinstance(op, dict) or "responses" not in op:
                 continue
             responses = op["responses"]
-            if "400" in responses:
-                responses["400"] = _error_response(
-                    "The request is malformed; `error.param` names the field"
+            if path in OLLAMA_PATHS:
+                if "400" in responses:
+                    responses["400"] = _error_response("The request is malformed", OLLAMA_ERROR_REF)
+                responses["default"] = _error_response(
+                    "An error, in Ollama's error body", OLLAMA_ERROR_REF
                 )
-            responses["default"] = _error_response("An error, in OpenAI's error body")
+                stream_type, event = NDJSON, NDJSON_LINE
+            else:
+                if "400" in responses:
+                    responses["400"] = _error_response(
+                        "The request is malformed; `error.param` names the field"
+                    )
+                responses["default"] = _error_response("An error, in OpenAI's error body")
+                stream_type, event = "text/event-stream", SSE_EVENT
             ok = next((v for k, v in responses.items() if k.startswith("2")), None)
             if ok is not None and (path, method) in streams:
                 if (path, method) in only_streams:
                     ok["content"] = {}
-                ok.setdefault("content", {})["text/event-stream"] = {"schema": SSE_EVENT}
+                ok.setdefault("content", {})[stream_type] = {"schema": event}
     return document
 
 

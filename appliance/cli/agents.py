@@ -1,4 +1,4 @@
-"""`appliance agents`: list the agents, and show one."""
+"""`appliance agents`: list the agents, show one, and list the tools one can call."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("agent", help="name or id")
     add_client_args(show)
     show.set_defaults(func=cmd_show)
+    tools = asub.add_parser(
+        "tools", help="every tool an agent can call, with its source (its MCP servers are asked)"
+    )
+    tools.add_argument("agent", help="name or id")
+    add_client_args(tools)
+    tools.set_defaults(func=cmd_tools)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -49,4 +55,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{'params:':13} {json.dumps(a['params'])}")
     print("persona:")
     print("  " + (a["persona"] or "-").replace("\n", "\n  "))
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
+    client = DaemonClient(args.url, args.token)
+    listing = client.get(f"/api/agents/{calls.segment(args.agent)}/tools")
+    print(f"{'TOOL':36} {'SOURCE':20} DESCRIPTION")
+    for t in listing["items"]:
+        about = f"ERROR: {t['error']}" if t.get("error") else t.get("description", "")
+        print(f"{t['name']:36} {t['source']:20} {about.splitlines()[0][:80] if about else ''}")
+    if not listing["items"]:
+        print(f"(agent {listing['agent']} has no tools)")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from msgspec import UNSET
 
@@ -22,7 +23,7 @@ from appliance.config import Config
 from appliance.errors import ApplianceError, InvalidRequest
 from appliance.models.catalog import ModelCatalog
 from appliance.sandbox.service import SandboxService
-from appliance.sessions.tools import ToolBox
+from appliance.sessions.tools import AgentTools, ToolBox
 from appliance.store import Agent, AgentPatch, AgentSpec, Page, SessionCleanup, Store
 from appliance.store.agent_profiles import (
     agent_profile_dirs,
@@ -67,11 +68,25 @@ class AgentService:
         return agents
 
     def check(self, spec: AgentSpec) -> None:
-        """What the store cannot check: the model, the tools and the sandbox language."""
+        """What the store cannot check: the model, the tools, the sandbox language, and that no
+        MCP server is shown the appliance's own state or configuration."""
         self._check_model(spec.model)
+        self._check_mcp_paths(spec)
         self.tools.require(spec.tools)
         if spec.sandbox is not None:
             self.sandboxes.catalog.canonical(spec.sandbox)
+
+    def _check_mcp_paths(self, spec: AgentSpec) -> None:
+        own = [Path(d).resolve() for d in (self.config.state_dir, self.config.config_dir) if d]
+        for i, server in enumerate(spec.mcp_servers):
+            for p in server.paths:
+                path = Path(p).resolve()
+                if any(path == d or d in path.parents or path in d.parents for d in own):
+                    raise InvalidRequest(
+                        f"mcp_servers[{i}].paths: {p!r} holds or is inside the appliance's state "
+                        "or configuration directory, which no server may see",
+                        param=f"mcp_servers[{i}].paths",
+                    )
 
     def _check_model(self, model_id: str) -> None:
         if self.catalog.get(model_id).kind != "chat":
@@ -93,11 +108,18 @@ class AgentService:
     async def update(self, ref: str, patch: AgentPatch) -> Agent:
         if patch.model is not UNSET:
             self._check_model(patch.model)
+        if patch.mcp_servers is not UNSET:
+            self._check_mcp_paths(AgentSpec(name="-", model="-", mcp_servers=patch.mcp_servers))
         if patch.tools is not UNSET:
             self.tools.require(patch.tools)
         if patch.sandbox is not UNSET and patch.sandbox is not None:
             self.sandboxes.catalog.canonical(patch.sandbox)
         return await self.store.run(self.store.agents.update, ref, patch)
+
+    async def tool_listing(self, ref: str) -> AgentTools:
+        """Every tool the agent can call, with its source: built-in, or `mcp:<server>`."""
+        agent = await self.get(ref)
+        return AgentTools(agent=agent.name, items=await self.tools.listing(agent))
 
     async def delete(self, ref: str, *, with_sessions: bool = False) -> None:
         cleanup = await self.store.run(self.store.agents.delete, ref, with_sessions=with_sessions)

@@ -32,9 +32,10 @@ from appliance.models.scheduler import ModelScheduler
 from appliance.openai.chat import ChatService, bounded
 from appliance.sampling import MaxTokens, Seed, Temperature
 from appliance.sandbox.service import SandboxService
+from appliance.sessions.mcp_clients import McpClients
 from appliance.sessions.model_call import SessionModel
 from appliance.sessions.parking import KvParking
-from appliance.sessions.tools import RunCode, ToolBox
+from appliance.sessions.tools import RunCode, ToolBox, mcp_choices
 from appliance.sessions.turn import AgentLoop, Turn, TurnSpec
 from appliance.store import Agent, KvEntry, Message, Page, Session, SessionCleanup, Store, ToolRun
 from appliance.telemetry.recorder import Telemetry
@@ -106,7 +107,8 @@ class SessionService:
         self.catalog = catalog
         self.sandboxes = sandboxes
         self.kv = kv
-        self.tools = ToolBox([RunCode(sandboxes, store)])
+        self.mcp = McpClients(sandboxes)
+        self.tools = ToolBox([RunCode(sandboxes, store)], self.mcp)
         self.model = SessionModel(store, chat, scheduler, catalog, self.kv)
         self.loop = AgentLoop(store, self.model, self.tools, self.kv, telemetry)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -120,6 +122,7 @@ class SessionService:
         await asyncio.gather(
             *(t.wait() for t in list(self._turns.values())), return_exceptions=True
         )
+        await self.mcp.stop()
 
     def lock(self, session_id: str) -> asyncio.Lock:
         """The lock that lets one turn (or one /v1/responses call) at a time into a session."""
@@ -197,6 +200,8 @@ class SessionService:
             with contextlib.suppress(ApplianceError):  # already reaped, or sandboxes are off
                 await self.sandboxes.delete(sandbox_id)
         for sid in cleanup.session_ids:
+            await self.mcp.stop_session(sid)
+            self.tools.forget(sid)
             lock = self._locks.get(sid)
             if lock is not None and not lock.locked():
                 del self._locks[sid]
@@ -228,12 +233,14 @@ class SessionService:
             )
         if agent is not None:
             self.tools.require(agent.tools)
-        if req.tool_choice not in (None, "auto", "none") and not (agent and agent.tools):
+        if req.tool_choice not in (None, "auto", "none") and not (
+            agent and (agent.tools or agent.mcp_servers)
+        ):
             raise InvalidRequest("tool_choice needs an agent with tools", param="tool_choice")
-        if agent is not None and agent.tools:
+        if agent is not None and (agent.tools or agent.mcp_servers):
             cf.select_tools(
-                self.tools.specs(agent.tools), req.tool_choice
-            )  # a bad choice fails here, not mid-turn
+                self.tools.specs(agent.tools) + mcp_choices(agent, req.tool_choice), req.tool_choice
+            )  # a bad choice fails here, not mid-turn (an MCP tool's name is checked by its server)
         params = agent_params(agent)
         for key in ("temperature", "max_tokens", "seed"):
             if getattr(req, key) is not None:

@@ -21,15 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import jsonschema
+import msgspec
 
 from appliance.errors import ApplianceError, InvalidRequest, NotFound
+from appliance.models.schema_guard import check_schema
 from appliance.sandbox.service import (
     CreateSandboxRequest,
     ExecRequest,
     RunResult,
     SandboxService,
 )
-from appliance.store import Store
+from appliance.sessions.mcp_clients import McpClients, McpServerError, McpTool, result_text
+from appliance.store import Agent, Store
 
 log = logging.getLogger("appliance.agents")
 
@@ -163,11 +166,105 @@ class RunCode:
         )
 
 
+class AgentTool(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One tool an agent can call."""
+
+    name: str
+    """The name the model calls it by (`<server>__<tool>` for an MCP server's)."""
+    source: str
+    """"builtin", or "mcp:<server>"."""
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The JSON schema of its arguments."""
+    transport: str | None = None
+    """MCP tools: "stdio" or "http"."""
+    error: str | None = None
+    """Why the tool is not offered (its server did not start, its schema was refused)."""
+
+
+class AgentTools(msgspec.Struct, kw_only=True):
+    agent: str
+    items: list[AgentTool]
+
+
 class ToolBox:
     """The tools the appliance offers agents, by name."""
 
-    def __init__(self, tools: Iterable[Tool]) -> None:
+    def __init__(self, tools: Iterable[Tool], mcp: McpClients | None = None) -> None:
         self.tools = {t.name: t for t in tools}
+        self.mcp = mcp
+        self._offered: dict[str, dict[str, McpTool]] = {}
+        """Per session: the MCP tools its latest turn was offered, by offered name."""
+
+    async def offer(
+        self, session_id: str, agent: Agent | None
+    ) -> tuple[list[str], list[dict[str, Any]] | None]:
+        """The tool names a turn of `agent` may call and their definitions for the model: the
+        built-in tools, then each MCP server's (started now if the session has not yet).
+        McpServerError names a server that does not start."""
+        names = list(agent.tools) if agent else []
+        mcp_tools: dict[str, McpTool] = {}
+        if agent is not None and agent.mcp_servers and self.mcp is not None:
+            for t in await self.mcp.tools(session_id, agent.mcp_servers):
+                try:
+                    check_schema(t.parameters, f"{t.offered_name}.parameters")
+                except InvalidRequest as exc:
+                    log.warning("MCP tool %s is not offered: %s", t.offered_name, exc.message)
+                    continue
+                mcp_tools[t.offered_name] = t
+        self._offered[session_id] = mcp_tools
+        specs = self.specs(names) + [_definition(t) for t in mcp_tools.values()]
+        return names + list(mcp_tools), specs or None
+
+    def forget(self, session_id: str) -> None:
+        self._offered.pop(session_id, None)
+
+    async def listing(self, agent: Agent) -> list[AgentTool]:
+        """Every tool `agent` can call, with its source (GET /api/agents/{id}/tools). Its MCP
+        servers are started for the listing and stopped after it."""
+        out = [
+            AgentTool(
+                name=n,
+                source="builtin",
+                description=self.tools[n].description if n in self.tools else "",
+                parameters=self.tools[n].parameters if n in self.tools else {},
+            )
+            for n in agent.tools
+        ]
+        if self.mcp is None or not agent.mcp_servers:
+            return out
+        probe = f"listing-{agent.id}-{id(out)}"
+        try:
+            for server in agent.mcp_servers:
+                source = f"mcp:{server.name}"
+                try:
+                    conn = await self.mcp.connection(probe, server)
+                except McpServerError as exc:
+                    out.append(
+                        AgentTool(
+                            name=f"{server.name}__*",
+                            source=source,
+                            transport=server.transport,
+                            error=exc.message,
+                        )
+                    )
+                    continue
+                for t in conn.tools:
+                    entry = AgentTool(
+                        name=t.offered_name,
+                        source=source,
+                        transport=server.transport,
+                        description=t.description,
+                        parameters=t.parameters,
+                    )
+                    try:
+                        check_schema(t.parameters, f"{t.offered_name}.parameters")
+                    except InvalidRequest as exc:
+                        entry.error = f"not offered: {exc.message}"
+                    out.append(entry)
+        finally:
+            await self.mcp.stop_session(probe)
+        return out
 
     def names(self) -> list[str]:
         return sorted(self.tools)
@@ -199,12 +296,15 @@ class ToolBox:
             )
         return out
 
-    def check(self, allowed: Iterable[str], call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def check(
+        self, allowed: Iterable[str], call: dict[str, Any], session_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """The tool name and parsed arguments of a model's call; ToolCallError when it must not run."""
         fn = call.get("function") or {}
         name = str(fn.get("name") or "")
         allowed = list(allowed)
-        if name not in allowed or name not in self.tools:
+        mcp_tool = self._offered.get(session_id or "", {}).get(name)
+        if name not in allowed or (name not in self.tools and mcp_tool is None):
             raise ToolCallError(
                 f"there is no tool named {name!r}; call one of: {', '.join(allowed)}"
             )
@@ -217,8 +317,12 @@ class ToolBox:
             ) from None
         if not isinstance(args, dict):
             raise ToolCallError("the arguments must be a JSON object")
-        validator = jsonschema.Draft202012Validator(self.tools[name].parameters)
-        errors = sorted(validator.iter_errors(args), key=lambda e: list(e.path))
+        schema = mcp_tool.parameters if mcp_tool is not None else self.tools[name].parameters
+        try:
+            validator = jsonschema.Draft202012Validator(schema)
+            errors = sorted(validator.iter_errors(args), key=lambda e: list(e.path))
+        except jsonschema.exceptions.SchemaError as exc:  # a server's schema that is not one
+            raise ToolCallError(f"{name} has an invalid schema: {exc.message}") from None
         if errors:
             where = "/".join(str(p) for p in errors[0].path) or "arguments"
             raise ToolCallError(f"invalid arguments for {name} at {where}: {errors[0].message}")
@@ -226,6 +330,9 @@ class ToolBox:
 
     async def run(self, ctx: ToolContext, name: str, args: dict[str, Any]) -> ToolOutcome:
         """Run a checked call; an appliance error (no sandboxes, limits) becomes a tool error."""
+        mcp_tool = self._offered.get(ctx.session_id, {}).get(name)
+        if mcp_tool is not None:
+            return await self._run_mcp(ctx, mcp_tool, args)
         try:
             return await self.tools[name].run(ctx, args)
         except ApplianceError as exc:
@@ -233,3 +340,60 @@ class ToolBox:
             return ToolOutcome(
                 status="error", content=f"error: {exc.message}", detail={"code": exc.code}
             )
+
+    async def _run_mcp(self, ctx: ToolContext, tool: McpTool, args: dict[str, Any]) -> ToolOutcome:
+        """Call an MCP server's tool; a server that is gone or slow answers with a tool error."""
+        assert self.mcp is not None
+        detail: dict[str, Any] = {"source": f"mcp:{tool.server}", "tool": tool.name}
+        conn = self.mcp.running(ctx.session_id, tool.server)
+        try:
+            if conn is None or not conn.alive:
+                spec = conn.spec if conn is not None else None
+                if spec is None:
+                    raise McpServerError(f"MCP server {tool.server!r} is not running")
+                conn = await self.mcp.connection(ctx.session_id, spec)
+            result = await conn.call(tool, args)
+        except McpServerError as exc:
+            log.info("MCP tool %s failed in session %s: %s", tool.offered_name, ctx.session_id, exc)
+            return ToolOutcome(
+                status="error", content=f"error: {exc.message}", detail={**detail, "code": exc.code}
+            )
+        except TimeoutError as exc:
+            return ToolOutcome(status="timeout", content=f"timeout: {exc}", detail=detail)
+        except Exception as exc:
+            return ToolOutcome(status="error", content=f"error: {exc}", detail=detail)
+        text, facts = result_text(result)
+        return ToolOutcome(
+            status="error" if result.is_error else "ok",
+            content=_clip(text),
+            detail={**detail, **facts},
+        )
+
+
+def _definition(t: McpTool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": t.offered_name,
+            "description": t.description,
+            "parameters": t.parameters,
+        },
+    }
+
+
+def mcp_choices(agent: Agent, tool_choice: Any) -> list[dict[str, Any]]:
+    """Stand-in definitions of the tools an agent's MCP servers may offer, for checking a
+    `tool_choice` before the servers run: `<server>__<tool>` of each allowlisted tool, and of any
+    tool of a server without an allowlist (the server's listing is checked when the turn starts)."""
+    chosen = ""
+    if isinstance(tool_choice, dict):
+        chosen = str((tool_choice.get("function") or {}).get("name") or tool_choice.get("name"))
+    out = []
+    for s in agent.mcp_servers:
+        tail = chosen.removeprefix(f"{s.name}__") if chosen.startswith(f"{s.name}__") else "*"
+        names = s.tools if s.tools is not None else [tail]
+        out += [
+            {"type": "function", "function": {"name": f"{s.name}__{n}", "parameters": {}}}
+            for n in names
+        ]
+    return out

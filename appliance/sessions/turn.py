@@ -237,8 +237,7 @@ class AgentLoop:
     async def _steps(self, turn: Turn, state: _TurnState) -> None:
         spec = turn.spec
         agent = spec.agent
-        tool_names = list(agent.tools) if agent else []
-        specs = self.tools.specs(tool_names) if tool_names else None
+        tool_names, specs = await self.tools.offer(spec.session_id, agent)
         persona = agent.persona if agent and agent.persona else None
         totals = _Totals()
         t0 = time.perf_counter()
@@ -342,7 +341,7 @@ class AgentLoop:
             },
         )
         try:
-            name, args = self.tools.check(allowed, msgspec.to_builtins(call))
+            name, args = self.tools.check(allowed, msgspec.to_builtins(call), spec.session_id)
         except ToolCallError as exc:
             name, args, outcome = (
                 fn.name,

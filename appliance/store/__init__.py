@@ -10,6 +10,7 @@ from __future__ import annotations
 from appliance.store.agents import Agent, AgentPatch, Agents, AgentSpec, GenerationParams
 from appliance.store.db import Database, StoreError
 from appliance.store.kv_index import KvEntry, KvIndex, ParkResult
+from appliance.store.mcp_servers import McpServerSpec
 from appliance.store.messages import Message, MessageDraft, Messages
 from appliance.store.records import Page
 from appliance.store.responses import ResponseLink, ResponseLinks
@@ -32,6 +33,7 @@ __all__ = [
     "GenerationParams",
     "KvEntry",
     "KvIndex",
+    "McpServerSpec",
     "Message",
     "MessageDraft",
     "Messages",

@@ -21,6 +21,7 @@ from msgspec import UNSET, Meta, UnsetType
 from appliance.errors import Conflict, InvalidRequest, NotFound
 from appliance.sampling import MaxTokens, RepeatPenalty, Seed, StopList, TopK
 from appliance.store.db import Database
+from appliance.store.mcp_servers import McpServerSpec, validate_mcp_servers
 from appliance.store.records import (
     Clock,
     Page,
@@ -82,6 +83,8 @@ class AgentSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The sandbox language profile `run_code` uses, e.g. "python"."""
     params: GenerationParams = msgspec.field(default_factory=GenerationParams)
     """Sampling parameters for every model call of this agent."""
+    mcp_servers: list[McpServerSpec] = msgspec.field(default_factory=list)
+    """MCP servers whose tools the agent may call, offered as `<server>__<tool>`."""
 
 
 class AgentPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -94,6 +97,7 @@ class AgentPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tools: list[str] | UnsetType = UNSET
     sandbox: str | UnsetType | None = UNSET
     params: GenerationParams | UnsetType = UNSET
+    mcp_servers: list[McpServerSpec] | UnsetType = UNSET
 
 
 class Agent(msgspec.Struct, kw_only=True):
@@ -105,6 +109,7 @@ class Agent(msgspec.Struct, kw_only=True):
     tools: list[str]
     sandbox: str | None
     params: GenerationParams
+    mcp_servers: list[McpServerSpec]
     source: AgentSource
     source_path: str | None
     """The profile file an agent came from (source "profile")."""
@@ -120,12 +125,13 @@ class Agent(msgspec.Struct, kw_only=True):
             tools=list(self.tools),
             sandbox=self.sandbox,
             params=self.params,
+            mcp_servers=list(self.mcp_servers),
         )
 
 
 _COLUMNS = (
     "id, name, model, persona, description, tools, sandbox, params, source, source_path, "
-    "created, updated"
+    "created, updated, mcp_servers"
 )
 
 
@@ -143,6 +149,7 @@ def _agent(row: tuple[Any, ...]) -> Agent:
         source_path=row[9],
         created=row[10],
         updated=row[11],
+        mcp_servers=from_json(row[12], list[McpServerSpec], []),
     )
 
 
@@ -158,6 +165,7 @@ def validate_spec(spec: AgentSpec) -> None:
         raise InvalidRequest("an agent needs a model; set `model` to a model id", param="model")
     if len(set(spec.tools)) != len(spec.tools):
         raise InvalidRequest(f"tools are listed twice: {spec.tools}", param="tools")
+    validate_mcp_servers(spec.mcp_servers)
 
 
 def _find(con: apsw.Connection, ref: str) -> Agent | None:
@@ -192,6 +200,7 @@ def _insert(
         tools=list(spec.tools),
         sandbox=spec.sandbox,
         params=spec.params,
+        mcp_servers=list(spec.mcp_servers),
         source=source,
         source_path=source_path,
         created=now,
@@ -214,18 +223,19 @@ def _write(con: apsw.Connection, a: Agent, *, insert: bool) -> None:
         a.source_path,
         a.created,
         a.updated,
+        to_json(a.mcp_servers),
         a.id,
     )
     if insert:
         con.execute(
             "INSERT INTO agents(name, model, persona, description, tools, sandbox, params, source,"
-            " source_path, created, updated, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " source_path, created, updated, mcp_servers, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             values,
         )
     else:
         con.execute(
             "UPDATE agents SET name=?, model=?, persona=?, description=?, tools=?, sandbox=?,"
-            " params=?, source=?, source_path=?, created=?, updated=? WHERE id=?",
+            " params=?, source=?, source_path=?, created=?, updated=?, mcp_servers=? WHERE id=?",
             values,
         )
 

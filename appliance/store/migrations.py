@@ -179,3 +179,12 @@ def m001_initial_schema(con: apsw.Connection) -> None:
         CREATE INDEX usage_ts ON usage(ts);
         """
     )
+
+
+@migration
+def m002_agent_mcp_servers(con: apsw.Connection) -> None:
+    """Agents may list the MCP servers whose tools they call (a JSON list of server entries)."""
+    con.execute(
+        "ALTER TABLE agents ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]'"
+        " CHECK (json_valid(mcp_servers))"
+    )

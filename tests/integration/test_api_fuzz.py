@@ -136,6 +136,10 @@ def test_no_generated_request_gets_a_5xx_or_an_off_schema_answer(
         "response_schema_conformance",
         "--exclude-path",
         "/api/events",
+        # Ollama's hub calls answer 501 by design (no model hub yet), which schemathesis counts
+        # as a server error; tests/integration/test_ollama_api.py checks their message
+        "--exclude-path-regex",
+        "^/api/(pull|push|create|copy|delete)$",
         "--request-timeout",
         "60",
         "--workers",

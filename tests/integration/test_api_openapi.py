@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from appliance.api.app import create_app
+from appliance.api.ollama import PATHS as OLLAMA_PATHS
 from appliance.app import Appliance
 from appliance.config import load_config
 
@@ -99,11 +100,21 @@ async def test_every_error_is_documented_as_the_openai_error_body(app: Any) -> N
     ]
     for path, item in doc["paths"].items():
         for method, op in item.items():
+            body = "/OllamaErrorBody" if path in OLLAMA_PATHS else "/ErrorBody"
             for code in ("400", "default"):
                 if code in op["responses"]:
                     schema = op["responses"][code]["content"]["application/json"]["schema"]
-                    assert schema["$ref"].endswith("/ErrorBody"), (method, path, code)
+                    assert schema["$ref"].endswith(body), (method, path, code)
             assert "default" in op["responses"], (method, path)
+
+
+async def test_ollamas_routes_are_documented_with_their_errors_and_streams(app: Any) -> None:
+    doc = (await _document(app)).json()
+    assert doc["components"]["schemas"]["OllamaErrorBody"]["required"] == ["error"]
+    chat = doc["paths"]["/api/chat"]["post"]["responses"]
+    ok = next(v for k, v in chat.items() if k.startswith("2"))
+    assert set(ok["content"]) == {"application/json", "application/x-ndjson"}
+    assert {"/api/tags", "/api/ps", "/api/show", "/api/embed"} <= set(doc["paths"])
 
 
 async def test_the_document_is_behind_the_token_check(app: Any, appliance: Appliance) -> None:
