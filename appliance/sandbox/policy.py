@@ -200,15 +200,17 @@ def base_mounts(
         mounts.append(Mount("ro-bind", f"/etc/{name}", str(etc_dir / name)))
     for path in (*ETC_FILES, *(NETWORK_ETC_FILES if network else ())):
         mounts.append(Mount("ro-bind-try", path, path))
+    # the private /tmp (and /dev/shm, where POSIX shared memory and semaphores live) before the
+    # host paths: a toolchain or a server's files under /tmp (a checkout in /tmp, say) are then
+    # bound on top of it, where a tmpfs made after them would hide them
+    mounts.append(Mount("tmpfs", "/tmp", size_bytes=tmp_bytes, mode=0o1777))
+    mounts.append(Mount("tmpfs", "/dev/shm", size_bytes=tmp_bytes, mode=0o1777))
     for root in sorted(set(toolchain_roots)):
         mounts.append(Mount("ro-bind", root, root))
     for path in extra_ro:
         mounts.append(Mount("ro-bind-try", path, path))
     for host_path, dest in drivers:
         mounts.append(Mount("ro-bind", dest, host_path))
-    mounts.append(Mount("tmpfs", "/tmp", size_bytes=tmp_bytes, mode=0o1777))
-    # POSIX shared memory and semaphores (Python's multiprocessing) live in /dev/shm
-    mounts.append(Mount("tmpfs", "/dev/shm", size_bytes=tmp_bytes, mode=0o1777))
     mounts.append(Mount("bind", WORKSPACE, str(workspace)))
     return tuple(mounts)
 

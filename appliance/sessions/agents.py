@@ -30,6 +30,7 @@ from appliance.store.agent_profiles import (
     load_agent_profiles,
     sync_agent_profiles,
 )
+from appliance.store.mcp_servers import validate_mcp_servers
 
 log = logging.getLogger("appliance.agents")
 
@@ -77,10 +78,18 @@ class AgentService:
             self.sandboxes.catalog.canonical(spec.sandbox)
 
     def _check_mcp_paths(self, spec: AgentSpec) -> None:
+        # the entries' own checks first (NUL bytes, relative paths...): a path is resolved below
+        validate_mcp_servers(spec.mcp_servers)
         own = [Path(d).resolve() for d in (self.config.state_dir, self.config.config_dir) if d]
         for i, server in enumerate(spec.mcp_servers):
             for p in server.paths:
-                path = Path(p).resolve()
+                try:
+                    path = Path(p).resolve()
+                except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, say
+                    raise InvalidRequest(
+                        f"mcp_servers[{i}].paths: {p!r} cannot be resolved ({exc})",
+                        param=f"mcp_servers[{i}].paths",
+                    ) from None
                 if any(path == d or d in path.parents or path in d.parents for d in own):
                     raise InvalidRequest(
                         f"mcp_servers[{i}].paths: {p!r} holds or is inside the appliance's state "

@@ -77,6 +77,17 @@ def test_hostile_mcp_servers_are_refused_by_field(http: httpx.Client, daemon: Da
     shape = http.post("/api/agents", json={**base, "mcp_servers": [{"name": "Bad__Name"}]})
     assert shape.status_code == 400 and "mcp_servers" in shape.text
     assert http.get("/api/agents/hostile").status_code == 404, "nothing was stored"
+    # a PATCH is checked as strictly, before any path is resolved (the fuzzer found a NUL byte
+    # in a path reaching Path.resolve: a 500)
+    assert http.post("/api/agents", json={**base, "name": "patched"}).status_code in (200, 201)
+    for entry in (
+        {"name": "calc", "command": "python3", "paths": ["/opt/\x00calc"]},
+        {"name": "calc", "command": "py\x00thon3"},
+    ):
+        r = http.patch("/api/agents/patched", json={"mcp_servers": [entry]})
+        assert r.status_code == 400, r.text
+        assert "mcp_servers[0]" in r.json()["error"]["param"], r.text
+    assert http.get("/api/agents/patched").json()["mcp_servers"] == []
 
 
 def test_an_agent_calls_its_stdio_mcp_server_in_a_sandbox(
