@@ -222,6 +222,10 @@ class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Extra directories whose *.toml agent profiles are loaded."""
     max_steps: int = 6
     """Model calls per agent turn before the loop stops."""
+    kv_ram_budget_mb: int = 128
+    """Memory per chat model worker for parked session KV state, before it goes to disk: a
+    session displaced from its sequence resumes with a memcpy instead of a file read. What it
+    holds shows in the worker's measured memory (0: park on disk only)."""
     kv_disk_budget_mb: int = 2048
     """Disk space for parked session KV state; least recently used is evicted beyond it."""
     park_idle_s: float = 60.0

@@ -44,7 +44,8 @@ def daemon(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 1},
             "smollm2-copy": {"source": str(copy), "context_size": 2048, "parallel": 1},
         },
-        config={"agents": {"park_idle_s": 0}},
+        # displaced sessions go to disk here (the RAM tier has tests of its own)
+        config={"agents": {"park_idle_s": 0, "kv_ram_budget_mb": 0}},
     ) as d:
         with d.http() as c:
             add_keeper(c)

@@ -36,6 +36,12 @@ class Load(msgspec.Struct, tag="load", kw_only=True):
     n_threads: int = 0
     n_batch: int = 512
     parallel: int = 1
+    """Sequences of the one context: requests decoded together, each `n_ctx` tokens long."""
+    kv_unified: bool = False
+    """One KV buffer for every sequence (cells of a shared prefix are shared, not copied) instead
+    of a stream per sequence (faster attention when sequences share little)."""
+    kv_ram_budget: int = 0
+    """Bytes of parked sessions' KV state kept in this worker's memory before they go to disk."""
     chat_template: str | None = None
 
 
@@ -144,6 +150,12 @@ class RestoreSlot(msgspec.Struct, tag="restore_slot", kw_only=True):
     path: str
 
 
+class Stats(msgspec.Struct, tag="stats", kw_only=True):
+    """What the engine's sequences hold and its counters (answered with a StatsResult)."""
+
+    id: int
+
+
 class Cancel(msgspec.Struct, tag="cancel", kw_only=True):
     id: int
 
@@ -184,6 +196,7 @@ Command = (
     | Tokenize
     | SaveSlot
     | RestoreSlot
+    | Stats
     | Cancel
     | Credit
     | Shutdown
@@ -223,7 +236,9 @@ class Usage(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
-    """Prompt tokens the slot already held (not evaluated again)."""
+    """Prompt tokens not evaluated again: the sequence held them, or copied them."""
+    shared_tokens: int = 0
+    """Of cached_tokens, those copied from another sequence (a shared system prompt)."""
 
 
 class Timings(msgspec.Struct, kw_only=True):
@@ -263,6 +278,8 @@ class ParkReport(msgspec.Struct, kw_only=True):
     """A session's state a request displaced from its slot: saved to `path`, or `error`."""
 
     slot_key: str
+    tier: Literal["disk", "ram"] = "disk"
+    """ram: kept in the worker's RAM tier (`path` is None); disk: written to `path`."""
     path: str | None = None
     state: SavedState | None = None
     error: str | None = None
@@ -272,6 +289,8 @@ class RestoreReport(msgspec.Struct, tag="restored", kw_only=True):
     """What became of a parked state a request brought (or of a RestoreSlot)."""
 
     restored: bool
+    tier: Literal["disk", "ram"] | None = None
+    """Where the state came from (None: nothing was tried)."""
     n_tokens: int = 0
     shared_tokens: int = 0
     """Tokens the file shares with the prompt."""
@@ -330,8 +349,37 @@ class SaveResult(msgspec.Struct, tag="saved", kw_only=True):
     """None: the slot held nothing of the key (never bound, empty, or given away meanwhile)."""
 
 
-Result = GenerateResult | EmbedResult | TokenizeResult | SaveResult | RestoreReport
-R = TypeVar("R", GenerateResult, EmbedResult, TokenizeResult, SaveResult, RestoreReport)
+class SeqInfo(msgspec.Struct, kw_only=True):
+    id: int
+    n_tokens: int
+    """Tokens the engine knows the sequence holds."""
+    cells: int
+    """Positions llama.cpp's memory holds for it (0: its cells are free)."""
+    key: str | None
+    busy: bool
+
+
+class StatsResult(msgspec.Struct, tag="stats", kw_only=True):
+    sequences: list[SeqInfo]
+    steps: int
+    """Decodes run (each one batch of every active sequence)."""
+    decoded_tokens: int
+    prompt_evaluated: int
+    """Prompt tokens evaluated."""
+    prompt_reused: int
+    """Prompt tokens a sequence held already or copied (not evaluated)."""
+    prompt_shared: int
+    """Of those, tokens copied from another sequence."""
+    ram_entries: int
+    ram_bytes: int
+    ram_hits: int
+    ram_spilled: int
+
+
+Result = GenerateResult | EmbedResult | TokenizeResult | SaveResult | RestoreReport | StatsResult
+R = TypeVar(
+    "R", GenerateResult, EmbedResult, TokenizeResult, SaveResult, RestoreReport, StatsResult
+)
 
 
 class Done(msgspec.Struct, tag="done", kw_only=True):
