@@ -21,10 +21,16 @@ _VALUE_CAP = 4096
 """Metadata values longer than this are left out of Loaded.metadata (but the chat template)."""
 
 
+_WARN, _ERROR, _CONT = 3, 4, 5  # ggml_log_level
+_kept = [False]
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     """llama.cpp's warnings and errors to stderr (the daemon's log); its chatter nowhere."""
-    if level in (2, 3):
+    keep = _kept[0] if level == _CONT else level in (_WARN, _ERROR)
+    _kept[0] = keep
+    if keep:
         sys.stderr.write(text.decode("utf-8", "replace"))
 
 

@@ -1,0 +1,247 @@
+"""`appliance bench serve`: many streams on one model, the appliance beside llama.cpp's llama-server.
+
+For each level of concurrency (1, 2, 4, 8, 16 by default), that many streamed completions start
+together on one model; each has its own prompt, temperature 0, and the end-of-generation tokens
+banned (logit_bias -100) so every request decodes exactly `--tokens` tokens. Printed per level:
+the aggregate completion tokens/s (all tokens over the wall time of the round), time to first
+token p50/p95 and inter-token latency p50/p95, measured at the HTTP client.
+
+With `--llama-server BIN` the same rounds run against llama-server on the same GGUF, with the
+same slots (`-np`), context per slot and threads, in the same run; the table shows both. Build
+it from the llama.cpp source vendored in llama-cpp-python's sdist (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from appliance.bench.harness import (
+    bench_daemon,
+    free_port,
+    pct,
+    resolve_model,
+    wait_spare,
+    wait_state,
+)
+
+LEVELS = (1, 2, 4, 8, 16)
+PROMPTS = (
+    "Once upon a time, in a small village by the sea, there lived",
+    "The recipe for a good loaf of bread begins with",
+    "In the year 2150, the first city on Mars",
+    "Here is a short guide to repairing a bicycle tyre:",
+    "The history of the printing press starts",
+    "Dear diary, today I finally",
+    "A list of reasons to learn a second language:",
+    "The old lighthouse keeper looked at the storm and",
+)
+
+
+@dataclass
+class Round:
+    n: int
+    wall_s: float
+    tokens: int
+    ttft_ms: list[float]
+    itl_ms: list[float]
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="aggregate tokens/s, TTFT and ITL under concurrent streams")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--gguf", help="a GGUF path instead of --model")
+    p.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent requests")
+    p.add_argument("--tokens", type=int, default=128, help="completion tokens per request")
+    p.add_argument("--parallel", type=int, default=8, help="slots (sequences) of the model")
+    p.add_argument("--ctx", type=int, default=1024, help="context per slot")
+    p.add_argument("--threads", type=int, default=0, help="0: every core")
+    p.add_argument("--trials", type=int, default=1, help="rounds per level (the best is shown)")
+    p.add_argument("--llama-server", dest="llama_server", help="llama-server binary to compare")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--state-dir")
+    p.set_defaults(func=run)
+
+
+def eog_bias(gguf: Path) -> dict[str, float]:
+    """-100 on every end-of-generation token of the model's vocabulary."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        n = llama_cpp.llama_vocab_n_tokens(vocab)
+        return {str(t): -100.0 for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+async def one(
+    c: httpx.AsyncClient, url: str, body: dict[str, object], t0: float
+) -> tuple[float, list[float], int]:
+    """(ms to the first text, gaps between texts in ms, texts received)."""
+    stamps: list[float] = []
+    async with c.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("text"):
+                stamps.append(time.perf_counter())
+    if not stamps:
+        return 0.0, [], 0
+    gaps = [(b - a) * 1000.0 for a, b in zip(stamps, stamps[1:], strict=False)]
+    return (stamps[0] - t0) * 1000.0, gaps, len(stamps)
+
+
+async def round_(base: str, model: str, n: int, tokens: int, bias: dict[str, float]) -> Round:
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as c:
+        bodies = [
+            {
+                "model": model,
+                "prompt": f"Story {i}. {PROMPTS[i % len(PROMPTS)]}",
+                "max_tokens": tokens,
+                "temperature": 0,
+                "stream": True,
+                "logit_bias": bias,
+            }
+            for i in range(n)
+        ]
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one(c, "/v1/completions", b, t0) for b in bodies))
+        wall = time.perf_counter() - t0
+    return Round(
+        n=n,
+        wall_s=wall,
+        tokens=n * tokens,
+        ttft_ms=[r[0] for r in results],
+        itl_ms=[g for r in results for g in r[1]],
+    )
+
+
+def rounds(
+    base: str, model: str, levels: list[int], args: argparse.Namespace, bias: dict[str, float]
+) -> dict[int, Round]:
+    asyncio.run(round_(base, model, 1, 8, bias))  # warm-up
+    out: dict[int, Round] = {}
+    for n in levels:
+        best: Round | None = None
+        for _ in range(max(1, args.trials)):
+            r = asyncio.run(round_(base, model, n, args.tokens, bias))
+            if best is None or r.tps > best.tps:
+                best = r
+        assert best is not None
+        out[n] = best
+    return out
+
+
+@contextlib.contextmanager
+def llama_server(
+    bin_path: str, gguf: Path, args: argparse.Namespace, threads: int
+) -> Iterator[str]:
+    port = free_port()
+    log = open(os.devnull, "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            bin_path,
+            "-m", str(gguf),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "-np", str(args.parallel),
+            "-c", str(args.ctx * args.parallel),
+            "-t", str(threads),
+            "-tb", str(threads),
+            "--no-warmup",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama-server did not start (exit {proc.poll()})")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    path = resolve_model(args.model, args.gguf, args.config, args.state_dir)
+    threads = args.threads or os.cpu_count() or 1
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    bias = eog_bias(path)
+    print(
+        f"model file: {path}; {args.tokens} tokens per request (end of generation banned), "
+        f"parallel {args.parallel}, context {args.ctx} per slot, threads {threads}"
+    )
+    profile = {
+        "source": str(path),
+        "context_size": args.ctx,
+        "parallel": args.parallel,
+        "threads": threads,
+        "idle_ttl_s": -1,
+        "max_tokens": args.tokens,
+    }
+    with bench_daemon({"bench": profile}) as d, d.http() as c:
+        wait_spare(d)
+        c.post("/api/models/bench/load")
+        wait_state(d, "bench", "ready")
+        ours = rounds(d.url, "bench", levels, args, bias)
+    theirs: dict[int, Round] = {}
+    if args.llama_server:
+        with llama_server(args.llama_server, path, args, threads) as base:
+            theirs = rounds(base, "bench", levels, args, bias)
+    head = (
+        f"{'streams':>7} | {'appliance tok/s':>15} {'TTFT p50/p95 ms':>17} {'ITL p50/p95 ms':>15}"
+    )
+    if theirs:
+        head += (
+            f" | {'llama-server tok/s':>18} {'TTFT p50/p95 ms':>17} {'ITL p50/p95 ms':>15} | ratio"
+        )
+    print(head)
+    for n in levels:
+        a = ours[n]
+        line = f"{n:>7} | {a.tps:>15.1f} {_pair(a.ttft_ms):>17} {_pair(a.itl_ms):>15}"
+        if n in theirs:
+            b = theirs[n]
+            line += f" | {b.tps:>18.1f} {_pair(b.ttft_ms):>17} {_pair(b.itl_ms):>15} | {a.tps / b.tps:.2f}x"
+        print(line)
+    if theirs:
+        print("targets: aggregate at 8 and 16 >= llama-server's; TTFT p95 at 8 <= llama-server's")
+    return 0
+
+
+def _pair(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{pct(values, 0.5):.0f}/{pct(values, 0.95):.0f}"
