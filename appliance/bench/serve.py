@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -108,7 +109,7 @@ async def one(
                 stamps.append(time.perf_counter())
     if not stamps:
         return 0.0, [], 0
-    gaps = [(b - a) * 1000.0 for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [(b - a) * 1000.0 for a, b in itertools.pairwise(stamps)]
     return (stamps[0] - t0) * 1000.0, gaps, len(stamps)
 
 

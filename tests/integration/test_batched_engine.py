@@ -165,7 +165,7 @@ async def test_a_grammar_request_beside_plain_ones_and_seeds_reproduce(
     grammar = 'root ::= "yes" | "no"'
     plain = [gen(t, max_tokens=16) for t in PROMPTS[:3]]
     seeded = [gen(PROMPTS[4], max_tokens=16, temperature=1.0, seed=s) for s in (42, 42, 7)]
-    made = [gen("Is the sea wet? Answer:", max_tokens=4, grammar=grammar)] + plain + seeded
+    made = [gen("Is the sea wet? Answer:", max_tokens=4, grammar=grammar), *plain, *seeded]
     out = await asyncio.gather(*(run(worker, m) for m in made))
     assert out[0].text in ("yes", "no")
     assert out[4].text == out[5].text, "the same seed gives the same sample"
