@@ -7,7 +7,8 @@ the aggregate completion tokens/s (all tokens over the wall time of the round), 
 token p50/p95 and inter-token latency p50/p95, measured at the HTTP client.
 
 With `--llama-server BIN` the same rounds run against llama-server on the same GGUF, with the
-same slots (`-np`), context per slot and threads, in the same run; the table shows both. Build
+same slots (`-np`), context per slot and threads, in the same run, one round on each in turn so
+both see the same machine; the table shows both. Build
 it from the llama.cpp source vendored in llama-cpp-python's sdist (see the README).
 """
 
@@ -140,18 +141,20 @@ async def round_(base: str, model: str, n: int, tokens: int, bias: dict[str, flo
 
 
 def rounds(
-    base: str, model: str, levels: list[int], args: argparse.Namespace, bias: dict[str, float]
-) -> dict[int, Round]:
-    asyncio.run(round_(base, model, 1, 8, bias))  # warm-up
-    out: dict[int, Round] = {}
+    bases: list[str], levels: list[int], args: argparse.Namespace, bias: dict[str, float]
+) -> list[dict[int, Round]]:
+    """For each level, a round on each server in turn (trials times), so that both see the same
+    machine; the best round of each is kept."""
+    for base in bases:
+        asyncio.run(round_(base, "bench", 1, 8, bias))  # warm-up
+    out: list[dict[int, Round]] = [{} for _ in bases]
     for n in levels:
-        best: Round | None = None
         for _ in range(max(1, args.trials)):
-            r = asyncio.run(round_(base, model, n, args.tokens, bias))
-            if best is None or r.tps > best.tps:
-                best = r
-        assert best is not None
-        out[n] = best
+            for i, base in enumerate(bases):
+                r = asyncio.run(round_(base, "bench", n, args.tokens, bias))
+                best = out[i].get(n)
+                if best is None or r.tps > best.tps:
+                    out[i][n] = r
     return out
 
 
@@ -213,15 +216,18 @@ def run(args: argparse.Namespace) -> int:
         "idle_ttl_s": -1,
         "max_tokens": args.tokens,
     }
-    with bench_daemon({"bench": profile}) as d, d.http() as c:
+    with contextlib.ExitStack() as stack:
+        d = stack.enter_context(bench_daemon({"bench": profile}))
+        c = stack.enter_context(d.http())
         wait_spare(d)
         c.post("/api/models/bench/load")
         wait_state(d, "bench", "ready")
-        ours = rounds(d.url, "bench", levels, args, bias)
-    theirs: dict[int, Round] = {}
-    if args.llama_server:
-        with llama_server(args.llama_server, path, args, threads) as base:
-            theirs = rounds(base, "bench", levels, args, bias)
+        bases = [d.url]
+        if args.llama_server:
+            bases.append(stack.enter_context(llama_server(args.llama_server, path, args, threads)))
+        results = rounds(bases, levels, args, bias)
+    ours = results[0]
+    theirs = results[1] if len(results) > 1 else {}
     head = (
         f"{'streams':>7} | {'appliance tok/s':>15} {'TTFT p50/p95 ms':>17} {'ITL p50/p95 ms':>15}"
     )
