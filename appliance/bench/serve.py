@@ -8,7 +8,8 @@ token p50/p95 and inter-token latency p50/p95, measured at the HTTP client.
 
 With `--llama-server BIN` the same rounds run against llama-server on the same GGUF, with the
 same slots (`-np`), context per slot and threads, in the same run, one round on each in turn so
-both see the same machine; the table shows both. Build
+both see the same machine; the table shows both. CPU milliseconds per token (the servers' processes, the
+appliance's workers included) say what each costs whatever else the machine is doing. Build
 it from the llama.cpp source vendored in llama-cpp-python's sdist (see the README).
 """
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from appliance.bench.harness import (
     bench_daemon,
@@ -57,10 +59,33 @@ class Round:
     tokens: int
     ttft_ms: list[float]
     itl_ms: list[float]
+    cpu_s: float = 0.0
+    """CPU time the server's processes used during the round."""
 
     @property
     def tps(self) -> float:
         return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_ms_per_token(self) -> float:
+        return self.cpu_s * 1000.0 / self.tokens if self.tokens else 0.0
+
+
+@dataclass
+class Server:
+    base: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        """User + system time of the server and its children (the appliance's workers)."""
+        total = 0.0
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        return total
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,21 +122,26 @@ def eog_bias(gguf: Path) -> dict[str, float]:
 async def one(
     c: httpx.AsyncClient, url: str, body: dict[str, object], t0: float
 ) -> tuple[float, list[float], int]:
-    """(ms to the first text, gaps between texts in ms, texts received)."""
+    """(ms to the first text, gaps between texts in ms, completion tokens): the tokens as the
+    final usage says, else the text chunks received."""
     stamps: list[float] = []
+    used: int | None = None
     async with c.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: {r.status_code} {(await r.aread())[:300]!r}")
         async for line in r.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or [{}]
             if choices[0].get("text"):
                 stamps.append(time.perf_counter())
+            if isinstance(chunk.get("usage"), dict):
+                used = int(chunk["usage"].get("completion_tokens") or 0)
     if not stamps:
-        return 0.0, [], 0
+        return 0.0, [], used or 0
     gaps = [(b - a) * 1000.0 for a, b in itertools.pairwise(stamps)]
-    return (stamps[0] - t0) * 1000.0, gaps, len(stamps)
+    return (stamps[0] - t0) * 1000.0, gaps, used if used is not None else len(stamps)
 
 
 async def round_(base: str, model: str, n: int, tokens: int, bias: dict[str, float]) -> Round:
@@ -124,6 +154,7 @@ async def round_(base: str, model: str, n: int, tokens: int, bias: dict[str, flo
                 "max_tokens": tokens,
                 "temperature": 0,
                 "stream": True,
+                "stream_options": {"include_usage": True},
                 "logit_bias": bias,
             }
             for i in range(n)
@@ -134,24 +165,26 @@ async def round_(base: str, model: str, n: int, tokens: int, bias: dict[str, flo
     return Round(
         n=n,
         wall_s=wall,
-        tokens=n * tokens,
+        tokens=sum(r[2] for r in results),
         ttft_ms=[r[0] for r in results],
         itl_ms=[g for r in results for g in r[1]],
     )
 
 
 def rounds(
-    bases: list[str], levels: list[int], args: argparse.Namespace, bias: dict[str, float]
+    servers: list[Server], levels: list[int], args: argparse.Namespace, bias: dict[str, float]
 ) -> list[dict[int, Round]]:
     """For each level, a round on each server in turn (trials times), so that both see the same
     machine; the best round of each is kept."""
-    for base in bases:
-        asyncio.run(round_(base, "bench", 1, 8, bias))  # warm-up
-    out: list[dict[int, Round]] = [{} for _ in bases]
+    for s in servers:
+        asyncio.run(round_(s.base, "bench", 1, 8, bias))  # warm-up
+    out: list[dict[int, Round]] = [{} for _ in servers]
     for n in levels:
         for _ in range(max(1, args.trials)):
-            for i, base in enumerate(bases):
-                r = asyncio.run(round_(base, "bench", n, args.tokens, bias))
+            for i, s in enumerate(servers):
+                cpu0 = s.cpu_s()
+                r = asyncio.run(round_(s.base, "bench", n, args.tokens, bias))
+                r.cpu_s = s.cpu_s() - cpu0
                 best = out[i].get(n)
                 if best is None or r.tps > best.tps:
                     out[i][n] = r
@@ -161,7 +194,7 @@ def rounds(
 @contextlib.contextmanager
 def llama_server(
     bin_path: str, gguf: Path, args: argparse.Namespace, threads: int
-) -> Iterator[str]:
+) -> Iterator[Server]:
     port = free_port()
     log = open(os.devnull, "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
@@ -189,7 +222,7 @@ def llama_server(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"llama-server did not start (exit {proc.poll()})")
             time.sleep(0.2)
-        yield base
+        yield Server(base, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -222,30 +255,48 @@ def run(args: argparse.Namespace) -> int:
         wait_spare(d)
         c.post("/api/models/bench/load")
         wait_state(d, "bench", "ready")
-        bases = [d.url]
+        servers = [Server(d.url, d.proc.pid)]
         if args.llama_server:
-            bases.append(stack.enter_context(llama_server(args.llama_server, path, args, threads)))
-        results = rounds(bases, levels, args, bias)
+            servers.append(
+                stack.enter_context(llama_server(args.llama_server, path, args, threads))
+            )
+        results = rounds(servers, levels, args, bias)
     ours = results[0]
     theirs = results[1] if len(results) > 1 else {}
-    head = (
-        f"{'streams':>7} | {'appliance tok/s':>15} {'TTFT p50/p95 ms':>17} {'ITL p50/p95 ms':>15}"
-    )
+    cols = f"{'tok/s':>7} {'TTFT p50/p95':>13} {'ITL p50/p95':>12} {'CPU ms/tok':>10}"
+    head = f"{'streams':>7} | appliance: {cols}"
     if theirs:
-        head += (
-            f" | {'llama-server tok/s':>18} {'TTFT p50/p95 ms':>17} {'ITL p50/p95 ms':>15} | ratio"
-        )
+        head += f" | llama-server: {cols} | ratio tok/s, CPU/tok"
     print(head)
     for n in levels:
         a = ours[n]
-        line = f"{n:>7} | {a.tps:>15.1f} {_pair(a.ttft_ms):>17} {_pair(a.itl_ms):>15}"
+        line = f"{n:>7} |            {_cells(a)}"
         if n in theirs:
             b = theirs[n]
-            line += f" | {b.tps:>18.1f} {_pair(b.ttft_ms):>17} {_pair(b.itl_ms):>15} | {a.tps / b.tps:.2f}x"
+            ratio = a.cpu_ms_per_token / b.cpu_ms_per_token if b.cpu_ms_per_token else 0.0
+            line += f" |               {_cells(b)} | {a.tps / b.tps:.2f}x, {ratio:.2f}x"
         print(line)
+    short = [
+        (name, n)
+        for name, rs in (("appliance", ours), ("llama-server", theirs))
+        for n, r in rs.items()
+        if r.tokens < n * args.tokens
+    ]
+    for name, n in short:
+        print(
+            f"note: {name} at {n} streams generated {rs_tokens(ours if name == 'appliance' else theirs, n)} tokens, fewer than {n * args.tokens}"
+        )
     if theirs:
         print("targets: aggregate at 8 and 16 >= llama-server's; TTFT p95 at 8 <= llama-server's")
     return 0
+
+
+def rs_tokens(rs: dict[int, Round], n: int) -> int:
+    return rs[n].tokens
+
+
+def _cells(r: Round) -> str:
+    return f"{r.tps:>7.1f} {_pair(r.ttft_ms):>13} {_pair(r.itl_ms):>12} {r.cpu_ms_per_token:>10.2f}"
 
 
 def _pair(values: list[float]) -> str:
