@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from appliance.models.worker import protocol as p
 from appliance.models.worker.jobs import EmbedJob, GenJob, Seq, common_prefix
@@ -255,7 +256,10 @@ class Engine:
             self.slots.prompt_evaluated += take
         for job, index in outputs:
             if job.finish is None:
-                self._on_token(job, job.sampler.sample(self.model.ctx, index))
+                token = job.sampler.sample(self.model.ctx, index)
+                if job.cmd.params.logprobs is not None:
+                    job.new_logprobs.append(self._logprob(index, token, job.cmd.params.logprobs))
+                self._on_token(job, token)
 
     def _on_token(self, job: GenJob, token: int) -> None:
         seq = job.seq
@@ -266,6 +270,8 @@ class Engine:
             self._finish(job, "cancelled")
             return
         if self.model.is_eog(token):
+            if job.new_logprobs:
+                job.new_logprobs.pop()  # the end of the reply is no text of it
             self._finish(job, "stop")
             return
         job.n_out += 1
@@ -279,11 +285,42 @@ class Engine:
         else:
             job.next_token = token
 
+    def _logprob(self, index: int, token: int, top: int) -> p.TokenLogprob:
+        """The token's log probability in the model's distribution at batch output `index`."""
+        model = self.model
+        ptr = llama_cpp.llama_get_logits_ith(model.ctx, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(model.n_vocab,)).astype(np.float64)
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+        alts: list[p.TopLogprob] = []
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            for t in sorted(best.tolist(), key=lambda t: -logits[t]):
+                raw = model.piece(int(t))
+                alts.append(
+                    p.TopLogprob(
+                        token=raw.decode("utf-8", "replace"),
+                        logprob=float(logits[t]) - lse,
+                        bytes=list(raw),
+                    )
+                )
+        raw = model.piece(token)
+        return p.TokenLogprob(
+            token=raw.decode("utf-8", "replace"),
+            logprob=float(logits[token]) - lse,
+            bytes=list(raw),
+            top=alts,
+        )
+
     def _emit(self, job: GenJob, text: str) -> None:
         job.parts.append(text)
+        lps = None
+        if job.new_logprobs:
+            lps, job.new_logprobs = job.new_logprobs, []
+            job.logprobs.extend(lps)
         if job.stream:
             job.sent += 1
-            self.outbox.append(p.Delta(id=job.cmd.id, text=text))
+            self.outbox.append(p.Delta(id=job.cmd.id, text=text, logprobs=lps))
 
     def _finish(self, job: GenJob, reason: str) -> None:
         tail = job.assembler.finish()

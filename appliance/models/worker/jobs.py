@@ -59,6 +59,9 @@ class GenJob:
     shared: int = 0
     """Of those, tokens copied from another sequence."""
     parked: list[p.ParkReport] = field(default_factory=list)
+    logprobs: list[p.TokenLogprob] = field(default_factory=list)
+    new_logprobs: list[p.TokenLogprob] = field(default_factory=list)
+    """Of tokens whose text has not been emitted yet."""
     restore: p.RestoreReport | None = None
     t_start: float = 0.0
     t_first: float | None = None
@@ -92,6 +95,9 @@ class GenJob:
             ),
             parked=self.parked,
             restore=self.restore,
+            logprobs=self.logprobs + self.new_logprobs
+            if self.cmd.params.logprobs is not None
+            else None,
         )
         if self.tools and self.finish != "cancelled":
             content, calls = cf.parse_tool_reply(text)

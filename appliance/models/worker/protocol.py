@@ -70,6 +70,9 @@ class GenerateParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     stop: list[str] | None = None
     logit_bias: dict[str, float] | None = None
     """OpenAI's form: token ids as decimal strings; checked against the vocabulary by the worker."""
+    logprobs: int | None = None
+    """Report each generated token's log probability with this many most likely alternatives
+    (0: the token's own only); None: no log probabilities."""
 
     @classmethod
     def from_request(cls, params: dict[str, Any]) -> GenerateParams:
@@ -84,6 +87,12 @@ class GenerateParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             fields["max_tokens"] = limit
         if isinstance(fields.get("stop"), str):
             fields["stop"] = [fields["stop"]]
+        # chat: logprobs is a flag and top_logprobs the alternatives; completions: a number
+        lp = params.get("logprobs")
+        if lp is True:
+            fields["logprobs"] = params.get("top_logprobs") or 0
+        elif lp is None or lp is False:
+            fields.pop("logprobs", None)
         prompt = fields.get("prompt")
         if isinstance(prompt, list):
             if len(prompt) != 1 or not isinstance(prompt[0], str):
@@ -224,9 +233,27 @@ class Loaded(msgspec.Struct, tag="loaded", kw_only=True):
     metadata: dict[str, str]
 
 
+class TopLogprob(msgspec.Struct, kw_only=True, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(msgspec.Struct, kw_only=True, array_like=True):
+    """One generated token's log probability (of the model's distribution, before sampling's
+    adjustments) and its most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob] = msgspec.field(default_factory=list)
+
+
 class Delta(msgspec.Struct, tag="delta", kw_only=True):
     id: int
     text: str
+    logprobs: list[TokenLogprob] | None = None
+    """When asked for: the tokens whose text this delta completes."""
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -317,6 +344,8 @@ class GenerateResult(msgspec.Struct, tag="generated", kw_only=True):
     """Sessions' states this request displaced from its slot (see Generate.park_evicted_to)."""
     restore: RestoreReport | None = None
     """What became of Generate.restore_from (None: it was not tried)."""
+    logprobs: list[TokenLogprob] | None = None
+    """Every generated token's log probability, when the request asked for them."""
 
     @property
     def answer(self) -> str:
