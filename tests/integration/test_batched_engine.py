@@ -256,3 +256,29 @@ async def test_raising_parallel_adds_only_the_kv_cache(smollm2_path: Path) -> No
     e1 = info.estimate_bytes(1024, 1)
     e8 = info.estimate_bytes(1024, 8)
     assert e8 - e1 == expected
+
+
+async def test_embedding_inputs_and_concurrent_calls_share_batches(minilm_gguf_path: Path) -> None:
+    w = await ProcessSpawner().spawn()
+    await w.load(
+        p.Load(model_path=str(minilm_gguf_path), kind="embedding", n_ctx=512, n_threads=2),
+        timeout=120,
+    )
+    try:
+        texts = [f"{t} ({i})" for i, t in enumerate(PROMPTS * 3)]
+
+        async def embed(inputs: list[str]) -> p.EmbedResult:
+            return await w.call(lambda i: p.Embed(id=i, inputs=inputs), p.EmbedResult)
+
+        alone = [(await embed([t])).embeddings[0] for t in texts[:3]]
+        before = await stats(w)
+        calls = await asyncio.gather(*(embed(texts[i : i + 8]) for i in range(0, 24, 8)))
+        after = await stats(w)
+        assert after.steps - before.steps <= 3, "24 inputs in at most one batch per call"
+        vectors = [v for r in calls for v in r.embeddings]
+        assert len(vectors) == 24
+        for a, b in zip(alone, vectors[:3], strict=True):
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+            assert abs(sum(x * x for x in b) - 1.0) < 1e-4
+    finally:
+        await w.close()

@@ -393,6 +393,7 @@ class Engine:
                 model.clear()
                 batch.n_tokens = n
                 rc = int(llama_cpp.llama_decode(model.ctx, batch))
+                self.steps += 1
                 if rc != 0:
                     raise RuntimeError(f"llama_decode returned {rc}")
                 for s, (job, i) in enumerate(packed):
