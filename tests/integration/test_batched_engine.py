@@ -165,6 +165,20 @@ async def test_a_grammar_request_beside_plain_ones_and_seeds_reproduce(
     grammar = 'root ::= "yes" | "no"'
     plain = [gen(t, max_tokens=16) for t in PROMPTS[:3]]
     seeded = [gen(PROMPTS[4], max_tokens=16, temperature=1.0, seed=s) for s in (42, 42, 7)]
+    # every sampler of the chain: penalties, bias, top-k/p, min-p
+    plain[2] = gen(
+        PROMPTS[2],
+        max_tokens=16,
+        temperature=0.7,
+        top_k=20,
+        top_p=0.9,
+        min_p=0.1,
+        repeat_penalty=1.3,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        logit_bias={"198": -100},
+        seed=3,
+    )
     made = [gen("Is the sea wet? Answer:", max_tokens=4, grammar=grammar), *plain, *seeded]
     out = await asyncio.gather(*(run(worker, m) for m in made))
     assert out[0].text in ("yes", "no")

@@ -138,9 +138,7 @@ class Engine:
                     idle = not (self.active or self.waiting or self.embeds or self.deferred)
                     self.cv.wait(None if idle else IDLE_POLL_S)
                 if self._stopping:
-                    for job in self.active + self.waiting:
-                        self._fail_locked(job, "the model is being unloaded")
-                    self._flush()
+                    self._abandon()
                     return
                 items = list(self.inbox)
                 self.inbox.clear()
@@ -340,8 +338,28 @@ class Engine:
         self.outbox.append(p.Failed(id=job.cmd.id, message=message, kind=kind))
         self._release(job, drop_cells=True)
 
-    def _fail_locked(self, job: GenJob, message: str) -> None:
-        self._fail(job, message)
+    def _abandon(self) -> None:
+        """At the stop: fail what is still here, so no caller waits for an engine that is gone."""
+        gone = "the model is being unloaded; retry the request"
+        for item in list(self.inbox):
+            if isinstance(item, Call):
+                self.deferred.append(item)
+            elif isinstance(item, EmbedJob):
+                self.embeds.append(item)
+            else:
+                item.sampler.close()
+                self.outbox.append(p.Failed(id=item.cmd.id, message=gone))
+        self.inbox.clear()
+        for job in self.active + self.waiting:
+            self._fail(job, gone)
+        for emb in self.embeds:
+            self.outbox.append(p.Failed(id=emb.cmd.id, message=gone))
+        self.embeds = []
+        for c in self.deferred:
+            c.error = RuntimeError(gone)
+            c.done.set()
+        self.deferred = []
+        self._flush()
 
     def _release(self, job: GenJob, *, drop_cells: bool) -> None:
         job.sampler.close()

@@ -98,7 +98,11 @@ class Sampler:
         freq = params.frequency_penalty or 0.0
         present = params.presence_penalty or 0.0
         if repeat != 1.0 or freq or present:
-            add(llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, repeat, freq, present))
+            add(
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab, PENALTY_LAST_N, repeat, freq, present
+                )
+            )
         if grammar is not None:
             add(grammar)
         temp = DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
