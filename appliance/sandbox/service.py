@@ -58,12 +58,19 @@ from appliance.sandbox.errors import (
     UploadTooLarge,
 )
 from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.images.runtime import ImageRoot
+from appliance.sandbox.images.service import ImageService
 from appliance.sandbox.limits import LimitCeiling, MiB, SandboxLimits, apply_request
 from appliance.sandbox.manager import SandboxManager, StatefulSandbox
 from appliance.sandbox.oneshot import RunSpec, run_compiled, run_once, write_inputs
 from appliance.sandbox.pool import WarmPool
 from appliance.sandbox.preflight import run_preflight
-from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
+from appliance.sandbox.profiles import (
+    COMMAND_PROFILE,
+    ProfileCatalog,
+    ResolvedLanguage,
+    resolve_in_image,
+)
 from appliance.sandbox.results import RunOutcome
 from appliance.sandbox.workspace import split_path, wait_for_removals
 from appliance.telemetry.recorder import Telemetry
@@ -75,8 +82,14 @@ log = logging.getLogger("appliance.sandbox")
 
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    language: str
-    code: str
+    language: str = ""
+    code: str = ""
+    image: str | None = None
+    """Run in this image's root filesystem (a reference or digest from GET /api/images)
+    instead of on the host's toolchains: with `command`, or with `language` + `code` (the
+    language's interpreter looked up inside the image)."""
+    command: list[str] = msgspec.field(default_factory=list)
+    """With `image`: the argv to run (after the image's Entrypoint); empty runs its Cmd."""
     stdin: str | None = None
     files: dict[str, str] = msgspec.field(default_factory=dict)
     """Files to put in the workspace first: relative path -> base64 content."""
@@ -113,7 +126,9 @@ class RunResult(msgspec.Struct, kw_only=True):
 
 
 class CreateSandboxRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    language: str
+    language: str = "sh"
+    image: str | None = None
+    """The image whose root filesystem the sandbox runs in (its files persist in /workspace)."""
     timeout_s: float | None = None
     """Default timeout of each exec."""
     memory_mb: int | None = None
@@ -131,6 +146,7 @@ class ExecRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class SandboxInfo(msgspec.Struct, kw_only=True):
     id: str
     language: str
+    image: str | None = None
     interpreter: bool
     """Whether variables persist between execs (a live REPL), not only files."""
     busy: bool
@@ -329,9 +345,11 @@ class SandboxService:
         root: Path,
         identity: SandboxIdentity | None = None,
         telemetry: Telemetry | None = None,
+        images: ImageService | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.images = images or ImageService(config, root.parent / "oci", telemetry)
         self.catalog = catalog
         self.root = root
         self._identity = identity
@@ -440,6 +458,7 @@ class SandboxService:
         )
 
     async def stop(self) -> None:
+        await self.images.stop()
         if self.manager is not None:
             await self.manager.stop()
         if self.pool is not None:
@@ -515,9 +534,46 @@ class SandboxService:
 
     # --- one-shot -----------------------------------------------------------------------------------
 
+    async def _in_image(self, ref: str, language: str) -> ResolvedLanguage:
+        """`language` (or a `command` run, when empty) inside the image `ref`."""
+        image: ImageRoot = await self.images.root(ref)
+        if not language:
+            return ResolvedLanguage(COMMAND_PROFILE, {}, [], image)
+        profile = self.catalog.get(language)
+        return await asyncio.to_thread(resolve_in_image, profile, image)
+
+    async def _run_target(self, req: RunRequest) -> tuple[ResolvedLanguage, list[str] | None]:
+        """The language to run in, and an image run's own argv (None for code runs)."""
+        if req.image is None:
+            if req.command:
+                raise InvalidRequest(
+                    "command runs an argv inside an image; give `image` too, or send "
+                    "`language` + `code`",
+                    param="command",
+                )
+            if not req.language:
+                raise InvalidRequest("give `language` and `code` (or `image`)", param="language")
+            return await self._language(req.language), None
+        if req.command and req.language:
+            raise InvalidRequest(
+                "give either `command` or `language` + `code` with an image, not both",
+                param="command",
+            )
+        lang = await self._in_image(req.image, req.language)
+        if req.language:
+            return lang, None
+        assert lang.image is not None
+        argv = [*lang.image.entrypoint, *(req.command or lang.image.cmd)]
+        if not argv:
+            raise InvalidRequest(
+                f"image {req.image} has no Entrypoint or Cmd; give `command` (an argv)",
+                param="command",
+            )
+        return lang, argv
+
     async def run(self, req: RunRequest, *, owner: Owner = "client") -> RunResult:
         engine, _ = self._ready()
-        lang = await self._language(req.language)
+        lang, command = await self._run_target(req)
         spec = RunSpec(
             language=lang,
             code=self._bytes("code", req.code.encode()),
@@ -529,6 +585,7 @@ class SandboxService:
             network=self._network(req.network),
             max_file_bytes=self.max_file_bytes,
             max_fetch_bytes=self.config.max_fetch_mb * MiB,
+            command=command,
         )
         outcome = await self._admitted(engine, spec, owner, None)
         return self._observed(lang.name, to_result(outcome))
@@ -709,6 +766,7 @@ class SandboxService:
         return SandboxInfo(
             id=sb.id,
             language=sb.language.name,
+            image=sb.language.image.name if sb.language.image else None,
             interpreter=sb.driver is not None,
             busy=sb.busy,
             execs=sb.execs,
@@ -724,7 +782,10 @@ class SandboxService:
         """A stateful sandbox for `owner`: "agent" for agents' tools, which draw on the share of
         memory and of the sandbox count that API clients cannot take."""
         _, manager = self._ready()
-        lang = await self._language(req.language)
+        if req.image is not None:
+            lang = await self._in_image(req.image, req.language or "sh")
+        else:
+            lang = await self._language(req.language)
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
         network = self._network(req.network)
         info = self._info(await manager.create(lang, limits, network=network, owner=owner))
