@@ -83,7 +83,8 @@ log = logging.getLogger("appliance.sandbox")
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     language: str = ""
-    code: str = ""
+    code: str | None = None
+    """The program (with `language`)."""
     image: str | None = None
     """Run in this image's root filesystem (a reference or digest from GET /api/images)
     instead of on the host's toolchains: with `command`, or with `language` + `code` (the
@@ -544,6 +545,10 @@ class SandboxService:
 
     async def _run_target(self, req: RunRequest) -> tuple[ResolvedLanguage, list[str] | None]:
         """The language to run in, and an image run's own argv (None for code runs)."""
+        if req.language and req.code is None:
+            raise InvalidRequest(
+                "`code` is missing: send the program to run with `language`", param="code"
+            )
         if req.image is None:
             if req.command:
                 raise InvalidRequest(
@@ -576,7 +581,7 @@ class SandboxService:
         lang, command = await self._run_target(req)
         spec = RunSpec(
             language=lang,
-            code=self._bytes("code", req.code.encode()),
+            code=self._bytes("code", (req.code or "").encode()),
             limits=self._limits(lang, req.timeout_s, req.memory_mb),
             stdin=self._bytes("stdin", (req.stdin or "").encode()),
             files=self._decode_files(req.files),
