@@ -205,7 +205,7 @@ class RegistryClient:
             with part.open(mode) as out:
                 done = have
                 tick(done, size)
-                for chunk in r.iter_bytes(1024 * 1024):
+                for chunk in r.iter_raw():  # as it arrives: an interruption keeps it all
                     done += len(chunk)
                     if done > size:
                         raise DigestMismatch(f"blob {digest} is longer than its descriptor says")
