@@ -133,9 +133,9 @@ def test_token_auth_challenge_is_followed(layout: Path, tmp_path: Path) -> None:
     with LocalRegistry.start(tmp_path / "reg", token_auth=True) as reg:
         reg.push(layout, "private/busybox:1")
         assert httpx.get(f"http://{reg.host}/v2/private/busybox/tags/list").status_code == 401
-        with sandbox_server_with(tmp_path / "d", pool={}, insecure_registries=[reg.host]) as s:
-            with s.client() as c:
-                done = _pull(c, f"{reg.host}/private/busybox:1")
-                assert done["status"] == "done", done
+        settings = {"pool": {}, "insecure_registries": [reg.host]}
+        with sandbox_server_with(tmp_path / "d", **settings) as s, s.client() as c:
+            done = _pull(c, f"{reg.host}/private/busybox:1")
+            assert done["status"] == "done", done
         assert reg.tokens is not None
         assert "repository:private/busybox:pull" in reg.tokens.issued

@@ -14,13 +14,15 @@ import pytest
 from appliance.sandbox.images.errors import ImageRefused, LayerTooLarge
 from appliance.sandbox.images.reference import parse_ref
 from appliance.sandbox.images.store import apply_layer, ensure_mount_points
-from appliance.sandbox.images.unpack import unpack_layer
+from appliance.sandbox.images.unpack import LayerStats, unpack_layer
 from tests.fixtures.oci_images import Entry, layer_tar
 
 MB = 1024 * 1024
 
 
-def _unpack(tmp_path: Path, entries: list[Entry], *, compress: bool = False, max_bytes: int = MB):
+def _unpack(
+    tmp_path: Path, entries: list[Entry], *, compress: bool = False, max_bytes: int = MB
+) -> tuple[LayerStats, Path]:
     blob = tmp_path / "layer.tar"
     blob.write_bytes(layer_tar(entries, compress=compress))
     dest = tmp_path / "store" / "layer"
