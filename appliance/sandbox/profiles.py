@@ -73,6 +73,9 @@ class LanguageProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Limits of the compile step."""
     oom_patterns: list[str] = msgspec.field(default_factory=list)
     """Output fragments that mean the program ran out of memory (besides the generic ones)."""
+    image: str = ""
+    """An image (a reference in `appliance images list`) this language always runs in, its
+    tools looked up inside the image: a language the host lacks (Ruby, Lua) from an image."""
 
 
 def _check_placeholders(profile: LanguageProfile, file: str) -> None:

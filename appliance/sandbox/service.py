@@ -16,6 +16,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -478,6 +479,9 @@ class SandboxService:
     # --- checks -------------------------------------------------------------------------------------
 
     async def _language(self, name: str) -> ResolvedLanguage:
+        image = self.catalog.get(name).image
+        if image:  # a language that lives in an image, not on the host
+            return await self._in_image(image, name)
         # the first use runs the toolchain's probes (subprocesses): off the event loop
         known = self.catalog.resolved(name)
         return known if known is not None else await asyncio.to_thread(self.catalog.resolve, name)
@@ -746,8 +750,21 @@ class SandboxService:
             )
         return result
 
+    async def _image_language_detail(self, name: str) -> tuple[bool, str]:
+        profile = self.catalog.get(name)
+        try:
+            lang = await self._in_image(profile.image, name)
+        except ApplianceError as exc:
+            return False, exc.message
+        tools = ", ".join(f"{t.name}={t.exe}" for t in lang.tools.values())
+        return True, f"in image {profile.image}: {tools}"
+
     async def languages(self) -> list[LanguageOut]:
         infos = await asyncio.to_thread(self.catalog.describe)
+        for i, info in enumerate(infos):
+            if self.catalog.profiles[info.name].image:
+                available, detail = await self._image_language_detail(info.name)
+                infos[i] = dataclasses.replace(info, available=available, detail=detail)
         pooled = self.config.pool
         return [
             LanguageOut(

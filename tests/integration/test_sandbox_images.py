@@ -25,13 +25,27 @@ from tests.fixtures.oci_images import (
 from tests.integration.conftest import SandboxServer, sandbox_server_with
 
 REF = "localhost/busybox-test:1"
+ASH_PROFILE = f"""
+title = "BusyBox ash, from an image"
+file = "main.sh"
+run = ["{{ash}}", "{{file}}"]
+image = "{REF}"
+
+[tools.ash]
+find = ["ash", "sh"]
+"""
 
 
 @pytest.fixture(scope="module")
 def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
     require(have_busybox(), "a static /bin/busybox is needed (apt install busybox-static)")
     root = tmp_path_factory.mktemp("image-server")
-    with sandbox_server_with(root, pool={}, max_concurrent=4) as server:
+    profiles = root / "profiles"
+    profiles.mkdir()
+    (profiles / "ash.toml").write_text(ASH_PROFILE)
+    with sandbox_server_with(
+        root, pool={}, max_concurrent=4, profile_dirs=[str(profiles)]
+    ) as server:
         layout = tar_directory(busybox_layout(root / "layout"), root / "layout.tar")
         with server.client() as c:
             r = c.post(
@@ -184,3 +198,37 @@ def test_hostile_archive_is_refused_and_writes_nothing_outside(
         assert c.get("/api/images/localhost/evil:1").status_code == 404
     assert not list(image_server.root.rglob("escaped.txt"))
     assert not list(Path("/").glob("escaped.txt"))
+
+
+def test_a_language_profile_can_live_in_an_image(image_server: SandboxServer) -> None:
+    with image_server.client() as c:
+        langs = {x["name"]: x for x in c.get("/api/sandboxes/languages").json()}
+        assert langs["ash"]["available"], langs["ash"]
+        assert f"in image {REF}" in langs["ash"]["detail"]
+        r = _run(c, language="ash", code="cat /etc/hello.txt; test -e /usr && echo HOST")
+        assert r["stdout"] == "hello from the image\n", r
+
+
+async def test_an_agents_run_code_runs_in_its_sandbox_image(tmp_path: Path) -> None:
+    from appliance.config import SandboxConfig
+    from appliance.sandbox.profiles import ProfileCatalog
+    from appliance.sandbox.service import SandboxService
+    from appliance.sessions.tools import RunCode, ToolContext
+    from tests.integration.conftest import SANDBOX_REPO
+    from tests.integration.test_sandbox_bounds import _Store
+
+    require(have_busybox(), "a static /bin/busybox is needed (apt install busybox-static)")
+    catalog = ProfileCatalog.load([SANDBOX_REPO / "profiles" / "sandboxes"])
+    service = SandboxService(SandboxConfig(pool={}), catalog=catalog, root=tmp_path / "sandboxes")
+    await service.start()
+    try:
+        require(not service.unavailable, f"this host cannot run sandboxes: {service.unavailable}")
+        await service.images.import_file(busybox_layout(tmp_path / "layout"), REF)
+        tool = RunCode(service, _Store())  # type: ignore[arg-type]
+        ctx = ToolContext("session-1", "sh", sandbox_image=REF)
+        first = await tool.run(ctx, {"code": "echo 7 > n; cat /etc/added.txt"})
+        assert first.status == "ok" and first.content == "added by layer two", first
+        second = await tool.run(ctx, {"code": "cat n; test -e /usr/bin/python3 || echo no-py"})
+        assert second.content == "7\nno-py", second
+    finally:
+        await service.stop()
