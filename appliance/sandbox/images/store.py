@@ -396,3 +396,38 @@ def ensure_mount_points(root: Path, modes: dict[str, int]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         os.fchmod(fd, 0o644)
         os.close(fd)
+
+
+class StoreReport(msgspec.Struct, kw_only=True):
+    images: int = 0
+    bytes: int = 0
+    problems: list[str] = msgspec.field(default_factory=list)
+    """Images that cannot run, each with why (a missing root, blob or layer)."""
+
+
+def inspect_store(root: Path) -> StoreReport:
+    """What `appliance doctor` says of the store at `root`, read without changing anything."""
+    report = StoreReport()
+    index_path = root / "images.json"
+    if not index_path.is_file():
+        return report
+    try:
+        index = msgspec.json.decode(index_path.read_bytes(), type=StoreIndex)
+    except (OSError, msgspec.DecodeError) as exc:
+        report.problems.append(f"{index_path} is unreadable ({exc})")
+        return report
+    report.images = len(index.images)
+    report.bytes = tree_size(root / "blobs") + tree_size(root / "layers")
+    for digest, rec in index.images.items():
+        names = ", ".join(sorted(r for r, d in index.refs.items() if d == digest)) or digest
+        missing = [
+            what
+            for what, path in (
+                ("its root filesystem", root / "roots" / _hex(digest)),
+                *((f"layer {d[:19]}", root / "layers" / _hex(d)) for d in rec.layers),
+            )
+            if not path.is_dir()
+        ]
+        if missing:
+            report.problems.append(f"{names}: {', '.join(missing)} missing")
+    return report

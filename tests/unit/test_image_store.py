@@ -1,0 +1,81 @@
+"""The image store on its own: imports, shared layers counted by the images that use them,
+removal and prune, and what `appliance doctor` reports of a damaged store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.sandbox.images.archive import import_archive
+from appliance.sandbox.images.errors import ImageNotFound, ImageRefused
+from appliance.sandbox.images.store import ImageStore, inspect_store
+from tests.conftest import require
+from tests.fixtures.oci_images import busybox_layout, docker_save_archive, have_busybox
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    require(have_busybox(), "a static /bin/busybox is needed (apt install busybox-static)")
+    return ImageStore(tmp_path / "oci", max_layer_bytes=64 * 1024 * 1024)
+
+
+def test_shared_layers_stay_until_the_last_image_using_them_goes(
+    store: ImageStore, tmp_path: Path
+) -> None:
+    layout = busybox_layout(tmp_path / "layout")
+    a = import_archive(store, layout, "localhost/a:1")[0]
+    b = import_archive(store, layout, "localhost/b:1")[0]
+    assert a.digest == b.digest  # one image, two names
+    layers = sorted((store.root / "layers").iterdir())
+    assert len(layers) == 2
+    assert store.remove("localhost/a:1") == ["localhost/a:1"]
+    assert sorted((store.root / "layers").iterdir()) == layers  # b still uses them
+    assert store.resolve("localhost/b:1").digest == b.digest
+    store.remove(b.digest)
+    assert list((store.root / "layers").iterdir()) == []
+    assert list((store.root / "roots").iterdir()) == []
+    assert list((store.root / "blobs" / "sha256").iterdir()) == []
+    with pytest.raises(ImageNotFound, match="appliance images pull"):
+        store.resolve("localhost/b:1")
+
+
+def test_docker_save_names_come_from_repo_tags(store: ImageStore, tmp_path: Path) -> None:
+    rec = import_archive(store, docker_save_archive(tmp_path / "s.tar", "team/tool:7"))[0]
+    assert store.resolve("team/tool:7").digest == rec.digest
+    assert store.resolve("docker.io/team/tool:7").digest == rec.digest
+    assert store.resolve(rec.digest[:15]).digest == rec.digest  # a digest prefix
+
+
+def test_a_blob_that_does_not_match_its_digest_is_refused(
+    store: ImageStore, tmp_path: Path
+) -> None:
+    layout = busybox_layout(tmp_path / "layout")
+    blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    biggest = blobs[-1]  # the busybox layer
+    data = bytearray(biggest.read_bytes())
+    data[100] ^= 1
+    biggest.write_bytes(bytes(data))
+    with pytest.raises(ImageRefused, match="digest"):
+        import_archive(store, layout, "localhost/bad:1")
+    assert list((store.root / "blobs" / "sha256").glob(biggest.name)) == []
+
+
+def test_not_an_image_archive(store: ImageStore, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ImageRefused, match="docker save"):
+        import_archive(store, junk)
+
+
+def test_doctor_report_names_an_image_with_a_missing_layer(
+    store: ImageStore, tmp_path: Path
+) -> None:
+    rec = import_archive(store, busybox_layout(tmp_path / "layout"), "localhost/x:1")[0]
+    healthy = inspect_store(store.root)
+    assert (healthy.images, healthy.problems) == (1, [])
+    assert healthy.bytes > 500_000
+    shutil.rmtree(store.root / "layers" / rec.layers[0].split(":")[1])
+    damaged = inspect_store(store.root)
+    assert damaged.problems and "localhost/x:1" in damaged.problems[0]
