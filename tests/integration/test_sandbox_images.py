@@ -232,3 +232,23 @@ async def test_an_agents_run_code_runs_in_its_sandbox_image(tmp_path: Path) -> N
         assert second.content == "7\nno-py", second
     finally:
         await service.stop()
+
+
+def test_escape_battery_holds_in_an_image(image_server: SandboxServer) -> None:
+    """The host battery's checks that busybox can make: the seccomp filter, no mount, no
+    network, memory limits, nothing of the daemon's environment, no host process."""
+    checks = {
+        "busybox unshare -U -r id || echo refused": "refused",
+        "busybox mount -t tmpfs t /tmp 2>/dev/null || echo refused": "refused",
+        "busybox dd if=/dev/zero of=/dev/null bs=300M count=1 2>/dev/null || echo refused": (
+            "refused"
+        ),
+        "cat /proc/net/dev | grep -c : ": "1",  # the loopback device only
+        "ls /proc | grep -cE '^[0-9]+$' | busybox awk '{print ($1 < 6)}'": "1",
+        "env | grep -c -e APPLIANCE -e PYTEST -e VIRTUAL_ENV": "0",
+        "test -e /root -o -e /home -o -e /work -o -e /usr && echo HOST || echo none": "none",
+    }
+    with image_server.client() as c:
+        for script, expected in checks.items():
+            r = _run(c, image=REF, command=["sh", "-c", script], memory_mb=64, timeout_s=10)
+            assert r["stdout"].strip().splitlines()[-1:] == [expected], (script, r)
