@@ -25,9 +25,9 @@ from appliance.errors import ApplianceError
 from appliance.host.janitor import lock_holder
 from appliance.host.leftovers import find_leftovers
 from appliance.sandbox.cgroup import own_cgroup
+from appliance.sandbox.images.store import StoreReport, inspect_store
 from appliance.sandbox.preflight import PreflightReport, run_preflight
 from appliance.telemetry.nvml import Nvml
-from appliance.sandbox.images.store import StoreReport, inspect_store
 
 
 @dataclass(frozen=True)
