@@ -128,7 +128,8 @@ class RunResult(msgspec.Struct, kw_only=True):
 
 
 class CreateSandboxRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    language: str = "sh"
+    language: str | None = None
+    """Required, except with `image` (then "sh" when unset)."""
     image: str | None = None
     """The image whose root filesystem the sandbox runs in (its files persist in /workspace)."""
     timeout_s: float | None = None
@@ -806,6 +807,12 @@ class SandboxService:
         _, manager = self._ready()
         if req.image is not None:
             lang = await self._in_image(req.image, req.language or "sh")
+        elif not req.language:
+            raise InvalidRequest(
+                "`language` is missing: name the sandbox's language (GET "
+                "/api/sandboxes/languages), or give an `image`",
+                param="language",
+            )
         else:
             lang = await self._language(req.language)
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
