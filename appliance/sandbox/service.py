@@ -59,19 +59,14 @@ from appliance.sandbox.errors import (
     UploadTooLarge,
 )
 from appliance.sandbox.identity import SandboxIdentity
-from appliance.sandbox.images.runtime import ImageRoot
+from appliance.sandbox.images.languages import ImageLanguages
 from appliance.sandbox.images.service import ImageService
 from appliance.sandbox.limits import LimitCeiling, MiB, SandboxLimits, apply_request
 from appliance.sandbox.manager import SandboxManager, StatefulSandbox
 from appliance.sandbox.oneshot import RunSpec, run_compiled, run_once, write_inputs
 from appliance.sandbox.pool import WarmPool
 from appliance.sandbox.preflight import run_preflight
-from appliance.sandbox.profiles import (
-    COMMAND_PROFILE,
-    ProfileCatalog,
-    ResolvedLanguage,
-    resolve_in_image,
-)
+from appliance.sandbox.profiles import ProfileCatalog, ResolvedLanguage
 from appliance.sandbox.results import RunOutcome
 from appliance.sandbox.workspace import split_path, wait_for_removals
 from appliance.telemetry.recorder import Telemetry
@@ -353,6 +348,7 @@ class SandboxService:
         self.config = config
         self.telemetry = telemetry
         self.images = images or ImageService(config, root.parent / "oci", telemetry)
+        self.in_image = ImageLanguages(catalog, self.images)
         self.catalog = catalog
         self.root = root
         self._identity = identity
@@ -482,7 +478,7 @@ class SandboxService:
     async def _language(self, name: str) -> ResolvedLanguage:
         image = self.catalog.get(name).image
         if image:  # a language that lives in an image, not on the host
-            return await self._in_image(image, name)
+            return await self.in_image.resolve(image, name)
         # the first use runs the toolchain's probes (subprocesses): off the event loop
         known = self.catalog.resolved(name)
         return known if known is not None else await asyncio.to_thread(self.catalog.resolve, name)
@@ -540,14 +536,6 @@ class SandboxService:
 
     # --- one-shot -----------------------------------------------------------------------------------
 
-    async def _in_image(self, ref: str, language: str) -> ResolvedLanguage:
-        """`language` (or a `command` run, when empty) inside the image `ref`."""
-        image: ImageRoot = await self.images.root(ref)
-        if not language:
-            return ResolvedLanguage(COMMAND_PROFILE, {}, [], image)
-        profile = self.catalog.get(language)
-        return await asyncio.to_thread(resolve_in_image, profile, image)
-
     async def _run_target(self, req: RunRequest) -> tuple[ResolvedLanguage, list[str] | None]:
         """The language to run in, and an image run's own argv (None for code runs)."""
         if req.language and req.code is None:
@@ -569,17 +557,8 @@ class SandboxService:
                 "give either `command` or `language` + `code` with an image, not both",
                 param="command",
             )
-        lang = await self._in_image(req.image, req.language)
-        if req.language:
-            return lang, None
-        assert lang.image is not None
-        argv = [*lang.image.entrypoint, *(req.command or lang.image.cmd)]
-        if not argv:
-            raise InvalidRequest(
-                f"image {req.image} has no Entrypoint or Cmd; give `command` (an argv)",
-                param="command",
-            )
-        return lang, argv
+        lang = await self.in_image.resolve(req.image, req.language)
+        return lang, None if req.language else self.in_image.argv(lang, req.command)
 
     async def run(self, req: RunRequest, *, owner: Owner = "client") -> RunResult:
         engine, _ = self._ready()
@@ -751,20 +730,11 @@ class SandboxService:
             )
         return result
 
-    async def _image_language_detail(self, name: str) -> tuple[bool, str]:
-        profile = self.catalog.get(name)
-        try:
-            lang = await self._in_image(profile.image, name)
-        except ApplianceError as exc:
-            return False, exc.message
-        tools = ", ".join(f"{t.name}={t.exe}" for t in lang.tools.values())
-        return True, f"in image {profile.image}: {tools}"
-
     async def languages(self) -> list[LanguageOut]:
         infos = await asyncio.to_thread(self.catalog.describe)
         for i, info in enumerate(infos):
             if self.catalog.profiles[info.name].image:
-                available, detail = await self._image_language_detail(info.name)
+                available, detail = await self.in_image.describe(info.name)
                 infos[i] = dataclasses.replace(info, available=available, detail=detail)
         pooled = self.config.pool
         return [
@@ -806,7 +776,7 @@ class SandboxService:
         memory and of the sandbox count that API clients cannot take."""
         _, manager = self._ready()
         if req.image is not None:
-            lang = await self._in_image(req.image, req.language or "sh")
+            lang = await self.in_image.resolve(req.image, req.language or "sh")
         elif not req.language:
             raise InvalidRequest(
                 "`language` is missing: name the sandbox's language (GET "
