@@ -349,6 +349,9 @@ class SandboxService:
         self.telemetry = telemetry
         self.images = images or ImageService(config, root.parent / "oci", telemetry)
         self.in_image = ImageLanguages(catalog, self.images)
+        self._running_images: collections.Counter[str] = collections.Counter()
+        """Digests of the images one-shot runs are running in now, with how many runs each."""
+        self.images.in_use = self._images_in_use
         self.catalog = catalog
         self.root = root
         self._identity = identity
@@ -560,6 +563,11 @@ class SandboxService:
         lang = await self.in_image.resolve(req.image, req.language)
         return lang, None if req.language else self.in_image.argv(lang, req.command)
 
+    def _images_in_use(self) -> list[str]:
+        stateful = self.manager.sandboxes.values() if self.manager else ()
+        held = [sb.language.image.digest for sb in stateful if sb.language.image]
+        return [*held, *self._running_images.elements()]
+
     async def run(self, req: RunRequest, *, owner: Owner = "client") -> RunResult:
         engine, _ = self._ready()
         lang, command = await self._run_target(req)
@@ -576,7 +584,16 @@ class SandboxService:
             max_fetch_bytes=self.config.max_fetch_mb * MiB,
             command=command,
         )
-        outcome = await self._admitted(engine, spec, owner, None)
+        digest = lang.image.digest if lang.image else None
+        if digest:
+            self._running_images[digest] += 1
+        try:
+            outcome = await self._admitted(engine, spec, owner, None)
+        finally:
+            if digest:
+                self._running_images[digest] -= 1
+                if not self._running_images[digest]:
+                    del self._running_images[digest]
         return self._observed(lang.name, to_result(outcome))
 
     # --- batches of test cases ---------------------------------------------------------------------

@@ -119,6 +119,8 @@ def test_stateful_sandbox_in_an_image_keeps_its_files(image_server: SandboxServe
                 f"/api/sandboxes/{sid}/exec", json={"code": "cat state; cat /etc/hello.txt"}
             )
             assert two.json()["stdout"] == "41\nhello from the image\n", two.text
+            busy = c.delete(f"/api/images/{REF}")  # its only name, while a sandbox runs in it
+            assert busy.status_code == 409 and "delete them first" in busy.text, busy.text
         finally:
             c.delete(f"/api/sandboxes/{sid}")
 

@@ -202,11 +202,12 @@ def _hashed_copy(store: ImageStore, files: ArchiveFiles, member: str, limit: int
             h.update(chunk)
             out.write(chunk)
     digest = "sha256:" + h.hexdigest()
-    if store.has_blob(digest):
-        tmp.unlink()
-    else:
-        os.replace(tmp, store.partial_path(digest))
-        store.commit_partial(digest)
+    with store.blob_lock(digest):
+        if store.has_blob(digest):
+            tmp.unlink()
+        else:
+            os.replace(tmp, store.partial_path(digest))
+            store.commit_partial(digest)
     return Descriptor(digest=digest, size=size)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.errors import ApplianceError, InvalidRequest, NotFound, PayloadTooLarge
+from appliance.errors import ApplianceError, Conflict, InvalidRequest, NotFound, PayloadTooLarge
 
 
 class ImageNotFound(NotFound):
@@ -28,3 +28,9 @@ class RegistryError(ApplianceError):
 
     status = 502
     code = "registry_error"
+
+
+class ImageInUse(Conflict):
+    """Removing the image's last reference while sandboxes run in it."""
+
+    code = "image_in_use"

@@ -182,7 +182,12 @@ class RegistryClient:
     def _blob(
         self, store: ImageStore, ref: ImageRef, digest: str, size: int, tick: Progress
     ) -> None:
-        check_digest(digest)
+        with store.blob_lock(check_digest(digest)):
+            self._fetch_blob(store, ref, digest, size, tick)
+
+    def _fetch_blob(
+        self, store: ImageStore, ref: ImageRef, digest: str, size: int, tick: Progress
+    ) -> None:
         if store.has_blob(digest):
             tick(size, size)
             return

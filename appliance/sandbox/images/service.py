@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ import msgspec
 from appliance.config import SandboxConfig
 from appliance.errors import ApplianceError
 from appliance.sandbox.images.archive import import_archive
+from appliance.sandbox.images.errors import ImageInUse
 from appliance.sandbox.images.reference import parse_ref
 from appliance.sandbox.images.registry import RegistryClient, load_credentials
 from appliance.sandbox.images.runtime import ImageRoot, parse_env
@@ -93,6 +95,8 @@ class ImageService:
         self.pulls: dict[str, PullStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.max_import_bytes = config.max_import_mb * 1024 * 1024
+        self.in_use: Callable[[], Collection[str]] = tuple
+        """Digests of the images sandboxes run in now (the sandbox service sets it)."""
 
     def _publish(self, status: PullStatus) -> None:
         if self.telemetry is not None:
@@ -141,7 +145,22 @@ class ImageService:
         return [image_out([r for r, d in refs if d == rec.digest], rec) for rec in records]
 
     async def remove(self, ref: str) -> list[str]:
-        return await asyncio.to_thread(self.store.remove, ref)
+        """Drop `ref`; refused (409) when it is the image's last name and sandboxes run in it."""
+
+        def remove() -> list[str]:
+            with self.store.lock:
+                rec = self.store.resolve(ref)
+                names = {r for r, d in self._refs() if d == rec.digest}
+                last = ref.startswith("sha256:") or names <= {ref, str(parse_ref(ref))}
+                users = sum(1 for d in self.in_use() if d == rec.digest)
+                if last and users:
+                    raise ImageInUse(
+                        f"{users} sandbox(es) run in {ref}; delete them first (DELETE "
+                        "/api/sandboxes/{id}), or wait for their runs to end"
+                    )
+                return self.store.remove(ref)
+
+        return await asyncio.to_thread(remove)
 
     async def prune(self) -> PruneResult:
         def prune() -> int:

@@ -79,6 +79,8 @@ class ImageStore:
         self.root = root
         self.max_layer_bytes = max_layer_bytes
         self.lock = threading.RLock()
+        """Held while the index, layers or roots change (one writer at a time)."""
+        self._blob_locks: dict[str, threading.Lock] = {}
         for sub in ("blobs/sha256", "partial", "layers", "roots"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
@@ -90,6 +92,12 @@ class ImageStore:
 
     def partial_path(self, digest: str) -> Path:
         return self.root / "partial" / _hex(digest)
+
+    def blob_lock(self, digest: str) -> threading.Lock:
+        """Held while blob `digest` is downloaded or copied: two pulls (or a pull and an import)
+        of images sharing a layer never write its partial file at once."""
+        with self.lock:
+            return self._blob_locks.setdefault(_hex(digest), threading.Lock())
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -111,6 +119,10 @@ class ImageStore:
 
     def put_stream(self, digest: str, source: IO[bytes], limit: int) -> Path:
         """Copy at most `limit` bytes from `source` as blob `digest`, verified."""
+        with self.blob_lock(digest):
+            return self._put_stream(digest, source, limit)
+
+    def _put_stream(self, digest: str, source: IO[bytes], limit: int) -> Path:
         if self.has_blob(digest):
             return self.blob_path(digest)
         part = self.partial_path(digest)
