@@ -79,3 +79,20 @@ def test_doctor_report_names_an_image_with_a_missing_layer(
     shutil.rmtree(store.root / "layers" / rec.layers[0].split(":")[1])
     damaged = inspect_store(store.root)
     assert damaged.problems and "localhost/x:1" in damaged.problems[0]
+
+
+def test_prune_keeps_what_a_pull_or_upload_is_writing(store: ImageStore) -> None:
+    digest = "sha256:" + "ab" * 32
+    fetched = store.blob_path(digest)
+    fetched.write_bytes(b"a blob a pull just fetched")
+    store.partial_path("sha256:" + "cd" * 32).write_bytes(b"interrupted")
+    upload = store.root / "partial" / "upload-1234.tar"
+    upload.write_bytes(b"an upload on its way")
+    with store.pinned([digest]):
+        store.collect()
+        store.prune_partial()
+        assert fetched.exists()  # no image names it yet, but a pull holds it
+    assert upload.exists()  # younger than an hour: still being written
+    assert not store.partial_path("sha256:" + "cd" * 32).exists()
+    store.collect()
+    assert not fetched.exists()

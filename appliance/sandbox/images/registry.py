@@ -84,8 +84,11 @@ class RegistryClient:
         self.insecure = set(insecure)
         self.credentials = credentials
         self.max_blob_bytes = max_blob_bytes
-        self.http = httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False)
+        # the environment's proxy settings hold, as for model downloads
+        self.http = httpx.Client(timeout=timeout, follow_redirects=True)
         self._tokens: dict[str, str] = {}
+        self.cancelled = False
+        """Set from another thread to stop the pull at its next chunk."""
 
     def close(self) -> None:
         self.http.close()
@@ -233,17 +236,22 @@ class RegistryClient:
             chosen = pick_platform(data)
             data, digest = self._document(ref, check_digest(chosen.digest))
         manifest = parse_manifest(data)
-        store.put_bytes(digest, data)
         blobs = [manifest.config, *manifest.layers]
-        total = sum(b.size for b in blobs)
-        finished = 0
-        for blob in blobs:
+        with store.pinned([digest, *(b.digest for b in blobs)]):
+            store.put_bytes(digest, data)
+            total = sum(b.size for b in blobs)
+            finished = 0
+            for blob in blobs:
 
-            def tick(done: int, _size: int, base: int = finished) -> None:
-                if progress is not None:
-                    progress(base + done, total)
+                def tick(done: int, _size: int, base: int = finished) -> None:
+                    if self.cancelled:
+                        raise RegistryError(
+                            "the pull was stopped (the daemon is stopping); pull again to resume"
+                        )
+                    if progress is not None:
+                        progress(base + done, total)
 
-            self._blob(store, ref, blob.digest, blob.size, tick)
-            finished += blob.size
-        store.add_image(str(ref), digest)
+                self._blob(store, ref, blob.digest, blob.size, tick)
+                finished += blob.size
+            store.add_image(str(ref), digest)
         return digest

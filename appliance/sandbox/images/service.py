@@ -94,6 +94,7 @@ class ImageService:
         self.telemetry = telemetry
         self.pulls: dict[str, PullStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._clients: dict[str, RegistryClient] = {}
         self.max_import_bytes = config.max_import_mb * 1024 * 1024
         self.in_use: Callable[[], Collection[str]] = tuple
         """Digests of the images sandboxes run in now (the sandbox service sets it)."""
@@ -206,6 +207,7 @@ class ImageService:
             credentials=load_credentials(self.config.registry_auth_file),
             max_blob_bytes=self.store.max_layer_bytes,
         )
+        self._clients[status.ref] = client
         try:
             digest = await asyncio.to_thread(client.pull, self.store, status.ref, progress)
             status.digest, status.status = digest, "done"
@@ -217,12 +219,21 @@ class ImageService:
         finally:
             client.close()
             self._tasks.pop(status.ref, None)
+            self._clients.pop(status.ref, None)
+            self._forget_old_pulls()
             self._publish(status)
+
+    def _forget_old_pulls(self, keep: int = 100) -> None:
+        ended = [r for r, p in self.pulls.items() if p.status != "pulling"]
+        for ref in ended[: max(0, len(ended) - keep)]:
+            del self.pulls[ref]
 
     def pull_statuses(self) -> list[PullStatus]:
         return list(self.pulls.values())
 
     async def stop(self) -> None:
+        for client in list(self._clients.values()):
+            client.cancelled = True  # its thread stops at the next chunk
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):

@@ -14,9 +14,11 @@ remaining image names. All of it runs in threads (blocking file work), one write
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 import threading
@@ -81,6 +83,9 @@ class ImageStore:
         self.lock = threading.RLock()
         """Held while the index, layers or roots change (one writer at a time)."""
         self._blob_locks: dict[str, threading.Lock] = {}
+        self._pins: collections.Counter[str] = collections.Counter()
+        """Blobs a pull is fetching (by hex digest): `collect` keeps them though no image names
+        them yet."""
         for sub in ("blobs/sha256", "partial", "layers", "roots"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
@@ -98,6 +103,19 @@ class ImageStore:
         of images sharing a layer never write its partial file at once."""
         with self.lock:
             return self._blob_locks.setdefault(_hex(digest), threading.Lock())
+
+    @contextlib.contextmanager
+    def pinned(self, digests: list[str]) -> Iterator[None]:
+        """Keep `digests` through any `collect` until the block ends (a pull in progress)."""
+        keys = [_hex(d) for d in digests]
+        with self.lock:
+            self._pins.update(keys)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._pins.subtract(keys)
+                self._pins += collections.Counter()  # drops the zero counts
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -283,7 +301,8 @@ class ImageStore:
             for rec in index.images.values():
                 keep_blobs.add(_hex(rec.config_digest))
                 keep_layers.update(_hex(d) for d in rec.layers)
-            keep_blobs |= keep_layers
+            keep_blobs |= keep_layers | set(self._pins)
+            keep_layers |= set(self._pins)
             freed = 0
             for sub, keep in (
                 ("roots", keep_roots),
@@ -297,9 +316,19 @@ class ImageStore:
             return freed
 
     def prune_partial(self) -> int:
+        """Delete interrupted downloads (their pulls would have resumed them), but not one being
+        written now: a blob a pull holds, an upload or import of the last hour."""
         freed = 0
+        recent = time.time() - 3600
         with self.lock:
             for entry in (self.root / "partial").iterdir():
+                lock = self._blob_locks.get(entry.name)
+                if entry.name in self._pins or (lock is not None and lock.locked()):
+                    continue
+                if not re.fullmatch(r"[0-9a-f]{64}", entry.name) and (
+                    entry.stat().st_mtime > recent
+                ):
+                    continue
                 freed += tree_size(entry)
                 remove_entry(entry)
         return freed
