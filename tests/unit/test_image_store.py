@@ -96,3 +96,69 @@ def test_prune_keeps_what_a_pull_or_upload_is_writing(store: ImageStore) -> None
     assert not store.partial_path("sha256:" + "cd" * 32).exists()
     store.collect()
     assert not fetched.exists()
+
+
+def test_an_index_resolves_to_this_machines_platform(store: ImageStore, tmp_path: Path) -> None:
+    """A layout whose index points at an image index of two platforms (the other one first)."""
+    import hashlib
+    import json
+
+    from appliance.sandbox.images.manifest import host_platform
+
+    layout = busybox_layout(tmp_path / "layout")
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    ours = dict(index["manifests"][0])
+    other = {**ours, "platform": {"os": "linux", "architecture": "s390x"}}
+    other["digest"] = "sha256:" + "0" * 64  # never read: not this platform
+    os_, arch = host_platform()
+    ours["platform"] = {"os": os_, "architecture": arch}
+    nested = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [other, ours],
+        }
+    ).encode()
+    digest = hashlib.sha256(nested).hexdigest()
+    (blobs / digest).write_bytes(nested)
+    index["manifests"] = [
+        {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": f"sha256:{digest}",
+            "size": len(nested),
+        }
+    ]
+    (layout / "index.json").write_text(json.dumps(index))
+    rec = import_archive(store, layout, "localhost/multi:1")[0]
+    assert rec.digest == ours["digest"]
+    s390x_only = json.dumps({"schemaVersion": 2, "manifests": [other]}).encode()
+    (blobs / hashlib.sha256(s390x_only).hexdigest()).write_bytes(s390x_only)
+    index["manifests"][0].update(
+        digest="sha256:" + hashlib.sha256(s390x_only).hexdigest(), size=len(s390x_only)
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageRefused, match="s390x"):
+        import_archive(store, layout, "localhost/foreign:1")
+
+
+def test_docker_hub_credentials_under_dockers_own_key(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from appliance.sandbox.images.registry import load_credentials
+
+    auth = tmp_path / "auth.json"
+    token = base64.b64encode(b"me:secret").decode()
+    auth.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": token},
+                    "127.0.0.1:5000": {"auth": token},
+                }
+            }
+        )
+    )
+    creds = load_credentials(str(auth))
+    assert creds == {"docker.io": ("me", "secret"), "127.0.0.1:5000": ("me", "secret")}

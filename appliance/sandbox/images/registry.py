@@ -40,6 +40,8 @@ from appliance.sandbox.images.store import ImageStore
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 MAX_MANIFEST = 4 * 1024 * 1024
 REGISTRY_HOSTS = {"docker.io": "registry-1.docker.io"}
+DOCKER_HUB_KEYS = {"index.docker.io": "docker.io", "registry-1.docker.io": "docker.io"}
+"""How `docker login` names Docker Hub in auth.json (https://index.docker.io/v1/)."""
 Progress = Callable[[int, int], None]
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -67,7 +69,7 @@ def load_credentials(configured: str = "") -> dict[str, tuple[str, str]]:
                 except (KeyError, ValueError, TypeError):
                     continue
                 key = host.removeprefix("https://").removeprefix("http://").split("/")[0]
-                out[key] = (user, password)
+                out[DOCKER_HUB_KEYS.get(key, key)] = (user, password)
             return out
     return {}
 
