@@ -87,7 +87,13 @@ class SandboxEngine:
         """Why workspace sizes are polled rather than enforced by the kernel, when they are."""
 
     async def start(self) -> None:
-        """Start what needs the event loop: the workspace mount holder (quota.py)."""
+        """Start what needs the event loop: the workspace mount holder (quota.py); and, for a
+        root daemon, find the files its setpriv needs inside images (images/runtime.py)."""
+        if self.identity.daemon_is_root:
+            try:
+                self._helper = await asyncio.to_thread(HostHelper.for_binary, self.identity.setpriv)
+            except SandboxUnavailable as exc:
+                log.warning("sandboxes cannot run in images: %s", exc.message)
         if self.quota_mode == "poll":
             self.quota_problem = 'sandbox.workspace_quota is "poll"'
             return
@@ -201,7 +207,11 @@ class SandboxEngine:
         helper = None
         if prefix:  # the root daemon's setpriv, run from the host's files
             if self._helper is None:
-                self._helper = HostHelper.for_binary(prefix[0])
+                raise SandboxUnavailable(
+                    "sandboxes cannot run in images here: the daemon runs as root and the "
+                    "libraries of its setpriv could not be listed (see the log); install "
+                    "libc-bin (ldd), or run the daemon as an ordinary user"
+                )
             helper = self._helper
             prefix = (*helper.argv, *prefix[1:])
         mounts = image_mounts(

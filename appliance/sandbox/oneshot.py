@@ -99,7 +99,8 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
     started = time.monotonic()
     lang = spec.language
     if lang.profile.repl and not spec.network and spec.command is None:
-        pooled = pool is not None and lang.image is None  # the pool holds host-toolchain sandboxes
+        # the pool holds host-toolchain sandboxes only
+        pooled = pool is not None and lang.image is None
         sandbox = await pool.acquire(lang, spec.limits) if pool is not None and pooled else None
         if sandbox is None:
             sandbox = await engine.start_driver(lang, spec.limits)
