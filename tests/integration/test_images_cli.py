@@ -68,6 +68,50 @@ def test_images_cli_end_to_end(registry: LocalRegistry, tmp_path: Path) -> None:
             r = c.post("/api/run", json={"image": ref, "command": ["sh", "-c", "echo $GREETING"]})
             assert r.json()["stdout"] == "hello-from-image\n", r.text
 
+        program = tmp_path / "main.sh"
+        program.write_text("cat /etc/added.txt\n")
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "run",
+                "--image",
+                ref,
+                "sh",
+                str(program),
+                "--url",
+                d.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert (ran.returncode, ran.stdout) == (0, "added by layer two\n"), ran.stderr
+        argv = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "run",
+                "--image",
+                ref,
+                "--command",
+                "--url",
+                d.url,
+                "--",
+                "sh",
+                "-c",
+                "pwd; exit 3",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert (argv.returncode, argv.stdout) == (3, "/app\n"), argv.stderr
+
         missing = cli(d, "pull", f"{registry.host}/cli/none:1")
         assert missing.returncode != 0 and "not in the registry" in missing.stderr
 
