@@ -47,6 +47,8 @@ def _everything(root: Path) -> set[str]:
         ([Entry("link", "hardlink", target="/etc/passwd")], "absolute"),
         ([Entry("link", "hardlink", target="missing")], "earlier file"),
         ([Entry(".wh..", data=b"")], "whiteout of nothing"),
+        ([Entry("a/" * 200 + "deep", data=b"x")], "nested"),
+        ([Entry("n" * 3000, data=b"x")], "name over"),
     ],
 )
 def test_hostile_layers_are_refused_and_leave_nothing(

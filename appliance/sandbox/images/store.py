@@ -29,7 +29,7 @@ from typing import IO
 
 import msgspec
 
-from appliance.sandbox.images.errors import DigestMismatch, ImageNotFound
+from appliance.sandbox.images.errors import DigestMismatch, ImageNotFound, ImageRefused
 from appliance.sandbox.images.manifest import (
     ImageConfig,
     Manifest,
@@ -192,7 +192,12 @@ class ImageStore:
         with self.lock:
             for layer in manifest.layers:
                 self.unpacked_layer(layer.digest)
-            self._merge_root(manifest_digest, manifest)
+            try:
+                self._merge_root(manifest_digest, manifest)
+            except OSError as exc:
+                raise ImageRefused(
+                    f"the layers of {ref} cannot be merged into a root file system ({exc})"
+                ) from exc
             index = self._load()
             record = index.images.get(manifest_digest) or self._record(
                 manifest_digest, manifest, config

@@ -13,7 +13,8 @@ entry is bad:
 - device nodes and FIFOs are left out (neutralised): a sandbox has its own minimal /dev;
 - modes: setuid, setgid and sticky bits on files are dropped; ownership is never applied (the
   files belong to the store); the owner always keeps read/write so the store can remove them;
-- size: the regular files together may not pass `max_bytes`, entries may not pass `max_entries`.
+- size: the regular files together may not pass `max_bytes`, entries may not pass `max_entries`,
+  names may not be longer than MAX_NAME or nested deeper than MAX_DEPTH.
 
 Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are kept as empty marker files: store.py applies them
 when it merges an image's layers.
@@ -35,6 +36,10 @@ from appliance.sandbox.images.errors import ImageRefused, LayerTooLarge
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 CHUNK = 1024 * 1024
+MAX_NAME = 2048
+"""Longest entry name accepted (with the store's own path it stays under PATH_MAX)."""
+MAX_DEPTH = 128
+"""Deepest nesting accepted; no real image comes near it, a hostile one could exhaust the merge."""
 
 
 @dataclass
@@ -54,7 +59,11 @@ def entry_parts(name: str) -> list[str]:
         raise ImageRefused(f"layer entry {name!r} has a NUL byte in its name")
     if name.startswith("/"):
         raise ImageRefused(f"layer entry {name!r} is an absolute path; the layer is refused")
+    if len(name) > MAX_NAME:
+        raise ImageRefused(f"layer entry {name[:80]!r}... has a name over {MAX_NAME} bytes")
     parts = [p for p in name.split("/") if p not in ("", ".")]
+    if len(parts) > MAX_DEPTH:
+        raise ImageRefused(f"layer entry {name[:80]!r}... is nested over {MAX_DEPTH} deep")
     if ".." in parts:
         raise ImageRefused(f"layer entry {name!r} climbs out with '..'; the layer is refused")
     if not parts:
