@@ -235,6 +235,8 @@ class SandboxEngine:
             keep_caps=self.identity.keep_caps,
             drop_all_caps=self.identity.daemon_is_root,
             seccomp=self.seccomp,
+            # the drivers' tmpfs is a mount of its own, which `--remount-ro /` leaves writable
+            extra=("--remount-ro", DRIVER_DIR),
         )
 
     async def spawn(

@@ -249,6 +249,7 @@ def test_escape_battery_holds_in_an_image(image_server: SandboxServer) -> None:
         "ls /proc | grep -cE '^[0-9]+$' | busybox awk '{print ($1 < 6)}'": "1",
         "env | grep -c -e APPLIANCE -e PYTEST -e VIRTUAL_ENV": "0",
         "test -e /root -o -e /home -o -e /work -o -e /usr && echo HOST || echo none": "none",
+        "touch /opt/appliance/x /x 2>/dev/null || echo read-only": "read-only",
     }
     with image_server.client() as c:
         for script, expected in checks.items():
