@@ -255,3 +255,26 @@ def test_escape_battery_holds_in_an_image(image_server: SandboxServer) -> None:
         for script, expected in checks.items():
             r = _run(c, image=REF, command=["sh", "-c", script], memory_mb=64, timeout_s=10)
             assert r["stdout"].strip().splitlines()[-1:] == [expected], (script, r)
+
+
+def test_an_image_built_by_umoci_runs_with_its_whiteout(
+    image_server: SandboxServer, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tests.fixtures.oci_images import umoci_layout
+
+    require(shutil.which("umoci"), "umoci is needed (apt install umoci)")
+    layout = tar_directory(umoci_layout(tmp_path), tmp_path / "umoci.tar")
+    with image_server.client() as c:
+        r = c.post(
+            "/api/images/import",
+            content=layout.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 201, r.text
+        ref = r.json()["images"][0]["refs"][0]
+        ran = _run(c, image=ref, command=["sh", "-c", "pwd; ls /etc; echo $GREETING"])
+    assert ran["stdout"].splitlines()[0] == "/etc"
+    assert "a" in ran["stdout"].split() and "b" not in ran["stdout"].split(), ran
+    assert ran["stdout"].endswith("umoci\n"), ran
