@@ -19,6 +19,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from appliance.sandbox.errors import UploadTooLarge
+from appliance.sandbox.images.reference import parse_ref
 from appliance.sandbox.images.service import (
     ImageOut,
     ImageService,
@@ -64,6 +65,8 @@ class ImageController(Controller):
         request: Request[Any, Any, Any],
         name: FromQuery[str | None] = None,
     ) -> ImportResult:
+        if name:
+            parse_ref(name)  # a bad name is refused before the archive is read
         path = images.store.root / "partial" / f"upload-{secrets.token_hex(8)}.tar"
         try:
             size = 0
@@ -77,7 +80,7 @@ class ImageController(Controller):
                             "import a smaller image"
                         )
                     out.write(chunk)
-            return await images.import_file(path, name or None)
+            return await images.import_file(path, name or None, label="the uploaded archive")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

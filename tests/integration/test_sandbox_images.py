@@ -133,6 +133,19 @@ def test_requests_that_cannot_run_are_refused_clearly(image_server: SandboxServe
         assert r.status_code == 400 and "image" in r.text, r.text
         r = c.post("/api/run", json={"image": "Bad Ref", "command": ["sh"]})
         assert r.status_code == 400, r.text
+        r = c.post(
+            "/api/images/import",
+            params={"name": "Bad Name"},
+            content=b"x" * 1000,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 400 and "image reference" in r.text, r.text
+        r = c.post(
+            "/api/images/import",
+            content=b"not an archive",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 400 and "the uploaded archive is not" in r.text, r.text
 
 
 def test_import_docker_save_list_inspect_and_remove(

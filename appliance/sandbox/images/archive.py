@@ -53,7 +53,7 @@ class DockerSaveEntry(msgspec.Struct):
 class ArchiveFiles:
     """Regular files of a tar or a directory, by their normalised names."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, label: str | None = None) -> None:
         self.path = path
         self.tar: tarfile.TarFile | None = None
         self.members: dict[str, tarfile.TarInfo] = {}
@@ -64,10 +64,10 @@ class ArchiveFiles:
             for m in self.tar.getmembers():
                 if m.isreg():
                     self.members["/".join(entry_parts(m.name))] = m
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError):
             raise ImageRefused(
-                f"{path.name} is not a tar archive or an image directory ({exc}); give an OCI "
-                "layout or the output of `docker save`"
+                f"{label or path.name} is not a tar archive (plain, gzip, bzip2 or xz) or an "
+                "image directory; give an OCI layout or the output of `docker save`"
             ) from None
 
     def close(self) -> None:
@@ -112,9 +112,13 @@ class ArchiveFiles:
         return data
 
 
-def import_archive(store: ImageStore, path: Path, name: str | None = None) -> list[ImageRecord]:
-    """Import every image in the archive or directory at `path`; `name` names the first one."""
-    files = ArchiveFiles(path)
+def import_archive(
+    store: ImageStore, path: Path, name: str | None = None, *, label: str | None = None
+) -> list[ImageRecord]:
+    """Import every image in the archive or directory at `path`; `name` names the first one.
+    `label` is how errors name the archive (an upload's temporary file means nothing to its
+    sender)."""
+    files = ArchiveFiles(path, label)
     try:
         if files.exists("index.json") and files.exists("oci-layout"):
             return _import_layout(store, files, name)
@@ -123,8 +127,8 @@ def import_archive(store: ImageStore, path: Path, name: str | None = None) -> li
     finally:
         files.close()
     raise ImageRefused(
-        f"{path.name} is neither an OCI layout (index.json, oci-layout) nor a `docker save` "
-        "archive (manifest.json)"
+        f"{label or path.name} is neither an OCI layout (index.json, oci-layout) nor a "
+        "`docker save` archive (manifest.json)"
     )
 
 

@@ -133,15 +133,17 @@ class ImageService:
 
     # --- changing ----------------------------------------------------------------------------------
 
-    async def import_file(self, path: Path, name: str | None = None) -> ImportResult:
+    async def import_file(
+        self, path: Path, name: str | None = None, *, label: str | None = None
+    ) -> ImportResult:
         if name:
             parse_ref(name)  # refused before any work
-        records = await asyncio.to_thread(self._import, path, name)
+        records = await asyncio.to_thread(self._import, path, name, label)
         return ImportResult(images=records)
 
-    def _import(self, path: Path, name: str | None) -> list[ImageOut]:
+    def _import(self, path: Path, name: str | None, label: str | None) -> list[ImageOut]:
         with self.store.lock:
-            records = import_archive(self.store, path, name)
+            records = import_archive(self.store, path, name, label=label)
             refs = self._refs()
         return [image_out([r for r, d in refs if d == rec.digest], rec) for rec in records]
 
