@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "models",
     "convert",
     "run",
+    "images",
     "bench",
     "doctor",
     "chat",
