@@ -40,7 +40,7 @@ def doctor(tmp_path: Path, port: int) -> tuple[int, dict[str, dict[str, Any]]]:
 def test_doctor_on_this_machine(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "d") as d:
         code, checks = doctor(tmp_path, d.port)
-    assert len(checks) == 14
+    assert len(checks) == 15  # the image store is one of them
     assert checks["python"]["status"] == "ok"
     assert checks["leftover processes"]["status"] == "ok"
     if checks["sandboxes"]["status"] == "ok":  # then quotas are enforced here too
