@@ -58,13 +58,17 @@ def bare_once(path: Path, ctx: int, threads: int) -> float:
     return ms
 
 
-def appliance_once(d: BenchDaemon, c: httpx.Client) -> tuple[float, float]:
-    """One appliance trial on the loaded model: unload it, wait for the spare, then the first
-    token of a request; returns (first token ms, load ms in the scheduler)."""
+def unload_and_settle(d: BenchDaemon, c: httpx.Client) -> None:
+    """Unload the model and wait until the daemon is quiet again, its spare worker started."""
     c.post("/api/models/bench/unload")
     wait_state(d, "bench", "unloaded")
     wait_spare(d)
     time.sleep(0.3)  # let the machine settle after the spare's start-up
+
+
+def appliance_once(c: httpx.Client) -> tuple[float, float]:
+    """The first token of a request to the unloaded model; returns (first token ms, load ms in
+    the scheduler)."""
     ms = first_token_ms(c, {"model": "bench", "prompt": PROMPT, "max_tokens": 1, "temperature": 0})
     return ms, float(c.get("/api/models/bench").json()["last_load_ms"] or 0)
 
@@ -72,7 +76,9 @@ def appliance_once(d: BenchDaemon, c: httpx.Client) -> tuple[float, float]:
 def trials(
     path: Path, ctx: int, threads: int, n: int
 ) -> tuple[list[float], list[float], list[float]]:
-    """`n` rounds of one bare trial then one appliance trial: (bare, appliance, loads)."""
+    """`n` rounds of one bare trial then one appliance trial: (bare, appliance, loads). Each
+    round starts with the model unloaded and the daemon quiet (its next spare started), so
+    neither trial runs beside the daemon's background work."""
     import llama_cpp  # noqa: F401  (imported before the clock starts: an import is no load)
 
     a: list[float] = []
@@ -83,9 +89,10 @@ def trials(
         c.post("/api/models/bench/load")  # warms the page cache for both
         bare_once(path, ctx, threads)  # the first in this process pays one-time set-up: dropped
         for _ in range(n):
-            time.sleep(0.3)
+            unload_and_settle(d, c)
             a.append(bare_once(path, ctx, threads))
-            ms, load = appliance_once(d, c)
+            time.sleep(0.3)
+            ms, load = appliance_once(c)
             b.append(ms)
             loads.append(load)
     return a, b, loads
