@@ -137,6 +137,7 @@ class Appliance:
             memory=memory_probe_for_host(config.models),
             config=config.models,
             events=events,
+            kv_ram_budget=config.agents.kv_ram_budget_mb * 2**20,
         )
         store = Store(state)
         grammars = GrammarCompiler(

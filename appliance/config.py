@@ -211,6 +211,16 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     memory_budget_mb) and never the state directory's disk; "poll" measures the directory every
     250 ms and kills the program that overfills it; "auto" is tmpfs where the host allows it
     (a warning and `appliance doctor` say when it does not)."""
+    insecure_registries: list[str] = msgspec.field(default_factory=list)
+    """Registries (host:port) that images are pulled from over plain HTTP, for example a
+    loopback registry `127.0.0.1:5000`; every other registry is reached over HTTPS only."""
+    registry_auth_file: str = ""
+    """A Docker/Podman-style auth.json with registry credentials; empty: $REGISTRY_AUTH_FILE,
+    then ~/.config/containers/auth.json, then ~/.docker/config.json."""
+    max_layer_mb: int = 4096
+    """Largest an image layer may be, as downloaded and as unpacked; a larger one is refused."""
+    max_import_mb: int = 8192
+    """Largest image archive `POST /api/images/import` accepts."""
     seccomp: bool = True
     """Run sandboxed code under a seccomp filter that refuses what it never needs (new
     namespaces, mount, ptrace, keyctl, bpf, perf events, io_uring, kexec, modules...) on x86_64
@@ -222,6 +232,10 @@ class AgentsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Extra directories whose *.toml agent profiles are loaded."""
     max_steps: int = 6
     """Model calls per agent turn before the loop stops."""
+    kv_ram_budget_mb: int = 128
+    """Memory per chat model worker for parked session KV state, before it goes to disk: a
+    session displaced from its sequence resumes with a memcpy instead of a file read. What it
+    holds shows in the worker's measured memory (0: park on disk only)."""
     kv_disk_budget_mb: int = 2048
     """Disk space for parked session KV state; least recently used is evicted beyond it."""
     park_idle_s: float = 60.0

@@ -18,6 +18,16 @@ need_apt=()
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v gcc >/dev/null || need_apt+=(gcc)
 "$py" -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)' 2>/dev/null || need_apt+=(python3-dev)
+if [ "$mode" = test ]; then
+  # the image tests: a loopback OCI registry, skopeo to push to it, a static busybox to build
+  # test images from (only on Debian-like systems; the tests say what is missing elsewhere)
+  if command -v apt-get >/dev/null; then
+    command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+    command -v skopeo >/dev/null || need_apt+=(skopeo)
+    command -v umoci >/dev/null || need_apt+=(umoci)
+    dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+  fi
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
   elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}";

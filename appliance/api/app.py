@@ -11,6 +11,7 @@ from appliance.api.agents import AgentController
 from appliance.api.auth import BearerAuth
 from appliance.api.boundary import BoundaryPolicy, BrowserBoundary
 from appliance.api.errors import EXCEPTION_HANDLERS
+from appliance.api.images import ImageController
 from appliance.api.mcp import mcp_mount
 from appliance.api.models import ModelsController
 from appliance.api.ollama import OllamaController, OllamaErrors
@@ -37,6 +38,7 @@ def create_app(appliance: Appliance, *, manage_lifecycle: bool = True) -> Litest
         OpenAIController,
         ModelsController,
         SandboxController,
+        ImageController,
         AgentController,
         SessionController,
         ResponsesController,

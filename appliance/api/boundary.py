@@ -88,6 +88,8 @@ class BodyLimits:
     json: BodyRule
     run: BodyRule
     upload: BodyRule
+    image: BodyRule
+    """An image archive (POST /api/images/import): raw bytes, up to sandbox.max_import_mb."""
 
     @classmethod
     def from_config(cls, config: Config) -> BodyLimits:
@@ -100,6 +102,7 @@ class BodyLimits:
             json=BodyRule("json", json_bytes, "server.max_body_mb"),
             run=BodyRule("json", run_bytes, "server.max_run_body_mb"),
             upload=BodyRule("upload", sandbox.max_file_mb * MiB, "sandbox.max_file_mb"),
+            image=BodyRule("upload", sandbox.max_import_mb * MiB, "sandbox.max_import_mb"),
         )
 
 
@@ -131,7 +134,9 @@ def route_body_rules(
                 continue
             rule = getattr(limits, kind, None)
             if not isinstance(rule, BodyRule):
-                raise ValueError(f"{route.path}: unknown body class {kind!r}; use run or upload")
+                raise ValueError(
+                    f"{route.path}: unknown body class {kind!r}; use run, upload or image"
+                )
             regex = _path_regex(route.path_format, dict(route.path_parameters))
             methods = getattr(handler, "http_methods", None) or {"POST"}
             rules.extend((method, regex, rule) for method in sorted(methods))

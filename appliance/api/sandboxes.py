@@ -17,6 +17,7 @@ from litestar.params import FromPath, JSONBody
 
 from appliance.api.disconnect import unless_disconnected
 from appliance.api.errors import EXCEPTION_HANDLERS
+from appliance.api.images import ImageController
 from appliance.sandbox.batch import BatchRequest, BatchResult
 from appliance.sandbox.errors import UploadTooLarge
 from appliance.sandbox.service import (
@@ -159,7 +160,7 @@ def create_sandbox_app(service: SandboxService, *, manage_lifecycle: bool = True
         return host
 
     return Litestar(
-        route_handlers=[SandboxController],
+        route_handlers=[SandboxController, ImageController],
         dependencies={"appliance": Provide(provide_appliance, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[service.start] if manage_lifecycle else [],

@@ -7,10 +7,14 @@ history. For each trial, the time to the first token of the next turn, measured 
     and restores the state, then evaluates only the new tokens;
 (b) the same, but the parked file was deleted: the turn wakes the model and prefills the whole
     history again;
-(c) the session is hot in its slot: only the new tokens are evaluated.
+(c) the session is hot in its slot: only the new tokens are evaluated;
+(d) the model stays loaded, another session took the slot, so the session's state was parked in
+    the worker's RAM tier: the turn restores it from memory;
+(e) the same situation for a copy of the session (a fork) that has no parked state anywhere: the
+    turn prefills the whole history with the model loaded.
 
-It prints the medians, (b)/(a) (the issue's target is at least 20), the KV state's bytes per token
-and the restore throughput reported by the worker.
+It prints the medians, (b)/(a) (target at least 20), (e)/(d) (target at least 50), the KV
+state's bytes per token and the restore throughput reported by the worker.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         f"model file: {path} ({path.stat().st_size / 2**20:.1f} MiB), n_ctx 2048, threads {threads}, "
         f"trials {args.trials}"
     )
-    hot, parked, prefill, restores = [], [], [], []
+    hot, parked, prefill, restores, ram, ram_prefill, ram_restores = [], [], [], [], [], [], []
     with bench_daemon({MODEL: profile}, config="[agents]\npark_idle_s = 0\n") as d, d.http() as c:
         agent = {
             "name": "bench",
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         }
         c.post("/api/agents", json=agent).raise_for_status()
         base = c.post("/api/sessions", json={"agent": "bench"}).json()["id"]
+        filler = c.post("/api/sessions", json={"agent": "bench"}).json()["id"]
         _, first = turn(c, base, history_text(max(1, args.history // 37)))
         print(
             f"history: {first['usage']['prompt_tokens'] + first['usage']['completion_tokens']} tokens"
@@ -134,7 +139,23 @@ def run(args: argparse.Namespace) -> int:
             if done["timings"].get("kv_restored") or done["timings"].get("context_dropped"):
                 raise ApplianceError(f"not a full re-prefill of the history: {done['timings']}")
             prefill.append(ms)
-            c.delete(f"/api/sessions/{sid}")
+
+            turn(c, filler, NEXT)  # takes the one slot: sid goes to the RAM tier
+            ms, done = turn(c, sid, NEXT)
+            t = done["timings"]
+            if t.get("kv_restore_tier") != "ram":
+                raise ApplianceError(f"the session was not restored from RAM: {t}")
+            ram.append(ms)
+            ram_restores.append(t)
+            fork = c.post(f"/api/sessions/{sid}/fork").json()["id"]
+            turn(c, filler, NEXT)
+            ms, done = turn(c, fork, NEXT)
+            # the filler shares the persona with it, nothing of the history
+            if done["timings"].get("kv_restored") or done["timings"]["cached_tokens"] > 64:
+                raise ApplianceError(f"not a full prefill: {done['timings']}")
+            ram_prefill.append(ms)
+            for s in (sid, fork):
+                c.delete(f"/api/sessions/{s}")
     ma, mb, mc = median(parked), median(prefill), median(hot)
     n_bytes = median([float(t["kv_restore_bytes"]) for t in restores])
     n_tokens = median([float(t["kv_restored_tokens"]) for t in restores])
@@ -156,7 +177,16 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"(c) hot session:                        first token median {mc:8.1f} ms  (all: {all_of(hot)})"
     )
+    md, me = median(ram), median(ram_prefill)
+    ram_ms = median([float(t["kv_restore_ms"]) for t in ram_restores])
+    print(
+        f"(d) loaded, parked in the RAM tier:     first token median {md:8.1f} ms  (all: {all_of(ram)}; restore {ram_ms:.1f} ms)"
+    )
+    print(
+        f"(e) loaded, full re-prefill:            first token median {me:8.1f} ms  (all: {all_of(ram_prefill)})"
+    )
     print(f"ratio (b)/(a): {mb / ma:.1f}  (target >= 20)")
+    print(f"ratio (e)/(d): {me / md:.1f}  (target >= 50)")
     print(
         f"KV state: {n_bytes / n_tokens:.0f} bytes per token; restore {n_bytes / 2**20 / (restore_ms / 1000):.0f} MiB/s "
         f"({n_bytes / 2**20:.1f} MiB in {restore_ms:.1f} ms, read and checked from disk)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ["wakeup", "swap", "api", "sandbox", "resume", "ops", "mcp"]
+BENCHMARKS = ["wakeup", "swap", "api", "serve", "sandbox", "images", "resume", "ops", "mcp"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

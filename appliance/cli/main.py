@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "models",
     "convert",
     "run",
+    "images",
     "bench",
     "doctor",
     "chat",
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # a line per HTTP request drowns what the CLI and benchmarks print
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,5 +1,8 @@
 """`appliance run LANGUAGE FILE|-`: run a program in a sandbox from the terminal.
 
+With `--image REF` it runs in that OCI image's userland; `--image REF --command -- ARGV...` runs
+an argv there instead of a program.
+
 It sends the program to the daemon's `POST /api/run` (the same path the HTTP API and agents use)
 and prints its output, so what works here works there. `--local` runs it in this process instead,
 for machines without a running daemon. The exit status is the program's own, or 124 for a
@@ -66,6 +69,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the program against test cases (a JSON object per line: stdin, args, "
         "expected_stdout, compare, timeout_s) with POST /api/run/batch; exit 0 when all pass",
     )
+    p.add_argument(
+        "--image",
+        metavar="REF",
+        help="run in this OCI image's userland (appliance images list) instead of the host's",
+    )
+    p.add_argument(
+        "--command",
+        action="store_true",
+        help="with --image: the arguments are an argv to run in the image, not LANGUAGE FILE "
+        "(appliance run --image REF --command -- cat /etc/os-release)",
+    )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--local", action="store_true", help="run in this process, without a daemon")
     p.add_argument("--config", type=Path, help="config TOML for --local")
@@ -102,8 +116,15 @@ def _files(specs: list[str]) -> dict[str, str]:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     from appliance.sandbox.limits import parse_duration_s, parse_size_mb
 
-    code, stdin = _read_source(args)
-    body: dict[str, Any] = {"language": args.language, "code": code, "args": list(args.args)}
+    if args.command:
+        argv = [a for a in (args.language, args.file, *args.args) if a is not None]
+        stdin = Path(args.stdin).read_text(encoding="utf-8") if args.stdin else None
+        body: dict[str, Any] = {"image": args.image, "command": argv}
+    else:
+        code, stdin = _read_source(args)
+        body = {"language": args.language, "code": code, "args": list(args.args)}
+        if args.image:
+            body["image"] = args.image
     if stdin is not None:
         body["stdin"] = stdin
     if args.timeout:
@@ -165,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
             langs = DaemonClient(args.url, args.token).get("/api/sandboxes/languages")
         _print_languages(langs)
         return 0
-    if not args.language or not args.file:
+    if args.command and not args.image:
+        raise InvalidRequest("--command runs an argv inside an image: give --image REF too")
+    if args.command and not args.language:
+        raise InvalidRequest("give the argv to run: appliance run --image REF --command -- ls /")
+    if not args.command and (not args.language or not args.file):
         raise InvalidRequest(
             "give a language and a source file: appliance run python main.py (or - for stdin)"
         )

@@ -238,3 +238,39 @@ def turn_body(content: str, max_tokens: int | None = None) -> dict[str, Any]:
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     return body
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def image_path(ref: str) -> str:
+    """`/api/images/<ref>`: a reference keeps its slashes and colons (the route takes a path)."""
+    return "/api/images/" + quote(ref, safe="/:@")
+
+
+def images() -> Call[list[Any]]:
+    return Call("GET", "/api/images", items)
+
+
+def image(ref: str) -> Call[Any]:
+    return Call("GET", image_path(ref), _json_value)
+
+
+def pull_image(ref: str) -> Call[Any]:
+    return Call("POST", "/api/images/pull", _json_value, body={"ref": ref})
+
+
+def image_pulls() -> Call[list[Any]]:
+    return Call("GET", "/api/images/pulls", items)
+
+
+def remove_image(ref: str) -> Call[Any]:
+    return Call("DELETE", image_path(ref), _json_value)
+
+
+def prune_images() -> Call[Any]:
+    return Call("POST", "/api/images/prune", _json_value, slow=True)
+
+
+def _json_value(payload: Any) -> Any:
+    return payload

@@ -77,6 +77,25 @@ class DaemonClient:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
+    def upload(
+        self, path: str, content: Iterator[bytes], *, params: dict[str, Any] | None = None
+    ) -> Any:
+        """POST raw bytes (an image archive) as they are read; the answer's JSON."""
+        try:
+            resp = self.http.post(
+                path,
+                content=content,
+                params=params,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=NO_READ_LIMIT,
+            )
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        err = error_for(resp, self.url)
+        if err is not None:
+            raise err
+        return resp.json() if resp.content else None
+
     def turn(
         self, session_id: str, content: str, *, max_tokens: int | None = None
     ) -> Iterator[TurnEvent]:

@@ -2,8 +2,8 @@
 
 Each check looks at one thing (Python, the llama.cpp build, the NVIDIA driver, the GPU as
 llama.cpp sees it, sandboxes, workspace quotas, the model workers' jail, cgroup delegation, the
-state directory, processes an earlier daemon left running, the port, API tokens, the config, the
-default models) and returns ok, warning (it works, but not as well as it could) or
+state directory, the image store, processes an earlier daemon left running, the port, API
+tokens, the config, the default models) and returns ok, warning (it works, but not as well as it could) or
 failure (that part will not work), with a sentence saying what it found and, unless ok, the fix.
 Everything read from the host comes through `DoctorProbes` (appliance.host.probes).
 """
@@ -249,6 +249,21 @@ def check_state_dir(p: DoctorProbes, cfg: Config) -> CheckResult:
     return ok(name, detail)
 
 
+def check_images(p: DoctorProbes, cfg: Config) -> CheckResult:
+    name = "image store"
+    report = p.images(Path(cfg.state_dir))
+    detail = f"{report.images} image(s), {report.bytes / GiB:.2f} GiB in {cfg.state_dir}/oci"
+    if report.problems:
+        return CheckResult(
+            name,
+            "warning",
+            f"{detail}; cannot run: {'; '.join(report.problems)}",
+            "remove and pull (or import) those images again: appliance images rm REF, then "
+            "appliance images pull REF",
+        )
+    return ok(name, detail)
+
+
 def check_leftovers(p: DoctorProbes, cfg: Config) -> CheckResult:
     name = "leftover processes"
     info = p.leftovers(Path(cfg.state_dir))
@@ -366,6 +381,7 @@ def run_doctor(
         check_worker_jail(p, cfg),
         check_cgroup(p),
         check_state_dir(p, cfg),
+        check_images(p, cfg),
         check_leftovers(p, cfg),
         check_port(p, cfg),
         check_tokens(p, cfg),

@@ -25,6 +25,7 @@ from appliance.errors import ApplianceError
 from appliance.host.janitor import lock_holder
 from appliance.host.leftovers import find_leftovers
 from appliance.sandbox.cgroup import own_cgroup
+from appliance.sandbox.images.store import StoreReport, inspect_store
 from appliance.sandbox.preflight import PreflightReport, run_preflight
 from appliance.telemetry.nvml import Nvml
 
@@ -256,3 +257,4 @@ class DoctorProbes:
     default_models: Callable[[Config], dict[str, bool | str]] = probe_default_models
     worker_jail: Callable[[Config], str | None] = probe_worker_jail
     workspace_quota: Callable[[Config], str | None] = probe_workspace_quota
+    images: Callable[[Path], StoreReport] = lambda state: inspect_store(state / "oci")

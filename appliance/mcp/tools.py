@@ -55,6 +55,13 @@ Files = Annotated[
 Timeout = Annotated[
     float | None, Field(description="Seconds before the program is stopped (the daemon caps it)")
 ]
+Image = Annotated[
+    str | None,
+    Field(
+        description="Run inside this OCI image's root filesystem (a reference from GET "
+        "/api/images) instead of the host's toolchains; the language's interpreter must be in it"
+    ),
+]
 
 
 @contextmanager
@@ -96,6 +103,7 @@ class ApplianceTools:
         files: Files = None,
         fetch_files: list[str] | None = None,
         timeout_s: Timeout = None,
+        image: Image = None,
     ) -> Annotated[CallToolResult, RunOutput]:
         """Run a program once in a fresh sandbox (no network, a private workspace) and return its
         output: the `POST /api/run` contract."""
@@ -105,6 +113,7 @@ class ApplianceTools:
                 {
                     "language": language,
                     "code": code,
+                    "image": image,
                     "stdin": stdin,
                     "files": files,
                     "fetch_files": fetch_files,
@@ -122,13 +131,19 @@ class ApplianceTools:
             float | None, Field(description="Default timeout of each exec")
         ] = None,
         memory_mb: int | None = None,
+        image: Image = None,
     ) -> SandboxOutput:
         """Create a stateful sandbox: a workspace (and, for Python, a live interpreter) kept between
         sandbox_exec calls. It is deleted when this MCP session ends, or after its idle time."""
         with tool_errors():
             req = _build(
                 CreateSandboxRequest,
-                {"language": language, "timeout_s": timeout_s, "memory_mb": memory_mb},
+                {
+                    "language": language,
+                    "timeout_s": timeout_s,
+                    "memory_mb": memory_mb,
+                    "image": image,
+                },
             )
             info = await self.appliance.sandboxes.create(req)
         self._reap_with_session(ctx, info.id)

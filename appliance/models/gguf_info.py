@@ -1,7 +1,8 @@
 """What a GGUF file says about the memory it will need, read without loading it.
 
 The estimate is the weights (the tensor data in the file) plus the KV cache for the configured
-context (f16 keys and values for every layer, per parallel slot), plus a compute-buffer allowance.
+context (f16 keys and values for every layer, per parallel sequence), plus one compute-buffer
+allowance: a worker holds the weights once and one context for all its sequences.
 The scheduler uses it to decide what to evict before a load, then replaces it with what the worker
 really used.
 """
@@ -35,9 +36,10 @@ class GgufInfo:
         return per_token * n_ctx
 
     def estimate_bytes(self, n_ctx: int, parallel: int = 1, *, gpu: bool = False) -> int:
-        weights = self.file_bytes * (parallel if gpu else 1)  # mmap shares weights on the CPU
+        """Weights once, the KV cache of every sequence, and one context's compute buffers: the
+        worker holds one context for all its sequences (`gpu` no longer changes the sum)."""
         compute = 32 * 2**20 + n_ctx * self.n_embd * 4 * 4
-        return weights + parallel * (self.kv_bytes(n_ctx) + compute)
+        return self.file_bytes + parallel * self.kv_bytes(n_ctx) + compute
 
 
 def _field(reader: Any, key: str, default: int | str | None = None) -> Any:

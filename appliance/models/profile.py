@@ -39,7 +39,10 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_ttl_s: float | None = None
     """Seconds the model stays loaded after its last request; unset uses the daemon default."""
     parallel: int = 1
-    """Requests served at once (each slot is its own context in the worker)."""
+    """Requests served at once: sequences of the worker's one context, decoded together."""
+    kv_unified: bool = False
+    """One KV buffer for all sequences: a shared prefix (a system prompt) is held once, at some
+    cost to attention speed when sequences share little. Off: a KV stream per sequence."""
     chat_template: str | None = None
     """A Jinja chat template that replaces the one inside the GGUF."""
     pinned: bool = False

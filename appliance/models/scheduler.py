@@ -87,8 +87,11 @@ class ModelScheduler:
         clock: Clock | None = None,
         events: EventBus | None = None,
         gguf_info: Callable[[Path], GgufInfo] = read_gguf_info,
+        kv_ram_budget: int = 0,
     ) -> None:
         self.catalog = catalog
+        self.kv_ram_budget = kv_ram_budget
+        """Bytes of parked sessions' KV state each chat worker keeps in RAM (agents config)."""
         self.spawner = spawner
         self.memory = memory
         self.config = config
@@ -327,6 +330,8 @@ class ModelScheduler:
                     n_threads=prof.threads,
                     n_batch=prof.batch_size,
                     parallel=prof.parallel,
+                    kv_unified=prof.kv_unified,
+                    kv_ram_budget=self.kv_ram_budget if prof.kind == "chat" else 0,
                     chat_template=prof.chat_template,
                 ),
                 timeout=self.config.load_timeout_s,

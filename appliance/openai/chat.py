@@ -308,7 +308,14 @@ class ChatService:
             object="chat.completion",
             created=gen.created,
             model=gen.model,
-            choices=[s.ChatChoice(index=0, message=message, finish_reason=r.finish_reason)],
+            choices=[
+                s.ChatChoice(
+                    index=0,
+                    message=message,
+                    finish_reason=r.finish_reason,
+                    logprobs=chat_logprobs(r.logprobs),
+                )
+            ],
             usage=_usage(r.usage, s.Usage),
             timings=gen.extra(r),
         )
@@ -324,12 +331,19 @@ class ChatService:
         self, gen: Generation, include_usage: bool
     ) -> AsyncIterator[s.ChatCompletionChunk]:
         def chunk(
-            delta: s.ChatDelta | None, finish: str | None = None, **extra: Any
+            delta: s.ChatDelta | None,
+            finish: str | None = None,
+            lps: list[p.TokenLogprob] | None = None,
+            **extra: Any,
         ) -> s.ChatCompletionChunk:
             choices = (
                 []
                 if delta is None
-                else [s.ChatChunkChoice(index=0, delta=delta, finish_reason=finish)]
+                else [
+                    s.ChatChunkChoice(
+                        index=0, delta=delta, finish_reason=finish, logprobs=chat_logprobs(lps)
+                    )
+                ]
             )
             return s.ChatCompletionChunk(
                 id=gen.id,
@@ -343,7 +357,7 @@ class ChatService:
         yield chunk(s.ChatDelta(role="assistant", content=""))
         async for ev in gen.events():
             if isinstance(ev, p.Delta):
-                yield chunk(s.ChatDelta(content=ev.text))
+                yield chunk(s.ChatDelta(content=ev.text), lps=ev.logprobs)
                 continue
             if ev.tool_calls:
                 calls = [
@@ -367,7 +381,14 @@ class ChatService:
             object="text_completion",
             created=gen.created,
             model=gen.model,
-            choices=[s.CompletionChoice(index=0, text=r.answer, finish_reason=r.finish_reason)],
+            choices=[
+                s.CompletionChoice(
+                    index=0,
+                    text=r.answer,
+                    finish_reason=r.finish_reason,
+                    logprobs=completion_logprobs(r.logprobs),
+                )
+            ],
             usage=_usage(r.usage, s.Usage),
             timings=gen.extra(r),
         )
@@ -380,11 +401,25 @@ class ChatService:
     async def _completion_chunks(
         self, gen: Generation, include_usage: bool
     ) -> AsyncIterator[s.CompletionChunk]:
-        def chunk(text: str | None, finish: str | None = None, **extra: Any) -> s.CompletionChunk:
+        offset = 0
+
+        def chunk(
+            text: str | None,
+            finish: str | None = None,
+            lps: list[p.TokenLogprob] | None = None,
+            **extra: Any,
+        ) -> s.CompletionChunk:
             choices = (
                 []
                 if text is None
-                else [s.CompletionChunkChoice(index=0, text=text, finish_reason=finish)]
+                else [
+                    s.CompletionChunkChoice(
+                        index=0,
+                        text=text,
+                        finish_reason=finish,
+                        logprobs=completion_logprobs(lps, offset),
+                    )
+                ]
             )
             return s.CompletionChunk(
                 id=gen.id,
@@ -397,7 +432,8 @@ class ChatService:
 
         async for ev in gen.events():
             if isinstance(ev, p.Delta):
-                yield chunk(ev.text)
+                yield chunk(ev.text, lps=ev.logprobs)
+                offset += len(ev.text)
             else:
                 yield chunk("", ev.finish_reason)
                 if include_usage:
@@ -496,6 +532,42 @@ def _usage(u: p.Usage, shape: type[U]) -> U:
         prompt_tokens_details=s.PromptTokensDetails(cached_tokens=u.cached_tokens)
         if u.cached_tokens
         else None,
+    )
+
+
+def chat_logprobs(lps: list[p.TokenLogprob] | None) -> s.ChatLogprobs | None:
+    if lps is None:
+        return None
+    return s.ChatLogprobs(
+        content=[
+            s.ChatTokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=t.bytes,
+                top_logprobs=[
+                    s.TopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top
+                ],
+            )
+            for t in lps
+        ]
+    )
+
+
+def completion_logprobs(
+    lps: list[p.TokenLogprob] | None, offset: int = 0
+) -> s.CompletionLogprobs | None:
+    """The legacy shape; `offset` is where the first token's text starts in the reply."""
+    if lps is None:
+        return None
+    offsets = []
+    for t in lps:
+        offsets.append(offset)
+        offset += len(t.token)
+    return s.CompletionLogprobs(
+        tokens=[t.token for t in lps],
+        token_logprobs=[t.logprob for t in lps],
+        top_logprobs=[{a.token: a.logprob for a in t.top} for t in lps],
+        text_offset=offsets,
     )
 
 

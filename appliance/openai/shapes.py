@@ -19,7 +19,7 @@ to OpenAI's shapes (`timings`) are declared with them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -193,6 +193,9 @@ class Sampling(_Body, kw_only=True):
 
 class ChatCompletionRequest(Sampling, kw_only=True):
     messages: list[ChatMessage]
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    """Alternatives per token with logprobs (OpenAI's range: 0 to 20)."""
     max_completion_tokens: MaxTokens | None = None
     tools: list[ChatTool] | None = None
     tool_choice: ToolChoice | None = None
@@ -202,6 +205,8 @@ class ChatCompletionRequest(Sampling, kw_only=True):
 
 class CompletionRequest(Sampling, kw_only=True):
     prompt: str | list[str]
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    """Log probabilities of each token with this many alternatives (OpenAI's range: 0 to 5)."""
 
 
 class EmbeddingRequest(_Body, kw_only=True):
@@ -264,12 +269,39 @@ class AssistantReply(_Reply, kw_only=True):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprob(_Reply, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(_Reply, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Reply, kw_only=True):
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
+class CompletionLogprobs(_Reply, kw_only=True):
+    """The legacy completions shape: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class ChatChoice(_Reply, kw_only=True):
     index: int
     message: AssistantReply
     finish_reason: str
     """stop, length, tool_calls, or cancelled."""
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(_Reply, kw_only=True):
@@ -287,7 +319,7 @@ class CompletionChoice(_Reply, kw_only=True):
     index: int
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Reply, kw_only=True):
@@ -322,7 +354,7 @@ class ChatChunkChoice(_Reply, kw_only=True):
     delta: ChatDelta
     finish_reason: str | None
     """Set on the last chunk of the choice."""
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Reply, kw_only=True, omit_defaults=True):
@@ -343,7 +375,7 @@ class CompletionChunkChoice(_Reply, kw_only=True):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionChunk(_Reply, kw_only=True, omit_defaults=True):

@@ -10,6 +10,7 @@ Layers, bottom up:
 - repl/: interpreters that start before the code exists (the warm pool and stateful cells);
   pool.py: the warm pool; oneshot.py: one-shot runs; manager.py: stateful sandboxes.
 - preflight.py: whether this host can run sandboxes at all, and how to fix it when not.
+- images/: OCI images (pulled or imported) whose root file systems sandboxes can run in.
 
 Nothing here imports the web framework; appliance.sandbox.service is the only user.
 """

@@ -26,9 +26,11 @@ from appliance.sandbox.aio import close_quietly
 from appliance.sandbox.cgroup import CgroupDelegate
 from appliance.sandbox.errors import SandboxUnavailable
 from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.images.runtime import HostHelper, image_cwd, image_env, image_mounts
 from appliance.sandbox.limits import DEFAULT_LIMITS, MiB, SandboxLimits, rlimits_for
 from appliance.sandbox.policy import (
     DRIVER_DIR,
+    WORKSPACE,
     Mount,
     SandboxPolicy,
     base_mounts,
@@ -37,7 +39,7 @@ from appliance.sandbox.policy import (
     write_sandbox_etc,
 )
 from appliance.sandbox.process import SandboxProcess
-from appliance.sandbox.profiles import DRIVERS, ProfileCatalog, ResolvedLanguage
+from appliance.sandbox.profiles import COMMAND_PROFILE, DRIVERS, ProfileCatalog, ResolvedLanguage
 from appliance.sandbox.quota import QuotaUnavailable, WorkspaceMounts
 from appliance.sandbox.repl import DRIVER_FILES_DIR, DriverSandbox
 from appliance.sandbox.results import RunOutcome
@@ -77,6 +79,7 @@ class SandboxEngine:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.etc_dir = write_sandbox_etc(self.root / ".etc")
+        self._helper: HostHelper | None = None
         self.quota_mode: QuotaMode = config.workspace_quota
         self.mounts: WorkspaceMounts | None = None
         """The holder of the workspaces' tmpfs mounts; None when workspace sizes are polled."""
@@ -84,7 +87,13 @@ class SandboxEngine:
         """Why workspace sizes are polled rather than enforced by the kernel, when they are."""
 
     async def start(self) -> None:
-        """Start what needs the event loop: the workspace mount holder (quota.py)."""
+        """Start what needs the event loop: the workspace mount holder (quota.py); and, for a
+        root daemon, find the files its setpriv needs inside images (images/runtime.py)."""
+        if self.identity.daemon_is_root:
+            try:
+                self._helper = await asyncio.to_thread(HostHelper.for_binary, self.identity.setpriv)
+            except SandboxUnavailable as exc:
+                log.warning("sandboxes cannot run in images: %s", exc.message)
         if self.quota_mode == "poll":
             self.quota_problem = 'sandbox.workspace_quota is "poll"'
             return
@@ -157,6 +166,8 @@ class SandboxEngine:
         network: bool = False,
     ) -> SandboxPolicy:
         drivers = [(str(DRIVER_FILES_DIR / f), f"{DRIVER_DIR}/{f}") for f in DRIVERS.values()]
+        if lang.image is not None:
+            return self._image_policy(lang, workspace, command, limits, network, drivers)
         mounts: tuple[Mount, ...] = base_mounts(
             system=self.system,
             etc_dir=self.etc_dir,
@@ -178,6 +189,54 @@ class SandboxEngine:
             keep_caps=self.identity.keep_caps,
             drop_all_caps=self.identity.daemon_is_root,
             seccomp=self.seccomp,
+        )
+
+    def _image_policy(
+        self,
+        lang: ResolvedLanguage,
+        workspace: Workspace,
+        command: list[str],
+        limits: SandboxLimits,
+        network: bool,
+        drivers: list[tuple[str, str]],
+    ) -> SandboxPolicy:
+        """The policy of a sandbox in an image (images/runtime.py): the same namespaces, uid,
+        capabilities and seccomp filter as on the host toolchains, another root."""
+        assert lang.image is not None
+        prefix = self.identity.command_prefix()
+        helper = None
+        if prefix:  # the root daemon's setpriv, run from the host's files
+            if self._helper is None:
+                raise SandboxUnavailable(
+                    "sandboxes cannot run in images here: the daemon runs as root and the "
+                    "libraries of its setpriv could not be listed (see the log); install "
+                    "libc-bin (ldd), or run the daemon as an ordinary user"
+                )
+            helper = self._helper
+            prefix = (*helper.argv, *prefix[1:])
+        mounts = image_mounts(
+            image=lang.image,
+            etc_dir=self.etc_dir,
+            workspace=workspace.bind_source,
+            drivers=drivers if lang.profile.repl else [],
+            helper=helper,
+            tmp_bytes=limits.tmp_mb * MiB,
+            network=network,
+        )
+        command_run = lang.profile is COMMAND_PROFILE
+        return SandboxPolicy(
+            command=(*prefix, *command),
+            mounts=mounts,
+            env=image_env(lang.image, tuple(lang.profile.env.items())),
+            network=network,
+            cwd=image_cwd(lang.image) if command_run else WORKSPACE,
+            uid=self.identity.bwrap_uid,
+            gid=self.identity.bwrap_gid,
+            keep_caps=self.identity.keep_caps,
+            drop_all_caps=self.identity.daemon_is_root,
+            seccomp=self.seccomp,
+            # the drivers' tmpfs is a mount of its own, which `--remount-ro /` leaves writable
+            extra=("--remount-ro", DRIVER_DIR),
         )
 
     async def spawn(

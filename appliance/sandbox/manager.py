@@ -115,7 +115,7 @@ class SandboxManager:
             sid = f"sbx-{secrets.token_hex(8)}"
             driver: DriverSandbox | None = None
             if lang.profile.repl:
-                if not network and self.pool is not None:
+                if not network and self.pool is not None and lang.image is None:
                     driver = await self.pool.acquire(lang, limits)
                 if driver is None:
                     ws = await asyncio.to_thread(self.engine.new_workspace, "sbx-", limits)

@@ -45,6 +45,8 @@ class RunSpec:
     max_file_bytes: int = 64 * 1024 * 1024
     max_fetch_bytes: int = 64 * 1024 * 1024
     """All fetched files together."""
+    command: list[str] | None = None
+    """An image run's own argv (no code file is written, no profile command runs)."""
 
 
 def write_inputs(workspace: Workspace, spec: RunSpec) -> None:
@@ -56,7 +58,8 @@ def write_inputs(workspace: Workspace, spec: RunSpec) -> None:
                 f"the files add up to more than the workspace limit of {spec.limits.workspace_mb} MB"
             )
         workspace.write_file(path, data)
-    workspace.write_file(spec.language.profile.file, spec.code)
+    if spec.command is None:
+        workspace.write_file(spec.language.profile.file, spec.code)
 
 
 def fetch_outputs(workspace: Workspace, spec: RunSpec) -> dict[str, bytes]:
@@ -95,8 +98,10 @@ def fetch_outputs(workspace: Workspace, spec: RunSpec) -> dict[str, bytes]:
 async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) -> RunOutcome:
     started = time.monotonic()
     lang = spec.language
-    if lang.profile.repl and not spec.network:
-        sandbox = await pool.acquire(lang, spec.limits) if pool is not None else None
+    if lang.profile.repl and not spec.network and spec.command is None:
+        # the pool holds host-toolchain sandboxes only
+        pooled = pool is not None and lang.image is None
+        sandbox = await pool.acquire(lang, spec.limits) if pool is not None and pooled else None
         if sandbox is None:
             sandbox = await engine.start_driver(lang, spec.limits)
         try:
@@ -116,7 +121,18 @@ async def run_once(engine: SandboxEngine, pool: WarmPool | None, spec: RunSpec) 
     workspace = await asyncio.to_thread(engine.new_workspace, "run-", ws_limits)
     try:
         await asyncio.to_thread(write_inputs, workspace, spec)
-        outcome = await compile_and_run(engine, lang, workspace, spec, started)
+        if spec.command is not None:
+            outcome = await engine.run_command(
+                lang,
+                workspace,
+                spec.command,
+                spec.limits,
+                stdin=spec.stdin,
+                network=spec.network,
+                started=started,
+            )
+        else:
+            outcome = await compile_and_run(engine, lang, workspace, spec, started)
         if outcome.phase == "run":
             outcome.files = await asyncio.to_thread(fetch_outputs, workspace, spec)
         return outcome

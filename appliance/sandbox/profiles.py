@@ -25,6 +25,7 @@ import msgspec
 from appliance.config import load_toml_struct
 from appliance.errors import ConfigError, ToolchainMissing
 from appliance.sandbox.errors import LanguageNotFound
+from appliance.sandbox.images.runtime import ImageRoot, find_in_image, image_path_dirs
 from appliance.sandbox.limits import (
     DEFAULT_COMPILE_LIMITS,
     DEFAULT_LIMITS,
@@ -72,6 +73,9 @@ class LanguageProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Limits of the compile step."""
     oom_patterns: list[str] = msgspec.field(default_factory=list)
     """Output fragments that mean the program ran out of memory (besides the generic ones)."""
+    image: str = ""
+    """An image (a reference in `appliance images list`) this language always runs in, its
+    tools looked up inside the image: a language the host lacks (Ruby, Lua) from an image."""
 
 
 def _check_placeholders(profile: LanguageProfile, file: str) -> None:
@@ -112,6 +116,8 @@ class ResolvedLanguage:
     profile: LanguageProfile
     tools: dict[str, ResolvedTool]
     extra_binds: list[str] = field(default_factory=list)
+    image: ImageRoot | None = None
+    """The image whose root the sandbox runs in; None: the host's toolchains."""
 
     @property
     def name(self) -> str:
@@ -149,6 +155,28 @@ class ResolvedLanguage:
         driver = f"{DRIVER_DIR}/{DRIVERS[self.profile.repl]}"
         command = self.profile.driver_run or self.profile.run
         return [*_fill(command, self._values(limits, driver)), str(result_fd)]
+
+
+COMMAND_PROFILE = LanguageProfile(name="command", file=".command", tools={}, run=["/bin/sh"])
+"""The profile of an image run that names its own argv (`image` + `command`)."""
+
+
+def resolve_in_image(profile: LanguageProfile, image: ImageRoot) -> ResolvedLanguage:
+    """`profile` with its tools looked up inside the image (probes are not run: they would
+    run the image's programs on the host), or ToolchainMissing naming the image."""
+    dirs = image_path_dirs(image)
+    tools: dict[str, ResolvedTool] = {}
+    for name, spec in profile.tools.items():
+        exe = find_in_image(image.path, spec.find, dirs)
+        if exe is None:
+            raise ToolchainMissing(
+                f"language {profile.name!r} needs {' or '.join(spec.find)}, which image "
+                f"{image.name} does not have (searched {':'.join(dirs)}); use an image with it, "
+                "or run a `command` instead",
+                param="image",
+            )
+        tools[name] = ResolvedTool(name, exe, None)
+    return ResolvedLanguage(profile, tools, [], image)
 
 
 @dataclass(frozen=True)

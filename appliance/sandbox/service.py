@@ -16,6 +16,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -58,6 +59,8 @@ from appliance.sandbox.errors import (
     UploadTooLarge,
 )
 from appliance.sandbox.identity import SandboxIdentity
+from appliance.sandbox.images.languages import ImageLanguages
+from appliance.sandbox.images.service import ImageService
 from appliance.sandbox.limits import LimitCeiling, MiB, SandboxLimits, apply_request
 from appliance.sandbox.manager import SandboxManager, StatefulSandbox
 from appliance.sandbox.oneshot import RunSpec, run_compiled, run_once, write_inputs
@@ -75,8 +78,15 @@ log = logging.getLogger("appliance.sandbox")
 
 
 class RunRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    language: str
-    code: str
+    language: str = ""
+    code: str | None = None
+    """The program (with `language`)."""
+    image: str | None = None
+    """Run in this image's root filesystem (a reference or digest from GET /api/images)
+    instead of on the host's toolchains: with `command`, or with `language` + `code` (the
+    language's interpreter looked up inside the image)."""
+    command: list[str] = msgspec.field(default_factory=list)
+    """With `image`: the argv to run (after the image's Entrypoint); empty runs its Cmd."""
     stdin: str | None = None
     files: dict[str, str] = msgspec.field(default_factory=dict)
     """Files to put in the workspace first: relative path -> base64 content."""
@@ -113,7 +123,10 @@ class RunResult(msgspec.Struct, kw_only=True):
 
 
 class CreateSandboxRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    language: str
+    language: str | None = None
+    """Required, except with `image` (then "sh" when unset)."""
+    image: str | None = None
+    """The image whose root filesystem the sandbox runs in (its files persist in /workspace)."""
     timeout_s: float | None = None
     """Default timeout of each exec."""
     memory_mb: int | None = None
@@ -131,6 +144,7 @@ class ExecRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class SandboxInfo(msgspec.Struct, kw_only=True):
     id: str
     language: str
+    image: str | None = None
     interpreter: bool
     """Whether variables persist between execs (a live REPL), not only files."""
     busy: bool
@@ -329,9 +343,15 @@ class SandboxService:
         root: Path,
         identity: SandboxIdentity | None = None,
         telemetry: Telemetry | None = None,
+        images: ImageService | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.images = images or ImageService(config, root.parent / "oci", telemetry)
+        self.in_image = ImageLanguages(catalog, self.images)
+        self._running_images: collections.Counter[str] = collections.Counter()
+        """Digests of the images one-shot runs are running in now, with how many runs each."""
+        self.images.in_use = self._images_in_use
         self.catalog = catalog
         self.root = root
         self._identity = identity
@@ -440,6 +460,7 @@ class SandboxService:
         )
 
     async def stop(self) -> None:
+        await self.images.stop()
         if self.manager is not None:
             await self.manager.stop()
         if self.pool is not None:
@@ -458,6 +479,9 @@ class SandboxService:
     # --- checks -------------------------------------------------------------------------------------
 
     async def _language(self, name: str) -> ResolvedLanguage:
+        image = self.catalog.get(name).image
+        if image:  # a language that lives in an image, not on the host
+            return await self.in_image.resolve(image, name)
         # the first use runs the toolchain's probes (subprocesses): off the event loop
         known = self.catalog.resolved(name)
         return known if known is not None else await asyncio.to_thread(self.catalog.resolve, name)
@@ -515,12 +539,41 @@ class SandboxService:
 
     # --- one-shot -----------------------------------------------------------------------------------
 
+    async def _run_target(self, req: RunRequest) -> tuple[ResolvedLanguage, list[str] | None]:
+        """The language to run in, and an image run's own argv (None for code runs)."""
+        if req.language and req.code is None:
+            raise InvalidRequest(
+                "`code` is missing: send the program to run with `language`", param="code"
+            )
+        if req.image is None:
+            if req.command:
+                raise InvalidRequest(
+                    "command runs an argv inside an image; give `image` too, or send "
+                    "`language` + `code`",
+                    param="command",
+                )
+            if not req.language:
+                raise InvalidRequest("give `language` and `code` (or `image`)", param="language")
+            return await self._language(req.language), None
+        if req.command and req.language:
+            raise InvalidRequest(
+                "give either `command` or `language` + `code` with an image, not both",
+                param="command",
+            )
+        lang = await self.in_image.resolve(req.image, req.language)
+        return lang, None if req.language else self.in_image.argv(lang, req.command)
+
+    def _images_in_use(self) -> list[str]:
+        stateful = self.manager.sandboxes.values() if self.manager else ()
+        held = [sb.language.image.digest for sb in stateful if sb.language.image]
+        return [*held, *self._running_images.elements()]
+
     async def run(self, req: RunRequest, *, owner: Owner = "client") -> RunResult:
         engine, _ = self._ready()
-        lang = await self._language(req.language)
+        lang, command = await self._run_target(req)
         spec = RunSpec(
             language=lang,
-            code=self._bytes("code", req.code.encode()),
+            code=self._bytes("code", (req.code or "").encode()),
             limits=self._limits(lang, req.timeout_s, req.memory_mb),
             stdin=self._bytes("stdin", (req.stdin or "").encode()),
             files=self._decode_files(req.files),
@@ -529,8 +582,18 @@ class SandboxService:
             network=self._network(req.network),
             max_file_bytes=self.max_file_bytes,
             max_fetch_bytes=self.config.max_fetch_mb * MiB,
+            command=command,
         )
-        outcome = await self._admitted(engine, spec, owner, None)
+        digest = lang.image.digest if lang.image else None
+        if digest:
+            self._running_images[digest] += 1
+        try:
+            outcome = await self._admitted(engine, spec, owner, None)
+        finally:
+            if digest:
+                self._running_images[digest] -= 1
+                if not self._running_images[digest]:
+                    del self._running_images[digest]
         return self._observed(lang.name, to_result(outcome))
 
     # --- batches of test cases ---------------------------------------------------------------------
@@ -686,6 +749,10 @@ class SandboxService:
 
     async def languages(self) -> list[LanguageOut]:
         infos = await asyncio.to_thread(self.catalog.describe)
+        for i, info in enumerate(infos):
+            if self.catalog.profiles[info.name].image:
+                available, detail = await self.in_image.describe(info.name)
+                infos[i] = dataclasses.replace(info, available=available, detail=detail)
         pooled = self.config.pool
         return [
             LanguageOut(
@@ -709,6 +776,7 @@ class SandboxService:
         return SandboxInfo(
             id=sb.id,
             language=sb.language.name,
+            image=sb.language.image.name if sb.language.image else None,
             interpreter=sb.driver is not None,
             busy=sb.busy,
             execs=sb.execs,
@@ -724,7 +792,16 @@ class SandboxService:
         """A stateful sandbox for `owner`: "agent" for agents' tools, which draw on the share of
         memory and of the sandbox count that API clients cannot take."""
         _, manager = self._ready()
-        lang = await self._language(req.language)
+        if req.image is not None:
+            lang = await self.in_image.resolve(req.image, req.language or "sh")
+        elif not req.language:
+            raise InvalidRequest(
+                "`language` is missing: name the sandbox's language (GET "
+                "/api/sandboxes/languages), or give an `image`",
+                param="language",
+            )
+        else:
+            lang = await self._language(req.language)
         limits = self._limits(lang, req.timeout_s, req.memory_mb)
         network = self._network(req.network)
         info = self._info(await manager.create(lang, limits, network=network, owner=owner))

@@ -102,6 +102,8 @@ class KvReport:
     restore_ms: float | None = None
     restored_tokens: int | None = None
     restore_bytes: int | None = None
+    restore_tier: str | None = None
+    """Where the restored state came from: ram (the worker's RAM tier) or disk."""
     restore_error: str | None = None
     """The parked file could not be used (it was dropped from the index)."""
     restore_skipped: str | None = None
@@ -117,6 +119,7 @@ class KvReport:
                 kv_restore_ms=self.restore_ms,
                 kv_restored_tokens=self.restored_tokens,
                 kv_restore_bytes=self.restore_bytes,
+                kv_restore_tier=self.restore_tier,
             )
         elif self.restore_error is not None:
             out["kv_restore_error"] = self.restore_error
@@ -276,23 +279,27 @@ class KvParking:
         for parked in result.parked if result is not None else []:
             await self._displaced(parked, plan, worker_pid)
         restore = result.restore if result is not None else None
-        if restore is not None and plan.entry is not None:
+        from_ram = restore is not None and restore.tier == "ram"
+        if restore is not None and (plan.entry is not None or from_ram):
             report.tried = True
             if restore.restored:
                 report.restored = True
                 report.restore_ms = restore.ms
                 report.restored_tokens = restore.n_tokens
                 report.restore_bytes = restore.bytes
-                await self.store.run(self.store.kv.touch, plan.entry.id)
+                report.restore_tier = restore.tier
+                if plan.entry is not None:
+                    await self.store.run(self.store.kv.touch, plan.entry.id)
                 self.events.publish(
                     "session.restored",
                     session=session_id,
                     model=model_id,
+                    tier=restore.tier,
                     n_tokens=restore.n_tokens,
                     bytes=restore.bytes,
                     ms=restore.ms,
                 )
-            elif restore.error:
+            elif restore.error and plan.entry is not None and not from_ram:
                 report.restore_error = restore.error
                 log.warning("session %s: parked KV state not used: %s", session_id, restore.error)
                 await self._drop_entry(plan.entry)
@@ -310,6 +317,22 @@ class KvParking:
     async def _displaced(self, parked: p.ParkReport, plan: SlotPlan, worker_pid: int) -> None:
         sid = parked.slot_key
         hot = self.hot.get(sid)
+        if parked.tier == "ram" and parked.state is not None:
+            # still in that worker (its RAM tier), not on disk: hot for parking's purposes, so
+            # an idle timer, an unload or the daemon's stop writes it out like a slot's state
+            if hot is not None and hot.worker_pid == worker_pid:
+                hot.dirty = True
+            await self._set_status(sid, "parked")
+            self.events.publish(
+                "session.parked",
+                session=sid,
+                reason="evicted",
+                tier="ram",
+                bytes=parked.state.bytes,
+                n_tokens=parked.state.n_tokens,
+                evicted=0,
+            )
+            return
         if hot is not None and hot.worker_pid == worker_pid:
             del self.hot[sid]
         if parked.state is None or parked.path is None or plan.fingerprint is None:

@@ -58,6 +58,8 @@ class ToolOutcome:
 class ToolContext:
     session_id: str
     sandbox_language: str | None
+    sandbox_image: str | None = None
+    """The agent's `sandbox_image`: run_code's sandbox runs in that image's root."""
 
 
 class Tool(Protocol):
@@ -110,7 +112,9 @@ class RunCode:
             except NotFound:
                 pass
         info = await self.sandboxes.create(  # from the share kept for agents
-            CreateSandboxRequest(language=ctx.sandbox_language or self.default_language),
+            CreateSandboxRequest(
+                language=ctx.sandbox_language or self.default_language, image=ctx.sandbox_image
+            ),
             owner="agent",
         )
         try:

@@ -369,6 +369,7 @@ class AgentLoop:
             ctx = ToolContext(
                 session_id=spec.session_id,
                 sandbox_language=spec.agent.sandbox if spec.agent else None,
+                sandbox_image=spec.agent.sandbox_image if spec.agent else None,
             )
             with span("tool.run", tool=name) as timed:
                 outcome = await self.tools.run(ctx, name, args)

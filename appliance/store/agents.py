@@ -81,6 +81,9 @@ class AgentSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Names of the tools the agent may call, e.g. "run_code"."""
     sandbox: str | None = None
     """The sandbox language profile `run_code` uses, e.g. "python"."""
+    sandbox_image: str | None = None
+    """An image (`appliance images list`) whose root filesystem `run_code`'s sandbox runs in,
+    with `sandbox`'s interpreter looked up inside it; unset: the host's toolchains."""
     params: GenerationParams = msgspec.field(default_factory=GenerationParams)
     """Sampling parameters for every model call of this agent."""
     mcp_servers: list[McpServerSpec] = msgspec.field(default_factory=list)
@@ -96,6 +99,7 @@ class AgentPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     description: str | UnsetType = UNSET
     tools: list[str] | UnsetType = UNSET
     sandbox: str | UnsetType | None = UNSET
+    sandbox_image: str | UnsetType | None = UNSET
     params: GenerationParams | UnsetType = UNSET
     mcp_servers: list[McpServerSpec] | UnsetType = UNSET
 
@@ -115,6 +119,7 @@ class Agent(msgspec.Struct, kw_only=True):
     """The profile file an agent came from (source "profile")."""
     created: float
     updated: float
+    sandbox_image: str | None = None
 
     def spec(self) -> AgentSpec:
         return AgentSpec(
@@ -124,6 +129,7 @@ class Agent(msgspec.Struct, kw_only=True):
             description=self.description,
             tools=list(self.tools),
             sandbox=self.sandbox,
+            sandbox_image=self.sandbox_image,
             params=self.params,
             mcp_servers=list(self.mcp_servers),
         )
@@ -131,7 +137,7 @@ class Agent(msgspec.Struct, kw_only=True):
 
 _COLUMNS = (
     "id, name, model, persona, description, tools, sandbox, params, source, source_path, "
-    "created, updated, mcp_servers"
+    "created, updated, mcp_servers, sandbox_image"
 )
 
 
@@ -150,6 +156,7 @@ def _agent(row: tuple[Any, ...]) -> Agent:
         created=row[10],
         updated=row[11],
         mcp_servers=from_json(row[12], list[McpServerSpec], []),
+        sandbox_image=row[13],
     )
 
 
@@ -199,6 +206,7 @@ def _insert(
         description=spec.description,
         tools=list(spec.tools),
         sandbox=spec.sandbox,
+        sandbox_image=spec.sandbox_image,
         params=spec.params,
         mcp_servers=list(spec.mcp_servers),
         source=source,
@@ -224,18 +232,21 @@ def _write(con: apsw.Connection, a: Agent, *, insert: bool) -> None:
         a.created,
         a.updated,
         to_json(a.mcp_servers),
+        a.sandbox_image,
         a.id,
     )
     if insert:
         con.execute(
             "INSERT INTO agents(name, model, persona, description, tools, sandbox, params, source,"
-            " source_path, created, updated, mcp_servers, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " source_path, created, updated, mcp_servers, sandbox_image, id)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             values,
         )
     else:
         con.execute(
             "UPDATE agents SET name=?, model=?, persona=?, description=?, tools=?, sandbox=?,"
-            " params=?, source=?, source_path=?, created=?, updated=?, mcp_servers=? WHERE id=?",
+            " params=?, source=?, source_path=?, created=?, updated=?, mcp_servers=?,"
+            " sandbox_image=? WHERE id=?",
             values,
         )
 

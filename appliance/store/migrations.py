@@ -188,3 +188,9 @@ def m002_agent_mcp_servers(con: apsw.Connection) -> None:
         "ALTER TABLE agents ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]'"
         " CHECK (json_valid(mcp_servers))"
     )
+
+
+@migration
+def m003_agent_sandbox_image(con: apsw.Connection) -> None:
+    """Agents may name an OCI image their `run_code` sandbox runs in (NULL: the host's)."""
+    con.execute("ALTER TABLE agents ADD COLUMN sandbox_image TEXT")

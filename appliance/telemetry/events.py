@@ -14,7 +14,8 @@ and usage. `close()` ends every subscription (the daemon is stopping: open event
 hold the HTTP server's graceful shutdown for its whole grace period).
 
 Event types in use: model.state, model.fetch, model.evicted, model.thrashing (scheduler); sandbox.created,
-sandbox.destroyed, sandbox.run (sandboxes); session.turn.started, session.turn.finished
+sandbox.destroyed, sandbox.run (sandboxes); image.pull (image pulls: pulling, done or failed,
+with bytes_done/bytes_total); session.turn.started, session.turn.finished
 (agents); error (the API, for 5xx responses); daemon.ready, daemon.stopping.
 """
 

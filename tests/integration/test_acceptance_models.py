@@ -56,6 +56,50 @@ def test_completion(daemon: Daemon) -> None:
     assert "5" in r.choices[0].text
 
 
+def test_logprobs_of_chat_and_completions_streamed_or_not(daemon: Daemon) -> None:
+    client = daemon.openai()
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    r = client.chat.completions.create(
+        model=CHAT, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        # greedy: the chosen token is the most likely one
+        assert (
+            t.top_logprobs[0].token == t.token and abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6
+        )
+        assert bytes(t.bytes).decode("utf-8", "replace") == t.token
+    stream = client.chat.completions.create(
+        model=CHAT, messages=messages, max_tokens=8, temperature=0, logprobs=True, stream=True
+    )
+    streamed = [
+        t.token
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert streamed == [t.token for t in content]
+    plain = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=4)
+    assert plain.choices[0].logprobs is None, "no log probabilities unless asked"
+
+    c = client.completions.create(
+        model=CHAT, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0, logprobs=2
+    )
+    lp = c.choices[0].logprobs
+    assert "".join(lp.tokens) == c.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs)
+    assert all(len(alts) == 2 for alts in lp.top_logprobs)
+    assert lp.text_offset[0] == 0 and lp.text_offset[-1] == len("".join(lp.tokens[:-1]))
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(
+            model=CHAT, messages=messages, max_tokens=2, logprobs=True, top_logprobs=21
+        )
+
+
 def test_embeddings_similar_closer_than_unrelated(daemon: Daemon) -> None:
     texts = [
         "A man is playing a guitar.",

@@ -9,7 +9,6 @@ guard does not catch is still bounded in memory and time and ends in a 400, neve
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 import time
@@ -247,18 +246,21 @@ def test_the_worker_checks_grammars_against_its_vocabulary_and_bounds_its_cache(
 ) -> None:
     import llama_cpp
 
-    from appliance.models.worker.main import GRAMMAR_CACHE, Worker
+    from appliance.models.worker.sampler import GRAMMAR_CACHE, GrammarCache
 
-    worker = Worker(io.BytesIO())
-    worker.slots = [
-        type(
-            "S", (), {"llm": llama_cpp.Llama(str(tiny_model_path), vocab_only=True, verbose=False)}
-        )()
-    ]
-    with pytest.raises(InvalidRequest, match="cannot parse"):
-        worker.grammar(
-            'root ::= "{" s\ns ::= \ns-kv ::= "a"'
-        )  # what the empty enum became: a NULL sampler
-    for i in range(GRAMMAR_CACHE + 10):
-        worker.grammar(f'root ::= "{i}"')
-    assert len(worker._grammars) == GRAMMAR_CACHE
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(tiny_model_path).encode(), params)
+    assert model
+    cache = GrammarCache(llama_cpp.llama_model_get_vocab(model))
+    try:
+        with pytest.raises(InvalidRequest, match="cannot parse"):
+            cache.sampler(
+                'root ::= "{" s\ns ::= \ns-kv ::= "a"'
+            )  # what the empty enum became: a NULL sampler
+        for i in range(GRAMMAR_CACHE + 10):
+            llama_cpp.llama_sampler_free(cache.sampler(f'root ::= "{i}"'))
+        assert len(cache) == GRAMMAR_CACHE
+    finally:
+        cache.close()
+        llama_cpp.llama_model_free(model)

@@ -44,7 +44,8 @@ def daemon(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 1},
             "smollm2-copy": {"source": str(copy), "context_size": 2048, "parallel": 1},
         },
-        config={"agents": {"park_idle_s": 0}},
+        # displaced sessions go to disk here (the RAM tier has tests of its own)
+        config={"agents": {"park_idle_s": 0, "kv_ram_budget_mb": 0}},
     ) as d:
         with d.http() as c:
             add_keeper(c)
@@ -232,5 +233,35 @@ def test_sessions_and_their_parked_state_survive_a_restart(
             after = send_turn(c, s["id"], QUESTION)
             assert after.done["timings"]["kv_restored"] is True
             assert [a["name"] for a in c.get("/api/agents").json()["items"]].count("keeper") == 1
+    finally:
+        d.stop()
+
+
+def test_a_displaced_session_parks_in_the_workers_ram_and_resumes_from_it(
+    smollm2_path: Path, tmp_path: Path
+) -> None:
+    """With the RAM tier (the default), a session displaced from the one slot is held in the
+    worker's memory: its next turn restores it from there (no file), answers as a full prefill
+    would, and an unload still writes it to disk."""
+    models = {MODEL: {"source": str(smollm2_path), "context_size": 2048, "parallel": 1}}
+    d = start_daemon(tmp_path, models=models, config={"agents": {"park_idle_s": 0}})
+    try:
+        with d.http(timeout=300) as c:
+            add_keeper(c)
+            a = long_session(c)
+            b = new_session(c, agent="keeper")
+            send_turn(c, b["id"], "Hello, who are you?")  # displaces a, into RAM
+            detail = c.get(f"/api/sessions/{a['id']}").json()
+            assert detail["status"] == "parked" and detail["parked"] == [], "not on disk"
+            back = send_turn(c, a["id"], QUESTION)
+            t = back.done["timings"]
+            assert t["kv_restored"] is True and t["kv_restore_tier"] == "ram", t
+            assert t["cached_tokens"] > 600
+            send_turn(c, b["id"], "And again?")  # a goes back to RAM
+            unload(d, c)
+            (entry,) = parked(c, a["id"])  # the unload wrote it out
+            assert entry["n_tokens"] > 600
+            reference = full_prefill_answer(d, c, a["id"], 2, QUESTION)
+            assert reference.text == back.text
     finally:
         d.stop()

@@ -203,6 +203,41 @@ async def test_run_code_runs_a_program_and_says_what_went_wrong(
         assert "code" in missing
 
 
+async def test_run_code_and_sandboxes_in_an_image(
+    daemon: Daemon, sandboxes: bool, tmp_path: Path
+) -> None:
+    from tests.fixtures.oci_images import busybox_layout, have_busybox, tar_directory
+
+    require(sandboxes, "bwrap sandboxes are not available here")
+    require(have_busybox(), "a static /bin/busybox is needed (apt install busybox-static)")
+    ref = "localhost/mcp-busybox:1"
+    layout = tar_directory(busybox_layout(tmp_path / "layout"), tmp_path / "layout.tar")
+    with daemon.http() as h:
+        r = h.post(
+            "/api/images/import",
+            params={"name": ref},
+            content=layout.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 201, r.text
+    async with mcp_client(daemon) as c:
+        code = "cat /etc/added.txt; test -e /usr/bin/python3 || echo no-host-python"
+        out = structured(
+            await c.call_tool("run_code", {"language": "sh", "code": code, "image": ref})
+        )
+        assert out["stdout"] == "added by layer two\nno-host-python\n", out
+        sb = structured(await c.call_tool("sandbox_create", {"language": "sh", "image": ref}))
+        cell = structured(
+            await c.call_tool("sandbox_exec", {"sandbox_id": sb["id"], "code": "echo $GREETING"})
+        )
+        assert cell["stdout"] == "hello-from-image\n", cell
+        await c.call_tool("sandbox_delete", {"sandbox_id": sb["id"]})
+        missing = error_text(
+            await c.call_tool("run_code", {"language": "sh", "code": "x", "image": "nope:1"})
+        )
+        assert "appliance images pull" in missing
+
+
 async def test_a_sandbox_keeps_state_and_files_and_goes_with_the_session(
     daemon: Daemon, sandboxes: bool
 ) -> None:

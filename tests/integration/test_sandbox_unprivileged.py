@@ -1,6 +1,7 @@
 """The escape battery once more, with the daemon as an unprivileged user, as the systemd unit runs it.
 
-When the tests run as root (CI), test_sandbox_escape.py runs again in a subprocess under setpriv
+When the tests run as root (CI), test_sandbox_escape.py (and the runs in an image,
+test_sandbox_images.py) runs again in a subprocess under setpriv
 as nobody (65534): user namespaces, the workspace mount holder and the uid/gid maps all take
 their other path there. Skipped when the tests already run unprivileged, or when nobody cannot
 run this Python or read this checkout (a toolchain or a clone under a private home).
@@ -72,6 +73,8 @@ def test_the_escape_battery_passes_for_an_unprivileged_daemon() -> None:
                 "-q",
                 f"--basetemp={home / 'pytest'}",
                 str(REPO / "tests" / "integration" / "test_sandbox_escape.py"),
+                # runs in an image take the other path too: no setpriv bound in from the host
+                str(REPO / "tests" / "integration" / "test_sandbox_images.py"),
             ],
             cwd=REPO,
             env=env,

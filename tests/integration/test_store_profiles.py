@@ -54,3 +54,15 @@ def test_an_api_agent_shadows_a_profile_of_the_same_name(tmp_path: Path) -> None
         mine = store.agents.create(AgentSpec(name="helper", model="from-api"))
         [kept] = sync_agent_profiles(store.agents, load_agent_profiles([d]).values())
         assert kept == mine and store.agents.get("helper").model == "from-api"
+
+
+def test_an_agents_sandbox_image_is_stored_and_patched(tmp_path: Path) -> None:
+    from appliance.store.agents import AgentPatch
+
+    with Store(tmp_path / "state") as store:
+        made = store.agents.create(
+            AgentSpec(name="imaged", model="m", sandbox="sh", sandbox_image="localhost/bb:1")
+        )
+        assert store.agents.get(made.id).sandbox_image == "localhost/bb:1"
+        store.agents.update(made.id, AgentPatch(sandbox_image=None))
+        assert store.agents.get("imaged").sandbox_image is None

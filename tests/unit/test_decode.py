@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from appliance.errors import InvalidRequest
-from appliance.models.worker.decode import TextAssembler, parse_logit_bias
+from appliance.models.worker.decode import TextAssembler
+from appliance.models.worker.sampler import parse_logit_bias
 
 
 def feed_all(asm: TextAssembler, chunks: list[bytes]) -> list[str]:

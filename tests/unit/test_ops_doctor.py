@@ -78,6 +78,7 @@ def test_a_healthy_gpu_box_passes_everything(tmp_path: Path) -> None:
         "model worker jail",
         "cgroup delegation",
         "state directory",
+        "image store",
         "leftover processes",
         "port",
         "api tokens",
@@ -275,3 +276,14 @@ def test_unjailed_model_workers_are_a_warning_with_the_reason(tmp_path: Path) ->
     assert blocked.status == "warning"
     assert "setting up uid map" in blocked.detail and "run unjailed" in blocked.detail
     assert "sandboxes" in blocked.fix
+
+
+def test_image_store_size_and_an_unrunnable_image(tmp_path: Path) -> None:
+    from appliance.sandbox.images.store import StoreReport
+
+    fine = check(run(tmp_path), "image store")
+    assert fine.status == "ok" and "0 image(s)" in fine.detail
+    broken = StoreReport(images=1, bytes=GiB, problems=["localhost/x:1: layer sha256:ab missing"])
+    bad = check(run(tmp_path, images=lambda state: broken), "image store")
+    assert bad.status == "warning" and "localhost/x:1" in bad.detail
+    assert "appliance images rm" in bad.fix

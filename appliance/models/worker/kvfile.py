@@ -32,7 +32,7 @@ def token_prefix_hash(tokens: Sequence[int]) -> str:
 
 
 def write_kv_file(
-    path: str | os.PathLike[str], tokens: list[int], state: memoryview | bytes
+    path: str | os.PathLike[str], tokens: list[int], state: memoryview | bytes | bytearray
 ) -> int:
     """Write atomically; returns the file size in bytes."""
     header = json.dumps(

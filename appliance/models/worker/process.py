@@ -81,7 +81,8 @@ class RequestStream:
             while isinstance(item, p.Delta) and not self.queue.empty():
                 nxt = self.queue.get_nowait()
                 if isinstance(nxt, p.Delta):
-                    item = p.Delta(id=item.id, text=item.text + nxt.text)
+                    lps = (item.logprobs or []) + (nxt.logprobs or [])
+                    item = p.Delta(id=item.id, text=item.text + nxt.text, logprobs=lps or None)
                     merged += 1
                 else:
                     held = nxt

@@ -36,6 +36,12 @@ class Load(msgspec.Struct, tag="load", kw_only=True):
     n_threads: int = 0
     n_batch: int = 512
     parallel: int = 1
+    """Sequences of the one context: requests decoded together, each `n_ctx` tokens long."""
+    kv_unified: bool = False
+    """One KV buffer for every sequence (cells of a shared prefix are shared, not copied) instead
+    of a stream per sequence (faster attention when sequences share little)."""
+    kv_ram_budget: int = 0
+    """Bytes of parked sessions' KV state kept in this worker's memory before they go to disk."""
     chat_template: str | None = None
 
 
@@ -64,6 +70,9 @@ class GenerateParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     stop: list[str] | None = None
     logit_bias: dict[str, float] | None = None
     """OpenAI's form: token ids as decimal strings; checked against the vocabulary by the worker."""
+    logprobs: int | None = None
+    """Report each generated token's log probability with this many most likely alternatives
+    (0: the token's own only); None: no log probabilities."""
 
     @classmethod
     def from_request(cls, params: dict[str, Any]) -> GenerateParams:
@@ -78,6 +87,12 @@ class GenerateParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             fields["max_tokens"] = limit
         if isinstance(fields.get("stop"), str):
             fields["stop"] = [fields["stop"]]
+        # chat: logprobs is a flag and top_logprobs the alternatives; completions: a number
+        lp = params.get("logprobs")
+        if lp is True:
+            fields["logprobs"] = params.get("top_logprobs") or 0
+        elif lp is None or lp is False:
+            fields.pop("logprobs", None)
         prompt = fields.get("prompt")
         if isinstance(prompt, list):
             if len(prompt) != 1 or not isinstance(prompt[0], str):
@@ -144,6 +159,12 @@ class RestoreSlot(msgspec.Struct, tag="restore_slot", kw_only=True):
     path: str
 
 
+class Stats(msgspec.Struct, tag="stats", kw_only=True):
+    """What the engine's sequences hold and its counters (answered with a StatsResult)."""
+
+    id: int
+
+
 class Cancel(msgspec.Struct, tag="cancel", kw_only=True):
     id: int
 
@@ -184,6 +205,7 @@ Command = (
     | Tokenize
     | SaveSlot
     | RestoreSlot
+    | Stats
     | Cancel
     | Credit
     | Shutdown
@@ -211,9 +233,27 @@ class Loaded(msgspec.Struct, tag="loaded", kw_only=True):
     metadata: dict[str, str]
 
 
+class TopLogprob(msgspec.Struct, kw_only=True, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(msgspec.Struct, kw_only=True, array_like=True):
+    """One generated token's log probability (of the model's distribution, before sampling's
+    adjustments) and its most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob] = msgspec.field(default_factory=list)
+
+
 class Delta(msgspec.Struct, tag="delta", kw_only=True):
     id: int
     text: str
+    logprobs: list[TokenLogprob] | None = None
+    """When asked for: the tokens whose text this delta completes."""
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -223,7 +263,9 @@ class Usage(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
-    """Prompt tokens the slot already held (not evaluated again)."""
+    """Prompt tokens not evaluated again: the sequence held them, or copied them."""
+    shared_tokens: int = 0
+    """Of cached_tokens, those copied from another sequence (a shared system prompt)."""
 
 
 class Timings(msgspec.Struct, kw_only=True):
@@ -263,6 +305,8 @@ class ParkReport(msgspec.Struct, kw_only=True):
     """A session's state a request displaced from its slot: saved to `path`, or `error`."""
 
     slot_key: str
+    tier: Literal["disk", "ram"] = "disk"
+    """ram: kept in the worker's RAM tier (`path` is None); disk: written to `path`."""
     path: str | None = None
     state: SavedState | None = None
     error: str | None = None
@@ -272,6 +316,8 @@ class RestoreReport(msgspec.Struct, tag="restored", kw_only=True):
     """What became of a parked state a request brought (or of a RestoreSlot)."""
 
     restored: bool
+    tier: Literal["disk", "ram"] | None = None
+    """Where the state came from (None: nothing was tried)."""
     n_tokens: int = 0
     shared_tokens: int = 0
     """Tokens the file shares with the prompt."""
@@ -298,6 +344,8 @@ class GenerateResult(msgspec.Struct, tag="generated", kw_only=True):
     """Sessions' states this request displaced from its slot (see Generate.park_evicted_to)."""
     restore: RestoreReport | None = None
     """What became of Generate.restore_from (None: it was not tried)."""
+    logprobs: list[TokenLogprob] | None = None
+    """Every generated token's log probability, when the request asked for them."""
 
     @property
     def answer(self) -> str:
@@ -330,8 +378,37 @@ class SaveResult(msgspec.Struct, tag="saved", kw_only=True):
     """None: the slot held nothing of the key (never bound, empty, or given away meanwhile)."""
 
 
-Result = GenerateResult | EmbedResult | TokenizeResult | SaveResult | RestoreReport
-R = TypeVar("R", GenerateResult, EmbedResult, TokenizeResult, SaveResult, RestoreReport)
+class SeqInfo(msgspec.Struct, kw_only=True):
+    id: int
+    n_tokens: int
+    """Tokens the engine knows the sequence holds."""
+    cells: int
+    """Positions llama.cpp's memory holds for it (0: its cells are free)."""
+    key: str | None
+    busy: bool
+
+
+class StatsResult(msgspec.Struct, tag="stats", kw_only=True):
+    sequences: list[SeqInfo]
+    steps: int
+    """Decodes run (each one batch of every active sequence)."""
+    decoded_tokens: int
+    prompt_evaluated: int
+    """Prompt tokens evaluated."""
+    prompt_reused: int
+    """Prompt tokens a sequence held already or copied (not evaluated)."""
+    prompt_shared: int
+    """Of those, tokens copied from another sequence."""
+    ram_entries: int
+    ram_bytes: int
+    ram_hits: int
+    ram_spilled: int
+
+
+Result = GenerateResult | EmbedResult | TokenizeResult | SaveResult | RestoreReport | StatsResult
+R = TypeVar(
+    "R", GenerateResult, EmbedResult, TokenizeResult, SaveResult, RestoreReport, StatsResult
+)
 
 
 class Done(msgspec.Struct, tag="done", kw_only=True):
