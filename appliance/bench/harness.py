@@ -180,6 +180,23 @@ def first_token_ms(client: httpx.Client, body: dict[str, object]) -> float:
     raise ApplianceError("the stream ended without a token")
 
 
+def peer_runs_like_workers() -> str:
+    """Give this process's llama.cpp the OpenMP spin count the workers run with; call it before
+    llama_cpp is imported (libgomp reads GOMP_SPINCOUNT once, when it loads). Returns a line for
+    the benchmark's header.
+
+    With libgomp's default (300,000 spins) a bare `Llama()` on a 2-core box where anything else
+    runs swings from 120 ms to 5 s for the same load and first token (measured beside other
+    compiles), so the ratio said more about the neighbours than about the appliance. The workers
+    run with WORKER_SPINCOUNT (see its docstring); the peer now does too."""
+    if "llama_cpp" in sys.modules:
+        return "bare peer: llama_cpp already imported; OpenMP spin count left as it was"
+    from appliance.models.worker.process import WORKER_SPINCOUNT
+
+    os.environ.setdefault("GOMP_SPINCOUNT", WORKER_SPINCOUNT)
+    return f"bare peer and workers: GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
+
+
 def bare_llama(path: Path, ctx: int, threads: int, *, embedding: bool = False) -> Any:
     """The peer of every benchmark: llama-cpp-python's `Llama` in this process, with the
     settings the appliance's worker uses (batch 512, every layer offloaded where a GPU is)."""

@@ -24,6 +24,7 @@ from appliance.bench.harness import (
     bench_daemon,
     first_token_ms,
     pct,
+    peer_runs_like_workers,
     resolve_model,
     wait_spare,
 )
@@ -178,6 +179,7 @@ def default_budget_mb(chat: Path, embed: Path, args: argparse.Namespace) -> tupl
 
 
 def run(args: argparse.Namespace) -> int:
+    peer = peer_runs_like_workers()  # before anything imports llama_cpp
     chat = resolve_model(args.chat, args.chat_gguf, args.config, args.state_dir)
     embed = resolve_model(args.embed, args.embed_gguf, args.config, args.state_dir)
     threads = os.cpu_count() or 1
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"chat {chat.name} (~{ec} MiB at n_ctx {args.chat_ctx} x{args.chat_parallel}), embed {embed.name} "
         f"(~{ee} MiB at n_ctx {args.embed_ctx}); budget {budget} MiB; threads {threads}; rounds {args.rounds}; "
-        f"pause {args.pause:g}s; recycle_workers {not args.no_recycle}"
+        f"pause {args.pause:g}s; recycle_workers {not args.no_recycle}; {peer}"
     )
     if budget >= ec + ee:
         print("warning: both models fit the budget; nothing will swap")

@@ -47,6 +47,9 @@ log = logging.getLogger("appliance.scheduler")
 
 MiB = 2**20
 
+REFILL_WAIT_S = 1.0
+"""The longest a fresh spare's start waits, after a load, for the requests that woke the model."""
+
 
 class Lease:
     """One request's hold on a loaded model. Release exactly once (it is an async context manager)."""
@@ -103,6 +106,8 @@ class ModelScheduler:
         self._spawn_ms: float | None = None
         """How long the last worker process took to start (what a swap costs with no spare)."""
         self._spare_task: asyncio.Task[None] | None = None
+        self._spare_starting = False
+        """Set while the refill task is starting a process (not while it waits to start one)."""
         self._reaper: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._idle_event = asyncio.Event()
@@ -357,9 +362,11 @@ class ModelScheduler:
                 swap=swap,
                 **phases,
             )
-            # the next spare starts once this load is done, not during it: on a small box the
-            # process start would take the cores the load is using
-            self._refill_spares()
+            # the next spare starts after this load, not during it, and once the requests that
+            # woke the model are answered: on a small box a worker's start (a Python start and
+            # the llama_cpp import, ~0.5 s of CPU) takes the cores the load and the first tokens
+            # use. A swap does not wait for it: the evicted model's worker is the next spare.
+            self._refill_spares(after=r)
         except BaseException as exc:
             r.reserved = False
             if worker is not None:
@@ -546,8 +553,10 @@ class ModelScheduler:
         spare = self._pop_spare(model_path)
         if spare is not None:
             return spare
-        if self._spare_task is not None and not self._spare_task.done():
-            with contextlib.suppress(BaseException):
+        if self._spare_starting and self._spare_task is not None and not self._spare_task.done():
+            with contextlib.suppress(
+                BaseException
+            ):  # a refill still waiting to start is not waited for
                 await asyncio.shield(self._spare_task)
             spare = self._pop_spare(model_path)
             if spare is not None:
@@ -609,7 +618,9 @@ class ModelScheduler:
         expected = self._spare_size or 0
         return used + sum(spares) + expected <= self.memory.budget_bytes()
 
-    def _refill_spares(self, delay: float = 0.0) -> None:
+    def _refill_spares(self, delay: float = 0.0, after: Runner | None = None) -> None:
+        """Start spares up to spare_workers in the background, after `delay` seconds and (with
+        `after`) once that model's requests are answered, REFILL_WAIT_S at the most."""
         if (
             self._stopping
             or not self.config.spare_worker
@@ -621,17 +632,22 @@ class ModelScheduler:
         async def refill() -> None:
             if delay:
                 await asyncio.sleep(delay)
+            if after is not None:
+                await _until_answered(after, REFILL_WAIT_S)
             while (
                 not self._stopping
                 and len([s for s in self._spares if s.worker.alive]) < self.config.spare_workers
             ):
                 if not self._spare_room():
                     return
+                self._spare_starting = True
                 try:
                     spare = await self._spawn()
                 except Exception as exc:
                     log.warning("could not start a spare worker: %s", exc)
                     return
+                finally:
+                    self._spare_starting = False
                 if self._last_model_path is not None:
                     with contextlib.suppress(ApplianceError):
                         await spare.send(p.Prewarm(model_path=self._last_model_path))
@@ -775,6 +791,15 @@ class ModelScheduler:
             "queue_depth": sum(r.waiting for r in self.runners.values()),
             "active_requests": sum(r.active for r in self.runners.values()),
         }
+
+
+async def _until_answered(r: Runner, at_most_s: float) -> None:
+    """Return when `r` has no request running or waiting, or after `at_most_s` (a real wait,
+    whatever clock the scheduler is given)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + at_most_s
+    while (r.active or r.waiting) and loop.time() < until:
+        await asyncio.sleep(0.005)
 
 
 class _WaitForIdle(Exception):

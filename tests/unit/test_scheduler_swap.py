@@ -263,3 +263,28 @@ async def test_a_worker_past_its_recycle_limit_is_closed_not_recycled() -> None:
     finally:
         await sched.stop()
     assert not any(w.alive for w in spawner.spawned)
+
+
+async def test_a_fresh_spare_starts_once_the_waking_request_is_answered() -> None:
+    # a worker's start takes the cores a woken model's first tokens need on a small box
+    sched, spawner, _ = churn_sched(10_000 * MiB)
+    await sched.start()
+    try:
+        await settle(sched)
+        assert sched.spare_count == 1
+        lease = await sched.acquire("a")  # takes the spare
+        await asyncio.sleep(0.05)
+        assert sched.spare_count == 0 and len(spawner.spawned) == 1, (
+            "no spare starts while the request that woke the model runs"
+        )
+        # another model's load does not wait for that deferred refill: it starts its own worker
+        other = await asyncio.wait_for(sched.acquire("b"), 0.5)
+        other.release()
+        lease.release()
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if sched.spare_count:
+                break
+        assert sched.spare_count == 1, "the spare starts once the request is answered"
+    finally:
+        await sched.stop()
