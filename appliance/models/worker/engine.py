@@ -84,6 +84,9 @@ class Engine:
         self.outbox: list[p.Event] = []
         self.steps = 0
         self.decoded_tokens = 0
+        self.decode_s = 0.0
+        """Time inside llama_decode; the rest of the engine thread's busy time is its own."""
+        self.busy_s = 0.0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
@@ -150,6 +153,7 @@ class Engine:
                     self.embeds.append(item)
                 else:
                     self.waiting.append(item)
+            t0 = time.perf_counter()
             self._run_calls()
             self._reap(cancelled)
             if self.embeds:
@@ -157,6 +161,7 @@ class Engine:
             self._admit()
             self._step()
             self._flush()
+            self.busy_s += time.perf_counter() - t0
             with self.cv:
                 self.cv.notify_all()  # stop() and busy() watchers
 
@@ -235,7 +240,9 @@ class Engine:
         if n == 0:
             return
         batch.n_tokens = n
+        t0 = time.perf_counter()
         rc = int(llama_cpp.llama_decode(self.model.ctx, batch))
+        self.decode_s += time.perf_counter() - t0
         self.steps += 1
         if rc != 0:
             what = "the KV cache is full" if rc == 1 else f"llama_decode returned {rc}"
@@ -451,6 +458,8 @@ class Engine:
             ],
             steps=self.steps,
             decoded_tokens=self.decoded_tokens,
+            decode_ms=self.decode_s * 1000.0,
+            busy_ms=self.busy_s * 1000.0,
             prompt_evaluated=keeper.prompt_evaluated,
             prompt_reused=keeper.prompt_reused,
             prompt_shared=keeper.prompt_shared,

@@ -393,6 +393,10 @@ class StatsResult(msgspec.Struct, tag="stats", kw_only=True):
     steps: int
     """Decodes run (each one batch of every active sequence)."""
     decoded_tokens: int
+    decode_ms: float
+    """Time inside llama_decode."""
+    busy_ms: float
+    """Time the engine thread worked (decoding included): the difference is its own overhead."""
     prompt_evaluated: int
     """Prompt tokens evaluated."""
     prompt_reused: int
