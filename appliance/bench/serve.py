@@ -98,6 +98,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ctx", type=int, default=1024, help="context per slot")
     p.add_argument("--threads", type=int, default=0, help="0: every core")
     p.add_argument("--trials", type=int, default=1, help="rounds per level (the best is shown)")
+    p.add_argument(
+        "--flash-attention", action="store_true", help="the profile's flash_attention on"
+    )
     p.add_argument("--llama-server", dest="llama_server", help="llama-server binary to compare")
     p.add_argument("--config", type=Path)
     p.add_argument("--state-dir")
@@ -248,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         "threads": threads,
         "idle_ttl_s": -1,
         "max_tokens": args.tokens,
+        "flash_attention": args.flash_attention,
     }
     with contextlib.ExitStack() as stack:
         d = stack.enter_context(bench_daemon({"bench": profile}))

@@ -40,6 +40,10 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Seconds the model stays loaded after its last request; unset uses the daemon default."""
     parallel: int = 1
     """Requests served at once: sequences of the worker's one context, decoded together."""
+    flash_attention: bool = False
+    """Flash attention: faster attention over long contexts (on a GPU above all), but a prompt
+    evaluated in chunks, or a session resumed from parked state, may then differ in the last
+    bits from one evaluated whole, so temperature-0 answers can change between turns."""
     kv_unified: bool = False
     """One KV buffer for all sequences: a shared prefix (a system prompt) is held once, at some
     cost to attention speed when sequences share little. Off: a KV stream per sequence."""

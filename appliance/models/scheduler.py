@@ -331,6 +331,7 @@ class ModelScheduler:
                     n_batch=prof.batch_size,
                     parallel=prof.parallel,
                     kv_unified=prof.kv_unified,
+                    flash_attn=prof.flash_attention,
                     kv_ram_budget=self.kv_ram_budget if prof.kind == "chat" else 0,
                     chat_template=prof.chat_template,
                 ),

@@ -105,7 +105,11 @@ class Model:
         cparams.no_perf = True
         # flash attention computes a chunked prefill (and a restored session) differently in the
         # last bits from a whole one; without it a resumed session answers as a fresh one would
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if spec.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             llama_cpp.llama_model_free(model)

@@ -40,6 +40,8 @@ class Load(msgspec.Struct, tag="load", kw_only=True):
     kv_unified: bool = False
     """One KV buffer for every sequence (cells of a shared prefix are shared, not copied) instead
     of a stream per sequence (faster attention when sequences share little)."""
+    flash_attn: bool = False
+    """Flash attention (see ModelProfile.flash_attention)."""
     kv_ram_budget: int = 0
     """Bytes of parked sessions' KV state kept in this worker's memory before they go to disk."""
     chat_template: str | None = None
