@@ -44,9 +44,10 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Flash attention: faster attention over long contexts (on a GPU above all), but a prompt
     evaluated in chunks, or a session resumed from parked state, may then differ in the last
     bits from one evaluated whole, so temperature-0 answers can change between turns."""
-    kv_unified: bool = False
-    """One KV buffer for all sequences: a shared prefix (a system prompt) is held once, at some
-    cost to attention speed when sequences share little. Off: a KV stream per sequence."""
+    kv_unified: bool = True
+    """One KV buffer for all sequences: a shared prefix (a system prompt) is held once. Off: a KV
+    stream per sequence. Measured with SmolLM2 on 2 cores, eight streams: unified 31 ms a step,
+    steady; a stream each 33-35 ms at first and 42-48 ms once sequences have been reused."""
     chat_template: str | None = None
     """A Jinja chat template that replaces the one inside the GGUF."""
     pinned: bool = False

@@ -37,9 +37,9 @@ class Load(msgspec.Struct, tag="load", kw_only=True):
     n_batch: int = 512
     parallel: int = 1
     """Sequences of the one context: requests decoded together, each `n_ctx` tokens long."""
-    kv_unified: bool = False
+    kv_unified: bool = True
     """One KV buffer for every sequence (cells of a shared prefix are shared, not copied) instead
-    of a stream per sequence (faster attention when sequences share little)."""
+    of a stream per sequence."""
     flash_attn: bool = False
     """Flash attention (see ModelProfile.flash_attention)."""
     kv_ram_budget: int = 0
