@@ -81,3 +81,103 @@ def _read(path: str, mtime_ns: int, size: int) -> GgufInfo:
 def read_gguf_info(path: Path) -> GgufInfo:
     st = os.stat(path)
     return _read(str(path), st.st_mtime_ns, st.st_size)
+
+
+EMBEDDING_ARCHITECTURES = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder"}
+)
+"""Architectures llama.cpp runs as encoders only: their GGUFs are embedding models."""
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+_SCALARS |= {11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_MAX_KEYS = 100_000
+_MAX_STRING = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class GgufDescription:
+    """What a profile needs from a GGUF it has never seen: its kind and its trained context."""
+
+    architecture: str
+    kind: str
+    """`embedding` for an encoder (or a model with a pooling type and no chat template), else
+    `chat`."""
+    context_length: int
+    has_chat_template: bool
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """The key/value header of a GGUF, read without touching its tensors (GGUFReader maps and
+    parses every tensor: seconds on a large file). Arrays are skipped (their length is kept);
+    sizes are bounded, so a hostile header fails with ModelUnavailable instead of eating RAM."""
+    import struct
+
+    def fail(why: str) -> ModelUnavailable:
+        return ModelUnavailable(f"{path} is not a readable GGUF file: {why}")
+
+    with path.open("rb") as f:
+
+        def read(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) != n:
+                raise fail("it ends inside its header")
+            return data
+
+        def scalar(fmt: str) -> Any:
+            return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            n = scalar("<Q")
+            if n > _MAX_STRING:
+                raise fail(f"a string of {n} bytes in its header")
+            return read(n).decode("utf-8", "replace")
+
+        def value(vtype: int) -> Any:
+            if vtype in _SCALARS:
+                return scalar(_SCALARS[vtype])
+            if vtype == _STRING:
+                return string()
+            if vtype == _ARRAY:
+                itype, count = scalar("<I"), scalar("<Q")
+                if itype in _SCALARS:
+                    f.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
+                elif itype == _STRING:
+                    for _ in range(count):
+                        f.seek(scalar("<Q"), 1)
+                else:
+                    for _ in range(count):
+                        value(itype)
+                return count
+            raise fail(f"unknown value type {vtype}")
+
+        if read(4) != b"GGUF":
+            raise fail("it does not start with GGUF")
+        version = scalar("<I")
+        if version < 2:
+            raise fail(f"GGUF version {version} is too old")
+        scalar("<Q")  # tensor count
+        keys = scalar("<Q")
+        if keys > _MAX_KEYS:
+            raise fail(f"{keys} metadata keys")
+        out: dict[str, Any] = {}
+        for _ in range(keys):
+            key = string()
+            out[key] = value(scalar("<I"))
+        return out
+
+
+def describe_gguf(path: Path) -> GgufDescription:
+    """Kind and context of a GGUF, for the profile of a pulled or imported model."""
+    meta = read_gguf_metadata(path)
+    arch = str(meta.get("general.architecture", "llama"))
+    template = "tokenizer.chat_template" in meta
+    pooling = f"{arch}.pooling_type" in meta
+    embedding = arch in EMBEDDING_ARCHITECTURES or (pooling and not template)
+    ctx = meta.get(f"{arch}.context_length", 0)
+    return GgufDescription(
+        architecture=arch,
+        kind="embedding" if embedding else "chat",
+        context_length=int(ctx) if isinstance(ctx, int) else 0,
+        has_chat_template=template,
+    )

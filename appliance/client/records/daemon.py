@@ -172,6 +172,39 @@ class GpuReport(msgspec.Struct, frozen=True):
         return cls(gpus=gpus, host=host, reason=as_opt_str(d.get("reason") or d.get("message")))
 
 
+class PullInfo(msgspec.Struct, frozen=True):
+    """One model pull (`GET /api/models/pulls`): where it stands and how fast it goes."""
+
+    id: str
+    model: str
+    source: str = ""
+    state: str = "downloading"
+    """downloading, verifying, done, failed or cancelled."""
+    bytes: int = 0
+    total: int | None = None
+    rate: float = 0.0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    @classmethod
+    def from_json(cls, d: Any) -> PullInfo:
+        d = as_dict(d)
+        total = as_num(d.get("total"))
+        return cls(
+            id=as_str(d.get("id"), "?"),
+            model=as_str(d.get("model"), "?"),
+            source=as_str(d.get("source")),
+            state=as_str(d.get("state"), "downloading"),
+            bytes=as_int(d.get("bytes")),
+            total=int(total) if total is not None else None,
+            rate=as_num(d.get("rate")) or 0.0,
+            error=as_opt_str(d.get("error")),
+        )
+
+
 class DaemonEvent(msgspec.Struct, frozen=True):
     """One item of `GET /api/events`: `seq`, `type` (model.state, sandbox.created, ...), `ts`."""
 

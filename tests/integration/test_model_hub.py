@@ -1,0 +1,295 @@
+"""The model hub against a live daemon and a loopback file server, with the real SmolLM2 GGUF.
+
+The file server speaks HTTP Range and drops the connection at 40 % of the first download, so a
+pull must resume to finish; then the pulled model answers a chat completion. A wrong sha256 leaves
+neither a file nor a profile; a file larger than the disk is refused with 507 before a byte is
+written; hostile sources, ids and digests are 400s; an Ollama-layout folder built here is
+imported in place and served; `rm --files` removes the profile and the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import EventSource
+
+from tests.integration.daemon import REPO, Daemon, running_daemon
+
+CHAT = [{"role": "user", "content": "Say hello"}]
+
+
+@dataclass
+class FileServer:
+    """Serves one file at /FILE.gguf (any name ending .gguf) with Range; `/huge.gguf` claims a
+    petabyte. The first full GET of each name is cut off at `drop_at` of the file."""
+
+    data: bytes
+    drop_at: float = 0.4
+    ranges: list[str] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)
+    url: str = ""
+
+    def start(self) -> ThreadingHTTPServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                size = 10**15 if self.path == "/huge.gguf" else len(owner.data)
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                if not self.path.endswith(".gguf"):
+                    self.send_error(404)
+                    return
+                data = owner.data
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    owner.ranges.append(rng)
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if not rng and self.path not in owner.dropped:
+                    owner.dropped.add(self.path)
+                    cut = int(len(data) * owner.drop_at)
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the link drops mid-file
+                    return
+                self.wfile.write(body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        return server
+
+
+@pytest.fixture(scope="module")
+def gguf(smollm2_path: Path) -> bytes:
+    return smollm2_path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def files(gguf: bytes) -> Iterator[FileServer]:
+    fs = FileServer(gguf)
+    server = fs.start()
+    yield fs
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ollama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
+    """An Ollama models folder holding SmolLM2 as `smol:135m` (GGUF, template and params)."""
+    root = tmp_path_factory.mktemp("ollama") / "models"
+    blobs = root / "blobs"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (blobs / digest.replace(":", "-")).write_bytes(data)
+        return digest
+
+    model = "sha256:" + hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
+    try:
+        os.link(smollm2_path, blobs / model.replace(":", "-"))
+    except OSError:  # another file system
+        shutil.copy(smollm2_path, blobs / model.replace(":", "-"))
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": model, "size": 1},
+        {"mediaType": "application/vnd.ollama.image.template", "digest": blob(b"{{ .Prompt }}")},
+        {"mediaType": "application/vnd.ollama.image.params", "digest": blob(b'{"num_ctx": 512}')},
+    ]
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / "smol" / "135m"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, ollama_dir: Path) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("hub")
+    with running_daemon(root, env={"OLLAMA_MODELS": str(ollama_dir)}) as d:
+        yield d
+
+
+def cli(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "models", *args, "--url", d.url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def wait_pull(c: httpx.Client, pull_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        p = c.get(f"/api/models/pulls/{pull_id}").json()
+        if p["state"] in ("done", "failed", "cancelled"):
+            return p  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, p
+        time.sleep(0.05)
+
+
+def pull_events(c: httpx.Client, pull_id: str) -> list[dict[str, Any]]:
+    out = []
+    with c.stream("GET", "/api/events", params={"since": 0, "types": "model.pull"}) as resp:
+        for sse in EventSource(resp).iter_sse():
+            ev = json.loads(sse.data)
+            if ev.get("pull") == pull_id:
+                out.append(ev)
+                if ev["state"] in ("done", "failed", "cancelled"):
+                    return out
+    return out
+
+
+def first_token_s(c: httpx.Client, model: str) -> float:
+    t0 = time.monotonic()
+    with c.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": model, "messages": CHAT, "max_tokens": 8, "stream": True},
+    ) as resp:
+        assert resp.status_code == 200, resp.read()
+        for sse in EventSource(resp).iter_sse():
+            if sse.data != "[DONE]" and json.loads(sse.data)["choices"][0]["delta"].get("content"):
+                return time.monotonic() - t0
+    raise AssertionError("no token came")
+
+
+def test_a_pull_resumes_after_a_drop_verifies_and_serves(
+    daemon: Daemon, files: FileServer, gguf: bytes
+) -> None:
+    digest = hashlib.sha256(gguf).hexdigest()
+    t0 = time.monotonic()
+    out = cli(daemon, "pull", f"url:{files.url}/smollm2.gguf", "--id", "smol", "--sha256", digest)
+    assert out.returncode == 0, out.stderr + out.stdout
+    with daemon.http() as c:
+        ttft = first_token_s(c, "smol")
+        total = time.monotonic() - t0
+        print(
+            f"\npull of {len(gguf) / 2**20:.0f} MiB to first token: {total:.2f} s "
+            f"(first token {ttft:.2f} s after the pull)"
+        )
+        assert files.ranges, "the dropped download was not resumed with Range"
+        assert (daemon.state_dir / "models" / "smol.gguf").read_bytes() == gguf
+        assert not list((daemon.state_dir / "models").glob("*.partial"))
+        model = daemon.model("smol")
+        assert model["kind"] == "chat" and model["context_size"] == 8192
+        pull = next(p for p in c.get("/api/models/pulls").json() if p["model"] == "smol")
+        events = pull_events(c, pull["id"])
+        assert events[-1]["state"] == "done" and events[-1]["bytes"] == len(gguf)
+        assert events[-1]["total"] == len(gguf) and events[-1]["rate"] > 0
+    assert (daemon.root / "models" / "smol.toml").is_file()
+
+
+def test_a_wrong_sha256_leaves_no_file_and_no_profile(daemon: Daemon, files: FileServer) -> None:
+    with daemon.http() as c:
+        r = c.post(
+            "/api/models/pull",
+            json={"source": f"url:{files.url}/bad.gguf", "id": "bad", "sha256": "0" * 64},
+        )
+        assert r.status_code == 202, r.text
+        p = wait_pull(c, r.json()["id"])
+        assert p["state"] == "failed" and "sha256" in p["error"], p
+        assert c.get("/api/models/bad").status_code == 404
+    assert not list((daemon.state_dir / "models").glob("bad*"))
+    assert not (daemon.root / "models" / "bad.toml").exists()
+
+
+def test_a_file_larger_than_the_disk_is_refused_with_507(daemon: Daemon, files: FileServer) -> None:
+    with daemon.http() as c:
+        r = c.post("/api/models/pull", json={"source": f"url:{files.url}/huge.gguf"})
+    assert r.status_code == 507, r.text
+    assert "free" in r.json()["error"]["message"]
+    assert not list((daemon.state_dir / "models").glob("huge*"))
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"source": "ftp://host/x.gguf"}, "source"),
+        ({"source": "/etc/passwd"}, "source"),
+        ({"source": "hf:org/repo/../../etc/x.gguf"}, "source"),
+        ({"source": "hf:org/repo"}, "source"),
+        ({"source": "url:http://127.0.0.1:1/x.gguf", "id": "../evil"}, "id"),
+        ({"source": "url:http://127.0.0.1:1/x.gguf", "sha256": "xyz"}, "sha256"),
+    ],
+)
+def test_hostile_pulls_are_400_saying_what_to_do(
+    daemon: Daemon, body: dict[str, str], param: str
+) -> None:
+    with daemon.http() as c:
+        r = c.post("/api/models/pull", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and len(err["message"]) > 30, err
+
+
+def test_import_from_ollama_serves_in_place_and_finds_nothing_new_twice(
+    daemon: Daemon, ollama_dir: Path
+) -> None:
+    out = cli(daemon, "import", "--from", "ollama")
+    assert out.returncode == 0, out.stderr
+    assert "imported ollama-smol-135m (chat)" in out.stdout, out.stdout
+    m = daemon.model("ollama-smol-135m")
+    assert m["context_size"] == 512  # the params layer's num_ctx
+    assert m["source"].startswith(str(ollama_dir / "blobs"))
+    with daemon.http() as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "ollama-smol-135m", "messages": CHAT, "max_tokens": 4},
+        )
+        assert r.status_code == 200, r.text
+        again = c.post("/api/models/import", json={"from": "ollama"}).json()
+        assert again["imported"] == []
+        assert again["skipped"][0]["reason"] == "already imported"
+        # a folder a client names in the shared /tmp is refused: anyone can plant files there
+        r = c.post("/api/models/import", json={"from": "ollama", "path": str(ollama_dir)})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "path", r.text
+
+
+def test_rm_with_files_removes_profile_and_file(
+    daemon: Daemon, files: FileServer, gguf: bytes
+) -> None:
+    with daemon.http() as c:
+        r = c.post("/api/models/pull", json={"source": f"url:{files.url}/gone.gguf"})
+        assert r.status_code == 202, r.text
+        assert wait_pull(c, r.json()["id"])["state"] == "done"
+        assert c.post("/api/models/gone/load").status_code == 200
+    path = daemon.state_dir / "models" / "gone.gguf"
+    assert path.is_file()
+    out = cli(daemon, "rm", "gone", "--files")
+    assert out.returncode == 0, out.stderr
+    assert not path.exists() and not (daemon.root / "models" / "gone.toml").exists()
+    with daemon.http() as c:
+        assert c.get("/api/models/gone").status_code == 404
+        # an imported model's file belongs to Ollama: rm --files keeps it
+        r = c.delete("/api/models/ollama-smol-135m", params={"files": "true"})
+        assert r.status_code == 200 and r.json()["files_kept"], r.text
