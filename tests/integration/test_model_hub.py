@@ -42,6 +42,10 @@ class FileServer:
     ranges: list[str] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)
     url: str = ""
+    hf: dict[str, bytes] = field(default_factory=dict)
+    """Files of the Hugging Face repository `org/smol` (HF_ENDPOINT is this server)."""
+    hf_sha: dict[str, str] = field(default_factory=dict)
+    """LFS sha256 the listing claims, where it should not be the file's own."""
 
     def start(self) -> ThreadingHTTPServer:
         owner = self
@@ -57,11 +61,42 @@ class FileServer:
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
 
+            def tree(self) -> None:
+                listing = [
+                    {
+                        "type": "file",
+                        "path": name,
+                        "size": len(data),
+                        "oid": hashlib.sha1(data).hexdigest(),
+                        "lfs": {
+                            "size": len(data),
+                            "oid": owner.hf_sha.get(name, hashlib.sha256(data).hexdigest()),
+                            "pointerSize": 134,
+                        },
+                    }
+                    for name, data in owner.hf.items()
+                ]
+                body = json.dumps(listing).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
+                if self.path.startswith("/api/models/org/smol/tree/main"):
+                    self.tree()
+                    return
                 if not self.path.endswith(".gguf"):
                     self.send_error(404)
                     return
                 data = owner.data
+                if self.path.startswith("/org/smol/resolve/main/"):
+                    name = self.path.removeprefix("/org/smol/resolve/main/")
+                    if name not in owner.hf:
+                        self.send_error(404)
+                        return
+                    data = owner.hf[name]
                 start = 0
                 rng = self.headers.get("Range")
                 if rng:
@@ -96,7 +131,18 @@ def gguf(smollm2_path: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def files(gguf: bytes) -> Iterator[FileServer]:
-    fs = FileServer(gguf)
+    second_part = b"GGUF" + b"\0" * 1000  # a split's later parts start with the magic too
+    fs = FileServer(
+        gguf,
+        hf={
+            "smol-Q4_1.gguf": gguf,
+            "smol-Q4_K_M.gguf": gguf,
+            "big-Q8_0-00001-of-00002.gguf": gguf,
+            "big-Q8_0-00002-of-00002.gguf": second_part,
+            "README.md": b"# smol",
+        },
+        hf_sha={"smol-Q4_K_M.gguf": "1" * 64},  # the listing's digest disagrees with the bytes
+    )
     server = fs.start()
     yield fs
     server.shutdown()
@@ -131,9 +177,12 @@ def ollama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, ollama_dir: Path) -> Iterator[Daemon]:
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, ollama_dir: Path, files: FileServer
+) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("hub")
-    with running_daemon(root, env={"OLLAMA_MODELS": str(ollama_dir)}) as d:
+    env = {"OLLAMA_MODELS": str(ollama_dir), "HF_ENDPOINT": files.url}
+    with running_daemon(root, env=env) as d:
         yield d
 
 
@@ -293,3 +342,35 @@ def test_rm_with_files_removes_profile_and_file(
         # an imported model's file belongs to Ollama: rm --files keeps it
         r = c.delete("/api/models/ollama-smol-135m", params={"files": "true"})
         assert r.status_code == 200 and r.json()["files_kept"], r.text
+
+
+def test_hf_pulls_pick_the_quant_verify_the_lfs_sha256_and_take_every_split_part(
+    daemon: Daemon, gguf: bytes
+) -> None:
+    with daemon.http() as c:
+        r = c.post("/api/models/pull", json={"source": "hf:org/smol:q4_1"})
+        assert r.status_code == 202, r.text
+        p = wait_pull(c, r.json()["id"])
+        assert p["state"] == "done" and p["model"] == "smol-q4_1", p
+        assert daemon.model("smol-q4_1")["source"] == "hf:org/smol/smol-Q4_1.gguf"
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "smol-q4_1", "messages": CHAT, "max_tokens": 2},
+        )
+        assert r.status_code == 200, r.text
+
+        r = c.post("/api/models/pull", json={"source": "hf:org/smol:Q4_K_M", "id": "liar"})
+        p = wait_pull(c, r.json()["id"])
+        assert p["state"] == "failed" and "sha256" in p["error"], p
+        assert c.get("/api/models/liar").status_code == 404
+
+        r = c.post("/api/models/pull", json={"source": "hf:org/smol:Q2_K"})
+        assert r.status_code == 400 and "smol-Q4_1.gguf" in r.json()["error"]["message"]
+
+        r = c.post("/api/models/pull", json={"source": "hf:org/smol:Q8_0", "id": "big"})
+        p = wait_pull(c, r.json()["id"])
+        assert p["state"] == "done" and p["bytes"] == len(gguf) + 1004, p
+    store = daemon.state_dir / "models"
+    assert (store / "big-00001-of-00002.gguf").read_bytes() == gguf
+    assert (store / "big-00002-of-00002.gguf").stat().st_size == 1004
+    assert not list(store.glob("liar*"))
