@@ -47,6 +47,7 @@ from appliance.models.fetch.download import (
 from appliance.models.fetch.hf_files import SPLIT as SPLIT_NAME
 from appliance.models.fetch.hf_files import RemoteFile, hf_headers, resolve_hf
 from appliance.models.fetch.importers import default_root, find_models
+from appliance.models.fetch.ollama_registry import resolve_ollama
 from appliance.models.fetch.progress import human_bytes
 from appliance.models.fetch.sources import PullSource, check_sha256, parse_pull_source
 from appliance.models.fetch.wheels import ModelFetchError
@@ -161,8 +162,16 @@ class ModelHub:
                 raise InvalidRequest(
                     "sha256 names one file; this source has several", param="sha256"
                 )
-            files = [RemoteFile(files[0].name, files[0].url, files[0].size, sha)]
-        mid = req.id or _default_id(files[0].name)
+            files = [
+                RemoteFile(files[0].name, files[0].url, files[0].size, sha, files[0].context_size)
+            ]
+        mid = req.id or (
+            _default_id(
+                f"{src.location.removeprefix('library/')}-{src.tag}".removesuffix("-latest")
+            )
+            if src.scheme == "ollama"
+            else _default_id(files[0].name)
+        )
         _check_id(mid)
         if mid in self.catalog.ids():
             raise Conflict(
@@ -234,6 +243,8 @@ class ModelHub:
         if src.scheme == "hf":
             return resolve_hf(src)
         with self._http() as http:
+            if src.scheme == "ollama":
+                return resolve_ollama(src, http)
             size = remote_size(src.location, http)
         name = httpx.URL(src.location).path.rsplit("/", 1)[-1] or "model.gguf"
         return [RemoteFile(name=name, url=src.location, size=size, sha256=None)]
@@ -342,15 +353,12 @@ class ModelHub:
     def _register(self, pull: _Pull, targets: list[Path], digests: list[str]) -> None:
         s = pull.status
         info = describe_gguf(targets[0])
-        ctx = min(info.context_length or 2048, MAX_CONTEXT)
+        ctx = pull.files[0].context_size or min(info.context_length or 2048, MAX_CONTEXT)
         if len(targets) == 1:
             # the concrete source, so a removed file can be fetched again from the profile
             one = pull.files[0]
-            source = (
-                f"url:{one.url}"
-                if pull.src.scheme == "url"
-                else f"hf:{pull.src.location}/{one.name}"
-            )
+            hf = pull.src.scheme == "hf"
+            source = f"hf:{pull.src.location}/{one.name}" if hf else f"url:{one.url}"
             self.catalog.fetcher.record(s.model, source)
         else:
             source = str(targets[0])

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from httpx_sse import EventSource
 
-from tests.integration.daemon import REPO, Daemon, running_daemon
+from tests.integration.daemon import REPO, Daemon, free_port, running_daemon
 
 CHAT = [{"role": "user", "content": "Say hello"}]
 
@@ -146,6 +146,68 @@ def files(gguf: bytes) -> Iterator[FileServer]:
     server = fs.start()
     yield fs
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, gguf: bytes) -> Iterator[str]:
+    """A real Distribution registry (Debian's docker-registry) holding `library/smol:135m` as
+    Ollama publishes it: GGUF, template and params layers in a schema-2 manifest."""
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        pytest.skip("docker-registry (Debian's Distribution registry) is not installed")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    (root / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n"
+    )
+    proc = subprocess.Popen(
+        [exe, "serve", str(root / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if c.get("/v2/").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "docker-registry did not start"
+                time.sleep(0.1)
+
+            def push(data: bytes, media_type: str) -> dict[str, Any]:
+                digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                up = c.post("/v2/library/smol/blobs/uploads/")
+                assert up.status_code == 202, up.text
+                location = httpx.URL(up.headers["Location"]).copy_merge_params({"digest": digest})
+                put = c.put(location, content=data)
+                assert put.status_code == 201, put.text
+                return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": push(b"{}", "application/vnd.docker.container.image.v1+json"),
+                "layers": [
+                    push(gguf, "application/vnd.ollama.image.model"),
+                    push(b"{{ .Prompt }}", "application/vnd.ollama.image.template"),
+                    push(b'{"num_ctx": 1024}', "application/vnd.ollama.image.params"),
+                ],
+            }
+            r = c.put(
+                "/v2/library/smol/manifests/135m",
+                content=json.dumps(manifest),
+                headers={"Content-Type": manifest["mediaType"]},
+            )
+            assert r.status_code == 201, r.text
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +436,24 @@ def test_hf_pulls_pick_the_quant_verify_the_lfs_sha256_and_take_every_split_part
     assert (store / "big-00001-of-00002.gguf").read_bytes() == gguf
     assert (store / "big-00002-of-00002.gguf").stat().st_size == 1004
     assert not list(store.glob("liar*"))
+
+
+def test_an_ollama_pull_from_a_registry_verifies_the_blob_and_takes_num_ctx(
+    daemon: Daemon, registry: str, gguf: bytes
+) -> None:
+    host = registry.removeprefix("http://")
+    with daemon.http() as c:
+        r = c.post("/api/models/pull", json={"source": f"ollama:{host}/library/smol:135m"})
+        assert r.status_code == 202, r.text
+        p = wait_pull(c, r.json()["id"])
+        assert p["state"] == "done" and p["model"] == "smol-135m", p
+        m = daemon.model("smol-135m")
+        assert m["context_size"] == 1024 and m["source"].startswith(f"url:{registry}/v2/")
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "smol-135m", "messages": CHAT, "max_tokens": 2},
+        )
+        assert r.status_code == 200, r.text
+        r = c.post("/api/models/pull", json={"source": f"ollama:{host}/library/smol:nope"})
+        assert r.status_code == 503 and "no model smol:nope" in r.json()["error"]["message"]
+    assert (daemon.state_dir / "models" / "smol-135m.gguf").read_bytes() == gguf

@@ -34,6 +34,8 @@ class RemoteFile:
     url: str
     size: int | None
     sha256: str | None
+    context_size: int | None = None
+    """What the source says the context should be (an Ollama params layer's num_ctx)."""
 
 
 def hf_endpoint() -> str:

@@ -14,6 +14,7 @@ message that says what a good one looks like.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,30 +97,38 @@ def parse_source(text: str, *, file: str | None = None) -> ModelSource:
     raise bad(f"unknown source scheme {scheme!r}; use a path, pypi:, hf: or url:")
 
 
-PullScheme = Literal["hf", "url"]
+PullScheme = Literal["hf", "url", "ollama"]
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _QUANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class PullSource:
-    """What `appliance models pull SOURCE` names: a URL, or one GGUF (or a quant) in an HF repo."""
+    """What `appliance models pull SOURCE` names: a URL, one GGUF (or a quant) in an HF repo, or
+    a model in an Ollama registry."""
 
     scheme: PullScheme
     text: str
     location: str
-    """url: the URL; hf: `owner/repo`."""
+    """url: the URL; hf: `owner/repo`; ollama: `namespace/name` in the registry."""
     file: str = ""
     """hf: the file inside the repository (empty when `quant` picks it)."""
     quant: str = ""
     """hf: the quantization to match against the repository's GGUF files (`Q4_K_M`)."""
+    registry: str = ""
+    """ollama: the registry's base URL (`https://registry.ollama.ai`)."""
+    tag: str = ""
+    """ollama: the tag (`latest` when none is given)."""
 
 
 def parse_pull_source(text: str) -> PullSource:
     """Parse a pull source; InvalidRequest (param `source`) saying what a good one looks like."""
     from appliance.errors import InvalidRequest
 
-    forms = "url:https://HOST/PATH.gguf, hf:OWNER/REPO:QUANT or hf:OWNER/REPO/FILE.gguf"
+    forms = (
+        "url:https://HOST/PATH.gguf, hf:OWNER/REPO:QUANT, hf:OWNER/REPO/FILE.gguf or"
+        " ollama:NAME[:TAG]"
+    )
 
     def bad(why: str) -> InvalidRequest:
         return InvalidRequest(f"{why} (got {text!r}); give {forms}", param="source")
@@ -147,11 +156,42 @@ def parse_pull_source(text: str) -> PullSource:
             raise bad("an hf: pull takes a .gguf file")
         return PullSource("hf", text, "/".join(parts[:2]), file, quant)
     if scheme == "ollama" and sep:
-        raise bad(
-            "ollama: pulls are not supported yet; import what ollama holds with"
-            " `appliance models import --from ollama`, or"
-        )
+        return _ollama_source(text, rest, bad)
     raise bad("unknown pull source")
+
+
+_OLLAMA_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_OLLAMA_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+OLLAMA_REGISTRY = "https://registry.ollama.ai"
+
+
+def _ollama_source(text: str, rest: str, bad: Callable[[str], Exception]) -> PullSource:
+    """`ollama:[HOST/][NAMESPACE/]NAME[:TAG]`: HOST is a registry (http for a loopback one);
+    without it, `OLLAMA_REGISTRY` (default registry.ollama.ai); NAMESPACE defaults to library."""
+    import os
+
+    name, tag = rest, "latest"
+    head, colon, tail = rest.rpartition(":")
+    if colon and "/" not in tail:
+        name, tag = head, tail
+    parts = name.split("/")
+    host = ""
+    if len(parts) == 3:
+        host, parts = parts[0], parts[1:]
+    if len(parts) == 1:
+        parts = ["library", *parts]
+    if (
+        len(parts) != 2
+        or not all(_OLLAMA_PART.match(p) for p in (*parts, tag))
+        or (host and not _OLLAMA_HOST.match(host))
+    ):
+        raise bad("an ollama: source names [HOST/][NAMESPACE/]NAME[:TAG]")
+    if host:
+        loopback = host.split(":")[0] in ("127.0.0.1", "localhost")
+        registry = f"{'http' if loopback else 'https'}://{host}"
+    else:
+        registry = (os.environ.get("OLLAMA_REGISTRY") or OLLAMA_REGISTRY).rstrip("/")
+    return PullSource("ollama", text, "/".join(parts), registry=registry, tag=tag)
 
 
 def check_sha256(value: str | None) -> str | None:
