@@ -457,3 +457,22 @@ def test_an_ollama_pull_from_a_registry_verifies_the_blob_and_takes_num_ctx(
         r = c.post("/api/models/pull", json={"source": f"ollama:{host}/library/smol:nope"})
         assert r.status_code == 503 and "no model smol:nope" in r.json()["error"]["message"]
     assert (daemon.state_dir / "models" / "smol-135m.gguf").read_bytes() == gguf
+
+
+def test_ollama_clients_pull_run_and_delete_through_the_ollama_api(
+    daemon: Daemon, registry: str
+) -> None:
+    import ollama
+
+    client = ollama.Client(host=daemon.url)
+    name = f"{registry.removeprefix('http://')}/library/smol:135m"
+    lines = list(client.pull(name, insecure=True, stream=True))
+    assert lines[0].status == "pulling manifest" and lines[-1].status == "success"
+    assert any(ln.completed for ln in lines if ln.status and ln.status.startswith("pulling "))
+    reply = client.chat(name, messages=CHAT, options={"num_predict": 2})
+    assert reply.message.role == "assistant"
+    assert client.pull(name, insecure=True).status == "success"  # already there
+    client.delete(name)
+    with pytest.raises(ollama.ResponseError) as exc:
+        client.chat(name, messages=CHAT)
+    assert exc.value.status_code == 404
