@@ -109,6 +109,14 @@ class FileServer:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
+                if self.path.startswith("/slow/"):  # a slow link: about 4 MB/s
+                    for i in range(0, len(body), 1 << 16):
+                        try:
+                            self.wfile.write(body[i : i + (1 << 16)])
+                        except OSError:
+                            return
+                        time.sleep(0.016)
+                    return
                 if not rng and self.path not in owner.dropped:
                     owner.dropped.add(self.path)
                     cut = int(len(data) * owner.drop_at)
@@ -476,3 +484,31 @@ def test_ollama_clients_pull_run_and_delete_through_the_ollama_api(
     with pytest.raises(ollama.ResponseError) as exc:
         client.chat(name, messages=CHAT)
     assert exc.value.status_code == 404
+
+
+def test_a_load_does_not_wait_for_two_pulls_and_a_pull_can_be_cancelled(
+    daemon: Daemon, files: FileServer
+) -> None:
+    with daemon.http() as c:
+        if c.get("/api/models/smol").status_code == 404:
+            r = c.post(
+                "/api/models/pull", json={"source": f"url:{files.url}/smol.gguf", "id": "smol"}
+            )
+            assert wait_pull(c, r.json()["id"])["state"] == "done"
+        assert c.post("/api/models/smol/unload").status_code == 200
+        ids = []
+        for name in ("slow-a", "slow-b"):
+            r = c.post("/api/models/pull", json={"source": f"url:{files.url}/slow/{name}.gguf"})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        t0 = time.monotonic()
+        assert c.post("/api/models/smol/load").status_code == 200
+        load_s = time.monotonic() - t0
+        pulls = {p["id"]: p for p in c.get("/api/models/pulls").json()}
+        assert all(pulls[i]["state"] == "downloading" for i in ids), (load_s, pulls)
+        assert all(0 < pulls[i]["bytes"] < pulls[i]["total"] for i in ids), pulls
+        for i in ids:
+            r = c.delete(f"/api/models/pulls/{i}")
+            assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    store = daemon.state_dir / "models"
+    assert not list(store.glob("slow-*")), "a cancelled pull leaves nothing behind"
