@@ -74,7 +74,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     models = DaemonClient(args.url, args.token).call(calls.models())
     now = time.time()
     print(
-        f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR"
+        f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'ON DISK':>10} {'ORIGIN':8}"
+        f" {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR"
     )
     for m in models:
         idle = (
@@ -82,7 +83,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         err = (m.last_error or "")[:60]
         print(
-            f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10} {idle:>8} {m.load_count:>5}  {err}"
+            f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10}"
+            f" {size(m.size_bytes):>10} {m.origin:8} {idle:>8} {m.load_count:>5}  {err}"
         )
     return 0
 

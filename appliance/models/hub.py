@@ -368,7 +368,9 @@ class ModelHub:
                 source=source,
                 kind=info.kind,  # type: ignore[arg-type]
                 context_size=max(ctx, 16),
-                description=f"pulled from {s.source} (sha256 {digests[0]})",
+                description=f"pulled from {s.source}",
+                origin=pull.src.scheme,
+                sha256=digests[0],
             )
         )
 
@@ -457,6 +459,8 @@ class ModelHub:
                 kind=info.kind,  # type: ignore[arg-type]
                 context_size=max(ctx, 16),
                 description=f"imported from {m.origin}: {m.name}",
+                origin=m.origin,
+                sha256=m.sha256,
             )
             self.catalog.add(prof)
             imported.append(

@@ -321,6 +321,7 @@ def test_a_pull_resumes_after_a_drop_verifies_and_serves(
         assert not list((daemon.state_dir / "models").glob("*.partial"))
         model = daemon.model("smol")
         assert model["kind"] == "chat" and model["context_size"] == 8192
+        assert (model["size_bytes"], model["origin"], model["sha256"]) == (len(gguf), "url", digest)
         pull = next(p for p in c.get("/api/models/pulls").json() if p["model"] == "smol")
         events = pull_events(c, pull["id"])
         assert events[-1]["state"] == "done" and events[-1]["bytes"] == len(gguf)
@@ -379,6 +380,7 @@ def test_import_from_ollama_serves_in_place_and_finds_nothing_new_twice(
     assert "imported ollama-smol-135m (chat)" in out.stdout, out.stdout
     m = daemon.model("ollama-smol-135m")
     assert m["context_size"] == 512  # the params layer's num_ctx
+    assert m["origin"] == "ollama" and m["sha256"] in m["source"]
     assert m["source"].startswith(str(ollama_dir / "blobs"))
     with daemon.http() as c:
         r = c.post(

@@ -40,6 +40,11 @@ class ModelInfo(msgspec.Struct, frozen=True):
     counters: dict[str, int] = msgspec.field(default_factory=dict)
     fetched: bool | None = None
     """Whether the model file is on the daemon's host already (None: not reported)."""
+    size_bytes: int | None = None
+    """The model file's size on disk (None: not on disk yet, or not reported)."""
+    origin: str = ""
+    """Where it came from: local, url, hf, pypi, ollama, lmstudio, hf-cache."""
+    sha256: str | None = None
 
     @classmethod
     def from_json(cls, d: Any) -> ModelInfo:
@@ -61,6 +66,9 @@ class ModelInfo(msgspec.Struct, frozen=True):
             last_load_ms=as_num(d.get("last_load_ms")),
             counters={k: as_int(v) for k, v in as_dict(d.get("counters")).items()},
             fetched=d["fetched"] if isinstance(d.get("fetched"), bool) else None,
+            size_bytes=as_int(d["size_bytes"]) if d.get("size_bytes") is not None else None,
+            origin=as_str(d.get("origin")),
+            sha256=as_opt_str(d.get("sha256")),
         )
 
     @property

@@ -44,6 +44,8 @@ class FoundModel:
     name: str
     """The tool's own name for it (`llama3:8b`, `PUBLISHER/REPO/FILE`)."""
     context_size: int | None = None
+    sha256: str | None = None
+    """The digest the tool names the file by (Ollama's blobs), not recomputed at import."""
 
 
 def model_id(*parts: str) -> str:
@@ -129,6 +131,7 @@ def _ollama(root: Path) -> Iterator[FoundModel]:
             origin="ollama",
             name=f"{name}:{tag}" if namespace == "library" else f"{namespace}/{name}:{tag}",
             context_size=ctx,
+            sha256=digest.removeprefix("sha256:"),
         )
 
 
