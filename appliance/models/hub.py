@@ -18,6 +18,7 @@ file. A pull that fails on the network keeps the partial file, so pulling again 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -46,15 +47,17 @@ from appliance.models.fetch.download import (
 )
 from appliance.models.fetch.hf_files import SPLIT as SPLIT_NAME
 from appliance.models.fetch.hf_files import RemoteFile, hf_headers, resolve_hf
-from appliance.models.fetch.importers import default_root, find_models
+from appliance.models.fetch.importers import FoundModel, default_root, find_models
 from appliance.models.fetch.ollama_registry import resolve_ollama
 from appliance.models.fetch.progress import human_bytes
 from appliance.models.fetch.sources import PullSource, check_sha256, parse_pull_source
 from appliance.models.fetch.wheels import ModelFetchError
-from appliance.models.gguf_info import describe_gguf
+from appliance.models.gguf_info import GgufDescription, describe_gguf
 from appliance.models.profile import ID_PATTERN, ModelProfile
 from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
+
+log = logging.getLogger("appliance.models")
 
 MAX_CONTEXT = 8192
 """A pulled model's context_size is the GGUF's trained context, capped here: KV memory grows with
@@ -196,7 +199,7 @@ class ModelHub:
         self._pulls[status.id] = pull
         self._trim()
         self._event(pull)
-        pull.task = asyncio.ensure_future(asyncio.to_thread(self._run, pull))
+        pull.task = asyncio.ensure_future(self._drive(pull))
         return status
 
     def pulls(self) -> list[PullStatus]:
@@ -287,28 +290,20 @@ class ModelHub:
 
     # --- the pull's thread -----------------------------------------------------------------
 
-    def _run(self, pull: _Pull) -> None:
+    async def _drive(self, pull: _Pull) -> None:
+        """The pull from start to end: the bytes in a thread, the profile on the event loop
+        (where every other change to the catalog happens)."""
         s = pull.status
         targets = self._targets(s.model, pull.files)
         partials = [t.with_name(t.name + ".partial") for t in targets]
-        keep_partials = False
+        keep_partials = installed = False
         try:
-            digests = self._download_all(pull, partials)
-            s.state = "verifying"
-            self._event(pull)
-            for f, digest in zip(pull.files, digests, strict=True):
-                if f.sha256 and digest != f.sha256.lower():
-                    raise ModelFetchError(
-                        f"{f.name} has sha256 {digest}, not the expected {f.sha256}; the file"
-                        " was removed. Check the digest, or the source"
-                    )
-            for part in partials:
-                with part.open("rb") as fh:
-                    if fh.read(4) != b"GGUF":
-                        raise ModelFetchError(f"{s.source} is not a GGUF file; pull a .gguf file")
+            digests = await asyncio.to_thread(self._fetch_and_verify, pull, partials)
             for part, target in zip(partials, targets, strict=True):
                 os.replace(part, target)
-            self._register(pull, targets, digests)
+            installed = True
+            info = await asyncio.to_thread(describe_gguf, targets[0])
+            self._register(pull, targets, digests, info)
             s.state = "done"
         except PullCancelled:
             s.state, s.error = "cancelled", "cancelled"
@@ -318,13 +313,35 @@ class ModelHub:
         except ApplianceError as exc:
             s.state, s.error = "failed", exc.message
         except Exception as exc:
+            log.exception("pull %s failed", s.id)
             s.state, s.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             if not keep_partials:
                 for part in partials:
                     part.unlink(missing_ok=True)
+            if installed and s.state != "done":
+                for target in targets:
+                    target.unlink(missing_ok=True)
             s.finished = time.time()
             self._event(pull)
+
+    def _fetch_and_verify(self, pull: _Pull, partials: list[Path]) -> list[str]:
+        """Download every file into its partial file and check digests and magic (blocking)."""
+        s = pull.status
+        digests = self._download_all(pull, partials)
+        s.state = "verifying"
+        self._event(pull)
+        for f, digest in zip(pull.files, digests, strict=True):
+            if f.sha256 and digest != f.sha256.lower():
+                raise ModelFetchError(
+                    f"{f.name} has sha256 {digest}, not the expected {f.sha256}; the file"
+                    " was removed. Check the digest, or the source"
+                )
+        for part in partials:
+            with part.open("rb") as fh:
+                if fh.read(4) != b"GGUF":
+                    raise ModelFetchError(f"{s.source} is not a GGUF file; pull a .gguf file")
+        return digests
 
     def _download_all(self, pull: _Pull, partials: list[Path]) -> list[str]:
         s = pull.status
@@ -350,9 +367,17 @@ class ModelHub:
                 before += part.stat().st_size
         return digests
 
-    def _register(self, pull: _Pull, targets: list[Path], digests: list[str]) -> None:
+    def _register(
+        self, pull: _Pull, targets: list[Path], digests: list[str], info: GgufDescription
+    ) -> None:
         s = pull.status
-        info = describe_gguf(targets[0])
+        if s.model in self.catalog.ids():
+            raise Conflict(
+                f"model {s.model!r} was added while it was being pulled; the pulled file was"
+                " removed. Pull under another id",
+                param="id",
+                code="model_exists",
+            )
         ctx = pull.files[0].context_size or min(info.context_length or 2048, MAX_CONTEXT)
         if len(targets) == 1:
             # the concrete source, so a removed file can be fetched again from the profile
@@ -428,42 +453,54 @@ class ModelHub:
     # --- import ----------------------------------------------------------------------------
 
     async def import_models(self, req: ImportRequest) -> dict[str, Any]:
-        return await asyncio.to_thread(self._import, req)
+        """Find the tool's GGUFs and read their headers in a thread, then register them here on
+        the event loop, where every other change to the catalog happens."""
+        root, found = await asyncio.to_thread(self._scan, req, set(self.catalog.ids()))
+        imported: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
+        for m, info in found:
+            if m.id in self.catalog.ids():
+                prof = self.catalog.get(m.id)
+                real = os.path.realpath(m.path)
+                same = os.path.realpath(os.path.expanduser(prof.source)) == real
+                why = "already imported" if same else f"the id is taken (source {prof.source})"
+                skipped.append({"id": m.id, "path": str(m.path), "reason": why})
+            elif info is None or isinstance(info, str):
+                why = info or "removed while the import ran; import again"
+                skipped.append({"id": m.id, "path": str(m.path), "reason": why})
+            else:
+                ctx = m.context_size or min(info.context_length or 2048, MAX_CONTEXT)
+                self.catalog.add(
+                    ModelProfile(
+                        id=m.id,
+                        source=str(m.path),
+                        kind=info.kind,
+                        context_size=max(ctx, 16),
+                        description=f"imported from {m.origin}: {m.name}",
+                        origin=m.origin,
+                        sha256=m.sha256,
+                    )
+                )
+                imported.append(
+                    {"id": m.id, "path": str(m.path), "kind": info.kind, "origin": m.origin}
+                )
+        return {"from": req.source, "root": str(root), "imported": imported, "skipped": skipped}
 
-    def _import(self, req: ImportRequest) -> dict[str, Any]:
+    def _scan(
+        self, req: ImportRequest, known: set[str]
+    ) -> tuple[Path, list[tuple[FoundModel, Any]]]:
+        """(root, [(found model, its GgufDescription or why it cannot be imported)]), blocking."""
         root = Path(req.path).expanduser() if req.path else default_root(req.source)
         trusted = not req.path  # the daemon's own default folders, not one a client names
         self.policy.check_import(root, trusted=trusted)
-        found = find_models(req.source, root)
-        imported: list[dict[str, Any]] = []
-        skipped: list[dict[str, str]] = []
-        for m in found:
-            real = Path(os.path.realpath(m.path))
-            existing = self.catalog.ids()
-            if m.id in existing:
-                prof = self.catalog.get(m.id)
-                same = Path(os.path.realpath(os.path.expanduser(prof.source))) == real
-                why = "already imported" if same else f"the id is taken (source {prof.source})"
-                skipped.append({"id": m.id, "path": str(m.path), "reason": why})
+        out: list[tuple[FoundModel, Any]] = []
+        for m in find_models(req.source, root):
+            if m.id in known:
+                out.append((m, None))  # decided on the event loop: already imported, or taken
                 continue
             try:
                 self.policy.check_import(m.path, trusted=trusted)
-                info = describe_gguf(m.path)
+                out.append((m, describe_gguf(m.path)))
             except ApplianceError as exc:
-                skipped.append({"id": m.id, "path": str(m.path), "reason": exc.message})
-                continue
-            ctx = m.context_size or min(info.context_length or 2048, MAX_CONTEXT)
-            prof = ModelProfile(
-                id=m.id,
-                source=str(m.path),
-                kind=info.kind,  # type: ignore[arg-type]
-                context_size=max(ctx, 16),
-                description=f"imported from {m.origin}: {m.name}",
-                origin=m.origin,
-                sha256=m.sha256,
-            )
-            self.catalog.add(prof)
-            imported.append(
-                {"id": m.id, "path": str(m.path), "kind": info.kind, "origin": m.origin}
-            )
-        return {"from": req.source, "root": str(root), "imported": imported, "skipped": skipped}
+                out.append((m, exc.message))
+        return root, out

@@ -503,6 +503,10 @@ def test_a_load_does_not_wait_for_two_pulls_and_a_pull_can_be_cancelled(
             r = c.post("/api/models/pull", json={"source": f"url:{files.url}/slow/{name}.gguf"})
             assert r.status_code == 202, r.text
             ids.append(r.json()["id"])
+        deadline = time.monotonic() + 30
+        while not all(c.get(f"/api/models/pulls/{i}").json()["bytes"] > 0 for i in ids):
+            assert time.monotonic() < deadline, "the slow pulls did not start"
+            time.sleep(0.05)
         t0 = time.monotonic()
         assert c.post("/api/models/smol/load").status_code == 200
         load_s = time.monotonic() - t0
