@@ -9,7 +9,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from appliance.app import Appliance
-from appliance.models.hub import ImportRequest, PullRequest, PullStatus
+from appliance.models.hub import PullRequest, PullStatus
+from appliance.models.imports import ImportRequest
 from appliance.models.service import AddModelRequest
 
 

@@ -83,6 +83,11 @@ def read_gguf_info(path: Path) -> GgufInfo:
     return _read(str(path), st.st_mtime_ns, st.st_size)
 
 
+MAX_PROFILE_CONTEXT = 8192
+"""The context_size of a profile written from a GGUF (a pull, an import) is the GGUF's trained
+context capped here: KV memory grows with it, and a 128k context would make a small model need
+gigabytes. Raise it in the profile."""
+
 EMBEDDING_ARCHITECTURES = frozenset(
     {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "t5encoder"}
 )

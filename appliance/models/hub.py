@@ -47,21 +47,18 @@ from appliance.models.fetch.download import (
 )
 from appliance.models.fetch.hf_files import SPLIT as SPLIT_NAME
 from appliance.models.fetch.hf_files import RemoteFile, hf_headers, resolve_hf
-from appliance.models.fetch.importers import FoundModel, default_root, find_models
 from appliance.models.fetch.ollama_registry import resolve_ollama
 from appliance.models.fetch.progress import human_bytes
 from appliance.models.fetch.sources import PullSource, check_sha256, parse_pull_source
 from appliance.models.fetch.wheels import ModelFetchError
-from appliance.models.gguf_info import GgufDescription, describe_gguf
+from appliance.models.gguf_info import MAX_PROFILE_CONTEXT, GgufDescription, describe_gguf
+from appliance.models.imports import ImportRequest, import_models
 from appliance.models.profile import ID_PATTERN, ModelProfile
 from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
 
 log = logging.getLogger("appliance.models")
 
-MAX_CONTEXT = 8192
-"""A pulled model's context_size is the GGUF's trained context, capped here: KV memory grows with
-it, and a 128k context would make a small model need gigabytes. Raise it in the profile."""
 KEEP_FINISHED = 50
 EVENT_EVERY_S = 0.25
 
@@ -92,15 +89,6 @@ class PullStatus(msgspec.Struct, kw_only=True):
     error: str | None = None
     started: float = 0.0
     finished: float | None = None
-
-
-class ImportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /api/models/import`: register the GGUFs another tool keeps on this box, in place."""
-
-    source: str = msgspec.field(name="from")
-    """ollama, lmstudio or hf-cache."""
-    path: str | None = None
-    """The tool's models folder (default: where the tool keeps them for the daemon's user)."""
 
 
 class _Pull:
@@ -378,7 +366,7 @@ class ModelHub:
                 param="id",
                 code="model_exists",
             )
-        ctx = pull.files[0].context_size or min(info.context_length or 2048, MAX_CONTEXT)
+        ctx = pull.files[0].context_size or min(info.context_length or 2048, MAX_PROFILE_CONTEXT)
         if len(targets) == 1:
             # the concrete source, so a removed file can be fetched again from the profile
             one = pull.files[0]
@@ -453,54 +441,5 @@ class ModelHub:
     # --- import ----------------------------------------------------------------------------
 
     async def import_models(self, req: ImportRequest) -> dict[str, Any]:
-        """Find the tool's GGUFs and read their headers in a thread, then register them here on
-        the event loop, where every other change to the catalog happens."""
-        root, found = await asyncio.to_thread(self._scan, req, set(self.catalog.ids()))
-        imported: list[dict[str, Any]] = []
-        skipped: list[dict[str, str]] = []
-        for m, info in found:
-            if m.id in self.catalog.ids():
-                prof = self.catalog.get(m.id)
-                real = os.path.realpath(m.path)
-                same = os.path.realpath(os.path.expanduser(prof.source)) == real
-                why = "already imported" if same else f"the id is taken (source {prof.source})"
-                skipped.append({"id": m.id, "path": str(m.path), "reason": why})
-            elif info is None or isinstance(info, str):
-                why = info or "removed while the import ran; import again"
-                skipped.append({"id": m.id, "path": str(m.path), "reason": why})
-            else:
-                ctx = m.context_size or min(info.context_length or 2048, MAX_CONTEXT)
-                self.catalog.add(
-                    ModelProfile(
-                        id=m.id,
-                        source=str(m.path),
-                        kind=info.kind,
-                        context_size=max(ctx, 16),
-                        description=f"imported from {m.origin}: {m.name}",
-                        origin=m.origin,
-                        sha256=m.sha256,
-                    )
-                )
-                imported.append(
-                    {"id": m.id, "path": str(m.path), "kind": info.kind, "origin": m.origin}
-                )
-        return {"from": req.source, "root": str(root), "imported": imported, "skipped": skipped}
-
-    def _scan(
-        self, req: ImportRequest, known: set[str]
-    ) -> tuple[Path, list[tuple[FoundModel, Any]]]:
-        """(root, [(found model, its GgufDescription or why it cannot be imported)]), blocking."""
-        root = Path(req.path).expanduser() if req.path else default_root(req.source)
-        trusted = not req.path  # the daemon's own default folders, not one a client names
-        self.policy.check_import(root, trusted=trusted)
-        out: list[tuple[FoundModel, Any]] = []
-        for m in find_models(req.source, root):
-            if m.id in known:
-                out.append((m, None))  # decided on the event loop: already imported, or taken
-                continue
-            try:
-                self.policy.check_import(m.path, trusted=trusted)
-                out.append((m, describe_gguf(m.path)))
-            except ApplianceError as exc:
-                out.append((m, exc.message))
-        return root, out
+        """Register what Ollama, LM Studio or the HF cache hold (appliance.models.imports)."""
+        return await import_models(self.catalog, self.policy, req)
