@@ -247,11 +247,39 @@ def ollama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> 
 
 
 @pytest.fixture(scope="module")
+def other_tools(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
+    """A home with LM Studio's models folder and a Hugging Face hub cache, each holding SmolLM2
+    the way the tool lays it out (the cache's snapshot file a symlink to its blob)."""
+    home = tmp_path_factory.mktemp("home")
+    lm = home / ".lmstudio" / "models" / "HuggingFaceTB" / "SmolLM2-135M-Instruct-GGUF"
+    lm.mkdir(parents=True)
+    repo = home / "hf-cache" / "models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for target in (lm / "SmolLM2-135M-Instruct-Q4_1.gguf", repo / "blobs" / "5f3e"):
+        try:
+            os.link(smollm2_path, target)
+        except OSError:
+            shutil.copy(smollm2_path, target)
+    (snapshot / "smollm2-135m-instruct-q4_1.gguf").symlink_to("../../blobs/5f3e")
+    return home
+
+
+@pytest.fixture(scope="module")
 def daemon(
-    tmp_path_factory: pytest.TempPathFactory, ollama_dir: Path, files: FileServer
+    tmp_path_factory: pytest.TempPathFactory,
+    ollama_dir: Path,
+    files: FileServer,
+    other_tools: Path,
 ) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("hub")
-    env = {"OLLAMA_MODELS": str(ollama_dir), "HF_ENDPOINT": files.url}
+    env = {
+        "OLLAMA_MODELS": str(ollama_dir),
+        "HF_ENDPOINT": files.url,
+        "HOME": str(other_tools),
+        "HF_HUB_CACHE": str(other_tools / "hf-cache"),
+    }
     with running_daemon(root, env=env) as d:
         yield d
 
@@ -394,6 +422,26 @@ def test_import_from_ollama_serves_in_place_and_finds_nothing_new_twice(
         # a folder a client names in the shared /tmp is refused: anyone can plant files there
         r = c.post("/api/models/import", json={"from": "ollama", "path": str(ollama_dir)})
         assert r.status_code == 400 and r.json()["error"]["param"] == "path", r.text
+
+
+@pytest.mark.parametrize(
+    ("origin", "model"),
+    [
+        ("lmstudio", "lmstudio-smollm2-135m-instruct-q4_1"),
+        ("hf-cache", "hf-smollm2-135m-instruct-q4_1"),
+    ],
+)
+def test_import_from_lm_studio_and_the_hf_cache_then_chat(
+    daemon: Daemon, origin: str, model: str
+) -> None:
+    with daemon.http() as c:
+        out = c.post("/api/models/import", json={"from": origin}).json()
+        assert [m["id"] for m in out["imported"]] == [model], out
+        assert daemon.model(model)["origin"] == origin
+        r = c.post("/v1/chat/completions", json={"model": model, "messages": CHAT, "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        assert c.post(f"/api/models/{model}/unload").status_code == 200
+        assert c.post("/api/models/import", json={"from": origin}).json()["imported"] == []
 
 
 def test_rm_with_files_removes_profile_and_file(
