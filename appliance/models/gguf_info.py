@@ -42,39 +42,31 @@ class GgufInfo:
         return self.file_bytes + parallel * self.kv_bytes(n_ctx) + compute
 
 
-def _field(reader: Any, key: str, default: int | str | None = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
-    if isinstance(value, list):
-        value = value[0] if value else default
-    return value
+def _field(meta: dict[str, Any], key: str, default: int | str | None = None) -> Any:
+    value = meta.get(key)
+    return default if value is None else value
 
 
 @functools.lru_cache(maxsize=128)
 def _read(path: str, mtime_ns: int, size: int) -> GgufInfo:
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:  # gguf raises ValueError, struct.error, etc. on a malformed file
-        raise ModelUnavailable(f"{path} is not a readable GGUF file: {exc}") from exc
-    arch = str(_field(reader, "general.architecture", "llama"))
-    n_embd = int(_field(reader, f"{arch}.embedding_length", 0) or 0)
-    n_head = int(_field(reader, f"{arch}.attention.head_count", 1) or 1)
-    n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head) or n_head)
+    # the header alone (read_gguf_metadata): GGUFReader would parse every tensor, seconds on the
+    # first request of a model that was just pulled
+    meta = read_gguf_metadata(Path(path))
+    arch = str(_field(meta, "general.architecture", "llama"))
+    n_embd = int(_field(meta, f"{arch}.embedding_length", 0) or 0)
+    n_head = int(_field(meta, f"{arch}.attention.head_count", 1) or 1)
+    n_head_kv = int(_field(meta, f"{arch}.attention.head_count_kv", n_head) or n_head)
     head_dim = n_embd // n_head if n_head else 0
     return GgufInfo(
         architecture=arch,
         file_bytes=size,
-        n_layer=int(_field(reader, f"{arch}.block_count", 0) or 0),
+        n_layer=int(_field(meta, f"{arch}.block_count", 0) or 0),
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
-        head_dim_k=int(_field(reader, f"{arch}.attention.key_length", head_dim) or head_dim),
-        head_dim_v=int(_field(reader, f"{arch}.attention.value_length", head_dim) or head_dim),
-        context_length=int(_field(reader, f"{arch}.context_length", 0) or 0),
+        head_dim_k=int(_field(meta, f"{arch}.attention.key_length", head_dim) or head_dim),
+        head_dim_v=int(_field(meta, f"{arch}.attention.value_length", head_dim) or head_dim),
+        context_length=int(_field(meta, f"{arch}.context_length", 0) or 0),
     )
 
 
@@ -114,8 +106,9 @@ class GgufDescription:
 
 def read_gguf_metadata(path: Path) -> dict[str, Any]:
     """The key/value header of a GGUF, read without touching its tensors (GGUFReader maps and
-    parses every tensor: seconds on a large file). Arrays are skipped (their length is kept);
-    sizes are bounded, so a hostile header fails with ModelUnavailable instead of eating RAM."""
+    parses every tensor: seconds on a large file). An array gives its first element (as the
+    memory estimate wants of per-layer head counts), or None when empty; sizes are bounded, so
+    a hostile header fails with ModelUnavailable instead of eating RAM."""
     import struct
 
     def fail(why: str) -> ModelUnavailable:
@@ -143,17 +136,22 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
                 return scalar(_SCALARS[vtype])
             if vtype == _STRING:
                 return string()
-            if vtype == _ARRAY:
+            if vtype == _ARRAY:  # its first element (per-layer counts: the first layer's)
                 itype, count = scalar("<I"), scalar("<Q")
-                if itype in _SCALARS:
-                    f.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
-                elif itype == _STRING:
-                    for _ in range(count):
-                        f.seek(scalar("<Q"), 1)
-                else:
-                    for _ in range(count):
+                if not count:
+                    return None
+                if itype not in _SCALARS and itype != _STRING:
+                    first = value(itype)
+                    for _ in range(count - 1):
                         value(itype)
-                return count
+                    return first
+                first = value(itype)
+                if itype in _SCALARS:
+                    f.seek(struct.calcsize(_SCALARS[itype]) * (count - 1), 1)
+                else:
+                    for _ in range(count - 1):
+                        f.seek(scalar("<Q"), 1)
+                return first
             raise fail(f"unknown value type {vtype}")
 
         if read(4) != b"GGUF":
