@@ -97,6 +97,8 @@ class _Pull:
         self.src = src
         self.files = files
         self.cancel = threading.Event()
+        self.resumable = False
+        """Cancelled by the daemon stopping, not by a user: keep the partial file."""
         self.task: asyncio.Future[None] | None = None
 
 
@@ -211,9 +213,11 @@ class ModelHub:
         return pull.status
 
     async def stop(self) -> None:
-        """Cancel running pulls (the daemon is stopping); their partial files stay for a resume."""
+        """Cancel running pulls (the daemon is stopping); their partial files stay, so pulling again
+        resumes."""
         running = [p for p in self._pulls.values() if p.status.finished is None]
         for p in running:
+            p.resumable = True
             p.cancel.set()
         tasks = [p.task for p in running if p.task is not None]
         if tasks:
@@ -295,6 +299,7 @@ class ModelHub:
             s.state = "done"
         except PullCancelled:
             s.state, s.error = "cancelled", "cancelled"
+            keep_partials = pull.resumable
         except DownloadInterrupted as exc:
             s.state, s.error = "failed", exc.message
             keep_partials = True  # a network failure: pulling again resumes
