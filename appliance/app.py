@@ -24,6 +24,7 @@ from appliance.host.janitor import Janitor
 from appliance.host.worker_jail import worker_jail_for
 from appliance.models.catalog import ModelCatalog
 from appliance.models.grammars import GrammarCompiler, GrammarProver, GrammarSettings
+from appliance.models.hub import ModelHub
 from appliance.models.memory import memory_probe_for_host
 from appliance.models.registration import RegistrationPolicy
 from appliance.models.scheduler import ModelScheduler
@@ -70,7 +71,10 @@ class Appliance:
             config, store=store, scheduler=scheduler, telemetry=self.telemetry
         )
         self.access = ApiAccess(store.tokens, host=config.server.host)
-        self.models = ModelService(catalog, scheduler, RegistrationPolicy.for_config(config))
+        policy = RegistrationPolicy.for_config(config)
+        self.models = ModelService(catalog, scheduler, policy)
+        self.hub = ModelHub(catalog, scheduler, publish=events.publish, policy=policy)
+        """Pulls, imports and removals of models (appliance.models.hub)."""
         self.grammars = grammars or GrammarCompiler(
             GrammarProver(GrammarSettings.from_config(config.models))
         )
@@ -170,6 +174,7 @@ class Appliance:
             (self.sandboxes.start, self.sandboxes.stop),
             (self.agents.sync_profiles, None),
             (self.kv.start, self.kv.stop),  # stops after the turns: their sessions are parked
+            (self._no_start, self.hub.stop),  # running pulls are cancelled, partials kept
             (self._no_start, self.sessions.stop),  # stops first: running turns are cancelled
         ]
 

@@ -125,6 +125,13 @@ class InsufficientMemory(ApplianceError):
     code = "insufficient_memory"
 
 
+class InsufficientStorage(ApplianceError):
+    """A model file does not fit the free space of the disk it must go to."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class QueueFull(ApplianceError):
     """Too many requests are waiting for this model; retry after the given seconds."""
 

@@ -28,6 +28,7 @@ SCREENS = (
 ACTIONS: tuple[tuple[str, str, str, str], ...] = (
     # (title, help, mode, screen action)
     ("Add a model from a path", "Register a GGUF file on the daemon's host", "models", "add"),
+    ("Pull a model", "Download from hf:, url: or ollama: (Models screen: f)", "models", "pull"),
     ("Load the selected model", "Models screen: l", "models", "load"),
     ("Unload the selected model", "Models screen: u", "models", "unload"),
     ("Pin or unpin the selected model", "Models screen: p", "models", "pin"),

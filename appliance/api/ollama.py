@@ -7,8 +7,8 @@ the OpenAI routes use; these handlers only pick the answer's framing. `/api/chat
 started is its last line, `{"error": "..."}`, which Ollama's clients raise.
 
 None of these names is one of the appliance's own `/api/*` routes (models, sessions, agents,
-sandboxes, ...), and the hub calls (pull, push, create, copy, delete) answer 501 with what to
-use instead.
+sandboxes, ...). `/api/pull` and `/api/delete` are the model hub's (appliance.openai.ollama_hub);
+push, create and copy answer 501 with what to use instead.
 
 Errors on these paths are Ollama's body, `{"error": "message"}`, with the same statuses as
 everywhere: `OllamaErrors` rewrites the OpenAI body that the browser boundary, the token check
@@ -50,6 +50,7 @@ from appliance.openai.ollama import (
     OllamaModelRequest,
     OllamaService,
 )
+from appliance.openai.ollama_hub import OllamaHub, OllamaPullRequest
 
 log = logging.getLogger("appliance.api")
 _enc = msgspec.json.Encoder()
@@ -171,8 +172,15 @@ class OllamaController(Controller):
         return reply(answer, OllamaEmbeddingsReply)
 
     @post("/pull", status_code=200)
-    async def pull(self) -> None:
-        raise OllamaService.unsupported("pull")
+    async def pull(
+        self, appliance: NamedDependency[Appliance], data: JSONBody[OllamaPullRequest]
+    ) -> Response[dict[str, Any]] | Stream:
+        """A hub pull (appliance.openai.ollama_hub), its progress as Ollama's NDJSON."""
+        parts = await OllamaHub(appliance.hub).pull(data)
+        if data.stream:
+            return ndjson(parts)
+        lines = [part async for part in parts]  # a failure raises: Ollama's error body
+        return Response(lines[-1])
 
     @post("/push", status_code=200)
     async def push(self) -> None:
@@ -187,8 +195,10 @@ class OllamaController(Controller):
         raise OllamaService.unsupported("copy")
 
     @delete("/delete", status_code=200)
-    async def delete_model(self) -> None:
-        raise OllamaService.unsupported("delete")
+    async def delete_model(
+        self, appliance: NamedDependency[Appliance], data: JSONBody[OllamaModelRequest]
+    ) -> None:
+        await OllamaHub(appliance.hub).delete(data)
 
 
 def _ollama_body(body: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""`appliance models`: list, load, unload, pin, add and fetch models."""
+"""`appliance models`: list, load, unload, pin, add, fetch, pull, import and rm models."""
 
 from __future__ import annotations
 
@@ -44,13 +44,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.add_argument("--config", type=Path, help="config TOML")
     fetch.add_argument("--state-dir")
     fetch.set_defaults(func=cmd_fetch)
+    pull = msub.add_parser(
+        "pull", help="download a GGUF into the model store and register it (through the daemon)"
+    )
+    pull.add_argument("source", help="url:URL, hf:OWNER/REPO:QUANT or hf:OWNER/REPO/FILE.gguf")
+    pull.add_argument("--id", help="model id (default: from the file name)")
+    pull.add_argument("--sha256", help="the file's sha256; the pull fails when it differs")
+    add_client_args(pull)
+    pull.set_defaults(func=cmd_pull)
+    rm = msub.add_parser("rm", help="unload a model and remove its profile")
+    rm.add_argument("model")
+    rm.add_argument(
+        "--files", action="store_true", help="delete its file too (when no other model uses it)"
+    )
+    add_client_args(rm)
+    rm.set_defaults(func=cmd_rm)
+    imp = msub.add_parser(
+        "import", help="register the GGUFs Ollama, LM Studio or the HF cache hold, in place"
+    )
+    imp.add_argument(
+        "--from", dest="origin", required=True, choices=["ollama", "lmstudio", "hf-cache"]
+    )
+    imp.add_argument("path", nargs="?", help="the tool's models folder (default: its usual one)")
+    add_client_args(imp)
+    imp.set_defaults(func=cmd_import)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     models = DaemonClient(args.url, args.token).call(calls.models())
     now = time.time()
     print(
-        f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR"
+        f"{'MODEL':28} {'KIND':9} {'STATE':10} {'MEMORY':>10} {'ON DISK':>10} {'ORIGIN':8}"
+        f" {'IDLE IN':>8} {'LOADS':>5}  LAST ERROR"
     )
     for m in models:
         idle = (
@@ -58,7 +83,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         err = (m.last_error or "")[:60]
         print(
-            f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10} {idle:>8} {m.load_count:>5}  {err}"
+            f"{m.id:28} {m.kind:9} {m.state:10} {size(m.memory_bytes):>10}"
+            f" {size(m.size_bytes):>10} {m.origin:8} {idle:>8} {m.load_count:>5}  {err}"
         )
     return 0
 
@@ -105,4 +131,48 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         bar = TerminalProgress()
         path = catalog.ensure_local(mid, progress=bar)
         bar.finish(f"{mid}: {path}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from appliance.cli.progress import TerminalProgress
+
+    client = DaemonClient(args.url, args.token)
+    p = client.call(calls.pull_model(args.source, args.id, args.sha256))
+    bar = TerminalProgress()
+    try:
+        while not p.finished:
+            fraction = p.bytes / p.total if p.total else None
+            of = f" of {size(p.total)}" if p.total else ""
+            bar("download", fraction, f"{p.model}: {size(p.bytes)}{of} at {size(p.rate)}/s")
+            time.sleep(0.2)
+            p = client.call(calls.pull(p.id))
+    except KeyboardInterrupt:
+        p = client.call(calls.cancel_pull(p.id))
+    if p.state != "done":
+        bar.finish(f"{p.model}: pull {p.state}: {p.error or ''}".rstrip(": "))
+        return 1
+    bar("download", 1.0, f"{p.model}: {size(p.bytes)}")
+    bar.finish(f"pulled {p.model} ({size(p.bytes)}); try: appliance chat --model {p.model}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    out = DaemonClient(args.url, args.token).call(calls.remove_model(args.model, args.files))
+    print(f"removed {args.model}")
+    for f in out.get("files_removed") or []:
+        print(f"  deleted {f}")
+    for f in out.get("files_kept") or []:
+        print(f"  kept {f} ({out.get('note', '')})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    out = DaemonClient(args.url, args.token).call(calls.import_models(args.origin, args.path))
+    for m in out.get("imported") or []:
+        print(f"imported {m['id']} ({m['kind']}) from {m['path']}")
+    for m in out.get("skipped") or []:
+        print(f"skipped {m['id']}: {m['reason']}")
+    if not out.get("imported") and not out.get("skipped"):
+        print(f"no GGUF models found under {out.get('root')}")
     return 0

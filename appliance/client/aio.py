@@ -42,6 +42,7 @@ from appliance.client.records import (
     Health,
     Language,
     ModelInfo,
+    PullInfo,
     RunResult,
     Sandbox,
     Session,
@@ -171,6 +172,11 @@ class ApplianceClient:
         self, path: str, model_id: str | None = None, kind: str = "chat"
     ) -> ModelInfo:
         return await self.call(calls.add_model(path, model_id, kind))
+
+    async def pull_model(
+        self, source: str, model_id: str | None = None, sha256: str | None = None
+    ) -> PullInfo:
+        return await self.call(calls.pull_model(source, model_id, sha256))
 
     async def chat_stream(
         self, model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None

@@ -19,6 +19,7 @@ from appliance.client.records import (
     Health,
     Language,
     ModelInfo,
+    PullInfo,
     RunResult,
     Sandbox,
     Session,
@@ -122,6 +123,46 @@ def add_model(path: str, model_id: str | None = None, kind: str = "chat") -> Cal
     if model_id:
         body["id"] = model_id
     return Call("POST", "/api/models", ModelInfo.from_json, body=body)
+
+
+def pull_model(
+    source: str, model_id: str | None = None, sha256: str | None = None
+) -> Call[PullInfo]:
+    body: dict[str, Any] = {"source": source}
+    if model_id:
+        body["id"] = model_id
+    if sha256:
+        body["sha256"] = sha256
+    return Call("POST", "/api/models/pull", PullInfo.from_json, body=body, slow=True)
+
+
+def pulls() -> Call[list[PullInfo]]:
+    return Call("GET", "/api/models/pulls", _listing(PullInfo.from_json))
+
+
+def pull(pull_id: str) -> Call[PullInfo]:
+    return Call("GET", f"/api/models/pulls/{segment(pull_id)}", PullInfo.from_json)
+
+
+def cancel_pull(pull_id: str) -> Call[PullInfo]:
+    return Call("DELETE", f"/api/models/pulls/{segment(pull_id)}", PullInfo.from_json)
+
+
+def remove_model(model_id: str, files: bool = False) -> Call[dict[str, Any]]:
+    return Call(
+        "DELETE",
+        f"/api/models/{segment(model_id)}",
+        lambda d: dict(d or {}),
+        params={"files": str(files).lower()},
+        slow=True,
+    )
+
+
+def import_models(origin: str, path: str | None = None) -> Call[dict[str, Any]]:
+    body: dict[str, Any] = {"from": origin}
+    if path:
+        body["path"] = path
+    return Call("POST", "/api/models/import", lambda d: dict(d or {}), body=body, slow=True)
 
 
 # --- agents and sessions ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from appliance.config import Config, load_toml_struct, shipped_profiles_dir
-from appliance.errors import ConfigError, InvalidRequest, ModelNotFound, ModelUnavailable
+from appliance.errors import ConfigError, Conflict, InvalidRequest, ModelNotFound, ModelUnavailable
 from appliance.models.fetch.fetcher import ModelFetcher
 from appliance.models.profile import ModelProfile
 from appliance.models.registration import RegistrationPolicy, check_replace
@@ -43,6 +43,8 @@ class ModelCatalog:
         self.user_dir = user_dir
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.files: dict[str, Path] = {}
+        """The TOML file each profile was read from (scanned models have none)."""
 
     @classmethod
     def load(cls, config: Config) -> ModelCatalog:
@@ -51,12 +53,14 @@ class ModelCatalog:
         user_dir = Path(config.config_dir) / "models"
         dirs.append(user_dir)
         profiles: dict[str, ModelProfile] = {}
+        files: dict[str, Path] = {}
         for d in dirs:
             if not d.is_dir():
                 continue
             for f in sorted(d.glob("*.toml")):
                 prof = load_toml_struct(f, ModelProfile, extra={"id": f.stem})
                 profiles[prof.id] = prof
+                files[prof.id] = f
         for scan in config.models.scan_dirs:
             root = Path(scan).expanduser()
             if not root.is_dir():
@@ -68,7 +72,9 @@ class ModelCatalog:
                     mid, ModelProfile(id=mid, source=str(f), description=f"found in {root}")
                 )
         fetcher = ModelFetcher(Path(config.state_dir) / "models")
-        return cls(profiles, fetcher, user_dir)
+        catalog = cls(profiles, fetcher, user_dir)
+        catalog.files = files
+        return catalog
 
     # --- lookup ----------------------------------------------------------------------------
 
@@ -121,7 +127,26 @@ class ModelCatalog:
         write_private(target, msgspec.toml.encode(data))
         with self._lock:
             self._profiles[profile.id] = profile
+            self.files[profile.id] = target
         return target
+
+    def remove(self, model_id: str) -> None:
+        """Forget a profile and delete its TOML, which must be one the appliance wrote (the
+        config directory's models/); a profile from elsewhere is refused with where it lives."""
+        self.get(model_id)
+        where = self.files.get(model_id)
+        if where is None or where.parent.resolve() != self.user_dir.resolve():
+            origin = f"the profile file {where}" if where else "a models.scan_dirs directory"
+            raise Conflict(
+                f"model {model_id!r} comes from {origin}, which the appliance does not write;"
+                " remove it there and restart the daemon",
+                param="id",
+                code="model_not_removable",
+            )
+        where.unlink(missing_ok=True)
+        with self._lock:
+            self._profiles.pop(model_id, None)
+            self.files.pop(model_id, None)
 
     def add_path(
         self,

@@ -52,6 +52,11 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A Jinja chat template that replaces the one inside the GGUF."""
     pinned: bool = False
     """Never unload this model when idle."""
+    origin: str | None = None
+    """Where the hub got the model: url, hf or ollama (a pull); ollama, lmstudio or hf-cache (an
+    import). Unset for profiles written by hand."""
+    sha256: str | None = None
+    """The model file's sha256, as verified when it was pulled (or named by Ollama's blob)."""
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.id):

@@ -103,6 +103,31 @@ class RegistrationPolicy:
             )
         return real
 
+    def check_import(self, path: Path, *, trusted: bool) -> Path:
+        """A folder (or a file found in it) to import from; InvalidRequest when it resolves into,
+        or holds, a sandbox workspace, or, unless `trusted` (the daemon's own default folders),
+        into a shared temporary directory outside the model directories."""
+        real = _real(path)
+        if _inside(real, self.workspaces) or _inside(self.workspaces, real):
+            raise InvalidRequest(
+                f"{path} resolves to {real}, which is or holds a sandbox workspace: models are"
+                " never imported from there",
+                param="path",
+                code="model_path_not_allowed",
+            )
+        if trusted or any(_inside(real, d) for d in self.model_dirs):
+            return real
+        temp = next((t for t in self.temp_dirs if _inside(real, t)), None)
+        if temp is not None:
+            raise InvalidRequest(
+                f"{path} resolves to {real}, in the temporary directory {temp}, where anyone can"
+                " place files. Move the models elsewhere (or into a model directory) and import"
+                " from there",
+                param="path",
+                code="model_path_not_allowed",
+            )
+        return real
+
 
 def check_replace(model_id: str, existing_source: str | None, replace: bool) -> None:
     """Conflict (409) when `model_id` exists and the request did not ask to replace it."""

@@ -709,6 +709,12 @@ class ModelScheduler:
             r.unload_when_idle = True
         return r.state
 
+    def forget(self, model_id: str) -> None:
+        """Drop an unloaded model's runner (its profile was removed from the catalog)."""
+        r = self.runners.get(model_id)
+        if r is not None and r.worker is None and not (r.active or r.waiting):
+            del self.runners[model_id]
+
     async def pin(self, model_id: str, pinned: bool = True) -> None:
         r = self._runner(model_id)
         r.pinned = pinned

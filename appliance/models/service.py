@@ -24,6 +24,19 @@ class AddModelRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     replace: bool = False
 
 
+def _size(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
+
+
+def _origin(source: str) -> str:
+    """A hand-written profile's origin: its source's scheme (`local` for a path)."""
+    scheme, sep, _ = source.partition(":")
+    return scheme if sep and scheme in ("hf", "pypi", "url", "http", "https") else "local"
+
+
 class ModelService:
     def __init__(
         self, catalog: ModelCatalog, scheduler: ModelScheduler, registration: RegistrationPolicy
@@ -53,7 +66,12 @@ class ModelService:
         out = []
         for status in self.scheduler.snapshot():
             d = status.to_dict()
-            d["fetched"] = self.catalog.local_path(status.id) is not None
+            path = self.catalog.local_path(status.id)
+            prof = self.catalog.get(status.id)
+            d["fetched"] = path is not None
+            d["size_bytes"] = _size(path)
+            d["origin"] = prof.origin or _origin(prof.source)
+            d["sha256"] = prof.sha256
             out.append(d)
         return out
 

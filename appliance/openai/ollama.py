@@ -219,8 +219,14 @@ def keep_alive_seconds(value: KeepAliveValue | None) -> float | None:
 
 
 def model_id(name: str) -> str:
-    """An Ollama model name as a catalog id: Ollama's default tag (`:latest`) is dropped."""
-    return name.removesuffix(":latest")
+    """An Ollama model name as a catalog id: Ollama's default tag (`:latest`) is dropped, and a
+    name that is no valid id (`smol:135m`, `hf.co/org/repo:Q4_K_M`) is made one the way the hub
+    names what `/api/pull` fetches (`smol-135m`), so the name finds the model it pulled."""
+    from appliance.models.fetch.importers import model_id as clean
+    from appliance.models.profile import ID_PATTERN
+
+    bare = name.removesuffix(":latest")
+    return bare if ID_PATTERN.match(bare) else clean(bare)
 
 
 def _options(options: OllamaOptions | None, prof: ModelProfile) -> dict[str, Any]:
@@ -611,15 +617,13 @@ class OllamaService:
     @staticmethod
     def unsupported(call: str) -> NotImplementedHere:
         instead = {
-            "pull": "models come from profiles: add a GGUF on this box with `appliance models "
-            "add PATH` (or POST /api/models), or fetch a profile's model with `appliance "
-            "models fetch ID`",
+            "pull": "pull with `appliance models pull SOURCE` (or POST /api/models/pull)",
             "push": "the appliance publishes no models",
             "create": "register a GGUF with POST /api/models, and set its chat template and "
             "parameters in its profile",
             "copy": "register the same file under another id with POST /api/models "
             '{"path": ..., "id": ...}',
-            "delete": "remove the model's profile from the config directory's models/",
+            "delete": "remove it with `appliance models rm ID --files`",
         }[call]
         return NotImplementedHere(
             f"/api/{call} is not served by this appliance (its model hub is not built); {instead}"

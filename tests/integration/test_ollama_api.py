@@ -258,11 +258,11 @@ def test_errors_are_ollamas_body_with_4xx(client: ollama.Client) -> None:
         client.chat(CHAT, messages=hi, format={"type": "object", "properties": 5})
     assert exc.value.status_code == 400 and "properties" in _error(exc), "the grammar checker's"
     with pytest.raises(ollama.ResponseError) as exc:
-        client.pull("llama3.2")
-    assert exc.value.status_code == 501 and "appliance models add" in _error(exc)
+        client.pull("no such/name/at/all")  # the hub refuses it before a line is streamed
+    assert exc.value.status_code == 400 and "ollama:NAME[:TAG]" in _error(exc)
     with pytest.raises(ollama.ResponseError) as exc:
-        client.delete(CHAT)
-    assert exc.value.status_code == 501
+        client.delete("no-such-model")
+    assert exc.value.status_code == 404
 
 
 def test_hostile_bodies_get_a_4xx_in_ollamas_shape(daemon: Daemon) -> None:

@@ -26,6 +26,7 @@ from tui.screens.sandboxes import SandboxesScreen
 from tui.screens.sessions import SessionsScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.model_table import ModelTable
+from tui.widgets.pull_list import PullList
 from tui.widgets.run_output import RunOutput
 from tui.widgets.sandbox_table import SandboxTable
 from tui.widgets.transcript import TranscriptView
@@ -103,6 +104,41 @@ async def test_pin_and_add_a_model_from_the_models_screen(
         await pilot.press("tab", *"tiny-added", "enter")
         await until(pilot, lambda: "tiny-added" in table.models, "the added model in the table")
         assert live_daemon.model("tiny-added")["state"] == "unloaded"
+
+
+async def test_pull_a_model_from_the_models_screen(
+    live_daemon: Daemon, tiny_model_path: Path
+) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tiny_model_path.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"url:http://127.0.0.1:{server.server_address[1]}/{tiny_model_path.name}"
+    app = live_app(live_daemon.url)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("2")
+            table = app.screen.query_one(ModelTable)
+            await until(pilot, lambda: "tiny" in table.models, "the tiny model in the table")
+            await pilot.press("f", *url, "tab", *"tiny-pulled", "enter")
+            pulls = app.screen.query_one(PullList)
+            await until(pilot, lambda: "tiny-pulled" in table.models, "the pulled model listed")
+            await until(
+                pilot,
+                lambda: any(p.get("state") == "done" for p in pulls.pulls.values()),
+                "the pull shown done",
+            )
+            assert pulls.display
+            assert live_daemon.model("tiny-pulled")["origin"] == "url"
+    finally:
+        server.shutdown()
 
 
 async def test_command_palette_loads_a_model_by_name(live_daemon: Daemon) -> None:

@@ -123,6 +123,11 @@ def test_event_lines_put_the_subject_first() -> None:
         {"seq": 3, "type": "sandbox.run", "ts": 0, "sandbox": "s1", "status": "ok", "note": None}
     )
     assert describe(run) == "s1 status=ok"
+    pull = DaemonEvent.from_json(
+        {"seq": 4, "type": "model.pull", "ts": 0, "model": "m", "state": "downloading"}
+        | {"pull": "pull_1", "bytes": 40, "total": 100, "rate": 5.0, "error": None}
+    )
+    assert describe(pull) == "m pull downloading 40%"
 
 
 def test_every_screen_action_has_a_command_palette_entry() -> None:

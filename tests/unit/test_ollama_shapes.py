@@ -56,9 +56,11 @@ def test_keep_alive_that_is_no_duration_is_refused(value: str) -> None:
     assert exc.value.param == "keep_alive"
 
 
-def test_model_names_drop_the_default_tag_only() -> None:
+def test_model_names_drop_the_default_tag_and_map_to_the_id_a_pull_gives() -> None:
     assert model_id("smollm2:latest") == "smollm2"
-    assert model_id("smollm2:7b") == "smollm2:7b"
+    assert model_id("smollm2-135m-instruct") == "smollm2-135m-instruct"  # an id stays itself
+    assert model_id("smollm2:7b") == "smollm2-7b"  # what /api/pull of smollm2:7b registers
+    assert model_id("hf.co/Org/Repo:Q4_K_M") == "hf.co-org-repo-q4_k_m"
 
 
 def test_options_map_to_the_services_names() -> None:

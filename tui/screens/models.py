@@ -1,8 +1,10 @@
-"""Models: every profile and where it is in its lifecycle; load, unload, pin and add.
+"""Models: every profile and where it is in its lifecycle; load, unload, pin, add and pull.
 
-Keys: l load, u unload, p pin or unpin, a add a model from a path on the daemon's host. A state
-change arrives as a `model.state` event and shows at once; the row's figures (memory, error) are
-then reloaded. A fetch or load in progress shows its stage and share under the table.
+Keys: l load, u unload, p pin or unpin, a add a model from a path on the daemon's host, f pull
+one (from hf:, url: or ollama:). A state change arrives as a `model.state` event and shows at
+once; the row's figures (memory, error) are then reloaded. A fetch or load in progress shows its
+stage and share under the table; pulls show as progress bars (`model.pull` events) above it,
+and a finished pull's model joins the table.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from appliance.client.records import DaemonEvent
 from tui.messages import ModelChanged, ModelsLoaded
 from tui.screens.add_model import AddModelRequest, AddModelScreen
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.pull_model import PullModelRequest, PullModelScreen
 from tui.widgets.model_detail import ModelDetail
 from tui.widgets.model_table import ModelTable
+from tui.widgets.pull_list import PullList
 
 
 class ModelsScreen(DashboardScreen):
@@ -30,6 +34,7 @@ class ModelsScreen(DashboardScreen):
         Binding("u", "unload", "Unload"),
         Binding("p", "pin", "Pin/unpin"),
         Binding("a", "add", "Add"),
+        Binding("f", "pull", "Pull"),
         Binding("r", "reload", "Reload", show=False),
     ]
 
@@ -40,6 +45,7 @@ class ModelsScreen(DashboardScreen):
         """A model named before the table listed it (from the palette): select it once listed."""
 
     def compose_body(self) -> Iterable[Widget]:
+        yield PullList(id="pull-list")
         yield ModelTable(id="models-table")
         yield ModelDetail(id="model-detail")
 
@@ -117,6 +123,22 @@ class ModelsScreen(DashboardScreen):
 
         self.app.push_screen(AddModelScreen(), added)
 
+    def action_pull(self) -> None:
+        def chosen(request: PullModelRequest | None) -> None:
+            if request is not None:
+                self.pull_model(request)
+
+        self.app.push_screen(PullModelScreen(), chosen)
+
+    @work(group="model-ops")
+    async def pull_model(self, request: PullModelRequest) -> None:
+        pull = await self.call(
+            "Pull model",
+            self.client.pull_model(request.source, request.model_id, request.sha256),
+        )
+        if pull is not None:
+            self.notify(f"Pulling {pull.model}.")
+
     @work(group="model-ops")
     async def change_model(self, model_id: str, op: str) -> None:
         match op:
@@ -151,7 +173,12 @@ class ModelsScreen(DashboardScreen):
         model = event.data.get("model")
         if not isinstance(model, str):
             return
-        if event.type == "model.fetch":
+        if event.type == "model.pull":
+            self.query_one(PullList).apply(event.data)
+            if event.data.get("state") == "done":
+                self.notify(f"Pulled {model}.")
+                self.fetch_models()
+        elif event.type == "model.fetch":
             fraction = event.data.get("fraction")
             self.progress[model] = (
                 str(event.data.get("stage") or "fetching"),

@@ -31,6 +31,12 @@ def describe(event: DaemonEvent) -> str:
         return f"{subject} → {d.pop('state')}" + (f"  {d.pop('error')}" if d.get("error") else "")
     if event.type == "model.fetch" and isinstance(d.get("fraction"), int | float):
         return f"{subject} {d.get('stage', '')} {d['fraction'] * 100:.0f}%"
+    if event.type == "model.pull":
+        share = (
+            f" {d['bytes'] / d['total'] * 100:.0f}%" if d.get("total") and d.get("bytes") else ""
+        )
+        error = f"  {d['error']}" if d.get("error") else ""
+        return f"{subject} pull {d.get('state', '')}{share}{error}"
     rest = " ".join(f"{k}={v}" for k, v in d.items() if v not in (None, "", [], {}))
     return f"{subject} {rest}".strip()
 

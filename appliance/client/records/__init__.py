@@ -15,6 +15,7 @@ from appliance.client.records.daemon import (
     Health,
     HostSample,
     ModelInfo,
+    PullInfo,
     StreamStatus,
 )
 from appliance.client.records.sandboxes import Language, RunResult, Sandbox
@@ -32,6 +33,7 @@ __all__ = [
     "HostSample",
     "Language",
     "ModelInfo",
+    "PullInfo",
     "RunResult",
     "Sandbox",
     "Session",

@@ -40,6 +40,11 @@ class ModelInfo(msgspec.Struct, frozen=True):
     counters: dict[str, int] = msgspec.field(default_factory=dict)
     fetched: bool | None = None
     """Whether the model file is on the daemon's host already (None: not reported)."""
+    size_bytes: int | None = None
+    """The model file's size on disk (None: not on disk yet, or not reported)."""
+    origin: str = ""
+    """Where it came from: local, url, hf, pypi, ollama, lmstudio, hf-cache."""
+    sha256: str | None = None
 
     @classmethod
     def from_json(cls, d: Any) -> ModelInfo:
@@ -61,6 +66,9 @@ class ModelInfo(msgspec.Struct, frozen=True):
             last_load_ms=as_num(d.get("last_load_ms")),
             counters={k: as_int(v) for k, v in as_dict(d.get("counters")).items()},
             fetched=d["fetched"] if isinstance(d.get("fetched"), bool) else None,
+            size_bytes=as_int(d["size_bytes"]) if d.get("size_bytes") is not None else None,
+            origin=as_str(d.get("origin")),
+            sha256=as_opt_str(d.get("sha256")),
         )
 
     @property
@@ -170,6 +178,39 @@ class GpuReport(msgspec.Struct, frozen=True):
                 memory_total_bytes=as_int(total) if as_num(total) is not None else None,
             )
         return cls(gpus=gpus, host=host, reason=as_opt_str(d.get("reason") or d.get("message")))
+
+
+class PullInfo(msgspec.Struct, frozen=True):
+    """One model pull (`GET /api/models/pulls`): where it stands and how fast it goes."""
+
+    id: str
+    model: str
+    source: str = ""
+    state: str = "downloading"
+    """downloading, verifying, done, failed or cancelled."""
+    bytes: int = 0
+    total: int | None = None
+    rate: float = 0.0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    @classmethod
+    def from_json(cls, d: Any) -> PullInfo:
+        d = as_dict(d)
+        total = as_num(d.get("total"))
+        return cls(
+            id=as_str(d.get("id"), "?"),
+            model=as_str(d.get("model"), "?"),
+            source=as_str(d.get("source")),
+            state=as_str(d.get("state"), "downloading"),
+            bytes=as_int(d.get("bytes")),
+            total=int(total) if total is not None else None,
+            rate=as_num(d.get("rate")) or 0.0,
+            error=as_opt_str(d.get("error")),
+        )
 
 
 class DaemonEvent(msgspec.Struct, frozen=True):

@@ -265,6 +265,14 @@ class ModelFetcher:
 
     # --- bookkeeping -----------------------------------------------------------------------
 
+    def record(self, profile_id: str, source: str) -> None:
+        """Note that `<store>/<profile_id>.gguf` holds `source` (a pull installed it there)."""
+        self._write_record(profile_id, parse_source(source), None)
+
+    def forget(self, profile_id: str) -> None:
+        """Drop the record of what `<store>/<profile_id>.gguf` holds."""
+        self._record_path(profile_id).unlink(missing_ok=True)
+
     @staticmethod
     def _record(src: ModelSource, convert: str | None) -> dict[str, Any]:
         return {"source": src.text, "convert": convert}

