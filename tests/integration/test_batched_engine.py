@@ -16,21 +16,12 @@ from typing import Any
 import psutil
 import pytest
 
+from appliance.bench.serve import PROMPTS
 from appliance.models.gguf_info import read_gguf_info
 from appliance.models.worker import protocol as p
 from appliance.models.worker.kvfile import read_kv_file
 from appliance.models.worker.process import ProcessSpawner, RequestStream, WorkerProcess
 
-PROMPTS = [
-    "Once upon a time, in a small village by the sea, there lived",
-    "The recipe for a good loaf of bread begins with",
-    "In the year 2150, the first city on Mars",
-    "Here is a short guide to repairing a bicycle tyre:",
-    "The history of the printing press starts",
-    "Dear diary, today I finally",
-    "A list of reasons to learn a second language:",
-    "The old lighthouse keeper looked at the storm and",
-]
 SYSTEM = "You are a careful assistant for the harbour office. " + " ".join(
     f"Rule {i}: ships of class {i} dock at pier {i % 4} and pay {i * 3} coins." for i in range(20)
 )
