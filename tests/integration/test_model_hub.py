@@ -27,6 +27,7 @@ import httpx
 import pytest
 from httpx_sse import EventSource
 
+from tests.conftest import require
 from tests.integration.daemon import REPO, Daemon, free_port, running_daemon
 
 CHAT = [{"role": "user", "content": "Say hello"}]
@@ -161,8 +162,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, gguf: bytes) -> Iterator[
     """A real Distribution registry (Debian's docker-registry) holding `library/smol:135m` as
     Ollama publishes it: GGUF, template and params layers in a schema-2 manifest."""
     exe = shutil.which("docker-registry")
-    if exe is None:
-        pytest.skip("docker-registry (Debian's Distribution registry) is not installed")
+    require(exe, "docker-registry (Debian's Distribution registry) is not installed")
+    assert exe is not None
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
     (root / "config.yml").write_text(

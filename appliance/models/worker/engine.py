@@ -26,7 +26,7 @@ import llama_cpp
 import numpy as np
 
 from appliance.models.worker import protocol as p
-from appliance.models.worker.jobs import EmbedJob, GenJob, Seq, common_prefix
+from appliance.models.worker.jobs import EmbedJob, GenJob, Seq
 from appliance.models.worker.kvstate import RamTier
 from appliance.models.worker.model import Model
 from appliance.models.worker.slots import SlotKeeper
@@ -116,10 +116,6 @@ class Engine:
                 self.credits[req_id] = max(self.credits[req_id], upto)
                 self.cv.notify_all()
 
-    def busy(self) -> bool:
-        with self.cv:
-            return bool(self.active or self.waiting or self.embeds or self.inbox)
-
     def stop(self, timeout: float = 5.0) -> None:
         """Let running requests finish (up to `timeout`), fail the rest, and end the thread."""
         deadline = time.monotonic() + timeout
@@ -163,7 +159,7 @@ class Engine:
             self._flush()
             self.busy_s += time.perf_counter() - t0
             with self.cv:
-                self.cv.notify_all()  # stop() and busy() watchers
+                self.cv.notify_all()  # stop() waits for the work to drain
 
     def _runnable(self) -> bool:
         if self.embeds or any(c.ready() for c in self.deferred):
@@ -481,6 +477,3 @@ def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> No
 def _normalised(vec: list[float]) -> list[float]:
     norm = sum(x * x for x in vec) ** 0.5
     return [x / norm for x in vec] if norm > 0 else vec
-
-
-__all__ = ["Call", "Engine", "common_prefix"]

@@ -247,9 +247,7 @@ class SlotKeeper:
                 return None
             state = ram
         nbytes = write_kv_file(path, state.tokens, state.data)
-        return p.SavedState(
-            bytes=nbytes, n_tokens=len(state.tokens), prefix_hash=token_prefix_hash(state.tokens)
-        )
+        return p.SavedState(bytes=nbytes, n_tokens=len(state.tokens), prefix_hash=state.prefix_hash)
 
     def restore(self, key: str, path: str) -> p.RestoreReport:
         """Load a parked file into a sequence for `key` (RestoreSlot)."""
